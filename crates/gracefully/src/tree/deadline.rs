@@ -1,0 +1,143 @@
+//! Deadlines: setting a node's own deadline, arming its timer, and finding the earliest
+//! deadline that can cancel a node through any of its ancestors.
+
+use std::panic::Location;
+use std::ptr::NonNull;
+use std::time::Instant;
+
+use crate::clock::Clock;
+use crate::reason::{Reason, ReasonKind};
+use crate::tree::node::{Extra, Node};
+
+/// Visits `node` and every ancestor (each once per path; diamonds are rare), calling `f`
+/// with each node's `Extra` under that node's lock. Stops early when `f` returns `false`.
+/// Locks one node at a time (invariant 2).
+fn for_each_ancestor_extra(node: &Node, mut f: impl FnMut(&Extra) -> bool) {
+    let mut stack: Vec<*const Node> = Vec::new();
+    let mut cur: *const Node = node;
+    loop {
+        // SAFETY: `node` is alive (caller's handle); each node holds references to all its
+        // parents (invariant 3), so every ancestor reached this way is alive too.
+        let n = unsafe { &*cur };
+        let guard = n.lock();
+        let extra = guard.extra();
+        let mut keep_going = true;
+        if !extra.is_null() {
+            // SAFETY: `extra` is guarded by the lock we hold.
+            let extra = unsafe { &*extra };
+            keep_going = f(extra);
+            stack.extend(extra.more_parents.iter().map(|&(parent, _)| parent));
+        }
+        drop(guard);
+        if !keep_going {
+            return;
+        }
+        if !n.parent.is_null() {
+            stack.push(n.parent);
+        }
+        match stack.pop() {
+            Some(next) => cur = next,
+            None => return,
+        }
+    }
+}
+
+/// The earliest deadline that can cancel `node`: its own and every ancestor's.
+pub(crate) fn effective_deadline(node: &Node) -> Option<Instant> {
+    let mut best: Option<Instant> = None;
+    for_each_ancestor_extra(node, |extra| {
+        if let Some((at, _)) = extra.deadline {
+            best = Some(best.map_or(at, |b| b.min(at)));
+        }
+        true
+    });
+    best
+}
+
+/// The clock governing `node`'s deadlines: the nearest one chosen with `with_clock` on the
+/// node or an ancestor (primary parents first), else the system clock.
+pub(crate) fn clock_of(node: &Node) -> Clock {
+    let mut found = None;
+    for_each_ancestor_extra(node, |extra| {
+        if let Some(clock) = &extra.clock {
+            found = Some(clock.clone());
+            false
+        } else {
+            true
+        }
+    });
+    found.unwrap_or_default()
+}
+
+/// Sets `node`'s deadline to `at` unless it already has an earlier one (deadlines only move
+/// earlier), arming a timer in `clock`. A deadline that is already due cancels the node
+/// before this returns. `origin` becomes the reason's origin when the deadline fires.
+pub(crate) fn set_deadline(
+    node: NonNull<Node>,
+    clock: &Clock,
+    at: Instant,
+    origin: &'static Location<'static>,
+) {
+    // SAFETY: the caller's handle keeps the node alive.
+    let n = unsafe { node.as_ref() };
+    if n.is_cancelled() {
+        return;
+    }
+    if at <= clock.now() {
+        n.cancel(Reason::at(ReasonKind::DeadlineExceeded, origin));
+        return;
+    }
+    // If an ancestor's deadline is no later, that ancestor cancels us first, and deadlines
+    // only ever move earlier: then we record the deadline but arm no timer. (If it is our
+    // own earlier deadline, we return below without changing anything.) Read before
+    // locking `node` (invariant 2: never lock an ancestor while holding a descendant); a
+    // stale answer only means arming a timer that turns out to be unneeded.
+    let covered = effective_deadline(n).is_some_and(|earliest| earliest <= at);
+
+    // Allocate outside the lock; most nodes have no `Extra` yet.
+    let mut spare = Some(Box::new(Extra::default()));
+    let guard = n.lock();
+    if guard.is_cancelled() {
+        return;
+    }
+    let mut extra_ptr = guard.extra();
+    if extra_ptr.is_null() {
+        extra_ptr = spare.take().map_or(std::ptr::null_mut(), Box::into_raw);
+        guard.set_extra(extra_ptr);
+    }
+    // SAFETY: guarded by the lock we hold.
+    let extra = unsafe { &mut *extra_ptr };
+    if extra.deadline.is_some_and(|(d, _)| d <= at) {
+        return;
+    }
+    extra.deadline = Some((at, origin));
+    if !covered {
+        // Node lock, then the queue's lock (invariant 2). The queue holds the node weakly.
+        let key = clock.arm(at, node.as_ptr(), origin);
+        if let Some((old_clock, old_key)) = extra.timer.replace((clock.clone(), key)) {
+            old_clock.disarm(&old_key);
+        }
+    }
+    drop(guard);
+    // The clock may have passed `at` while we armed (a slow thread, or another thread
+    // advancing a manual clock); the timer fires in that case, and `cancel` is idempotent.
+}
+
+/// Fires a deadline taken from a timer queue: cancels with `DeadlineExceeded` and the origin
+/// of the call that set it, then drops the queue's temporary reference.
+///
+/// # Safety
+///
+/// The caller owns one reference to `node` (from `Node::try_acquire`).
+pub(crate) unsafe fn fire(node: NonNull<Node>, origin: &'static Location<'static>) {
+    struct Release(NonNull<Node>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            // SAFETY: the reference the caller gave us, released even if a callback panics.
+            unsafe { Node::release(self.0) }
+        }
+    }
+    let release = Release(node);
+    // SAFETY: our reference keeps the node alive.
+    unsafe { release.0.as_ref() }.cancel(Reason::at(ReasonKind::DeadlineExceeded, origin));
+}
