@@ -142,12 +142,11 @@ pub fn find_cancelled<'a>(error: &'a (dyn Error + 'static)) -> Option<&'a Cancel
         if let Some(cancelled) = err.downcast_ref::<Cancelled>() {
             return Some(cancelled);
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(found) = find_cancelled(inner) {
-                    return Some(found);
-                }
-            }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+            && let Some(found) = find_cancelled(inner)
+        {
+            return Some(found);
         }
         current = err.source();
     }

@@ -52,7 +52,7 @@ impl CancellationSource {
     }
 
     fn node_ptr(&self) -> NonNull<Node> {
-        match self.token.node {
+        match self.token.node_ptr() {
             Some(node) => node,
             None => unreachable!("a source always has a node"),
         }
@@ -136,7 +136,10 @@ impl CancellationSource {
         I::Item: Borrow<CancellationToken>,
     {
         let tokens: Vec<I::Item> = parents.into_iter().collect();
-        let nodes: Vec<NonNull<Node>> = tokens.iter().filter_map(|t| t.borrow().node).collect();
+        let nodes: Vec<NonNull<Node>> = tokens
+            .iter()
+            .filter_map(|t| t.borrow().node_ptr())
+            .collect();
         CancellationSource::from_node(Node::new_linked(&nodes, None))
     }
 
@@ -273,12 +276,12 @@ impl DropGuard {
 
 impl Drop for DropGuard {
     fn drop(&mut self) {
-        if let Some(source) = self.source.take() {
-            if !source.is_cancelled() {
-                source
-                    .node()
-                    .cancel(Reason::at(ReasonKind::Requested, self.origin));
-            }
+        if let Some(source) = self.source.take()
+            && !source.is_cancelled()
+        {
+            source
+                .node()
+                .cancel(Reason::at(ReasonKind::Requested, self.origin));
         }
     }
 }

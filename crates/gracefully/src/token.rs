@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::cancelled::Cancelled;
 use crate::future::{CancelOn, WaitForCancellation, WaitForCancellationOwned};
-use crate::reason::Reason;
+use crate::reason::{Reason, ReasonInner};
 use crate::registration::Registration;
 use crate::source::CancellationSource;
 use crate::tree::entry::{self, Callback, Unpark};
@@ -57,9 +57,16 @@ use crate::tree::{Node, deadline};
 /// conflates token and source (any holder can cancel), has no reason or deadline, and takes
 /// a mutex in `is_cancelled`.
 pub struct CancellationToken {
-    /// `None` for [`CancellationToken::never`]. Otherwise we own one reference (invariant 3).
-    pub(crate) node: Option<NonNull<Node>>,
+    /// A node, of which we own one reference (invariant 3); or, for
+    /// [`CancellationToken::never`], the address of [`NEVER`], a state word that is never
+    /// set. `Node` is `repr(C)` with its state word first, so `is_cancelled` loads through
+    /// this pointer without first asking which of the two it is: no branch on the hot path.
+    ptr: NonNull<Node>,
 }
+
+/// The state word `never()` tokens point at: always null (not cancelled). Never written.
+static NEVER: std::sync::atomic::AtomicPtr<ReasonInner> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
 
 // SAFETY: the node is shared through atomics and its own lock (see `tree`); the handle only
 // owns a reference count.
@@ -75,18 +82,31 @@ impl CancellationToken {
     ///
     /// *Anchors:* .NET `CancellationToken.None`, Go `context.Background()`.
     pub const fn never() -> Self {
-        CancellationToken { node: None }
+        CancellationToken {
+            // A pointer to a static: never null. Only ever read as a state word (below).
+            ptr: NonNull::from_ref(&NEVER).cast::<Node>(),
+        }
     }
 
     /// Wraps a node, taking over one reference.
     pub(crate) fn from_node(node: NonNull<Node>) -> Self {
-        CancellationToken { node: Some(node) }
+        CancellationToken { ptr: node }
+    }
+
+    /// The node, or `None` for `never()`.
+    #[inline]
+    pub(crate) fn node_ptr(&self) -> Option<NonNull<Node>> {
+        if std::ptr::eq(self.ptr.as_ptr().cast_const().cast(), &NEVER) {
+            None
+        } else {
+            Some(self.ptr)
+        }
     }
 
     #[inline]
     pub(crate) fn node(&self) -> Option<&Node> {
         // SAFETY: our reference keeps the node alive.
-        self.node.map(|n| unsafe { &*n.as_ptr() })
+        self.node_ptr().map(|n| unsafe { &*n.as_ptr() })
     }
 
     /// Whether the token has been cancelled. Wait-free: one atomic load, no lock, on every
@@ -96,15 +116,30 @@ impl CancellationToken {
     /// `true`.
     #[inline]
     pub fn is_cancelled(&self) -> bool {
-        match self.node() {
-            Some(node) => node.is_cancelled(),
-            None => false,
+        #[cfg(not(loom))]
+        {
+            // SAFETY: `ptr` points either to a live node (our reference keeps it alive),
+            // whose first field (`repr(C)`) is its state word, or to `NEVER`; both are a
+            // `std` `AtomicPtr<ReasonInner>` in non-loom builds. Invariant 1: the state is
+            // a reason pointer (8-aligned) plus the lock bit, so "cancelled" is "> LOCKED".
+            let state = unsafe {
+                &*self
+                    .ptr
+                    .as_ptr()
+                    .cast::<std::sync::atomic::AtomicPtr<ReasonInner>>()
+            };
+            state.load(std::sync::atomic::Ordering::Acquire).addr() > crate::tree::node::LOCKED
+        }
+        #[cfg(loom)]
+        {
+            // loom's atomics are not `std`'s: take the branch.
+            self.node().is_some_and(Node::is_cancelled)
         }
     }
 
     /// `false` only for [`CancellationToken::never()`].
     pub fn can_be_cancelled(&self) -> bool {
-        self.node.is_some()
+        self.node_ptr().is_some()
     }
 
     /// `Err(Cancelled)` if the token is cancelled: the Rust form of .NET's
@@ -267,7 +302,7 @@ impl CancellationToken {
     where
         F: FnOnce(&Reason) + Send + 'static,
     {
-        let Some(node_ptr) = self.node else {
+        let Some(node_ptr) = self.node_ptr() else {
             drop(callback);
             return Registration::empty();
         };
@@ -305,7 +340,7 @@ impl CancellationToken {
     /// `context.WithCancel(ctx)`; tokio-util `child_token()`. Unlike .NET and Go, nothing
     /// leaks if the child is neither cancelled nor disposed.
     pub fn child(&self) -> CancellationSource {
-        match self.node {
+        match self.node_ptr() {
             Some(node) => CancellationSource::from_node(Node::new_child(node)),
             None => CancellationSource::new(),
         }
@@ -377,14 +412,14 @@ impl Clone for CancellationToken {
         if let Some(node) = self.node() {
             node.acquire();
         }
-        CancellationToken { node: self.node }
+        CancellationToken { ptr: self.ptr }
     }
 }
 
 impl Drop for CancellationToken {
     #[inline]
     fn drop(&mut self) {
-        if let Some(node) = self.node {
+        if let Some(node) = self.node_ptr() {
             // SAFETY: we own one reference and drop it exactly once.
             unsafe { Node::release(node) }
         }
@@ -402,7 +437,7 @@ impl fmt::Debug for CancellationToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("CancellationToken");
         match self.reason() {
-            _ if self.node.is_none() => d.field("never", &true),
+            _ if self.node_ptr().is_none() => d.field("never", &true),
             Some(reason) => d.field("cancelled", &reason),
             None => d.field("cancelled", &false),
         };

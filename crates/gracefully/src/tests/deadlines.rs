@@ -5,7 +5,6 @@
 //! process (CI's `.ci/run`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::{CancellationSource, CancellationToken, ManualClock, ReasonKind};
@@ -208,24 +207,33 @@ fn system_timer_fires_after_the_source_is_dropped_while_a_token_observes() {
 }
 
 #[test]
-fn system_timer_fires_many_timeouts() {
-    let fired = Arc::new(AtomicUsize::new(0));
-    let sources: Vec<_> = (0..50)
+fn system_timer_fires_many_timeouts_in_deadline_order() {
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Created latest-deadline first, so creation order cannot explain the firing order.
+    let sources: Vec<_> = (0..50u64)
         .rev()
-        .map(|i| CancellationSource::with_timeout(Duration::from_millis(1 + i)))
-        .collect();
-    let regs: Vec<_> = sources
-        .iter()
-        .map(|s| {
-            let fired = fired.clone();
-            s.token().on_cancel(move |_| {
-                fired.fetch_add(1, Ordering::SeqCst);
-            })
+        .map(|i| {
+            (
+                i,
+                CancellationSource::with_timeout(Duration::from_millis(2 + 2 * i)),
+            )
         })
         .collect();
-    for s in &sources {
-        s.token().wait();
+    let registrations: Vec<_> = sources
+        .iter()
+        .map(|(i, s)| {
+            let (i, order) = (*i, order.clone());
+            s.token().on_cancel(move |_| order.lock().unwrap().push(i))
+        })
+        .collect();
+    // A thread blocked in `wait` sees the cancellation before the timer thread has run the
+    // callbacks (rule 2 holds on the cancelling thread), so wait for all of them to land.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while order.lock().unwrap().len() < 50 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
     }
-    assert_eq!(fired.load(Ordering::SeqCst), 50);
-    drop(regs);
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order, (0..50).collect::<Vec<_>>());
+    assert!(sources.iter().all(|(_, s)| s.is_cancelled()));
+    drop(registrations);
 }

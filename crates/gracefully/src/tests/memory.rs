@@ -10,7 +10,7 @@ const MILLION: usize = if cfg!(miri) { 1_000 } else { 1_000_000 };
 
 #[test]
 fn never_allocates_nothing() {
-    let before = Heap::now();
+    let before = Heap::settled();
     let never = CancellationToken::never();
     let clone = never.clone();
     assert!(!clone.is_cancelled());
@@ -26,7 +26,7 @@ fn creating_and_dropping_a_million_children_leaves_the_parent_with_no_children_a
     let token = parent.token();
     // Warm up once (lazy thread-locals, allocator caches).
     drop(token.child());
-    let heap = Heap::now();
+    let heap = Heap::settled();
     let nodes = live_nodes();
     for _ in 0..MILLION {
         let child = token.child();
@@ -49,7 +49,7 @@ fn children_that_are_never_cancelled_nor_dropped_explicitly_do_not_accumulate() 
     // The .NET/Go leak: linked sources and WithCancel children that are not disposed.
     let a = CancellationSource::new();
     let b = CancellationSource::new();
-    let heap = Heap::now();
+    let heap = Heap::settled();
     for _ in 0..MILLION / 10 {
         let linked = CancellationSource::linked([a.token(), b.token()]);
         let _ = linked.token().child().token().is_cancelled();
@@ -63,7 +63,7 @@ fn children_that_are_never_cancelled_nor_dropped_explicitly_do_not_accumulate() 
 fn registrations_and_waiters_leave_no_trace_once_dropped() {
     let source = CancellationSource::new();
     let token = source.token();
-    let heap = Heap::now();
+    let heap = Heap::settled();
     for _ in 0..MILLION / 10 {
         let registration = token.on_cancel(|_| {});
         drop(registration);
@@ -137,7 +137,7 @@ fn timeout_nodes_free_their_deadline_state() {
         root.token()
             .child_with_timeout(std::time::Duration::from_secs(1)),
     );
-    let heap = Heap::now();
+    let heap = Heap::settled();
     for _ in 0..MILLION / 100 {
         drop(
             root.token()
@@ -149,13 +149,31 @@ fn timeout_nodes_free_their_deadline_state() {
 }
 
 #[test]
-fn a_node_allocation_is_64_bytes() {
-    let parent = CancellationSource::new();
-    let token = parent.token();
-    drop(token.child());
-    let heap = Heap::now();
-    let child = token.child();
-    assert_eq!(heap.live_bytes_since(), 64);
-    assert_eq!(heap.allocations_since(), 1);
-    drop(child);
+fn a_node_is_one_64_byte_allocation() {
+    // On a fresh thread, so the block cache cannot serve it.
+    std::thread::spawn(|| {
+        let parent = CancellationSource::new();
+        let token = parent.token();
+        let heap = Heap::now();
+        let child = token.child();
+        assert_eq!(Heap::now().allocated - heap.allocated, 64);
+        assert_eq!(heap.allocations_since(), 1);
+        drop(child);
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn the_block_cache_is_bounded_and_returns_everything() {
+    let source = CancellationSource::new();
+    let heap = Heap::settled();
+    let children: Vec<_> = (0..1000).map(|_| source.token().child()).collect();
+    drop(children);
+    // At most 64 blocks stay cached on this thread; the rest went back at once.
+    let cached = Heap::now().allocated as isize
+        - Heap::now().freed as isize
+        - (heap.allocated as isize - heap.freed as isize);
+    assert!(cached <= 64 * 64, "{cached} bytes cached");
+    assert_eq!(heap.live_bytes_since(), 0);
 }

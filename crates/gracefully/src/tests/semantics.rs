@@ -522,7 +522,7 @@ fn handles_are_send_sync_and_tokens_are_one_word() {
     assert_send_sync::<Cancelled>();
     assert_send_sync::<crate::WaitForCancellationOwned>();
     assert_eq!(std::mem::size_of::<CancellationToken>(), 8);
-    assert_eq!(std::mem::size_of::<Option<CancellationToken>>(), 16);
+    assert_eq!(std::mem::size_of::<Option<CancellationToken>>(), 8);
 }
 
 #[test]

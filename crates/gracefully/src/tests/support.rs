@@ -55,6 +55,13 @@ pub(crate) struct Heap {
 }
 
 impl Heap {
+    /// A snapshot taken after this thread's block cache is emptied, so that it counts only
+    /// memory really held.
+    pub(crate) fn settled() -> Heap {
+        crate::tree::alloc::flush_thread_cache();
+        Heap::now()
+    }
+
     pub(crate) fn now() -> Heap {
         Heap {
             allocated: ALLOCATED.with(|a| a.get()),
@@ -63,8 +70,9 @@ impl Heap {
         }
     }
 
-    /// Bytes held now minus bytes held at `self`.
+    /// Bytes held now (with this thread's block cache emptied) minus bytes held at `self`.
     pub(crate) fn live_bytes_since(self) -> isize {
+        crate::tree::alloc::flush_thread_cache();
         let now = Heap::now();
         (now.allocated - self.allocated) as isize - (now.freed - self.freed) as isize
     }

@@ -150,10 +150,10 @@ unsafe fn drop_payload<P: Payload>(h: NonNull<EntryHeader>) {
 ///
 /// `h` points to a live `Entry<P>` allocated by [`alloc`]; its payload is gone.
 unsafe fn dealloc<P: Payload>(h: NonNull<EntryHeader>) {
-    // SAFETY: allocated as Box<Entry<P>> in `alloc` (repr(C): the header is at offset 0, and
-    // the pointer carries the provenance of the whole allocation). The payload is
-    // ManuallyDrop, so only the header (its `waiter`) is dropped here.
-    drop(unsafe { Box::from_raw(h.cast::<Entry<P>>().as_ptr()) });
+    // SAFETY: allocated as an Entry<P> by `alloc::new` in `alloc` (repr(C): the header is at
+    // offset 0, and the pointer carries the provenance of the whole allocation). The payload
+    // is ManuallyDrop, so only the header (its `waiter`) is dropped here.
+    unsafe { crate::tree::alloc::delete(h.cast::<Entry<P>>()) };
 }
 
 /// Moves the payload out of an entry.
@@ -188,7 +188,7 @@ pub(crate) unsafe fn with_payload<P: Payload, R>(
 
 /// Allocates an entry in phase `LINKED` with its handle flag set. Not in any list yet.
 pub(crate) fn alloc<P: Payload>(payload: P) -> NonNull<EntryHeader> {
-    let entry = Box::new(Entry {
+    let entry = crate::tree::alloc::new(Entry {
         header: EntryHeader {
             state: AtomicUsize::new(LINKED | HANDLE),
             prev: UnsafeCell::new(ptr::null_mut()),
@@ -198,8 +198,8 @@ pub(crate) fn alloc<P: Payload>(payload: P) -> NonNull<EntryHeader> {
         },
         payload: UnsafeCell::new(ManuallyDrop::new(payload)),
     });
-    // SAFETY: Box::into_raw is never null; repr(C) puts the header first.
-    unsafe { NonNull::new_unchecked(Box::into_raw(entry).cast::<EntryHeader>()) }
+    // repr(C) puts the header first.
+    entry.cast::<EntryHeader>()
 }
 
 /// Frees an entry that was never linked, returning its payload (used when the node turned

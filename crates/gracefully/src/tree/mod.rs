@@ -40,6 +40,7 @@
 //!    thread) and, once collected, by the cancelling thread; its state machine is described in
 //!    [`entry`]. While an entry is in a node's list, its handle keeps the node alive.
 
+pub(crate) mod alloc;
 pub(crate) mod cancel;
 pub(crate) mod deadline;
 pub(crate) mod entry;

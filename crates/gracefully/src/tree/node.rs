@@ -16,6 +16,10 @@ pub(crate) const LOCKED: usize = 1;
 
 /// One node of the tree. Exactly eight words (64 bytes) in a normal build; see the
 /// `node_is_64_bytes` test and the `versus` benchmark's heap figures.
+///
+/// `repr(C)` with `state` first: `CancellationToken::is_cancelled` reads the state word
+/// through the token's pointer without knowing whether it points to a node.
+#[repr(C)]
 pub(crate) struct Node {
     /// Reason pointer | [`LOCKED`]. Invariant 1.
     state: AtomicPtr<ReasonInner>,
@@ -136,7 +140,7 @@ impl Node {
     fn alloc(parent: *mut Node, extra: *mut Extra) -> NonNull<Node> {
         #[cfg(test)]
         crate::tree::debug::node_allocated();
-        let node = Box::new(Node {
+        crate::tree::alloc::new(Node {
             state: AtomicPtr::new(ptr::null_mut()),
             refs: AtomicUsize::new(1),
             parent: parent.cast_const(),
@@ -145,9 +149,7 @@ impl Node {
             first_child: UnsafeCell::new(Elem::NONE),
             entries: UnsafeCell::new(ptr::null_mut()),
             extra: UnsafeCell::new(extra),
-        });
-        // SAFETY: Box::into_raw never returns null.
-        unsafe { NonNull::new_unchecked(Box::into_raw(node)) }
+        })
     }
 
     /// A new root node with one reference (for the caller's handle).
@@ -329,8 +331,11 @@ impl Node {
     /// `node`'s reference count is zero and this thread observed it reach zero.
     #[cold]
     unsafe fn destroy(node: NonNull<Node>) {
-        let mut work = vec![node];
-        while let Some(node) = work.pop() {
+        // The next node to destroy: a parent whose last reference this one held. Only nodes
+        // with several parents (rare) can free more than one, and use `more`.
+        let mut next = Some(node);
+        let mut more: Vec<NonNull<Node>> = Vec::new();
+        while let Some(node) = next.take().or_else(|| more.pop()) {
             // SAFETY: the count is zero: no handle, registration or child refers to the node
             // (invariant 3), so only parents' child lists and timer queues still reach it,
             // and both are handled below before the memory is freed.
@@ -365,7 +370,7 @@ impl Node {
                     // SAFETY: the link's reference to the parent.
                     if unsafe { Node::release_is_last(parent) } {
                         // SAFETY: non-null.
-                        work.push(unsafe { NonNull::new_unchecked(parent.cast_mut()) });
+                        more.push(unsafe { NonNull::new_unchecked(parent.cast_mut()) });
                     }
                 }
                 if let Some((clock, key)) = &extra.timer {
@@ -382,12 +387,12 @@ impl Node {
             let parent = n.parent;
             #[cfg(test)]
             crate::tree::debug::node_freed();
-            // SAFETY: allocated by Box in `alloc`, unreachable now.
-            drop(unsafe { Box::from_raw(node.as_ptr()) });
+            // SAFETY: allocated by `alloc::new` in `Node::alloc`, unreachable now.
+            unsafe { crate::tree::alloc::delete(node) };
             // SAFETY: the reference this node held on its primary parent.
             if !parent.is_null() && unsafe { Node::release_is_last(parent) } {
                 // SAFETY: non-null.
-                work.push(unsafe { NonNull::new_unchecked(parent.cast_mut()) });
+                next = Some(unsafe { NonNull::new_unchecked(parent.cast_mut()) });
             }
         }
     }
