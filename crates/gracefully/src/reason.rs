@@ -4,7 +4,9 @@ use std::borrow::Cow;
 use std::error::Error;
 use std::fmt;
 use std::panic::Location;
+use std::ptr::NonNull;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering, fence};
 
 /// The broad category of a cancellation.
 ///
@@ -77,26 +79,40 @@ impl fmt::Display for ReasonKind {
 /// *Anchors:* Go's `context.Cause(ctx)` (an error set by `CancelCauseFunc`), Trio's cancel
 /// reasons. .NET carries no reason at all. Unlike Go, the reason here also records *where*
 /// the cancellation was fired, which is what one needs when a shutdown goes wrong.
-#[derive(Clone)]
 pub struct Reason {
-    pub(crate) inner: Arc<ReasonInner>,
+    /// One counted reference to a heap `ReasonInner`.
+    inner: NonNull<ReasonInner>,
 }
 
+// SAFETY: `ReasonInner` is immutable once shared (only `make_mut` writes, and only when the
+// count says we are the sole owner) and its fields are Send + Sync; the count is atomic.
+unsafe impl Send for Reason {}
+// SAFETY: as above.
+unsafe impl Sync for Reason {}
+
+/// The shared part of a [`Reason`]: an `Arc` by hand, because a cancel walk takes one
+/// reference per node it marks and `Arc` can only add them one atomic operation at a time
+/// ([`Reason::add_raw`] reserves them in batches).
 pub(crate) struct ReasonInner {
-    pub(crate) kind: ReasonKind,
-    pub(crate) origin: &'static Location<'static>,
-    pub(crate) message: Option<Cow<'static, str>>,
-    pub(crate) source: Option<Arc<dyn Error + Send + Sync + 'static>>,
+    refs: AtomicUsize,
+    kind: ReasonKind,
+    origin: &'static Location<'static>,
+    message: Option<Cow<'static, str>>,
+    source: Option<Arc<dyn Error + Send + Sync + 'static>>,
 }
 
-impl Clone for ReasonInner {
+impl Clone for Reason {
     fn clone(&self) -> Self {
-        ReasonInner {
-            kind: self.kind,
-            origin: self.origin,
-            message: self.message.clone(),
-            source: self.source.clone(),
-        }
+        // SAFETY: our reference keeps the allocation alive; see `add_raw`.
+        unsafe { Reason::add_raw(self.inner.as_ptr(), 1) };
+        Reason { inner: self.inner }
+    }
+}
+
+impl Drop for Reason {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference and give it up.
+        unsafe { Reason::release_raw(self.inner.as_ptr()) }
     }
 }
 
@@ -111,14 +127,24 @@ impl Reason {
     }
 
     pub(crate) fn at(kind: ReasonKind, origin: &'static Location<'static>) -> Self {
+        Reason::from_inner(ReasonInner {
+            refs: AtomicUsize::new(1),
+            kind,
+            origin,
+            message: None,
+            source: None,
+        })
+    }
+
+    fn from_inner(inner: ReasonInner) -> Self {
         Reason {
-            inner: Arc::new(ReasonInner {
-                kind,
-                origin,
-                message: None,
-                source: None,
-            }),
+            inner: NonNull::from(Box::leak(Box::new(inner))),
         }
+    }
+
+    fn get(&self) -> &ReasonInner {
+        // SAFETY: our reference keeps the allocation alive.
+        unsafe { self.inner.as_ref() }
     }
 
     /// `Reason::new(ReasonKind::Requested)`.
@@ -165,25 +191,25 @@ impl Reason {
 
     /// The category of the cancellation.
     pub fn kind(&self) -> ReasonKind {
-        self.inner.kind
+        self.get().kind
     }
 
     /// The message attached with [`with_message`](Reason::with_message), if any.
     pub fn message(&self) -> Option<&str> {
-        self.inner.message.as_deref()
+        self.get().message.as_deref()
     }
 
     /// The error attached with [`with_source`](Reason::with_source) or
     /// [`failed`](Reason::failed), if any.
     pub fn source(&self) -> Option<&(dyn Error + Send + Sync + 'static)> {
-        self.inner.source.as_deref()
+        self.get().source.as_deref()
     }
 
     /// Where the cancellation was fired: the `cancel`/`cancel_with` call site; for a deadline,
     /// the call that set it; for a [`DropGuard`](crate::DropGuard), where the guard was made.
     /// For a reason that has not fired anything yet, where it was constructed.
     pub fn origin(&self) -> &'static Location<'static> {
-        self.inner.origin
+        self.get().origin
     }
 
     /// Whether `self` and `other` are the same reason (the same firing), not merely equal.
@@ -191,24 +217,41 @@ impl Reason {
     /// Every token cancelled by one `cancel` call reports a reason that is `same_as` the
     /// others.
     pub fn same_as(&self, other: &Reason) -> bool {
-        Arc::ptr_eq(&self.inner, &other.inner)
+        self.inner == other.inner
     }
 
     /// The reason with its origin replaced, as done by the call that fires it.
     pub(crate) fn fired_at(mut self, origin: &'static Location<'static>) -> Self {
-        if !std::ptr::eq(self.inner.origin, origin) {
+        if !std::ptr::eq(self.get().origin, origin) {
             self.make_mut().origin = origin;
         }
         self
     }
 
+    /// Mutable access, copying the contents first if the reason is shared (like
+    /// `Arc::make_mut`).
     fn make_mut(&mut self) -> &mut ReasonInner {
-        Arc::make_mut(&mut self.inner)
+        // Acquire: pairs with the Release decrements of former co-owners, so their reads
+        // are done before we write.
+        if self.get().refs.load(Ordering::Acquire) != 1 {
+            let inner = self.get();
+            *self = Reason::from_inner(ReasonInner {
+                refs: AtomicUsize::new(1),
+                kind: inner.kind,
+                origin: inner.origin,
+                message: inner.message.clone(),
+                source: inner.source.clone(),
+            });
+        }
+        // SAFETY: we are the only owner (count 1, and only owners can add references).
+        unsafe { self.inner.as_mut() }
     }
 
     /// Gives up this handle's reference, for storage in a node's state word.
     pub(crate) fn into_raw(self) -> *const ReasonInner {
-        Arc::into_raw(self.inner)
+        let ptr = self.inner.as_ptr().cast_const();
+        std::mem::forget(self);
+        ptr
     }
 
     /// A new handle to a reason stored in a node's state word.
@@ -218,48 +261,67 @@ impl Reason {
     /// `ptr` came from [`Reason::into_raw`] and its reference is still owned by someone who
     /// will not release it before this call returns.
     pub(crate) unsafe fn clone_from_raw(ptr: *const ReasonInner) -> Self {
-        // SAFETY: the caller guarantees a live reference keeps the allocation alive; we add
-        // our own reference before materialising the Arc.
+        // SAFETY: forwarded from the caller; we add our own reference first.
         unsafe {
-            Arc::increment_strong_count(ptr);
+            Reason::add_raw(ptr, 1);
             Reason {
-                inner: Arc::from_raw(ptr),
+                inner: NonNull::new_unchecked(ptr.cast_mut()),
             }
         }
     }
 
-    /// Adds one reference to a reason stored in a node's state word (for another node).
+    /// Adds `n` references at once (a cancel walk reserves them in batches).
     ///
     /// # Safety
     ///
     /// As for [`clone_from_raw`](Reason::clone_from_raw).
-    pub(crate) unsafe fn increment_raw(ptr: *const ReasonInner) {
-        // SAFETY: forwarded from the caller.
-        unsafe { Arc::increment_strong_count(ptr) }
+    pub(crate) unsafe fn add_raw(ptr: *const ReasonInner, n: usize) {
+        // Relaxed, as `Arc::clone`: new references are made from existing ones.
+        // SAFETY: the caller guarantees the allocation is alive.
+        let old = unsafe { &(*ptr).refs }.fetch_add(n, Ordering::Relaxed);
+        if old > isize::MAX as usize {
+            std::process::abort();
+        }
+    }
+
+    /// Gives back `n` references reserved with [`add_raw`](Reason::add_raw) but not used,
+    /// while the caller still holds at least one more (so the count cannot reach zero).
+    ///
+    /// # Safety
+    ///
+    /// The caller owns `n + 1` references.
+    pub(crate) unsafe fn unreserve_raw(ptr: *const ReasonInner, n: usize) {
+        // SAFETY: the caller's remaining reference keeps the allocation alive.
+        unsafe { &(*ptr).refs }.fetch_sub(n, Ordering::Release);
     }
 
     /// Releases a reference obtained from [`into_raw`](Reason::into_raw) or
-    /// [`increment_raw`](Reason::increment_raw).
+    /// [`add_raw`](Reason::add_raw).
     ///
     /// # Safety
     ///
     /// The caller owns one reference and does not use `ptr` afterwards.
     pub(crate) unsafe fn release_raw(ptr: *const ReasonInner) {
-        // SAFETY: forwarded from the caller.
-        unsafe { Arc::decrement_strong_count(ptr) }
+        // SAFETY: our reference keeps it alive until this decrement.
+        if unsafe { &(*ptr).refs }.fetch_sub(1, Ordering::Release) == 1 {
+            // Pairs with the Release decrements of every former owner (the `Arc` argument).
+            fence(Ordering::Acquire);
+            // SAFETY: the last reference: allocated by `Box` in `from_inner`.
+            drop(unsafe { Box::from_raw(ptr.cast_mut()) });
+        }
     }
 }
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.inner.kind.as_str())?;
-        if let Some(message) = &self.inner.message {
+        f.write_str(self.get().kind.as_str())?;
+        if let Some(message) = &self.get().message {
             write!(f, ": {message}")?;
         }
-        if let Some(source) = &self.inner.source {
+        if let Some(source) = &self.get().source {
             write!(f, ": {source}")?;
         }
-        let o = self.inner.origin;
+        let o = self.get().origin;
         write!(f, " (at {}:{}:{})", o.file(), o.line(), o.column())
     }
 }
@@ -267,10 +329,10 @@ impl fmt::Display for Reason {
 impl fmt::Debug for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reason")
-            .field("kind", &self.inner.kind)
-            .field("message", &self.inner.message)
-            .field("source", &self.inner.source)
-            .field("origin", &format_args!("{}", self.inner.origin))
+            .field("kind", &self.get().kind)
+            .field("message", &self.get().message)
+            .field("source", &self.get().source)
+            .field("origin", &format_args!("{}", self.get().origin))
             .finish()
     }
 }

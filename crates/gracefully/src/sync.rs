@@ -14,7 +14,6 @@ mod imp {
     pub(crate) use std::hint::spin_loop;
     pub(crate) use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering, fence};
     pub(crate) use std::thread::park_timeout;
-    pub(crate) use std::thread_local;
     pub(crate) mod thread {
         pub(crate) use std::thread::{Thread, current, park, yield_now};
     }
@@ -52,7 +51,6 @@ mod imp {
     pub(crate) use loom::cell::UnsafeCell;
     pub(crate) use loom::hint::spin_loop;
     pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicUsize, Ordering, fence};
-    pub(crate) use loom::thread_local;
     pub(crate) mod thread {
         pub(crate) use loom::thread::{Thread, current, park, yield_now};
     }

@@ -44,7 +44,7 @@ use std::ptr::{self, NonNull};
 use std::task::Waker;
 
 use crate::reason::Reason;
-use crate::sync::{AtomicUsize, Ordering, UnsafeCell, thread, thread_local};
+use crate::sync::{AtomicUsize, Ordering, UnsafeCell, thread};
 use crate::tree::Node;
 
 const PHASE: usize = 0b111;
@@ -532,9 +532,14 @@ struct Frame {
     prev: *const Frame,
 }
 
-thread_local! {
+#[cfg(not(loom))]
+std::thread_local! {
+    static RUNNING_FRAMES: Cell<*const Frame> = const { Cell::new(ptr::null()) };
+}
+
+#[cfg(loom)]
+loom::thread_local! {
     // loom's `thread_local!` has no `const { }` form.
-    #[allow(clippy::missing_const_for_thread_local)]
     static RUNNING_FRAMES: Cell<*const Frame> = Cell::new(ptr::null());
 }
 

@@ -178,7 +178,7 @@ impl Node {
         let guard = parent.lock();
         if !guard.reason.is_null() {
             // SAFETY: the parent's reason lives while the parent does (invariant 1).
-            unsafe { Reason::increment_raw(guard.reason) };
+            unsafe { Reason::add_raw(guard.reason, 1) };
             // Not shared yet: a plain store; our unlock of the parent publishes it.
             child_ref.state.store(guard.reason, Ordering::Relaxed);
         }
@@ -238,7 +238,7 @@ impl Node {
         let guard = unsafe { primary.as_ref() }.lock();
         if !guard.reason.is_null() {
             // SAFETY: the parent's reason lives while the parent does (invariant 1).
-            unsafe { Reason::increment_raw(guard.reason) };
+            unsafe { Reason::add_raw(guard.reason, 1) };
             node_ref.state.store(guard.reason, Ordering::Relaxed);
         }
         // SAFETY: we hold the primary parent's lock; the embedded links are unused.
@@ -257,7 +257,7 @@ impl Node {
                 let mut own = node_ref.lock();
                 if own.reason.is_null() {
                     // SAFETY: as above.
-                    unsafe { Reason::increment_raw(guard.reason) };
+                    unsafe { Reason::add_raw(guard.reason, 1) };
                     own.set_reason(guard.reason);
                 }
             }
