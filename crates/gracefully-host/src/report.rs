@@ -244,6 +244,12 @@ impl ShutdownReport {
     pub(crate) fn build(raw: RawReport) -> ShutdownReport {
         let t0 = raw.stop_requested_at;
         let since = |at: Instant| at.checked_duration_since(t0);
+        // Work that ended before the stop request has no time "after" it, even when the
+        // paused test clock gives both the same instant.
+        let after = |phase: Phase, at: Instant| match phase {
+            Phase::Starting | Phase::Running => None,
+            _ => Some(at.saturating_duration_since(t0)),
+        };
         let mut entries = Vec::with_capacity(raw.services.len() + 4);
         for s in raw.services {
             entries.push(ReportEntry {
@@ -251,7 +257,7 @@ impl ShutdownReport {
                 kind: EntryKind::Service,
                 count: 1,
                 phase: s.phase,
-                elapsed: since(s.at),
+                elapsed: after(s.phase, s.at),
                 outcome: s.outcome,
                 restarts: s.restarts,
                 details: s.details,
@@ -261,7 +267,7 @@ impl ShutdownReport {
         let first_task = entries.len();
         let mut index: HashMap<(Cow<'static, str>, Phase, Outcome), usize> = HashMap::new();
         for task in raw.tasks {
-            let elapsed = since(task.at);
+            let elapsed = after(task.phase, task.at);
             let key = (task.name, task.phase, task.outcome);
             match index.get(&key) {
                 Some(&i) => {

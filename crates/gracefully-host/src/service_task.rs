@@ -96,11 +96,11 @@ impl ServiceRun {
         };
         if let Some(error) = start_failure {
             tracing::error!(%error, "service could not start; stopping the host");
+            let end = ServiceEnd::now(&lifetime, Outcome::Failed(error.clone()), 0);
             lifetime.stop(
-                Reason::failed(error.clone())
-                    .with_message(format!("service '{name}' could not start")),
+                Reason::failed(error).with_message(format!("service '{name}' could not start")),
             );
-            return ServiceEnd::now(&lifetime, Outcome::Failed(error), 0);
+            return end;
         }
         started.cancel();
         lifetime.shared.service_started();
@@ -111,6 +111,9 @@ impl ServiceRun {
 
         // 3. The work, under the failure policy.
         let mut restarts = 0u32;
+        // When and in which phase the service failed: its row reports the failure, not
+        // the stop step that ran after it.
+        let mut failed_at: Option<(Phase, Instant)> = None;
         let mut history: VecDeque<Instant> = VecDeque::new();
         let mut outcome = loop {
             let result = AssertUnwindSafe(service.execute(cx.stopping(), &cx))
@@ -123,6 +126,7 @@ impl ServiceRun {
             let Outcome::Failed(error) = &outcome else {
                 break outcome;
             };
+            failed_at = Some((lifetime.shared.end_phase(), Instant::now()));
             match &policy {
                 FailurePolicy::Ignore => {
                     tracing::error!(%error, "service failed; its failure policy ignores it: the host keeps running without it");
@@ -187,7 +191,15 @@ impl ServiceRun {
             Outcome::Failed(_) => {} // logged where it happened
             other => tracing::info!(outcome = other.as_str(), "stopped"),
         }
-        ServiceEnd::now(&lifetime, outcome, restarts)
+        match (failed_at, &outcome) {
+            (Some((phase, at)), Outcome::Failed(_)) => ServiceEnd {
+                outcome,
+                phase,
+                at,
+                restarts,
+            },
+            _ => ServiceEnd::now(&lifetime, outcome, restarts),
+        }
     }
 }
 
