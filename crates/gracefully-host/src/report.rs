@@ -266,16 +266,31 @@ impl ShutdownReport {
         // Aggregate tasks that share name, phase and outcome, keeping first-ended order.
         let first_task = entries.len();
         let mut index: HashMap<(Cow<'static, str>, Phase, Outcome), usize> = HashMap::new();
+        let mut last: Option<usize> = None;
         for task in raw.tasks {
             let elapsed = after(task.phase, task.at);
+            // Fast path: tasks that end alike tend to end together.
+            if let Some(i) = last {
+                let entry: &mut ReportEntry = &mut entries[i];
+                if entry.name == task.name
+                    && entry.phase == task.phase
+                    && entry.outcome == task.outcome
+                {
+                    entry.count += 1;
+                    entry.elapsed = entry.elapsed.max(elapsed);
+                    continue;
+                }
+            }
             let key = (task.name, task.phase, task.outcome);
             match index.get(&key) {
                 Some(&i) => {
                     let entry: &mut ReportEntry = &mut entries[i];
                     entry.count += 1;
                     entry.elapsed = entry.elapsed.max(elapsed);
+                    last = Some(i);
                 }
                 None => {
+                    last = Some(entries.len());
                     index.insert(key.clone(), entries.len());
                     let (name, phase, outcome) = key;
                     entries.push(ReportEntry {

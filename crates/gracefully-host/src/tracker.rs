@@ -3,17 +3,16 @@
 //!
 //! Invariants:
 //!
-//! 1. A task is in `running` from the moment it is spawned until it is *recorded*, exactly
+//! 1. A task is in `slots` from the moment it is spawned until it is *recorded*, exactly
 //!    once: either by its own wrapper when it ends, or by [`Tracker::abort_all`]. Whoever
-//!    removes it from `running` (under the lock) records it; the other finds it gone and
+//!    takes it out of `slots` (under the lock) records it; the other finds it gone and
 //!    does nothing.
 //! 2. The spawner holds the lock while it spawns and inserts, so a task that ends at once
 //!    (on another worker) cannot look for its entry before it is there.
-//! 3. `idle` is notified (`notify_waiters`) every time `running` becomes empty; waiters
+//! 3. `idle` is notified (`notify_waiters`) every time `running` drops to 0; waiters
 //!    enable their `Notified` before checking, so no wake-up is lost.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -34,14 +33,19 @@ use crate::report::{Phase, TaskCounts};
 /// The tracked tasks of one host.
 pub(crate) struct Tracker {
     inner: Mutex<Inner>,
-    /// Notified whenever `running` becomes empty (invariant 3).
+    /// Notified whenever `running` drops to 0 (invariant 3).
     idle: Notify,
 }
 
 struct Inner {
-    next_id: u64,
-    /// Tasks not yet recorded (invariant 1).
-    running: HashMap<u64, Running>,
+    /// Tasks not yet recorded (invariant 1), by id: a slab, so recording is one index.
+    /// A slot is freed only by its own task's record, and never reused once the host
+    /// aborted (`closed`), so an id always names the one task that holds it.
+    slots: Vec<Option<Running>>,
+    /// Free slots.
+    free: Vec<usize>,
+    /// Occupied slots.
+    running: usize,
     /// Tasks that ended after the stop request, in the order they ended.
     ended: Vec<TaskEnd>,
     /// Tasks that ended before the stop request: only counted, so a long-lived host does
@@ -68,8 +72,9 @@ impl Tracker {
     pub(crate) fn new() -> Tracker {
         Tracker {
             inner: Mutex::new(Inner {
-                next_id: 0,
-                running: HashMap::new(),
+                slots: Vec::new(),
+                free: Vec::new(),
+                running: 0,
                 ended: Vec::new(),
                 before_stop: TaskCounts::default(),
                 closed: false,
@@ -129,32 +134,37 @@ impl Tracker {
             tokio::spawn(task);
             return;
         }
-        let id = inner.next_id;
-        inner.next_id += 1;
+        let id = match inner.free.pop() {
+            Some(id) => id,
+            None => {
+                inner.slots.push(None);
+                inner.slots.len() - 1
+            }
+        };
         let owner = Arc::clone(shared);
         // Invariant 2: we still hold the lock, so `finish` cannot run before the insert.
         let handle = tokio::spawn(async move {
             let outcome = task.await;
             owner.tracker.finish(&owner, id, outcome);
         });
-        inner.running.insert(
-            id,
-            Running {
-                name,
-                abort: handle.abort_handle(),
-            },
-        );
+        inner.slots[id] = Some(Running {
+            name,
+            abort: handle.abort_handle(),
+        });
+        inner.running += 1;
     }
 
     /// Records the end of task `id` (invariant 1).
-    fn finish(&self, shared: &Shared, id: u64, outcome: Outcome) {
+    fn finish(&self, shared: &Shared, id: usize, outcome: Outcome) {
         let at = Instant::now();
         let after_stop = shared.stop_requested.is_cancelled();
         let phase = shared.end_phase();
         let mut inner = self.lock();
-        let Some(running) = inner.running.remove(&id) else {
+        let Some(running) = inner.slots.get_mut(id).and_then(Option::take) else {
             return; // already recorded as aborted
         };
+        inner.free.push(id);
+        inner.running -= 1;
         if let Outcome::Failed(error) = &outcome {
             tracing::error!(task = %running.name, %error, "tracked task failed");
         }
@@ -168,7 +178,7 @@ impl Tracker {
         } else {
             inner.before_stop.add(&outcome);
         }
-        let idle = inner.running.is_empty();
+        let idle = inner.running == 0;
         drop(inner);
         if idle {
             self.idle.notify_waiters();
@@ -176,11 +186,11 @@ impl Tracker {
     }
 
     pub(crate) fn running_count(&self) -> usize {
-        self.lock().running.len()
+        self.lock().running
     }
 
     pub(crate) fn is_idle(&self) -> bool {
-        self.lock().running.is_empty()
+        self.lock().running == 0
     }
 
     /// Resolves once no tracked task is running (at once if none is).
@@ -201,12 +211,15 @@ impl Tracker {
         }
     }
 
-    /// Aborts every running task, recording it as aborted in `phase`.
+    /// Aborts every running task, recording it as aborted in `phase`. Tasks spawned
+    /// afterwards run untracked.
     pub(crate) fn abort_all(&self, phase: Phase) {
         let at = Instant::now();
         let mut inner = self.lock();
-        let running = std::mem::take(&mut inner.running);
-        for (_, task) in running {
+        inner.closed = true;
+        inner.running = 0;
+        let slots = std::mem::take(&mut inner.slots);
+        for task in slots.into_iter().flatten() {
             task.abort.abort();
             inner.ended.push(TaskEnd {
                 name: task.name,
