@@ -97,6 +97,11 @@ mod signals;
 mod supervisor;
 mod tracker;
 
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use builder::{ConfigError, HostBuilder};
 pub use host::Host;
 pub use lifetime::{LifecycleState, Lifetime};
