@@ -103,6 +103,10 @@ impl HostBuilder {
     /// the first starts a graceful shutdown, the second skips to the abort. Default `true`.
     /// Turn it off in tests, or when something else owns the signals (then call
     /// [`Lifetime::stop`](crate::Lifetime::stop) yourself).
+    ///
+    /// As with any tokio signal handler, once installed the handlers replace the default
+    /// action (terminate) for the rest of the process, also after `run` returned: end the
+    /// process then, as [`Host::run_and_exit`] does.
     pub fn handle_signals(mut self, enabled: bool) -> Self {
         self.config.handle_signals = enabled;
         self
