@@ -1,0 +1,112 @@
+//! # gracefully-host — background services and a three-phase shutdown that ends in a report
+//!
+//! The Rust equivalent of .NET's Generic Host (`BackgroundService`,
+//! `IHostApplicationLifetime`), on tokio, built on the [`gracefully`] tokens — with the
+//! pain points fixed: a blocking service does not hold up the others, a failure is never
+//! exit code 0, a shutdown has a drain phase *and* a cancel phase, and it ends with a
+//! report that names whatever held it up.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use gracefully::CancellationToken;
+//! use gracefully_host::{BackgroundService, BoxError, Host, ServiceContext, service_fn};
+//!
+//! struct Consumer;
+//!
+//! impl BackgroundService for Consumer {
+//!     async fn execute(&mut self, stopping: CancellationToken, cx: &ServiceContext) -> Result<(), BoxError> {
+//!         while !stopping.is_cancelled() {
+//!             // take a message; hand its processing a token that fires at hard stop
+//!             let job = cx.hard_stop().child();
+//!             let _ = job.token().run_until_cancelled(tokio::time::sleep(Duration::from_millis(100))).await;
+//!             cx.count("messages", 1);
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() {
+//!     let host = Host::builder()
+//!         .shutdown_timeout(Duration::from_secs(30))
+//!         .service("consumer", Consumer)
+//!         .service("heartbeat", service_fn(|stopping, _cx| async move {
+//!             stopping.cancelled().await;
+//!         }))
+//!         .build()
+//!         .expect("valid configuration");
+//!     host.run_and_exit().await // SIGTERM → drain → cancel → abort → report → exit code
+//! }
+//! ```
+//!
+//! ## The shutdown sequence
+//!
+//! ```text
+//! trigger (SIGINT/SIGTERM/SIGQUIT | lifetime.stop(reason) | a failed service)
+//!  │                                  readiness (Lifetime::is_ready) is false from here
+//!  └ 0. pre-stop delay    (default 0)  keep serving while load balancers notice
+//!  └ 1. drain   `stopping` fires; services are stopped in reverse start order;
+//!               in-flight work continues          budget: shutdown_timeout − cancel_grace
+//!  └ 2. cancel  `hard_stop` fires (ReasonKind::Shutdown), cancelling every token below it
+//!                                                 budget: cancel_grace (default 5 s)
+//!  └ 3. abort   what still runs is dropped and named in the report; exit code non-zero
+//! ```
+//!
+//! `shutdown_timeout` (default 30 s) is the whole budget, counted from the trigger; the
+//! pre-stop delay and the cancel grace are its first and last parts. A phase ends early
+//! once every service and tracked task has ended. A second signal skips to the abort.
+//!
+//! ## Pieces
+//!
+//! | piece | what | .NET | tokio-graceful-shutdown |
+//! |---|---|---|---|
+//! | [`Host`], [`HostBuilder`] | runs services, signals, the shutdown sequence | `IHost`, `HostBuilder`, `HostOptions` | `Toplevel` |
+//! | [`BackgroundService`], [`service_fn`] | a long-running unit with optional start/stop steps | `BackgroundService`, `IHostedService` | `IntoSubsystem`, `SubsystemBuilder` |
+//! | [`ServiceContext`] | a service's name, tokens, tracked spawn, report details | — | `SubsystemHandle` |
+//! | [`Lifetime`], [`LifecycleState`] | state, readiness, `started`/`stopping`/`hard_stop` tokens, `stop(reason)` | `IHostApplicationLifetime` | `request_shutdown` |
+//! | [`Lifetime::spawn`], [`Lifetime::shield`] | tracked tasks; cleanup that survives its caller | — | nested subsystems |
+//! | [`FailurePolicy`], [`RestartPolicy`] | stop host / ignore / restart with backoff and an intensity limit | `BackgroundServiceExceptionBehavior` | `ErrorAction` |
+//! | [`ShutdownReport`] | per service and task: phase, time, outcome; exit code | — | `GracefulShutdownError` |
+//!
+//! ## Exit codes
+//!
+//! [`ShutdownReport::exit_code`] (used by [`Host::run_and_exit`]): `0` every service and
+//! tracked task stopped cleanly (completed, or cancelled cooperatively); `1` something
+//! failed (error, panic, start step failed or timed out, restarts exhausted); `2`
+//! stragglers were aborted at the shutdown timeout; `3` a second signal forced the
+//! shutdown. See [`ShutdownReport`] for the precedence.
+//!
+//! ## Runtime
+//!
+//! Needs tokio with the time driver, and the IO driver for signal handling
+//! (`#[tokio::main]` has both). Use the multi-thread runtime: each service runs in its own
+//! task, so a service that blocks holds up only itself.
+
+#![warn(missing_docs)]
+#![deny(unsafe_code)]
+
+mod builder;
+mod host;
+mod lifetime;
+mod outcome;
+mod policy;
+mod report;
+mod service;
+mod service_task;
+mod signals;
+mod supervisor;
+mod tracker;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+pub use builder::{ConfigError, HostBuilder};
+pub use host::Host;
+pub use lifetime::{LifecycleState, Lifetime};
+pub use outcome::{BoxError, Outcome, TaskOutput};
+pub use policy::{FailurePolicy, RestartPolicy};
+pub use report::{EntryKind, Phase, ReportEntry, ShutdownReport, TaskCounts};
+pub use service::{BackgroundService, ServiceContext, ServiceFn, ServiceOptions, service_fn};
+pub use tracker::Shielded;

@@ -1,0 +1,492 @@
+//! The [`ShutdownReport`]: what stopped, when, and how.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::{self, Write as _};
+use std::time::Duration;
+
+use gracefully::Reason;
+use tokio::time::Instant;
+
+use crate::outcome::Outcome;
+use crate::tracker::TaskEnd;
+
+/// The phase of the host's life in which a service or tracked task ended.
+///
+/// `Starting` and `Running` are before the stop request; the others are the steps of the
+/// shutdown sequence (DESIGN.md §4):
+///
+/// ```text
+/// trigger ─► PreStop ─► Drain ─────────────────────────► Cancel ─────────► Abort
+///            (delay)    `stopping` fires                 `hard_stop` fires  dropped
+///                       budget: shutdown_timeout         budget:
+///                               − cancel_grace − delay   cancel_grace
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Phase {
+    /// Before the host was ready (a start step failed or timed out).
+    Starting,
+    /// While the host ran, before any stop request.
+    Running,
+    /// Phase 0: between the stop request and the drain (the pre-stop delay).
+    PreStop,
+    /// Phase 1: after `stopping` fired, before the drain budget ran out.
+    Drain,
+    /// Phase 2: after `hard_stop` fired, before the shutdown timeout.
+    Cancel,
+    /// Phase 3: still running at the shutdown timeout (or at a second signal): dropped.
+    Abort,
+}
+
+impl Phase {
+    /// A short lowercase name: `starting`, `running`, `pre-stop`, `drain`, `cancel`,
+    /// `abort`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::PreStop => "pre-stop",
+            Phase::Drain => "drain",
+            Phase::Cancel => "cancel",
+            Phase::Abort => "abort",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a [`ReportEntry`] is a background service or tracked tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// A registered [`BackgroundService`](crate::BackgroundService).
+    Service,
+    /// One or more tracked tasks (from [`Lifetime::spawn`](crate::Lifetime::spawn) or
+    /// [`Lifetime::shield`](crate::Lifetime::shield)) of the same name that ended alike.
+    Task,
+}
+
+/// One line of the [`ShutdownReport`]: a service, or tracked tasks of one name that ended
+/// in the same phase with the same outcome (counted, so 10,000 idle workers make one line).
+#[derive(Clone, Debug)]
+pub struct ReportEntry {
+    name: Cow<'static, str>,
+    kind: EntryKind,
+    count: usize,
+    phase: Phase,
+    elapsed: Option<Duration>,
+    outcome: Outcome,
+    restarts: u32,
+    details: Vec<(Cow<'static, str>, String)>,
+}
+
+impl ReportEntry {
+    /// The service's or task's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Service or tracked tasks.
+    pub fn kind(&self) -> EntryKind {
+        self.kind
+    }
+
+    /// How many tasks this line stands for (1 for a service).
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The phase in which it ended.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Time from the stop request to its end (for a line of several tasks, the latest);
+    /// `None` if it ended before the stop request.
+    pub fn elapsed(&self) -> Option<Duration> {
+        self.elapsed
+    }
+
+    /// How it ended.
+    pub fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+
+    /// How often the [restart policy](crate::RestartPolicy) restarted it (services only).
+    pub fn restarts(&self) -> u32 {
+        self.restarts
+    }
+
+    /// What the service recorded with [`ServiceContext::detail`](crate::ServiceContext::detail)
+    /// and [`ServiceContext::count`](crate::ServiceContext::count), in the order first
+    /// recorded, plus notes from the host (a failed restart, a skipped start).
+    pub fn details(&self) -> &[(Cow<'static, str>, String)] {
+        &self.details
+    }
+
+    /// The value recorded under `key`, if any.
+    pub fn detail(&self, key: &str) -> Option<&str> {
+        self.details
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Counts of tracked tasks by outcome.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskCounts {
+    /// Completed normally.
+    pub completed: u64,
+    /// Stopped because they were cancelled.
+    pub cancelled: u64,
+    /// Returned an error or panicked.
+    pub failed: u64,
+}
+
+impl TaskCounts {
+    pub(crate) fn add(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Completed => self.completed += 1,
+            Outcome::Cancelled => self.cancelled += 1,
+            Outcome::Failed(_) | Outcome::Aborted => self.failed += 1,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.completed + self.cancelled + self.failed
+    }
+}
+
+/// What [`Host::run`](crate::Host::run) returns (and logs): for each service and tracked
+/// task, the phase in which it ended, the time from the stop request to its end, and its
+/// outcome; plus the trigger, the phase timings and the exit code.
+///
+/// Its `Display` is a readable table:
+///
+/// ```text
+/// shutdown report: exit code 2 (aborted stragglers); trigger: shutdown: SIGTERM (at …); took 2.0s
+///   phases: drain at 0ns, cancel at 1.5s, abort at 2.0s
+///   NAME            KIND     PHASE  AFTER    OUTCOME    DETAILS
+///   ticker          service  drain  1.2ms    completed  ticks: 41
+///   stubborn        service  abort  2.0s     aborted
+///   idle ×10000     task     drain  3.1ms    completed
+/// ```
+///
+/// # Exit codes
+///
+/// [`exit_code`](Self::exit_code) is 0 only when every service and every tracked task
+/// alive at the stop request stopped cleanly (completed, or cancelled cooperatively). In
+/// order of precedence:
+///
+/// | code | constant | meaning |
+/// |---|---|---|
+/// | 3 | [`EXIT_FORCED`](Self::EXIT_FORCED) | a second signal forced the shutdown (skipped to abort) |
+/// | 1 | [`EXIT_FAILED`](Self::EXIT_FAILED) | a service or task failed: error, panic, start step failed or timed out, restarts exhausted, or a failure under [`FailurePolicy::Ignore`](crate::FailurePolicy::Ignore) |
+/// | 2 | [`EXIT_ABORTED`](Self::EXIT_ABORTED) | stragglers were still running at the shutdown timeout and were aborted |
+/// | 0 | [`EXIT_CLEAN`](Self::EXIT_CLEAN) | clean |
+///
+/// A failure outranks an abort because it is usually the cause. Tracked tasks that ended
+/// *before* the stop request are only counted ([`finished_before_stop`](Self::finished_before_stop))
+/// and do not change the code (their failures were logged when they happened).
+///
+/// *Anchors:* .NET logs "Application is shutting down..." and exits 0 even after a
+/// BackgroundService failed (unless `BackgroundServiceExceptionBehavior.StopHost`, which
+/// still exits 0 before .NET 8); tokio-graceful-shutdown returns an error listing failed
+/// subsystems but no timings or phases. Neither says who held the shutdown up.
+#[derive(Clone, Debug)]
+pub struct ShutdownReport {
+    trigger: Reason,
+    forced: bool,
+    total: Duration,
+    /// When the pre-stop, drain, cancel and abort phases began, after the stop request.
+    phase_starts: [Option<Duration>; 4],
+    entries: Vec<ReportEntry>,
+    before_stop: TaskCounts,
+}
+
+/// One service's end, as the supervisor hands it to the report.
+pub(crate) struct ServiceRecord {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) phase: Phase,
+    pub(crate) at: Instant,
+    pub(crate) outcome: Outcome,
+    pub(crate) restarts: u32,
+    pub(crate) details: Vec<(Cow<'static, str>, String)>,
+}
+
+/// Everything the supervisor gathered, before aggregation.
+pub(crate) struct RawReport {
+    pub(crate) trigger: Reason,
+    pub(crate) forced: bool,
+    pub(crate) stop_requested_at: Instant,
+    pub(crate) ended_at: Instant,
+    pub(crate) phase_starts: [Option<Instant>; 4],
+    pub(crate) services: Vec<ServiceRecord>,
+    pub(crate) tasks: Vec<TaskEnd>,
+    pub(crate) before_stop: TaskCounts,
+}
+
+impl ShutdownReport {
+    /// Every service and task stopped cleanly.
+    pub const EXIT_CLEAN: i32 = 0;
+    /// A service or task failed.
+    pub const EXIT_FAILED: i32 = 1;
+    /// Stragglers were aborted at the shutdown timeout.
+    pub const EXIT_ABORTED: i32 = 2;
+    /// A second signal forced the shutdown.
+    pub const EXIT_FORCED: i32 = 3;
+
+    pub(crate) fn build(raw: RawReport) -> ShutdownReport {
+        let t0 = raw.stop_requested_at;
+        let since = |at: Instant| at.checked_duration_since(t0);
+        // Work that ended before the stop request has no time "after" it, even when the
+        // paused test clock gives both the same instant.
+        let after = |phase: Phase, at: Instant| match phase {
+            Phase::Starting | Phase::Running => None,
+            _ => Some(at.saturating_duration_since(t0)),
+        };
+        let mut entries = Vec::with_capacity(raw.services.len() + 4);
+        for s in raw.services {
+            entries.push(ReportEntry {
+                name: s.name,
+                kind: EntryKind::Service,
+                count: 1,
+                phase: s.phase,
+                elapsed: after(s.phase, s.at),
+                outcome: s.outcome,
+                restarts: s.restarts,
+                details: s.details,
+            });
+        }
+        // Aggregate tasks that share name, phase and outcome, keeping first-ended order.
+        let first_task = entries.len();
+        let mut index: HashMap<(Cow<'static, str>, Phase, Outcome), usize> = HashMap::new();
+        let mut last: Option<usize> = None;
+        for task in raw.tasks {
+            let elapsed = after(task.phase, task.at);
+            // Fast path: tasks that end alike tend to end together.
+            if let Some(i) = last {
+                let entry: &mut ReportEntry = &mut entries[i];
+                if entry.name == task.name
+                    && entry.phase == task.phase
+                    && entry.outcome == task.outcome
+                {
+                    entry.count += 1;
+                    entry.elapsed = entry.elapsed.max(elapsed);
+                    continue;
+                }
+            }
+            let key = (task.name, task.phase, task.outcome);
+            match index.get(&key) {
+                Some(&i) => {
+                    let entry: &mut ReportEntry = &mut entries[i];
+                    entry.count += 1;
+                    entry.elapsed = entry.elapsed.max(elapsed);
+                    last = Some(i);
+                }
+                None => {
+                    last = Some(entries.len());
+                    index.insert(key.clone(), entries.len());
+                    let (name, phase, outcome) = key;
+                    entries.push(ReportEntry {
+                        name,
+                        kind: EntryKind::Task,
+                        count: 1,
+                        phase,
+                        elapsed,
+                        outcome,
+                        restarts: 0,
+                        details: Vec::new(),
+                    });
+                }
+            }
+        }
+        // Tasks by phase, so stragglers come last; stable, so ties keep their order.
+        entries[first_task..].sort_by_key(|e| e.phase);
+        ShutdownReport {
+            trigger: raw.trigger,
+            forced: raw.forced,
+            total: raw.ended_at.saturating_duration_since(t0),
+            phase_starts: raw.phase_starts.map(|p| p.and_then(since)),
+            entries,
+            before_stop: raw.before_stop,
+        }
+    }
+
+    /// The exit code for the process; see [the table above](Self#exit-codes).
+    pub fn exit_code(&self) -> i32 {
+        if self.forced {
+            Self::EXIT_FORCED
+        } else if self
+            .entries
+            .iter()
+            .any(|e| matches!(e.outcome, Outcome::Failed(_)))
+        {
+            Self::EXIT_FAILED
+        } else if self.entries.iter().any(|e| e.outcome == Outcome::Aborted) {
+            Self::EXIT_ABORTED
+        } else {
+            Self::EXIT_CLEAN
+        }
+    }
+
+    /// `exit_code() == 0`.
+    pub fn is_clean(&self) -> bool {
+        self.exit_code() == Self::EXIT_CLEAN
+    }
+
+    /// Why the host stopped: the reason given to [`Lifetime::stop`](crate::Lifetime::stop),
+    /// e.g. `Shutdown` with message `"SIGTERM"`, or `Failed` naming the failed service.
+    pub fn trigger(&self) -> &Reason {
+        &self.trigger
+    }
+
+    /// Whether a second signal forced the shutdown straight to the abort phase.
+    pub fn forced(&self) -> bool {
+        self.forced
+    }
+
+    /// Time from the stop request until the host stopped.
+    pub fn total(&self) -> Duration {
+        self.total
+    }
+
+    /// When `phase` began, measured from the stop request; `None` if the shutdown never
+    /// reached it (and for `Starting`/`Running`).
+    pub fn phase_started(&self, phase: Phase) -> Option<Duration> {
+        match phase {
+            Phase::Starting | Phase::Running => None,
+            Phase::PreStop => self.phase_starts[0],
+            Phase::Drain => self.phase_starts[1],
+            Phase::Cancel => self.phase_starts[2],
+            Phase::Abort => self.phase_starts[3],
+        }
+    }
+
+    /// Every line: services in registration order, then tracked tasks.
+    pub fn entries(&self) -> &[ReportEntry] {
+        &self.entries
+    }
+
+    /// The first line named `name` (a service, or tasks of that name).
+    pub fn entry(&self, name: &str) -> Option<&ReportEntry> {
+        self.entries.iter().find(|e| e.name == name)
+    }
+
+    /// The services' lines, in registration order.
+    pub fn services(&self) -> impl Iterator<Item = &ReportEntry> {
+        self.entries.iter().filter(|e| e.kind == EntryKind::Service)
+    }
+
+    /// The tracked tasks' lines.
+    pub fn tasks(&self) -> impl Iterator<Item = &ReportEntry> {
+        self.entries.iter().filter(|e| e.kind == EntryKind::Task)
+    }
+
+    /// Tracked tasks that ended before the stop request, by outcome.
+    pub fn finished_before_stop(&self) -> TaskCounts {
+        self.before_stop
+    }
+
+    fn exit_meaning(&self) -> &'static str {
+        match self.exit_code() {
+            Self::EXIT_CLEAN => "clean",
+            Self::EXIT_FAILED => "a service or task failed",
+            Self::EXIT_ABORTED => "stragglers aborted",
+            _ => "forced by a second signal",
+        }
+    }
+}
+
+impl fmt::Display for ShutdownReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "shutdown report: exit code {} ({}); trigger: {}; took {:.1?}",
+            self.exit_code(),
+            self.exit_meaning(),
+            self.trigger,
+            self.total
+        )?;
+        let mut phases = String::new();
+        for phase in [Phase::PreStop, Phase::Drain, Phase::Cancel, Phase::Abort] {
+            if let Some(at) = self.phase_started(phase) {
+                if !phases.is_empty() {
+                    phases.push_str(", ");
+                }
+                let _ = write!(phases, "{phase} at {at:.1?}");
+            }
+        }
+        writeln!(f, "  phases: {phases}")?;
+
+        let rows: Vec<[String; 6]> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let name = if e.count > 1 {
+                    format!("{} ×{}", e.name, e.count)
+                } else {
+                    e.name.to_string()
+                };
+                let kind = match e.kind {
+                    EntryKind::Service => "service",
+                    EntryKind::Task => "task",
+                };
+                let after = match e.elapsed {
+                    Some(d) => format!("{d:.1?}"),
+                    None => "before stop".to_string(),
+                };
+                let mut details: Vec<String> = Vec::new();
+                if e.restarts > 0 {
+                    details.push(format!("restarts: {}", e.restarts));
+                }
+                details.extend(e.details.iter().map(|(k, v)| format!("{k}: {v}")));
+                [
+                    name,
+                    kind.to_string(),
+                    e.phase.to_string(),
+                    after,
+                    e.outcome.to_string(),
+                    details.join(", "),
+                ]
+            })
+            .collect();
+        let header = ["NAME", "KIND", "PHASE", "AFTER", "OUTCOME", "DETAILS"];
+        let mut widths = header.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut line = |cells: &[&str]| -> fmt::Result {
+            let mut out = String::from(" ");
+            for (i, cell) in cells.iter().enumerate() {
+                out.push(' ');
+                out.push_str(cell);
+                if i + 1 < cells.len() {
+                    let pad = widths[i] - cell.chars().count();
+                    out.extend(std::iter::repeat_n(' ', pad + 1));
+                }
+            }
+            writeln!(f, "{}", out.trim_end())
+        };
+        line(&header)?;
+        for row in &rows {
+            line(&row.each_ref().map(String::as_str))?;
+        }
+        if self.before_stop.total() > 0 {
+            let c = self.before_stop;
+            writeln!(
+                f,
+                "  tracked tasks that ended before the stop request: {} completed, {} cancelled, {} failed",
+                c.completed, c.cancelled, c.failed
+            )?;
+        }
+        Ok(())
+    }
+}
