@@ -1,0 +1,277 @@
+//! The HTTP server: accepting, serving, and the server's part of the shutdown contract.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::Response;
+use gracefully::CancellationToken;
+use http::Request;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tower::Service;
+
+use crate::request::DisconnectPolicy;
+use crate::stats::{DrainReport, ServerReport, Stats};
+
+/// The signals the server obeys, from the host (see `gracefully-host`) or made by hand.
+///
+/// * `stopping` — drain begins: stop accepting, close idle keep-alive connections, answer
+///   the next request on busy ones with `Connection: close` (HTTP/2: GOAWAY), end SSE
+///   streams and close WebSockets with 1001, let requests in flight finish.
+/// * `hard_stop` — cancel begins: every request token (a child of it) fires with
+///   [`Shutdown`](gracefully::ReasonKind::Shutdown).
+///
+/// What still runs after that is the host's to abort (it drops the server's future, which
+/// aborts every connection).
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    /// Fires when the drain begins.
+    pub stopping: CancellationToken,
+    /// Fires when in-flight work must be cancelled.
+    pub hard_stop: CancellationToken,
+}
+
+/// Configuration, validated when the server is built.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) request_timeout: Option<Duration>,
+    pub(crate) disconnect_policy: DisconnectPolicy,
+    pub(crate) max_header_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: None,
+            disconnect_policy: DisconnectPolicy::Cooperative,
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// What every connection and request of one server shares.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) builder: auto::Builder<TokioExecutor>,
+    pub(crate) stopping: CancellationToken,
+    pub(crate) hard_stop: CancellationToken,
+    pub(crate) stats: Stats,
+    /// Fires when `run`'s future is dropped (the abort phase): ends long-lived streams that
+    /// run in tasks of their own (WebSockets).
+    pub(crate) aborted: CancellationToken,
+}
+
+/// An HTTP/1.1 + HTTP/2 server for an axum `Router` (or any tower service), with request
+/// tokens, disconnect detection and a graceful drain.
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use gracefully::CancellationSource;
+/// use gracefully_axum::{HttpServer, Shutdown};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let app = Router::new().route("/", get(|| async { "hello" }));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+///
+/// let stopping = CancellationSource::new();
+/// let hard_stop = CancellationSource::new();
+/// let report = HttpServer::new(listener, app)
+///     .run(Shutdown { stopping: stopping.token(), hard_stop: hard_stop.token() })
+///     .await;
+/// println!("{report}");
+/// # Ok(()) }
+/// ```
+///
+/// With `gracefully-host`, register it as a background service instead; the host then
+/// drives both signals and records the server's drain in its shutdown report.
+///
+/// *Anchors:* ASP.NET Core's Kestrel (request aborted token, drain on shutdown);
+/// `axum::serve(..).with_graceful_shutdown(..)`, which has no drain deadline, never tells
+/// handlers, and does not track WebSockets; Go's `http.Server.Shutdown(ctx)`.
+pub struct HttpServer<S = Router> {
+    listener: TcpListener,
+    app: S,
+    config: Config,
+}
+
+impl<S> HttpServer<S>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    /// A server for `app` on `listener`.
+    pub fn new(listener: TcpListener, app: S) -> Self {
+        HttpServer {
+            listener,
+            app,
+            config: Config::default(),
+        }
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// How long a client may take to send a request's headers (default 10 s). Slow
+    /// clients (slowloris) are disconnected after it, without holding up others or the
+    /// shutdown.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.config.header_read_timeout = timeout;
+        self
+    }
+
+    /// A cooperative timeout for every request (default: none); routes can shorten it with
+    /// [`TimeoutLayer`](crate::TimeoutLayer).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.config.request_timeout = Some(timeout);
+        self
+    }
+
+    /// The disconnect policy of routes that do not set one (default
+    /// [`Cooperative`](DisconnectPolicy::Cooperative)).
+    pub fn disconnect_policy(mut self, policy: DisconnectPolicy) -> Self {
+        self.config.disconnect_policy = policy;
+        self
+    }
+
+    /// The largest request head accepted (default 64 KiB); larger ones are answered
+    /// `431`/closed by hyper.
+    pub fn max_header_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_header_bytes = bytes;
+        self
+    }
+
+    /// Serves until `shutdown.stopping` fires, then drains: stops accepting (new
+    /// connections are refused), closes idle connections, lets requests in flight finish
+    /// (their tokens fire when `shutdown.hard_stop` does), and returns once every
+    /// connection has closed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future aborts every connection and handler at once: that is the
+    /// abort phase of a shutdown.
+    pub async fn run(self, shutdown: Shutdown) -> ServerReport {
+        let abort = gracefully::CancellationSource::new();
+        let aborted = abort.token();
+        // Cancels `aborted` if this future is dropped before it finishes.
+        let _abort_on_drop = abort.drop_guard();
+        let builder = crate::conn::builder(
+            self.config.header_read_timeout,
+            self.config.max_header_bytes,
+        );
+        let shared = Arc::new(Shared {
+            config: self.config,
+            builder,
+            stopping: shutdown.stopping.clone(),
+            hard_stop: shutdown.hard_stop.clone(),
+            stats: Stats::default(),
+            aborted,
+        });
+        let mut connections = JoinSet::new();
+        let listener = self.listener;
+        let stopping = shutdown.stopping.clone();
+
+        loop {
+            tokio::select! {
+                biased;
+                _ = stopping.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        crate::stats::inc(&shared.stats.connections_accepted);
+                        connections.spawn(crate::conn::serve(stream, shared.clone(), self.app.clone()));
+                    }
+                    Err(error) => accept_error(error).await,
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+
+        // Drain. Dropping the listener refuses new connections at once; each connection
+        // sees `stopping` itself (and counts itself in the drain report).
+        drop(listener);
+        let started = Instant::now();
+        tracing::info!(
+            connections = shared.stats.connections_open.load(Ordering::Relaxed),
+            "HTTP server draining: stopped accepting"
+        );
+        let hard_stop = shutdown.hard_stop.clone();
+        let mut hard_stop_seen = false;
+        loop {
+            let quiet = shared.stats.quiet.notified();
+            let mut quiet = std::pin::pin!(quiet);
+            quiet.as_mut().enable();
+            // Reap finished connections.
+            while connections.try_join_next().is_some() {}
+            if connections.is_empty() && shared.stats.busy() == 0 {
+                break;
+            }
+            tokio::select! {
+                _ = quiet => {}
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                _ = hard_stop.cancelled(), if !hard_stop_seen => {
+                    hard_stop_seen = true;
+                    tracing::info!(
+                        requests = shared.stats.busy(),
+                        "HTTP server: hard stop, request tokens cancelled"
+                    );
+                }
+            }
+        }
+        let stats = &shared.stats;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let drain = DrainReport {
+            connections_open: load(&stats.open_at_drain),
+            idle_closed: load(&stats.idle_at_drain),
+            requests_in_flight: load(&stats.in_flight_at_drain),
+            websockets_closed: load(&stats.websockets_closed_going_away),
+            sse_ended: load(&stats.sse_streams_ended),
+            hard_stop_reached: shutdown.hard_stop.is_cancelled(),
+            cancelled_at_hard_stop: load(&stats.cancelled_at_hard_stop),
+            took: started.elapsed(),
+        };
+        let mut report = report_of(&shared.stats);
+        report.drain = Some(drain);
+        tracing::info!(%report, "HTTP server stopped");
+        report
+    }
+}
+
+fn report_of(stats: &Stats) -> ServerReport {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    ServerReport {
+        connections_accepted: load(&stats.connections_accepted),
+        requests: load(&stats.requests_started),
+        completed: load(&stats.completed),
+        cancelled_deadline: load(&stats.cancelled_deadline),
+        cancelled_shutdown: load(&stats.cancelled_shutdown),
+        cancelled_other: load(&stats.cancelled_other),
+        client_left: load(&stats.client_left),
+        dropped_on_disconnect: load(&stats.dropped_on_disconnect),
+        lost: load(&stats.lost),
+        panicked: load(&stats.panicked),
+        drain: None,
+    }
+}
+
+/// Accept errors are usually transient (the process ran out of file descriptors, a
+/// connection was reset before we accepted it): log, pause briefly, keep serving.
+async fn accept_error(error: io::Error) {
+    tracing::warn!(%error, "accept failed; retrying");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}

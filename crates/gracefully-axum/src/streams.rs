@@ -1,0 +1,259 @@
+//! Long-lived responses that end cleanly when the drain begins: Server-Sent Events and
+//! WebSockets. Without this they hold a shutdown until its hard timeout (axum #2673) or are
+//! not tracked at all (axum #3003).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use axum::extract::FromRequestParts;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use gracefully::CancellationToken;
+use http::request::Parts;
+
+use crate::request::RequestContext;
+use crate::server::Shared;
+use crate::stats::inc;
+
+/// The server's drain, as an axum extractor: for responses that outlive an ordinary
+/// request (SSE, WebSockets) and must end when shutdown begins.
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{Router, response::sse::Event, routing::get};
+/// use futures_util::stream::{self, StreamExt};
+/// use gracefully_axum::Drain;
+///
+/// async fn ticks(drain: Drain) -> impl axum::response::IntoResponse {
+///     let ticks = stream::unfold(0u64, |n| async move {
+///         tokio::time::sleep(Duration::from_secs(1)).await;
+///         Some((Ok::<_, std::convert::Infallible>(Event::default().data(n.to_string())), n + 1))
+///     });
+///     drain.sse(ticks) // ends (and the response completes) when the drain begins
+/// }
+///
+/// let app: Router = Router::new().route("/ticks", get(ticks));
+/// ```
+///
+/// Outside [`HttpServer`](crate::HttpServer) the drain never begins.
+#[derive(Clone)]
+pub struct Drain {
+    server: Option<Arc<Shared>>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Drain {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Drain {
+            server: parts
+                .extensions
+                .get::<RequestContext>()
+                .map(|ctx| ctx.inner.server.clone()),
+        })
+    }
+}
+
+impl std::fmt::Debug for Drain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Drain")
+            .field("draining", &self.stopping().is_cancelled())
+            .finish()
+    }
+}
+
+impl Drain {
+    /// Fires when the drain begins (the host's `stopping`).
+    pub fn stopping(&self) -> CancellationToken {
+        self.server
+            .as_ref()
+            .map(|s| s.stopping.clone())
+            .unwrap_or_default()
+    }
+
+    /// An SSE response over `stream` that ends when the drain begins (the client sees the
+    /// stream finish and may reconnect elsewhere), tracked by the server until then.
+    pub fn sse<S, E>(&self, stream: S) -> Sse<DrainingStream<S>>
+    where
+        S: Stream<Item = Result<Event, E>> + Send + 'static,
+        E: Into<axum::BoxError>,
+    {
+        Sse::new(DrainingStream {
+            stream,
+            stopping: self.stopping().cancelled_owned(),
+            guard: LongLived::new(self.server.clone()),
+            ended: false,
+        })
+    }
+
+    /// Accepts a WebSocket and runs `handler` with a [`GracefulWebSocket`]: once the drain
+    /// begins, its `recv` and `send` close the socket with code 1001 (going away) and report
+    /// the end, so the handler returns. The session is tracked by the server's drain, and
+    /// ended by force if the server is aborted.
+    pub fn websocket<F, Fut>(&self, upgrade: WebSocketUpgrade, handler: F) -> Response
+    where
+        F: FnOnce(GracefulWebSocket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let server = self.server.clone();
+        let stopping = self.stopping();
+        let aborted = server
+            .as_ref()
+            .map(|s| s.aborted.clone())
+            .unwrap_or_default();
+        upgrade
+            .on_upgrade(move |socket| async move {
+                let guard = LongLived::new(server.clone());
+                let session = GracefulWebSocket {
+                    socket,
+                    stopping,
+                    server,
+                    closed: false,
+                };
+                // axum runs this in a task of its own: end it if the server is aborted.
+                let _ = aborted.run_until_cancelled(handler(session)).await;
+                drop(guard);
+            })
+            .into_response()
+    }
+}
+
+/// Counts a long-lived stream while it is open, so the drain waits for it.
+struct LongLived(Option<Arc<Shared>>);
+
+impl LongLived {
+    fn new(server: Option<Arc<Shared>>) -> Self {
+        if let Some(server) = &server {
+            server.stats.long_lived_open.fetch_add(1, Ordering::AcqRel);
+        }
+        LongLived(server)
+    }
+}
+
+impl Drop for LongLived {
+    fn drop(&mut self) {
+        if let Some(server) = &self.0 {
+            server.stats.long_lived_open.fetch_sub(1, Ordering::AcqRel);
+            server.stats.quiet.notify_waiters();
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A stream that ends when the server's drain begins. Made by [`Drain::sse`].
+    pub struct DrainingStream<S> {
+        #[pin]
+        stream: S,
+        stopping: gracefully::WaitForCancellationOwned,
+        guard: LongLived,
+        ended: bool,
+    }
+}
+
+impl<S: Stream> Stream for DrainingStream<S> {
+    type Item = S::Item;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<S::Item>> {
+        let this = self.project();
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        if Pin::new(this.stopping).poll(cx).is_ready() {
+            *this.ended = true;
+            if let Some(server) = &this.guard.0 {
+                inc(&server.stats.sse_streams_ended);
+            }
+            return Poll::Ready(None);
+        }
+        let next = this.stream.poll_next(cx);
+        if let Poll::Ready(None) = next {
+            *this.ended = true;
+        }
+        next
+    }
+}
+
+/// A WebSocket that closes itself with code 1001 (going away) when the server drains.
+/// Made by [`Drain::websocket`].
+pub struct GracefulWebSocket {
+    socket: WebSocket,
+    stopping: CancellationToken,
+    server: Option<Arc<Shared>>,
+    closed: bool,
+}
+
+impl std::fmt::Debug for GracefulWebSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GracefulWebSocket")
+            .field("closed", &self.closed)
+            .finish()
+    }
+}
+
+impl GracefulWebSocket {
+    /// The next message; `None` when the client closed the socket, or when the drain began
+    /// (after sending the 1001 close frame).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as `WebSocket::recv`.
+    pub async fn recv(&mut self) -> Option<Result<Message, axum::Error>> {
+        if self.closed {
+            return None;
+        }
+        let stopping = self.stopping.clone();
+        tokio::select! {
+            biased;
+            _ = stopping.cancelled() => {
+                self.going_away().await;
+                None
+            }
+            message = self.socket.recv() => {
+                if matches!(message, None | Some(Ok(Message::Close(_)))) {
+                    self.closed = true;
+                }
+                message
+            }
+        }
+    }
+
+    /// Sends a message, unless the drain began: then the socket is closed with 1001 and an
+    /// error is returned.
+    pub async fn send(&mut self, message: Message) -> Result<(), axum::Error> {
+        if self.stopping.is_cancelled() || self.closed {
+            self.going_away().await;
+            return Err(axum::Error::new(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the server is shutting down; the WebSocket was closed (1001)",
+            )));
+        }
+        self.socket.send(message).await
+    }
+
+    /// Fires when the drain begins (for handlers that select on it themselves).
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.stopping
+    }
+
+    async fn going_away(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        let frame = CloseFrame {
+            code: close_code::AWAY,
+            reason: "server shutting down".into(),
+        };
+        if self.socket.send(Message::Close(Some(frame))).await.is_ok()
+            && let Some(server) = &self.server
+        {
+            inc(&server.stats.websockets_closed_going_away);
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! A departed client, under each disconnect policy, over HTTP/1.1 (raw sockets) and HTTP/2.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use gracefully::ReasonKind;
+use gracefully_axum::{DisconnectPolicy, DisconnectPolicyLayer, RequestToken};
+use support::{SOON, TestServer, send_raw};
+use tokio::sync::mpsc;
+
+#[derive(Debug)]
+enum Event {
+    Started,
+    TokenFired(ReasonKind, Instant),
+    Finished(Option<ReasonKind>),
+    Dropped,
+}
+
+/// A handler that awaits something unrelated to the socket (a sleep) for `work`, and
+/// reports its token firing, its end, or its being dropped.
+fn app(work: Duration, events: mpsc::UnboundedSender<Event>) -> Router {
+    Router::new().route(
+        "/work",
+        get(move |RequestToken(token): RequestToken| {
+            let events = events.clone();
+            async move {
+                struct DropReporter(mpsc::UnboundedSender<Event>, bool);
+                impl Drop for DropReporter {
+                    fn drop(&mut self) {
+                        if !self.1 {
+                            let _ = self.0.send(Event::Dropped);
+                        }
+                    }
+                }
+                let mut reporter = DropReporter(events.clone(), false);
+                let fired = events.clone();
+                let _registration = token.on_cancel(move |reason| {
+                    let _ = fired.send(Event::TokenFired(reason.kind(), Instant::now()));
+                });
+                let _ = events.send(Event::Started);
+                tokio::time::sleep(work).await;
+                reporter.1 = true;
+                let _ = events.send(Event::Finished(token.reason().map(|r| r.kind())));
+                "done"
+            }
+        }),
+    )
+}
+
+async fn next(events: &mut mpsc::UnboundedReceiver<Event>) -> Event {
+    tokio::time::timeout(SOON, events.recv())
+        .await
+        .expect("an event arrives")
+        .expect("the channel is open")
+}
+
+#[tokio::test]
+async fn a_client_closing_mid_handler_fires_the_token_with_disconnected_within_100ms() {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let server = TestServer::start(app(Duration::from_millis(300), tx)).await;
+    let client = send_raw(server.addr, b"GET /work HTTP/1.1\r\nhost: test\r\n\r\n").await;
+    assert!(matches!(next(&mut events).await, Event::Started));
+
+    let closed = Instant::now();
+    drop(client);
+    match next(&mut events).await {
+        Event::TokenFired(kind, at) => {
+            assert_eq!(kind, ReasonKind::Disconnected);
+            let after = at - closed;
+            assert!(
+                after < Duration::from_millis(100),
+                "noticed {after:?} after the client left, while the handler awaited a sleep"
+            );
+        }
+        other => panic!("expected the token to fire, got {other:?}"),
+    }
+    // Cooperative (the default): the handler runs to its end and sees the reason.
+    assert!(matches!(
+        next(&mut events).await,
+        Event::Finished(Some(ReasonKind::Disconnected))
+    ));
+    let report = server.stop().await;
+    assert_eq!(report.client_left, 1, "{report}");
+    assert_eq!(report.completed, 0, "{report}");
+}
+
+#[tokio::test]
+async fn a_cooperative_handler_stays_tracked_after_the_client_left() {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let server = TestServer::start(app(Duration::from_millis(400), tx)).await;
+    let client = send_raw(server.addr, b"GET /work HTTP/1.1\r\nhost: test\r\n\r\n").await;
+    assert!(matches!(next(&mut events).await, Event::Started));
+    drop(client);
+    assert!(matches!(next(&mut events).await, Event::TokenFired(..)));
+    // Shutdown now: the drain must wait for the handler, which is still running.
+    let stopped = tokio::spawn(server.stop());
+    assert!(matches!(next(&mut events).await, Event::Finished(_)));
+    let report = stopped.await.unwrap();
+    assert_eq!(report.client_left, 1, "{report}");
+    assert_eq!(report.lost, 0, "{report}");
+}
+
+#[tokio::test]
+async fn the_drop_policy_drops_the_handler_when_the_client_leaves() {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let app =
+        app(Duration::from_secs(30), tx).layer(DisconnectPolicyLayer::new(DisconnectPolicy::Drop));
+    let server = TestServer::start(app).await;
+    let client = send_raw(server.addr, b"GET /work HTTP/1.1\r\nhost: test\r\n\r\n").await;
+    assert!(matches!(next(&mut events).await, Event::Started));
+    drop(client);
+    // The handler future is dropped; its token does not fire first.
+    assert!(matches!(next(&mut events).await, Event::Dropped));
+    let report = server.stop().await;
+    assert_eq!(report.dropped_on_disconnect, 1, "{report}");
+}
+
+#[tokio::test]
+async fn a_detached_route_completes_after_the_client_left_and_its_token_never_fires() {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let app = app(Duration::from_millis(200), tx)
+        .layer(DisconnectPolicyLayer::new(DisconnectPolicy::Detached));
+    let server = TestServer::start(app).await;
+    let client = send_raw(server.addr, b"GET /work HTTP/1.1\r\nhost: test\r\n\r\n").await;
+    assert!(matches!(next(&mut events).await, Event::Started));
+    drop(client);
+    match next(&mut events).await {
+        Event::Finished(reason) => assert_eq!(reason, None, "the token did not fire"),
+        other => panic!("expected the handler to finish undisturbed, got {other:?}"),
+    }
+    let report = server.stop().await;
+    assert_eq!(report.completed, 1, "{report}");
+}
+
+#[tokio::test]
+async fn the_disconnect_policy_of_the_server_applies_to_routes_without_one() {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let server = TestServer::start_with(app(Duration::from_secs(30), tx), |s| {
+        s.disconnect_policy(DisconnectPolicy::Drop)
+    })
+    .await;
+    let client = send_raw(server.addr, b"GET /work HTTP/1.1\r\nhost: test\r\n\r\n").await;
+    assert!(matches!(next(&mut events).await, Event::Started));
+    drop(client);
+    assert!(matches!(next(&mut events).await, Event::Dropped));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_reading_its_answer_is_not_mistaken_for_a_departed_one() {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let server = TestServer::start(app(Duration::from_millis(100), tx)).await;
+    let response = reqwest::get(server.url("/work")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "done");
+    assert!(matches!(next(&mut events).await, Event::Started));
+    assert!(matches!(next(&mut events).await, Event::Finished(None)));
+    let report = server.stop().await;
+    assert_eq!(report.completed, 1, "{report}");
+    assert_eq!(report.client_left, 0, "{report}");
+}
+
+#[tokio::test]
+async fn an_http2_stream_reset_fires_the_token_and_the_cooperative_handler_runs_on() {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let server = TestServer::start(app(Duration::from_millis(300), tx)).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let request = tokio::spawn(client.get(server.url("/work")).send());
+    assert!(matches!(next(&mut events).await, Event::Started));
+    // Dropping the request future resets the HTTP/2 stream.
+    request.abort();
+    match next(&mut events).await {
+        Event::TokenFired(kind, _) => assert_eq!(kind, ReasonKind::Disconnected),
+        other => panic!("expected the token to fire, got {other:?}"),
+    }
+    assert!(matches!(
+        next(&mut events).await,
+        Event::Finished(Some(ReasonKind::Disconnected))
+    ));
+    drop(client);
+    let report = server.stop().await;
+    assert_eq!(report.client_left, 1, "{report}");
+}
+
+#[tokio::test]
+async fn an_unread_request_body_does_not_hide_the_client_forever() {
+    // The handler never reads the body: bytes wait on the socket, so the server cannot
+    // see past them at once, but it notices the close soon after they are gone.
+    let finished = Arc::new(AtomicBool::new(false));
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let f = finished.clone();
+    let app = Router::new().route(
+        "/upload",
+        axum::routing::post(move |RequestToken(token): RequestToken| {
+            let tx = tx.clone();
+            let f = f.clone();
+            async move {
+                let _ = tx.send(Event::Started);
+                let reason = token.cancelled().await;
+                f.store(true, Ordering::SeqCst);
+                let _ = tx.send(Event::TokenFired(reason.kind(), Instant::now()));
+                "stopped"
+            }
+        }),
+    );
+    let server = TestServer::start(app).await;
+    let client = send_raw(
+        server.addr,
+        b"POST /upload HTTP/1.1\r\nhost: test\r\ncontent-length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert!(matches!(next(&mut events).await, Event::Started));
+    drop(client);
+    match next(&mut events).await {
+        Event::TokenFired(kind, _) => assert_eq!(kind, ReasonKind::Disconnected),
+        other => panic!("expected the token to fire, got {other:?}"),
+    }
+    assert!(finished.load(Ordering::SeqCst));
+    server.stop().await;
+}

@@ -1,0 +1,167 @@
+//! Route-level behaviour: cooperative timeouts, cancelled answers, health routes, panics,
+//! the token in middleware.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use axum::routing::get;
+use gracefully::{CancellationSource, ReasonKind};
+use gracefully_axum::{HttpCancelled, RequestToken, TimeoutLayer, health_routes, request_token};
+use support::TestServer;
+use tokio::sync::mpsc;
+
+#[tokio::test]
+async fn a_timeout_route_answers_504_and_the_handler_sees_deadline_exceeded() {
+    let (tx, mut seen) = mpsc::unbounded_channel();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(move |RequestToken(token): RequestToken| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send((
+                        "deadline",
+                        token
+                            .deadline()
+                            .map(|d| d.saturating_duration_since(Instant::now())),
+                    ));
+                    let outcome = token
+                        .run_until_cancelled(tokio::time::sleep(Duration::from_secs(60)))
+                        .await;
+                    let _ = tx.send(("reason", None));
+                    let _ = tx.send((
+                        match token.reason().map(|r| r.kind()) {
+                            Some(ReasonKind::DeadlineExceeded) => "deadline exceeded",
+                            _ => "other",
+                        },
+                        None,
+                    ));
+                    outcome?;
+                    Ok::<_, HttpCancelled>("never")
+                }
+            }),
+        )
+        .layer(TimeoutLayer::new(Duration::from_millis(200)));
+    let server = TestServer::start(app).await;
+    let started = Instant::now();
+    let response = reqwest::get(server.url("/slow")).await.unwrap();
+    assert_eq!(response.status(), 504);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let (what, left) = seen.recv().await.unwrap();
+    assert_eq!(what, "deadline");
+    let left = left.expect("the token's deadline reflects the route timeout");
+    assert!(left <= Duration::from_millis(200), "{left:?}");
+    assert_eq!(seen.recv().await.unwrap().0, "reason");
+    assert_eq!(seen.recv().await.unwrap().0, "deadline exceeded");
+    let report = server.stop().await;
+    assert_eq!(report.cancelled_deadline, 1, "{report}");
+}
+
+#[tokio::test]
+async fn the_server_default_timeout_and_a_shorter_route_timeout_keep_the_earliest() {
+    let app = Router::new()
+        .route(
+            "/deadline",
+            get(|RequestToken(token): RequestToken| async move {
+                let left = token
+                    .deadline()
+                    .unwrap()
+                    .saturating_duration_since(Instant::now());
+                format!("{}", left.as_millis())
+            }),
+        )
+        .layer(TimeoutLayer::new(Duration::from_secs(2)));
+    let server = TestServer::start_with(app, |s| s.request_timeout(Duration::from_secs(30))).await;
+    let text = reqwest::get(server.url("/deadline"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let left: u64 = text.parse().unwrap();
+    assert!(
+        left <= 2000,
+        "the route's 2 s wins over the server's 30 s: {left} ms left"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn middleware_reads_the_same_token_as_the_handler() {
+    async fn mark(request: Request, next: Next) -> axum::response::Response {
+        let token = request_token(&request);
+        let mut response = next.run(request).await;
+        response.headers_mut().insert(
+            "x-can-be-cancelled",
+            token.can_be_cancelled().to_string().parse().unwrap(),
+        );
+        response
+    }
+    let app = Router::new()
+        .route("/", get(|| async { "hi" }))
+        .layer(middleware::from_fn(mark));
+    let server = TestServer::start(app).await;
+    let response = reqwest::get(server.url("/")).await.unwrap();
+    assert_eq!(response.headers()["x-can-be-cancelled"], "true");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn outside_the_server_the_extractor_yields_a_token_that_never_fires() {
+    use tower::ServiceExt;
+    let app: Router = Router::new().route(
+        "/",
+        get(
+            |RequestToken(token): RequestToken| async move { token.can_be_cancelled().to_string() },
+        ),
+    );
+    let response = app
+        .oneshot(
+            http::Request::get("/")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = axum::body::to_bytes(response.into_body(), 64)
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"false");
+}
+
+#[tokio::test]
+async fn readiness_turns_503_the_instant_shutdown_is_triggered_while_liveness_stays_200() {
+    let triggered = CancellationSource::new();
+    let app = Router::new().merge(health_routes(triggered.token()));
+    let server = TestServer::start(app).await;
+    let get = |path: &'static str| reqwest::get(server.url(path));
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    triggered.cancel();
+    // Before the drain begins (the server still serves): readiness already fails.
+    assert_eq!(get("/readyz").await.unwrap().status(), 503);
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_500_and_the_server_keeps_serving() {
+    let app = Router::new()
+        .route(
+            "/panic",
+            get(|| async { if true { panic!("handler bug") } else { "never" } }),
+        )
+        .route("/ok", get(|| async { "ok" }));
+    let server = TestServer::start(app).await;
+    let response = reqwest::get(server.url("/panic")).await.unwrap();
+    assert_eq!(response.status(), 500);
+    let response = reqwest::get(server.url("/ok")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let report = server.stop().await;
+    assert_eq!(report.panicked, 1, "{report}");
+    assert_eq!(report.completed, 1, "{report}");
+}

@@ -1,0 +1,151 @@
+//! Long-lived responses end cleanly when the drain begins: SSE streams finish, WebSockets
+//! get close code 1001, and neither holds the shutdown until its hard timeout.
+
+mod support;
+
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::WebSocketUpgrade;
+use axum::extract::ws::Message;
+use axum::response::sse::Event;
+use axum::routing::get;
+use futures_util::{SinkExt, StreamExt, stream};
+use gracefully_axum::Drain;
+use support::{SOON, TestServer};
+use tokio_tungstenite::tungstenite;
+
+fn app() -> Router {
+    Router::new()
+        .route(
+            "/events",
+            get(|drain: Drain| async move {
+                // An endless stream: one event every 20 ms.
+                let ticks = stream::unfold(0u64, |n| async move {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Some((
+                        Ok::<_, Infallible>(Event::default().data(n.to_string())),
+                        n + 1,
+                    ))
+                });
+                drain.sse(ticks)
+            }),
+        )
+        .route(
+            "/ws",
+            get(|drain: Drain, upgrade: WebSocketUpgrade| async move {
+                drain.websocket(upgrade, |mut socket| async move {
+                    // Echo until the client leaves or the drain begins.
+                    while let Some(Ok(message)) = socket.recv().await {
+                        if let Message::Text(text) = message
+                            && socket.send(Message::Text(text)).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                })
+            }),
+        )
+}
+
+#[tokio::test]
+async fn an_sse_client_sees_its_stream_end_at_drain_and_the_server_stops_without_a_hard_stop() {
+    let server = TestServer::start(app()).await;
+    let response = reqwest::get(server.url("/events")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    // Events flow.
+    let first = tokio::time::timeout(SOON, body.next()).await.unwrap();
+    assert!(first.is_some());
+
+    let stopping_at = Instant::now();
+    server.stopping.cancel();
+    // The stream ends (cleanly: no error) soon after the drain begins.
+    let ended = tokio::time::timeout(SOON, async {
+        while let Some(chunk) = body.next().await {
+            chunk.expect("the stream ends cleanly, not with an error");
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the SSE stream ended");
+    // The server finishes its drain on its own: the hard stop never fires.
+    let report = tokio::time::timeout(SOON, server.task)
+        .await
+        .unwrap()
+        .unwrap();
+    let drain = report.drain.unwrap();
+    assert_eq!(drain.sse_ended, 1, "{drain}");
+    assert!(!drain.hard_stop_reached, "{drain}");
+    assert!(stopping_at.elapsed() < SOON);
+}
+
+#[tokio::test]
+async fn a_websocket_client_receives_close_code_1001_at_drain() {
+    let server = TestServer::start(app()).await;
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+        .await
+        .unwrap();
+    socket
+        .send(tungstenite::Message::Text("ping".into()))
+        .await
+        .unwrap();
+    let echoed = tokio::time::timeout(SOON, socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, tungstenite::Message::Text("ping".into()));
+
+    server.stopping.cancel();
+    let close = tokio::time::timeout(SOON, socket.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match close {
+        tungstenite::Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), 1001, "going away");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    let report = tokio::time::timeout(SOON, server.task)
+        .await
+        .unwrap()
+        .unwrap();
+    let drain = report.drain.unwrap();
+    assert_eq!(drain.websockets_closed, 1, "{drain}");
+    assert!(!drain.hard_stop_reached, "{drain}");
+}
+
+#[tokio::test]
+async fn the_drain_waits_for_an_open_websocket_session_to_end() {
+    // A session that ignores the drain for 300 ms (it does not call recv/send) is still
+    // waited for: WebSockets are tracked, not forgotten.
+    let app = Router::new().route(
+        "/ws",
+        get(|drain: Drain, upgrade: WebSocketUpgrade| async move {
+            drain.websocket(upgrade, |socket| async move {
+                let stopping = socket.stopping().clone();
+                stopping.cancelled().await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                drop(socket);
+            })
+        }),
+    );
+    let server = TestServer::start(app).await;
+    let (_socket, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", server.addr))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stopping_at = Instant::now();
+    server.stopping.cancel();
+    tokio::time::timeout(SOON, server.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        stopping_at.elapsed() >= Duration::from_millis(300),
+        "the drain waited for the session"
+    );
+}
