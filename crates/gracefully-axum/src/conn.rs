@@ -99,6 +99,7 @@ where
         let quiet = shared.stats.quiet.notified();
         let mut quiet = std::pin::pin!(quiet);
         quiet.as_mut().enable();
+        crate::stats::Stats::drain_fence();
         if conn.in_flight.load(Ordering::Acquire) == 0 {
             break;
         }
@@ -140,7 +141,7 @@ impl<'a> OpenConnection<'a> {
 impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
         self.0.stats.connections_open.fetch_sub(1, Ordering::AcqRel);
-        self.0.stats.quiet.notify_waiters();
+        self.0.stats.wake_drain(&self.0.stopping);
     }
 }
 
@@ -501,7 +502,7 @@ impl Drop for Tracker {
             .stats
             .requests_in_flight
             .fetch_sub(1, Ordering::AcqRel);
-        self.shared.stats.quiet.notify_waiters();
+        self.shared.stats.wake_drain(&self.shared.stopping);
     }
 }
 

@@ -1,10 +1,78 @@
 //! # gracefully-axum — HTTP that stops gracefully
 //!
 //! An HTTP/1.1 and HTTP/2 server for axum routers (any tower service) in which every
-//! request has a [`CancellationToken`](gracefully::CancellationToken) that fires when the
-//! client leaves, when the route's timeout passes, or when shutdown reaches its cancel
-//! phase — with the reason kept apart — and which drains on shutdown instead of dropping
-//! work on the floor.
+//! request has a [`CancellationToken`](gracefully::CancellationToken), and which takes part
+//! in the host's three-phase shutdown instead of dropping work on the floor.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use axum::{Router, routing::get};
+//! use gracefully_axum::{HttpCancelled, HttpServer, RequestToken, Shutdown, TimeoutLayer};
+//!
+//! async fn search(RequestToken(token): RequestToken) -> Result<String, HttpCancelled> {
+//!     // Runs until done, or until the client leaves, the 5 s timeout passes, or shutdown
+//!     // reaches its cancel phase — the token's reason says which, and the answer follows:
+//!     // 499 in the logs, 504, or 503 with `Retry-After` and `Connection: close`.
+//!     let hits = token.run_until_cancelled(expensive_search()).await?;
+//!     Ok(hits)
+//! }
+//! # async fn expensive_search() -> String { String::new() }
+//!
+//! # async fn run(shutdown: Shutdown) -> std::io::Result<()> {
+//! let app = Router::new()
+//!     .route("/search", get(search))
+//!     .layer(TimeoutLayer::new(Duration::from_secs(5)));
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+//! let report = HttpServer::new(listener, app).run(shutdown).await;
+//! # Ok(()) }
+//! ```
+//!
+//! ## What a request's token reports
+//!
+//! | event | reason kind | handler's answer (with [`HttpCancelled`]) |
+//! |---|---|---|
+//! | the client disconnects while the handler runs | [`Disconnected`](gracefully::ReasonKind::Disconnected) | logged as 499 (nobody is there to receive it) |
+//! | the route's [`TimeoutLayer`] passes | [`DeadlineExceeded`](gracefully::ReasonKind::DeadlineExceeded) | 504 |
+//! | the host's drain budget is spent (hard stop) | [`Shutdown`](gracefully::ReasonKind::Shutdown) | 503, `Retry-After: 1`, `Connection: close` |
+//!
+//! A departed client is noticed while the handler awaits *anything* — a database, a sleep —
+//! not only when it next touches the socket: on HTTP/1.1 the request future watches the
+//! connection (a non-consuming peek, no extra task), on HTTP/2 the stream reset is seen.
+//! What happens next is the route's [`DisconnectPolicy`]: `Cooperative` (default: the
+//! token fires, the handler runs on to clean up and stays tracked), `Drop` (axum's usual
+//! behaviour), or `Detached` (the token does not fire; for work that must complete).
+//!
+//! ## Shutdown
+//!
+//! The server is a participant in the shutdown contract of `gracefully-host`
+//! (DESIGN.md §4), given as a [`Shutdown`] pair of tokens:
+//!
+//! ```text
+//!  stopping fires ─► stop accepting (new connections refused)
+//!                    close idle keep-alive connections
+//!                    busy HTTP/1.1 connections: the current answer carries Connection: close
+//!                    HTTP/2: GOAWAY; streams in flight finish
+//!                    SSE streams end, WebSockets get close code 1001   (see Drain)
+//!                    requests in flight run on, their tokens untouched
+//!  hard stop fires ─► every request token fires with Shutdown; handlers wind down
+//!  (host aborts)  ─► whatever still runs is dropped with the server's future
+//! ```
+//!
+//! [`HttpServer::run`] returns a [`ServerReport`] with the counts of each step. Health
+//! routes ([`health_routes`]) answer readiness 503 from the instant shutdown is triggered,
+//! before the pre-stop delay, so load balancers stop routing while the server still serves.
+//!
+//! ## Robustness
+//!
+//! Malformed requests are answered 400 by hyper and closed; oversized heads are rejected;
+//! a client must send its headers within [`HttpServer::header_read_timeout`] (slowloris);
+//! a panicking handler answers 500 and the server keeps serving. None of it affects other
+//! connections or holds up a shutdown.
+//!
+//! *Anchors:* ASP.NET Core's `HttpContext.RequestAborted`, request-timeout middleware and
+//! Kestrel's drain; Go's `http.Server.Shutdown` and `r.Context()`; `axum::serve` with
+//! `with_graceful_shutdown`, which has no drain deadline (axum #1070), hangs on SSE
+//! (#2673), does not track WebSockets (#3003) and never tells handlers.
 
 #![warn(missing_docs)]
 

@@ -216,6 +216,7 @@ where
             let quiet = shared.stats.quiet.notified();
             let mut quiet = std::pin::pin!(quiet);
             quiet.as_mut().enable();
+            Stats::drain_fence();
             // Reap finished connections.
             while connections.try_join_next().is_some() {}
             if connections.is_empty() && shared.stats.busy() == 0 {

@@ -51,6 +51,27 @@ impl Stats {
         });
     }
 
+    /// Wakes the drain loops (the server's and each connection's) after a request, stream
+    /// or connection ended. Only they wait on `quiet`, and only once `stopping` fired, so
+    /// before that this is one atomic load instead of a lock.
+    ///
+    /// Store-buffering: the caller changed a counter, then reads `stopping`; a drain loop saw
+    /// `stopping`, then reads the counters. The two SeqCst fences (here and in
+    /// [`Stats::drain_fence`]) guarantee that one of them sees the other's write, so a drain
+    /// never sleeps on a count that already reached zero.
+    pub(crate) fn wake_drain(&self, stopping: &gracefully::CancellationToken) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if stopping.is_cancelled() {
+            self.quiet.notify_waiters();
+        }
+    }
+
+    /// The drain loops' side of the fence pair described at [`Stats::wake_drain`]: call
+    /// after enabling the `quiet` waiter and before reading the counters.
+    pub(crate) fn drain_fence() {
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
     pub(crate) fn busy(&self) -> usize {
         self.requests_in_flight.load(Ordering::Acquire)
             + self.long_lived_open.load(Ordering::Acquire)

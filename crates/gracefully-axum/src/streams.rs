@@ -140,7 +140,7 @@ impl Drop for LongLived {
     fn drop(&mut self) {
         if let Some(server) = &self.0 {
             server.stats.long_lived_open.fetch_sub(1, Ordering::AcqRel);
-            server.stats.quiet.notify_waiters();
+            server.stats.wake_drain(&server.stopping);
         }
     }
 }

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# HTTP overhead of gracefully-axum against plain `axum::serve`.
+#
+#   crates/gracefully-axum/benches/http_overhead.sh
+#
+# The same hello-world handler behind `axum::serve` and behind gracefully's HttpServer with
+# a TimeoutLayer and a DisconnectPolicyLayer (examples/hello.rs), under the same load from
+# `wrk` (installed from Debian's packages if missing). The server runs on CPU 0 with one
+# tokio worker, wrk on CPU 1 with one thread. Rounds alternate axum / gracefully so drift
+# (other load on the machine) hits both; the medians are compared.
+#
+# Environment: ROUNDS (default 5), DURATION seconds per run (default 10), CONNECTIONS (64).
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+
+if ! command -v wrk >/dev/null; then
+    echo "installing wrk" >&2
+    (apt-get install -y -qq wrk || (apt-get update -qq && apt-get install -y -qq wrk)) >/dev/null
+fi
+cargo build --release -q -p gracefully-axum --example hello
+BIN=target/release/examples/hello
+CPUS=$(nproc)
+pin_server=(); pin_load=()
+if [ "$CPUS" -ge 2 ] && command -v taskset >/dev/null; then
+    pin_server=(taskset -c 0); pin_load=(taskset -c 1)
+fi
+
+run() { # mode port -> requests per second
+    local mode=$1 port=$2 pid rps
+    "${pin_server[@]}" "$BIN" "$mode" "$port" 2>/dev/null &
+    pid=$!
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+        sleep 0.05
+    done
+    rps=$("${pin_load[@]}" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$port/" |
+        awk '/Requests\/sec/ {print $2}')
+    kill -TERM "$pid"
+    wait "$pid" || true
+    echo "$rps"
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+axum_runs=(); graceful_runs=()
+for round in $(seq 1 "$ROUNDS"); do
+    a=$(run axum 18080); g=$(run gracefully 18081)
+    axum_runs+=("$a"); graceful_runs+=("$g")
+    echo "round $round: axum $a req/s, gracefully $g req/s" >&2
+done
+axum_median=$(printf '%s\n' "${axum_runs[@]}" | median)
+graceful_median=$(printf '%s\n' "${graceful_runs[@]}" | median)
+ratio=$(awk -v g="$graceful_median" -v a="$axum_median" 'BEGIN {printf "%.3f", g / a}')
+printf 'http overhead: axum %.0f req/s, gracefully %.0f req/s, ratio %s\n' \
+    "$axum_median" "$graceful_median" "$ratio"
