@@ -51,21 +51,19 @@ async fn round() -> (Duration, Duration, usize, usize) {
     let started = Arc::new(AtomicUsize::new(0));
     let last_finished = Arc::new(Mutex::new(Instant::now()));
     let (s, lf) = (started.clone(), last_finished.clone());
-    let app = Router::new()
-        .route("/fast", get(|| async { "ok" }))
-        .route(
-            "/work",
-            get(move || {
-                let (s, lf) = (s.clone(), lf.clone());
-                async move {
-                    let n = s.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(100 + 2 * n as u64)).await;
-                    let mut last = lf.lock().await;
-                    *last = (*last).max(Instant::now());
-                    "done"
-                }
-            }),
-        );
+    let app = Router::new().route("/fast", get(|| async { "ok" })).route(
+        "/work",
+        get(move || {
+            let (s, lf) = (s.clone(), lf.clone());
+            async move {
+                let n = s.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100 + 2 * n as u64)).await;
+                let mut last = lf.lock().await;
+                *last = (*last).max(Instant::now());
+                "done"
+            }
+        }),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stopping = CancellationSource::new();
@@ -79,7 +77,10 @@ async fn round() -> (Duration, Duration, usize, usize) {
     let mut idle = Vec::with_capacity(IDLE);
     for _ in 0..IDLE {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(b"GET /fast HTTP/1.1\r\nhost: bench\r\n\r\n").await.unwrap();
+        stream
+            .write_all(b"GET /fast HTTP/1.1\r\nhost: bench\r\n\r\n")
+            .await
+            .unwrap();
         assert_eq!(read_status(&mut stream).await, Some(200));
         idle.push(stream);
     }
@@ -87,7 +88,10 @@ async fn round() -> (Duration, Duration, usize, usize) {
     let mut busy = Vec::with_capacity(IN_FLIGHT);
     for _ in 0..IN_FLIGHT {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(b"GET /work HTTP/1.1\r\nhost: bench\r\n\r\n").await.unwrap();
+        stream
+            .write_all(b"GET /work HTTP/1.1\r\nhost: bench\r\n\r\n")
+            .await
+            .unwrap();
         busy.push(tokio::spawn(async move { read_status(&mut stream).await }));
     }
     while started.load(Ordering::SeqCst) < IN_FLIGHT {

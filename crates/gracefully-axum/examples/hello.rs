@@ -13,7 +13,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use gracefully::CancellationSource;
-use gracefully_axum::{DisconnectPolicy, DisconnectPolicyLayer, HttpServer, Shutdown, TimeoutLayer};
+use gracefully_axum::{
+    DisconnectPolicy, DisconnectPolicyLayer, HttpServer, Shutdown, TimeoutLayer,
+};
 
 async fn hello() -> &'static str {
     "Hello, World!"
@@ -23,7 +25,10 @@ fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_else(|| "gracefully".into());
     let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(3000);
-    let workers = std::env::var("WORKERS").ok().and_then(|w| w.parse().ok()).unwrap_or(1);
+    let workers = std::env::var("WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(1);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()
@@ -31,8 +36,9 @@ fn main() -> std::io::Result<()> {
         .block_on(async move {
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
             let stop = async {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = tokio::signal::ctrl_c() => {}
@@ -41,7 +47,9 @@ fn main() -> std::io::Result<()> {
             match mode.as_str() {
                 "axum" => {
                     let app = Router::new().route("/", get(hello));
-                    axum::serve(listener, app).with_graceful_shutdown(stop).await
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(stop)
+                        .await
                 }
                 "gracefully" => {
                     // The layers a service would typically have: a request timeout and an

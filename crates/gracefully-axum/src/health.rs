@@ -1,45 +1,48 @@
 //! Liveness and readiness routes.
 
-use std::sync::Arc;
-
 use axum::Router;
+use axum::extract::Request;
 use axum::routing::get;
-use gracefully::CancellationToken;
 use http::StatusCode;
+
+use crate::request::RequestContext;
 
 /// Health routes: `GET /healthz` (liveness: `200 ok` while the process serves) and
 /// `GET /readyz` (readiness: `200 ready`, or `503 shutting down` from the instant shutdown
-/// is triggered — before the pre-stop delay, so load balancers stop sending traffic while
-/// the server still accepts it).
+/// is triggered).
 ///
-/// `not_ready` is the token that fires when readiness ends: with `gracefully-host`, the
-/// lifetime's readiness token (see the crate docs); standalone, the `stopping` token.
+/// Under `gracefully-host`, readiness fails when the host's stop is *requested* — before
+/// the pre-stop delay, while the server still accepts — so load balancers stop sending
+/// traffic before the drain begins. For a server run by hand, when `stopping` fires.
+/// Merge them into the app served by [`HttpServer`](crate::HttpServer):
 ///
 /// ```
-/// use gracefully::CancellationSource;
+/// use axum::{Router, routing::get};
 /// use gracefully_axum::health_routes;
 ///
-/// let shutdown_triggered = CancellationSource::new();
-/// let app: axum::Router = axum::Router::new()
-///     .merge(health_routes(shutdown_triggered.token()));
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "hello" }))
+///     .merge(health_routes());
 /// ```
 ///
-/// *Anchors:* ASP.NET Core health checks (`MapHealthChecks`), Kubernetes' liveness and
-/// readiness probes.
-pub fn health_routes(not_ready: CancellationToken) -> Router {
-    let not_ready = Arc::new(not_ready);
+/// Outside the server (a router called directly), `/readyz` always answers 200.
+///
+/// *Anchors:* ASP.NET Core health checks (`MapHealthChecks`) with the host's
+/// `ApplicationStopping`; Kubernetes' liveness and readiness probes.
+pub fn health_routes() -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
-            get(move || {
-                let not_ready = not_ready.clone();
-                async move {
-                    if not_ready.is_cancelled() {
-                        (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
-                    } else {
-                        (StatusCode::OK, "ready")
-                    }
+            get(|request: Request| async move {
+                let not_ready = request
+                    .extensions()
+                    .get::<RequestContext>()
+                    .is_some_and(|ctx| ctx.inner.server.not_ready.is_cancelled());
+                if not_ready {
+                    (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+                } else {
+                    (StatusCode::OK, "ready")
                 }
             }),
         )

@@ -69,6 +69,9 @@ pub(crate) struct Shared {
     /// Fires when `run`'s future is dropped (the abort phase): ends long-lived streams that
     /// run in tasks of their own (WebSockets).
     pub(crate) aborted: CancellationToken,
+    /// Fires when readiness ends: the host's `stop_requested` (before the pre-stop delay),
+    /// or `stopping` for a server run by hand.
+    pub(crate) not_ready: CancellationToken,
 }
 
 /// An HTTP/1.1 + HTTP/2 server for an axum `Router` (or any tower service), with request
@@ -99,7 +102,8 @@ pub(crate) struct Shared {
 /// `axum::serve(..).with_graceful_shutdown(..)`, which has no drain deadline, never tells
 /// handlers, and does not track WebSockets; Go's `http.Server.Shutdown(ctx)`.
 pub struct HttpServer<S = Router> {
-    listener: TcpListener,
+    /// Taken by the first run: a server serves once.
+    listener: Option<TcpListener>,
     app: S,
     config: Config,
 }
@@ -116,7 +120,7 @@ where
     /// A server for `app` on `listener`.
     pub fn new(listener: TcpListener, app: S) -> Self {
         HttpServer {
-            listener,
+            listener: Some(listener),
             app,
             config: Config::default(),
         }
@@ -124,7 +128,13 @@ where
 
     /// The address the server listens on.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+        match &self.listener {
+            Some(listener) => listener.local_addr(),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the server has run already; its listener is closed",
+            )),
+        }
     }
 
     /// How long a client may take to send a request's headers (default 10 s). Slow
@@ -165,92 +175,235 @@ where
     ///
     /// Dropping the future aborts every connection and handler at once: that is the
     /// abort phase of a shutdown.
-    pub async fn run(self, shutdown: Shutdown) -> ServerReport {
-        let abort = gracefully::CancellationSource::new();
-        let aborted = abort.token();
-        // Cancels `aborted` if this future is dropped before it finishes.
-        let _abort_on_drop = abort.drop_guard();
-        let builder = crate::conn::builder(
-            self.config.header_read_timeout,
-            self.config.max_header_bytes,
-        );
-        let shared = Arc::new(Shared {
-            config: self.config,
-            builder,
-            stopping: shutdown.stopping.clone(),
-            hard_stop: shutdown.hard_stop.clone(),
-            stats: Stats::default(),
-            aborted,
-        });
-        let mut connections = JoinSet::new();
-        let listener = self.listener;
-        let stopping = shutdown.stopping.clone();
-
-        loop {
-            tokio::select! {
-                biased;
-                _ = stopping.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _peer)) => {
-                        let _ = stream.set_nodelay(true);
-                        crate::stats::inc(&shared.stats.connections_accepted);
-                        connections.spawn(crate::conn::serve(stream, shared.clone(), self.app.clone()));
-                    }
-                    Err(error) => accept_error(error).await,
-                },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
+    pub async fn run(mut self, shutdown: Shutdown) -> ServerReport {
+        match self.listener.take() {
+            Some(listener) => serve(listener, self.app, self.config, shutdown, None).await,
+            None => ServerReport::default(),
         }
-
-        // Drain. Dropping the listener refuses new connections at once; each connection
-        // sees `stopping` itself (and counts itself in the drain report).
-        drop(listener);
-        let started = Instant::now();
-        tracing::info!(
-            connections = shared.stats.connections_open.load(Ordering::Relaxed),
-            "HTTP server draining: stopped accepting"
-        );
-        let hard_stop = shutdown.hard_stop.clone();
-        let mut hard_stop_seen = false;
-        loop {
-            let quiet = shared.stats.quiet.notified();
-            let mut quiet = std::pin::pin!(quiet);
-            quiet.as_mut().enable();
-            Stats::drain_fence();
-            // Reap finished connections.
-            while connections.try_join_next().is_some() {}
-            if connections.is_empty() && shared.stats.busy() == 0 {
-                break;
-            }
-            tokio::select! {
-                _ = quiet => {}
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                _ = hard_stop.cancelled(), if !hard_stop_seen => {
-                    hard_stop_seen = true;
-                    tracing::info!(
-                        requests = shared.stats.busy(),
-                        "HTTP server: hard stop, request tokens cancelled"
-                    );
-                }
-            }
-        }
-        let stats = &shared.stats;
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        let drain = DrainReport {
-            connections_open: load(&stats.open_at_drain),
-            idle_closed: load(&stats.idle_at_drain),
-            requests_in_flight: load(&stats.in_flight_at_drain),
-            websockets_closed: load(&stats.websockets_closed_going_away),
-            sse_ended: load(&stats.sse_streams_ended),
-            hard_stop_reached: shutdown.hard_stop.is_cancelled(),
-            cancelled_at_hard_stop: load(&stats.cancelled_at_hard_stop),
-            took: started.elapsed(),
-        };
-        let mut report = report_of(&shared.stats);
-        report.drain = Some(drain);
-        tracing::info!(%report, "HTTP server stopped");
-        report
     }
+}
+
+/// The `gracefully-host` service: `execute` serves until the service's `stopping` token
+/// fires, then drains; request tokens are children of the host's hard stop. The drain's
+/// steps appear in the service's row of the host's shutdown report (also if the host
+/// aborts the server).
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use gracefully_axum::{HttpServer, health_routes};
+/// use gracefully_host::Host;
+///
+/// # async fn main_() -> Result<(), Box<dyn std::error::Error>> {
+/// let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+/// let host = Host::builder();
+/// # let host = host.handle_signals(true);
+/// // The lifetime exists once the host is built; routes that need it can be added by
+/// // building the host first, or through `Lifetime::current()`.
+/// let app = Router::new().route("/", get(|| async { "hello" }));
+/// let host = host.service("http", HttpServer::new(listener, app)).build()?;
+/// host.run_and_exit().await;
+/// # }
+/// ```
+///
+/// A server serves once: if the service is restarted (a [`RestartPolicy`]), the second
+/// run fails with an error saying so.
+///
+/// [`RestartPolicy`]: gracefully_host::RestartPolicy
+impl<S> gracefully_host::BackgroundService for HttpServer<S>
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    async fn execute(
+        &mut self,
+        stopping: CancellationToken,
+        cx: &gracefully_host::ServiceContext,
+    ) -> Result<(), gracefully_host::BoxError> {
+        let listener = self.listener.take().ok_or(
+            "the HTTP server's listener was used by an earlier run; an HttpServer serves once",
+        )?;
+        if let Ok(addr) = listener.local_addr() {
+            cx.detail("listening on", addr);
+        }
+        let shutdown = Shutdown {
+            stopping,
+            hard_stop: cx.hard_stop(),
+        };
+        serve(
+            listener,
+            self.app.clone(),
+            self.config.clone(),
+            shutdown,
+            Some(cx.clone()),
+        )
+        .await;
+        Ok(())
+    }
+}
+
+/// Writes the server's counts into its host report row when `serve` ends — normally or by
+/// being dropped in the abort phase.
+struct RecordOnExit {
+    shared: Arc<Shared>,
+    cx: Option<gracefully_host::ServiceContext>,
+    drain_started: Option<Instant>,
+}
+
+impl Drop for RecordOnExit {
+    fn drop(&mut self) {
+        let Some(cx) = &self.cx else { return };
+        let report = report_of(&self.shared.stats);
+        let stats = &self.shared.stats;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        cx.detail("requests", report.requests);
+        if self.drain_started.is_some() {
+            cx.detail("connections open at drain", load(&stats.open_at_drain));
+            cx.detail("idle connections closed", load(&stats.idle_at_drain));
+            cx.detail(
+                "requests in flight at drain",
+                load(&stats.in_flight_at_drain),
+            );
+        }
+        cx.detail("requests completed", report.completed);
+        let optional = |key: &'static str, n: u64| {
+            if n > 0 {
+                cx.detail(key, n);
+            }
+        };
+        optional("SSE streams ended", load(&stats.sse_streams_ended));
+        optional(
+            "WebSockets closed (1001)",
+            load(&stats.websockets_closed_going_away),
+        );
+        optional(
+            "cancelled at hard stop",
+            load(&stats.cancelled_at_hard_stop),
+        );
+        optional("timed out (504)", report.cancelled_deadline);
+        optional("cancelled by shutdown (503)", report.cancelled_shutdown);
+        optional("clients left (499)", report.client_left);
+        optional("dropped on disconnect", report.dropped_on_disconnect);
+        optional("panicked (500)", report.panicked);
+        let still_open = self.shared.stats.busy() as u64;
+        optional("lost (aborted)", report.lost + still_open);
+        if let Some(started) = self.drain_started {
+            cx.detail(
+                "drain took",
+                format!("{} ms", started.elapsed().as_millis()),
+            );
+        }
+    }
+}
+
+async fn serve<S>(
+    listener: TcpListener,
+    app: S,
+    config: Config,
+    shutdown: Shutdown,
+    cx: Option<gracefully_host::ServiceContext>,
+) -> ServerReport
+where
+    S: Service<Request<Body>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let abort = gracefully::CancellationSource::new();
+    let aborted = abort.token();
+    // Cancels `aborted` if this future is dropped before it finishes.
+    let _abort_on_drop = abort.drop_guard();
+    let builder = crate::conn::builder(config.header_read_timeout, config.max_header_bytes);
+    let shared = Arc::new(Shared {
+        config,
+        builder,
+        stopping: shutdown.stopping.clone(),
+        hard_stop: shutdown.hard_stop.clone(),
+        stats: Stats::default(),
+        aborted,
+        not_ready: cx
+            .as_ref()
+            .map(|cx| cx.lifetime().stop_requested())
+            .unwrap_or_else(|| shutdown.stopping.clone()),
+    });
+    let mut record = RecordOnExit {
+        shared: shared.clone(),
+        cx,
+        drain_started: None,
+    };
+    let mut connections = JoinSet::new();
+    let stopping = shutdown.stopping.clone();
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = stopping.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    crate::stats::inc(&shared.stats.connections_accepted);
+                    connections.spawn(crate::conn::serve(stream, shared.clone(), app.clone()));
+                }
+                Err(error) => accept_error(error).await,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+
+    // Drain. Dropping the listener refuses new connections at once; each connection
+    // sees `stopping` itself (and counts itself in the drain report).
+    drop(listener);
+    let started = Instant::now();
+    record.drain_started = Some(started);
+    tracing::info!(
+        connections = shared.stats.connections_open.load(Ordering::Relaxed),
+        "HTTP server draining: stopped accepting"
+    );
+    let hard_stop = shutdown.hard_stop.clone();
+    let mut hard_stop_seen = false;
+    loop {
+        let quiet = shared.stats.quiet.notified();
+        let mut quiet = std::pin::pin!(quiet);
+        quiet.as_mut().enable();
+        Stats::drain_fence();
+        // Reap finished connections.
+        while connections.try_join_next().is_some() {}
+        if connections.is_empty() && shared.stats.busy() == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = quiet => {}
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = hard_stop.cancelled(), if !hard_stop_seen => {
+                hard_stop_seen = true;
+                tracing::info!(
+                    requests = shared.stats.busy(),
+                    "HTTP server: hard stop, request tokens cancelled"
+                );
+            }
+        }
+    }
+    let stats = &shared.stats;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let drain = DrainReport {
+        connections_open: load(&stats.open_at_drain),
+        idle_closed: load(&stats.idle_at_drain),
+        requests_in_flight: load(&stats.in_flight_at_drain),
+        websockets_closed: load(&stats.websockets_closed_going_away),
+        sse_ended: load(&stats.sse_streams_ended),
+        hard_stop_reached: shutdown.hard_stop.is_cancelled(),
+        cancelled_at_hard_stop: load(&stats.cancelled_at_hard_stop),
+        took: started.elapsed(),
+    };
+    let mut report = report_of(&shared.stats);
+    report.drain = Some(drain);
+    tracing::info!(%report, "HTTP server stopped");
+    report
 }
 
 fn report_of(stats: &Stats) -> ServerReport {

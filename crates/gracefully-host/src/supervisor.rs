@@ -27,6 +27,9 @@ use crate::signals::Signals;
 
 type Joined = Pin<Box<dyn Future<Output = (usize, Result<ServiceEnd, JoinError>)> + Send>>;
 
+/// How long the abort phase waits for the runtime to drop the aborted services' futures.
+const ABORT_SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
+
 pub(crate) async fn run(host: Host) -> ShutdownReport {
     let Host {
         config,
@@ -197,6 +200,13 @@ pub(crate) async fn run(host: Host) -> ShutdownReport {
             }
         }
         shared.tracker.abort_all(Phase::Abort);
+        // `abort` only asks: the runtime drops the aborted futures a moment later. Wait
+        // (briefly, bounded) until it has, so their drop code — closing sockets, recording
+        // what they were doing in their report rows — runs before the report is taken.
+        let _ = tokio::time::timeout(ABORT_SETTLE, async {
+            while running.next().await.is_some() {}
+        })
+        .await;
     }
 
     // Whatever descends from hard stop and is still waiting hears it now.
