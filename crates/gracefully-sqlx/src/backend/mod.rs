@@ -121,13 +121,5 @@ pub(crate) mod sealed {
         /// Whether `error` says the connection is inside a failed transaction (PostgreSQL
         /// `25P02`), which only a `ROLLBACK` ends.
         fn is_failed_transaction(error: &sqlx::Error) -> bool;
-
-        /// Whether `error` is the server-side statement timeout this crate set from a
-        /// deadline (PostgreSQL `57014` "canceling statement due to statement timeout").
-        fn is_statement_timeout(error: &sqlx::Error) -> bool;
-
-        /// Whether `error` is the interruption this crate caused (SQLite `SQLITE_INTERRUPT`,
-        /// PostgreSQL `57014` "canceling statement due to user request").
-        fn is_interruption(error: &sqlx::Error) -> bool;
     }
 }

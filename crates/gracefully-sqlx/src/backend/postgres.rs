@@ -225,27 +225,11 @@ impl Sealed for Postgres {
     fn is_failed_transaction(error: &sqlx::Error) -> bool {
         sqlstate(error).as_deref() == Some("25P02")
     }
-
-    fn is_statement_timeout(error: &sqlx::Error) -> bool {
-        sqlstate(error).as_deref() == Some("57014")
-            && database_message(error).is_some_and(|m| m.contains("statement timeout"))
-    }
-
-    fn is_interruption(error: &sqlx::Error) -> bool {
-        sqlstate(error).as_deref() == Some("57014")
-    }
 }
 
 fn sqlstate(error: &sqlx::Error) -> Option<String> {
     match error {
         sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
-        _ => None,
-    }
-}
-
-fn database_message(error: &sqlx::Error) -> Option<&str> {
-    match error {
-        sqlx::Error::Database(db) => Some(db.message()),
         _ => None,
     }
 }

@@ -145,13 +145,4 @@ impl Sealed for Sqlite {
     fn is_failed_transaction(_: &sqlx::Error) -> bool {
         false
     }
-
-    fn is_statement_timeout(_: &sqlx::Error) -> bool {
-        false
-    }
-
-    fn is_interruption(error: &sqlx::Error) -> bool {
-        // SQLITE_INTERRUPT = 9.
-        matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("9"))
-    }
 }

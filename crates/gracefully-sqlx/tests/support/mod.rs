@@ -18,8 +18,17 @@ pub enum Hook {
     Drop,
 }
 
-/// Wraps `inner`; at its `at`-th poll performs the hook. Resolves to `None` if the hook was
-/// `Drop` and fired, else to the inner output. `fired()` tells whether the hook ran.
+/// What an [`AtPoll`] resolved to.
+pub struct Polled<T> {
+    /// The operation's output; `None` if it was dropped by the hook.
+    pub output: Option<T>,
+    /// Whether the hook ran (the operation had not completed before the chosen poll).
+    pub fired: bool,
+    /// How many times the operation was polled.
+    pub polls: usize,
+}
+
+/// Wraps `inner`; at its `at`-th poll performs the hook.
 pub struct AtPoll<F> {
     inner: Option<Pin<Box<F>>>,
     polls: usize,
@@ -39,7 +48,7 @@ impl<F: Future> AtPoll<F> {
 }
 
 impl<F: Future> Future for AtPoll<F> {
-    type Output = (Option<F::Output>, bool);
+    type Output = Polled<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // `AtPoll` is `Unpin`: the inner future is boxed.
@@ -52,15 +61,28 @@ impl<F: Future> Future for AtPoll<F> {
                 }
                 Some(Hook::Drop) => {
                     this.inner = None; // dropped here, mid-flight
-                    return Poll::Ready((None, true));
+                    return Poll::Ready(Polled {
+                        output: None,
+                        fired: true,
+                        polls: this.polls,
+                    });
                 }
                 None => {}
             }
         }
         let fired = this.hook.is_none();
+        let polls = this.polls;
         match this.inner.as_mut() {
-            Some(inner) => inner.as_mut().poll(cx).map(|out| (Some(out), fired)),
-            None => Poll::Ready((None, fired)),
+            Some(inner) => inner.as_mut().poll(cx).map(|out| Polled {
+                output: Some(out),
+                fired,
+                polls,
+            }),
+            None => Poll::Ready(Polled {
+                output: None,
+                fired,
+                polls,
+            }),
         }
     }
 }
