@@ -82,7 +82,7 @@
 //!   PostgreSQL discards a cancel that arrives while no query runs (it checks interrupts with
 //!   `DoingCommandRead` set before executing the next message). The drain and probe come
 //!   after. So the cancel hits our statement or nothing — never the probe, the `ROLLBACK`, or
-//!   the next borrower. (Details in the PostgreSQL backend's docs.)
+//!   the next borrower. (`src/backend/postgres.rs` carries the full argument.)
 //! * **An abandoned statement never fully sent.** If its bytes are still in sqlx's write
 //!   buffer, draining would *start* it after the cancel was discarded. We detect that
 //!   (`should_flush()`, recorded before sqlx queues a `ROLLBACK`) and close instead.
@@ -153,6 +153,11 @@ mod error;
 mod ops;
 mod pool;
 mod recover;
+
+/// The README's examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use backend::Backend;
 pub use error::Error;
