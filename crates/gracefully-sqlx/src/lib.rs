@@ -113,12 +113,12 @@
 //!
 //! ### Deadlines on the server
 //!
-//! With [`GracefulPoolOptions::deadline_as_timeout`] (on by default), the token's
-//! [`deadline`](gracefully::CancellationToken::deadline) becomes PostgreSQL's
-//! `statement_timeout` (`SET LOCAL` in the `BEGIN` message of a transaction; `SET` before a
-//! `run` body and reset after). It is rounded up, so the token normally fires first; the
-//! server's timeout is the backstop if this process stalls or dies. Either way the caller
-//! sees `Cancelled` with `DeadlineExceeded`, never a raw `57014`.
+//! The token's [`deadline`](gracefully::CancellationToken::deadline) becomes PostgreSQL's
+//! `statement_timeout` — by default in transactions, where `SET LOCAL` travels in the
+//! `BEGIN` message for free; with [`ServerDeadline::Always`] also around `run` bodies (`SET`
+//! before, reset after: two round trips). It is rounded up, so the token normally fires
+//! first; the server's timeout is the backstop if this process stalls or dies. Either way the
+//! caller sees `Cancelled` with `DeadlineExceeded`, never a raw `57014`.
 //!
 //! ## Coming from .NET or Go
 //!
@@ -162,7 +162,7 @@ struct ReadmeDoctests;
 pub use backend::Backend;
 pub use error::Error;
 pub use ops::BoxFuture;
-pub use pool::{DEFAULT_CANCEL_GRACE, GracefulPool, GracefulPoolOptions};
+pub use pool::{DEFAULT_CANCEL_GRACE, GracefulPool, GracefulPoolOptions, ServerDeadline};
 
 /// A [`GracefulPool`] for PostgreSQL.
 pub type PgGracefulPool = GracefulPool<sqlx::Postgres>;

@@ -10,7 +10,7 @@ use sqlx::{Connection, Transaction};
 
 use crate::backend::Backend;
 use crate::error::Error;
-use crate::pool::GracefulPool;
+use crate::pool::{GracefulPool, ServerDeadline};
 
 /// A boxed, `Send` future borrowing for `'a`: what an operation's body returns (the same
 /// shape as sqlx's `Connection::transaction` and `futures::future::BoxFuture`).
@@ -43,9 +43,11 @@ impl<DB: Backend> GracefulPool<DB> {
     ///   case `Cancelled` (as Go's `database/sql` returns `ctx.Err()`): an error caused by
     ///   the cancellation is reported as the cancellation.
     ///
-    /// With [`deadline_as_timeout`](crate::GracefulPoolOptions::deadline_as_timeout) on (the
-    /// default) and a token with a [`deadline`](CancellationToken::deadline), PostgreSQL
-    /// sessions get `SET statement_timeout` first (one round trip), reset before reuse.
+    /// With [`ServerDeadline::Always`](crate::ServerDeadline::Always) and a token with a
+    /// [`deadline`](CancellationToken::deadline), a PostgreSQL session gets `SET
+    /// statement_timeout` before the body (one round trip) and a reset before reuse (one
+    /// more). By default the deadline stays on the client here: the token fires, the
+    /// statement is cancelled.
     ///
     /// ```no_run
     /// # async fn f(pool: gracefully_sqlx::PgGracefulPool) -> Result<(), gracefully_sqlx::Error> {
@@ -85,7 +87,11 @@ impl<DB: Backend> GracefulPool<DB> {
         let armed = DB::arm(lease.handle(), token);
 
         let mut deadline_applied = false;
-        if let Some(millis) = self.timeout_millis(token) {
+        let timeout = match self.shared.settings.server_deadline {
+            ServerDeadline::Always => self.timeout_millis(token),
+            ServerDeadline::Off | ServerDeadline::Transactions => None,
+        };
+        if let Some(millis) = timeout {
             // Marked before it is sent: if this is cancelled midway, recovery resets it.
             lease.set_session_timeout();
             let set = token
@@ -140,9 +146,10 @@ impl<DB: Backend> GracefulPool<DB> {
     /// * `COMMIT` fails (a serialization failure, a deferred constraint): `Err` with the
     ///   database error; the server has rolled back.
     ///
-    /// With [`deadline_as_timeout`](crate::GracefulPoolOptions::deadline_as_timeout) (the
-    /// default), a PostgreSQL transaction starts with `BEGIN; SET LOCAL statement_timeout =
-    /// <time left>` in one message: the server enforces the deadline too, at no extra cost.
+    /// With [`ServerDeadline::Transactions`](crate::ServerDeadline::Transactions) (the
+    /// default) and a token with a deadline, a PostgreSQL transaction starts with `BEGIN; SET
+    /// LOCAL statement_timeout = <time left>` in one message: the server enforces the deadline
+    /// too, at no extra cost.
     ///
     /// ```no_run
     /// # async fn f(pool: gracefully_sqlx::PgGracefulPool, token: gracefully::CancellationToken)
@@ -189,7 +196,10 @@ impl<DB: Backend> GracefulPool<DB> {
         let unsent = Arc::new(AtomicBool::new(false));
         lease.unsent_hint = Some(Arc::clone(&unsent));
         let armed = DB::arm(lease.handle(), token);
-        let timeout = self.timeout_millis(token);
+        let timeout = match self.shared.settings.server_deadline {
+            ServerDeadline::Transactions | ServerDeadline::Always => self.timeout_millis(token),
+            ServerDeadline::Off => None,
+        };
         let begin_sql = timeout.and_then(DB::begin_with_timeout);
         let deadline_applied = begin_sql.is_some();
 
@@ -224,9 +234,6 @@ impl<DB: Backend> GracefulPool<DB> {
     /// The server-side timeout for an operation on `token`, in milliseconds: the time left
     /// before its deadline, rounded up so the token normally fires first.
     fn timeout_millis(&self, token: &CancellationToken) -> Option<u64> {
-        if !self.shared.settings.deadline_as_timeout {
-            return None;
-        }
         let left = token.deadline()?.checked_duration_since(Instant::now())?;
         let millis = u64::try_from(left.as_millis()).ok()?.saturating_add(1);
         (millis <= MAX_TIMEOUT_MILLIS).then_some(millis)

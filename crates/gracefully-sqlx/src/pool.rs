@@ -42,13 +42,13 @@ pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(2);
 /// ```no_run
 /// # async fn f() -> Result<(), gracefully_sqlx::Error> {
 /// use std::time::Duration;
-/// use gracefully_sqlx::GracefulPoolOptions;
+/// use gracefully_sqlx::{GracefulPoolOptions, ServerDeadline};
 /// use sqlx::postgres::PgPoolOptions;
 ///
 /// let pool = GracefulPoolOptions::new()
 ///     .pool_options(PgPoolOptions::new().max_connections(10))
 ///     .cancel_grace(Duration::from_secs(2))
-///     .deadline_as_timeout(true)
+///     .server_deadline(ServerDeadline::Transactions)
 ///     .connect("postgres://app@localhost/app")
 ///     .await?;
 /// # let _ = pool; Ok(()) }
@@ -60,8 +60,33 @@ pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(2);
 pub struct GracefulPoolOptions<DB: Backend> {
     pool: PoolOptions<DB>,
     cancel_grace: Duration,
-    deadline_as_timeout: bool,
+    server_deadline: ServerDeadline,
     verify_on_release: bool,
+}
+
+/// Where the token's [`deadline`](CancellationToken::deadline) also becomes a server-side
+/// statement timeout (PostgreSQL's `statement_timeout`; SQLite has none — its interrupt at the
+/// deadline covers it).
+///
+/// The timeout is the time left, rounded up to the next millisecond, so the token normally
+/// fires first and the server's timeout is the backstop that holds even if this process
+/// stalls or dies. Either way the caller gets [`Error::Cancelled`] with
+/// [`DeadlineExceeded`](gracefully::ReasonKind::DeadlineExceeded), never a raw `57014`.
+/// Deadlines are read against the system clock (`Instant::now()`): a cancellation tree on a
+/// `ManualClock` should use [`ServerDeadline::Off`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerDeadline {
+    /// The deadline stays on the client.
+    Off,
+    /// In [`transaction`](GracefulPool::transaction)s: `SET LOCAL statement_timeout` travels
+    /// in the same message as `BEGIN`, so it costs nothing. The default.
+    #[default]
+    Transactions,
+    /// Also around [`run`](GracefulPool::run) bodies: `SET statement_timeout` before the body
+    /// and a reset before the connection is reused — two extra round trips for every `run` on
+    /// a token with a deadline.
+    Always,
 }
 
 impl<DB: Backend> Default for GracefulPoolOptions<DB> {
@@ -75,7 +100,7 @@ impl<DB: Backend> fmt::Debug for GracefulPoolOptions<DB> {
         f.debug_struct("GracefulPoolOptions")
             .field("pool", &self.pool)
             .field("cancel_grace", &self.cancel_grace)
-            .field("deadline_as_timeout", &self.deadline_as_timeout)
+            .field("server_deadline", &self.server_deadline)
             .field("verify_on_release", &self.verify_on_release)
             .finish()
     }
@@ -83,12 +108,13 @@ impl<DB: Backend> fmt::Debug for GracefulPoolOptions<DB> {
 
 impl<DB: Backend> GracefulPoolOptions<DB> {
     /// sqlx's default [`PoolOptions`], a cancel grace of [`DEFAULT_CANCEL_GRACE`] (2 s),
-    /// deadlines turned into server-side timeouts, and verification only when in doubt.
+    /// deadlines turned into server-side timeouts in transactions
+    /// ([`ServerDeadline::Transactions`]), and verification only when in doubt.
     pub fn new() -> Self {
         GracefulPoolOptions {
             pool: PoolOptions::new(),
             cancel_grace: DEFAULT_CANCEL_GRACE,
-            deadline_as_timeout: true,
+            server_deadline: ServerDeadline::Transactions,
             verify_on_release: false,
         }
     }
@@ -112,21 +138,10 @@ impl<DB: Backend> GracefulPoolOptions<DB> {
         self
     }
 
-    /// Whether the token's [`deadline`](CancellationToken::deadline) becomes a server-side
-    /// timeout (default `true`). PostgreSQL: `SET LOCAL statement_timeout` in the same
-    /// message as `BEGIN` for [`transaction`](GracefulPool::transaction) (no extra round
-    /// trip), and `SET statement_timeout` before [`run`](GracefulPool::run)'s body (one round
-    /// trip, only when the token has a deadline; reset before the connection is reused).
-    /// SQLite has no such setting: the interrupt at the deadline covers it.
-    ///
-    /// The timeout is the time left, rounded up to the next millisecond, so the token fires
-    /// first in the normal case and the server's timeout is the backstop that holds even if
-    /// this process stalls or dies. Either way the caller gets [`Error::Cancelled`] with
-    /// [`DeadlineExceeded`](gracefully::ReasonKind::DeadlineExceeded), never a raw `57014`.
-    /// Deadlines are read against the system clock (`Instant::now()`); a tree on a
-    /// `ManualClock` should turn this off.
-    pub fn deadline_as_timeout(mut self, on: bool) -> Self {
-        self.deadline_as_timeout = on;
+    /// Where the token's deadline also becomes a server-side statement timeout: see
+    /// [`ServerDeadline`] (default [`ServerDeadline::Transactions`]).
+    pub fn server_deadline(mut self, mode: ServerDeadline) -> Self {
+        self.server_deadline = mode;
         self
     }
 
@@ -190,7 +205,7 @@ impl<DB: Backend> GracefulPoolOptions<DB> {
         let canceller = DB::canceller(&options, first).await;
         let settings = Settings {
             cancel_grace: self.cancel_grace,
-            deadline_as_timeout: self.deadline_as_timeout,
+            server_deadline: self.server_deadline,
             verify_on_release: self.verify_on_release,
             acquire_timeout,
             max_lifetime: self.pool.get_max_lifetime(),
@@ -353,7 +368,7 @@ impl<DB: Backend> GracefulPool<DB> {
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
     pub(crate) cancel_grace: Duration,
-    pub(crate) deadline_as_timeout: bool,
+    pub(crate) server_deadline: ServerDeadline,
     pub(crate) verify_on_release: bool,
     pub(crate) acquire_timeout: Duration,
     pub(crate) max_lifetime: Option<Duration>,

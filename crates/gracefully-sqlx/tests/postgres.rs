@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gracefully::{CancellationSource, CancellationToken, ReasonKind};
-use gracefully_sqlx::{Error, GracefulPoolOptions, PgGracefulPool};
+use gracefully_sqlx::{Error, GracefulPoolOptions, PgGracefulPool, ServerDeadline};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use support::{AtPoll, Hook};
@@ -528,7 +528,15 @@ const TIMEOUT_MS: &str = "SELECT setting::bigint FROM pg_settings WHERE name = '
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
 async fn the_tokens_deadline_becomes_the_statement_timeout_and_is_reset_afterwards() {
     let app = unique("deadline");
-    let pool = pool(&app, 1).await;
+    let options = PgConnectOptions::from_str(&database_url())
+        .expect("DATABASE_URL parses")
+        .application_name(&app);
+    let pool: PgGracefulPool = GracefulPoolOptions::new()
+        .pool_options(PgPoolOptions::new().max_connections(1))
+        .server_deadline(ServerDeadline::Always)
+        .connect_with(options)
+        .await
+        .expect("connect");
     let source = CancellationSource::with_timeout(Duration::from_secs(5));
     let token = source.token();
 
@@ -565,6 +573,36 @@ async fn the_tokens_deadline_becomes_the_statement_timeout_and_is_reset_afterwar
         .await
         .unwrap();
     assert_eq!(after, 0, "statement_timeout was not reset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn by_default_only_transactions_carry_the_deadline_to_the_server() {
+    let app = unique("deadline_default");
+    let pool = pool(&app, 1).await;
+    let source = CancellationSource::with_timeout(Duration::from_secs(5));
+    let token = source.token();
+    let in_transaction: i64 = pool
+        .transaction(&token, |tx, _| {
+            Box::pin(async move {
+                Ok::<_, Error>(sqlx::query_scalar(TIMEOUT_MS).fetch_one(&mut **tx).await?)
+            })
+        })
+        .await
+        .unwrap();
+    assert!(
+        (4_000..=5_001).contains(&in_transaction),
+        "SET LOCAL gave {in_transaction} ms"
+    );
+    let in_run: i64 = pool
+        .run(&token, |conn| {
+            Box::pin(async move {
+                Ok::<_, Error>(sqlx::query_scalar(TIMEOUT_MS).fetch_one(&mut *conn).await?)
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(in_run, 0, "run sets no session timeout by default");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
