@@ -141,6 +141,9 @@
 //! * A progress handler you install on a pooled SQLite connection yourself replaces ours.
 //! * The pool keeps adopted connections in its own idle list (sqlx's pool cannot attach the
 //!   pid to a connection): `after_release`/`before_acquire` hooks do not run per operation.
+//!   Adopting costs one round trip per connection, once (`SELECT pg_backend_pid()`; SQLite:
+//!   one worker round trip), and PostgreSQL pools keep one extra connection open for
+//!   cancels.
 //!
 //! The crate depends on the core (`gracefully`), tokio and sqlx 0.9 only. Every future it
 //! spawns is tracked; it contains no `unsafe` code.

@@ -166,6 +166,11 @@ impl<DB: Backend> GracefulPoolOptions<DB> {
     ///
     /// [`Error::Config`] if `url` does not parse (the message shows it with its password
     /// redacted), and the errors of [`connect_with`](Self::connect_with).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes drops the validating connection (its socket
+    /// closes); nothing else was created.
     pub async fn connect(self, url: &str) -> Result<GracefulPool<DB>, Error> {
         let options: ConnectOptionsOf<DB> = url.parse().map_err(|source| Error::Config {
             target: redact(url),
@@ -185,6 +190,10 @@ impl<DB: Backend> GracefulPoolOptions<DB> {
     /// connection within `acquire_timeout`. sqlx's own `PoolOptions::connect` retries a
     /// refused connection until its timeout and then reports only `PoolTimedOut`; this does
     /// not.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`connect`](Self::connect).
     pub async fn connect_with(
         self,
         options: ConnectOptionsOf<DB>,
@@ -289,6 +298,10 @@ impl<DB: Backend> GracefulPool<DB> {
     ///
     /// As [`GracefulPoolOptions::connect`]: [`Error::Config`] for a URL that does not
     /// parse, [`Error::Connect`] when no connection can be opened. Passwords are redacted.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`GracefulPoolOptions::connect`].
     pub async fn connect(url: &str) -> Result<Self, Error> {
         GracefulPoolOptions::new().connect(url).await
     }
@@ -298,6 +311,10 @@ impl<DB: Backend> GracefulPool<DB> {
     /// # Errors
     ///
     /// As [`GracefulPoolOptions::connect_with`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`GracefulPoolOptions::connect`].
     pub async fn connect_with(options: ConnectOptionsOf<DB>) -> Result<Self, Error> {
         GracefulPoolOptions::new().connect_with(options).await
     }

@@ -277,6 +277,7 @@ async fn cancel_on_server(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
 async fn pg_sleep_cancelled_after_200ms_leaves_pg_stat_activity_within_100ms() {
+    let _serial = support::serial().await;
     let (stopped_after, result) =
         cancel_on_server("sleep", "SELECT pg_sleep(30)", "pg_sleep").await;
     assert_eq!(
@@ -292,6 +293,7 @@ async fn pg_sleep_cancelled_after_200ms_leaves_pg_stat_activity_within_100ms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
 async fn a_cpu_bound_query_cancelled_after_200ms_leaves_pg_stat_activity_within_100ms() {
+    let _serial = support::serial().await;
     let (stopped_after, result) = cancel_on_server(
         "cpu",
         "SELECT sum(x) FROM (SELECT generate_series(1::bigint, 100000000000::bigint) AS x) s",
@@ -308,6 +310,7 @@ async fn a_cpu_bound_query_cancelled_after_200ms_leaves_pg_stat_activity_within_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
 async fn plain_sqlx_leaves_the_statement_running_after_the_future_is_dropped() {
+    let _serial = support::serial().await;
     // The anchor, for contrast: dropping a plain sqlx query future stops nothing.
     let app = unique("plain");
     let options = PgConnectOptions::from_str(&database_url())
@@ -332,6 +335,7 @@ async fn plain_sqlx_leaves_the_statement_running_after_the_future_is_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
 async fn a_dropped_run_future_still_stops_the_statement_on_the_server() {
+    let _serial = support::serial().await;
     let app = unique("dropped_run");
     let pool = pool(&app, 1).await;
     let mut monitor = monitor().await;
@@ -353,6 +357,7 @@ async fn a_dropped_run_future_still_stops_the_statement_on_the_server() {
     let dropped_at = Instant::now();
     operation.abort(); // drops the future: no token fired
     let stopped_after = gone_after(&mut monitor, &app, "pg_sleep", dropped_at).await;
+    eprintln!("dropped run: stopped after {stopped_after:?}");
     assert!(
         stopped_after < Duration::from_millis(100),
         "stopped after {stopped_after:?}"
@@ -377,17 +382,18 @@ async fn walk_transaction(test: &str, make_hook: impl Fn(&Arc<CancellationSource
     let mut monitor = monitor().await;
     create_table(&pool, &table).await;
     let mut interrupted = 0;
-    // The number of polls varies from run to run (replies already buffered need no wait):
-    // walk k up to the most polls any completed run took, so every await point of the
-    // longest run is hit at least once.
+    // The number of polls varies from run to run (a reply already there needs no wait): walk
+    // k up to the most polls any run took, retrying a k (up to 3 runs) whose run completed
+    // before its k-th poll, so every await point of the longest run is hit.
     let mut most_polls = 1;
-    let mut k = 0;
-    while k < most_polls {
-        k += 1;
-        assert!(k <= 500, "the transaction never completed within 500 polls");
+    let mut k = 1;
+    let mut misses = 0;
+    let mut batch = 0i64;
+    while k <= most_polls {
+        batch += 1;
+        assert!(batch <= 1_000, "the walk did not end within 1000 runs");
         let source = Arc::new(CancellationSource::new());
         let token = source.token();
-        let batch = k as i64;
         let insert = format!("INSERT INTO {table} (batch, n) VALUES ($1, $2)");
         let body_done = Arc::new(AtomicBool::new(false));
         let done = Arc::clone(&body_done);
@@ -429,9 +435,16 @@ async fn walk_transaction(test: &str, make_hook: impl Fn(&Arc<CancellationSource
         if fired {
             interrupted += 1;
             most_polls = most_polls.max(k + 1);
+            k += 1;
+            misses = 0;
         } else {
             assert!(matches!(outcome, Some(Ok(()))), "k={k}");
             most_polls = most_polls.max(polled.polls);
+            misses += 1;
+            if misses == 3 {
+                k += 1;
+                misses = 0;
+            }
         }
     }
     assert!(
@@ -445,18 +458,21 @@ async fn walk_transaction(test: &str, make_hook: impl Fn(&Arc<CancellationSource
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
 async fn a_transaction_cancelled_at_every_await_point_leaves_no_rows_and_a_clean_connection() {
+    let _serial = support::serial().await;
     walk_transaction("walk_cancel", |source| Hook::Cancel(Arc::clone(source))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
 async fn a_transaction_dropped_at_every_await_point_is_rolled_back_by_a_tracked_cleanup() {
+    let _serial = support::serial().await;
     walk_transaction("walk_drop", |_| Hook::Drop).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
 async fn a_pool_of_one_keeps_working_after_1000_cancelled_queries() {
+    let _serial = support::serial().await;
     let app = unique("thousand");
     let pool = pool(&app, 1).await;
     let mut monitor = monitor().await;
@@ -527,6 +543,7 @@ const TIMEOUT_MS: &str = "SELECT setting::bigint FROM pg_settings WHERE name = '
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
 async fn the_tokens_deadline_becomes_the_statement_timeout_and_is_reset_afterwards() {
+    let _serial = support::serial().await;
     let app = unique("deadline");
     let options = PgConnectOptions::from_str(&database_url())
         .expect("DATABASE_URL parses")
@@ -578,6 +595,7 @@ async fn the_tokens_deadline_becomes_the_statement_timeout_and_is_reset_afterwar
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
 async fn by_default_only_transactions_carry_the_deadline_to_the_server() {
+    let _serial = support::serial().await;
     let app = unique("deadline_default");
     let pool = pool(&app, 1).await;
     let source = CancellationSource::with_timeout(Duration::from_secs(5));
@@ -608,6 +626,7 @@ async fn by_default_only_transactions_carry_the_deadline_to_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
 async fn a_passed_deadline_is_deadline_exceeded_not_a_raw_57014() {
+    let _serial = support::serial().await;
     let app = unique("deadline_exceeded");
     let pool = pool(&app, 1).await;
     let source = CancellationSource::with_timeout(Duration::from_millis(200));
@@ -636,6 +655,7 @@ async fn a_passed_deadline_is_deadline_exceeded_not_a_raw_57014() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
 async fn a_failing_commit_is_reported_and_leaves_no_rows() {
+    let _serial = support::serial().await;
     let app = unique("commit_fails");
     let table = unique("commit_fails");
     let pool = pool(&app, 1).await;
@@ -671,6 +691,7 @@ async fn a_failing_commit_is_reported_and_leaves_no_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
 async fn a_raw_begin_left_open_by_a_failing_body_is_rolled_back_before_reuse() {
+    let _serial = support::serial().await;
     let app = unique("raw_begin");
     let pool = pool(&app, 1).await;
     let result: Result<(), Error> = pool
@@ -689,6 +710,7 @@ async fn a_raw_begin_left_open_by_a_failing_body_is_rolled_back_before_reuse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 // Needs no server.
 async fn an_unreachable_server_is_a_clear_error_with_the_password_redacted() {
+    let _serial = support::serial().await;
     let error = PgGracefulPool::connect("postgres://postgres:s3cretpw@127.0.0.1:1/test")
         .await
         .unwrap_err();
@@ -702,6 +724,7 @@ async fn an_unreachable_server_is_a_clear_error_with_the_password_redacted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
 async fn bad_credentials_are_a_clear_error_with_the_password_redacted() {
+    let _serial = support::serial().await;
     let url = database_url();
     let options = PgConnectOptions::from_str(&url).unwrap();
     let bad = format!(
@@ -721,6 +744,7 @@ async fn bad_credentials_are_a_clear_error_with_the_password_redacted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 // Needs no server.
 async fn a_bad_url_is_a_clear_error_with_the_password_redacted() {
+    let _serial = support::serial().await;
     let error = PgGracefulPool::connect("postgres://postgres:s3cretpw@127.0.0.1:notaport/test")
         .await
         .unwrap_err();

@@ -76,6 +76,7 @@ async fn rows_in_batch(pool: &SqliteGracefulPool, batch: i64) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_recursive_cte_is_interrupted_within_50ms_of_the_cancel() {
+    let _serial = support::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let pool = pool(&dir, 1).await;
     let source = CancellationSource::new();
@@ -130,6 +131,7 @@ async fn a_long_recursive_cte_is_interrupted_within_50ms_of_the_cancel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_sqlx_runs_the_cte_on_after_the_future_is_dropped() {
+    let _serial = support::serial().await;
     // The anchor: without the interrupt, the worker thread keeps the connection busy.
     let dir = tempfile::tempdir().unwrap();
     let options = SqliteConnectOptions::new()
@@ -166,17 +168,18 @@ async fn walk_transaction(make_hook: impl Fn(&Arc<CancellationSource>) -> Hook) 
     let pool = pool(&dir, 1).await;
     create_table(&pool).await;
     let mut interrupted = 0;
-    // The number of polls varies from run to run (replies already buffered need no wait):
-    // walk k up to the most polls any completed run took, so every await point of the
-    // longest run is hit at least once.
+    // The number of polls varies from run to run (a reply already there needs no wait): walk
+    // k up to the most polls any run took, retrying a k (up to 3 runs) whose run completed
+    // before its k-th poll, so every await point of the longest run is hit.
     let mut most_polls = 1;
-    let mut k = 0;
-    while k < most_polls {
-        k += 1;
-        assert!(k <= 500, "the transaction never completed within 500 polls");
+    let mut k = 1;
+    let mut misses = 0;
+    let mut batch = 0i64;
+    while k <= most_polls {
+        batch += 1;
+        assert!(batch <= 1_000, "the walk did not end within 1000 runs");
         let source = Arc::new(CancellationSource::new());
         let token = source.token();
-        let batch = k as i64;
         let body_done = Arc::new(AtomicBool::new(false));
         let done = Arc::clone(&body_done);
         let operation = pool.transaction(&token, move |tx, token| {
@@ -217,9 +220,16 @@ async fn walk_transaction(make_hook: impl Fn(&Arc<CancellationSource>) -> Hook) 
         if fired {
             interrupted += 1;
             most_polls = most_polls.max(k + 1);
+            k += 1;
+            misses = 0;
         } else {
             assert!(matches!(outcome, Some(Ok(()))), "k={k}");
             most_polls = most_polls.max(polled.polls);
+            misses += 1;
+            if misses == 3 {
+                k += 1;
+                misses = 0;
+            }
         }
     }
     assert!(
@@ -231,16 +241,19 @@ async fn walk_transaction(make_hook: impl Fn(&Arc<CancellationSource>) -> Hook) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_cancelled_at_every_await_point_leaves_no_rows_and_a_clean_connection() {
+    let _serial = support::serial().await;
     walk_transaction(|source| Hook::Cancel(Arc::clone(source))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_dropped_at_every_await_point_is_rolled_back_by_a_tracked_cleanup() {
+    let _serial = support::serial().await;
     walk_transaction(|_| Hook::Drop).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_body_rolls_back_and_returns_its_error() {
+    let _serial = support::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let pool = pool(&dir, 1).await;
     create_table(&pool).await;
@@ -267,6 +280,7 @@ async fn a_failing_body_rolls_back_and_returns_its_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_fires_as_the_body_succeeds_rolls_back() {
+    let _serial = support::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let pool = pool(&dir, 1).await;
     create_table(&pool).await;
@@ -289,6 +303,7 @@ async fn a_token_that_fires_as_the_body_succeeds_rolls_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_of_one_keeps_working_after_200_cancelled_queries() {
+    let _serial = support::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let pool = pool(&dir, 1).await;
     for i in 0..200u64 {
@@ -323,6 +338,7 @@ async fn a_pool_of_one_keeps_working_after_200_cancelled_queries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_already_cancelled_token_never_touches_the_database() {
+    let _serial = support::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let pool = pool(&dir, 1).await;
     let source = CancellationSource::new();
@@ -341,6 +357,7 @@ async fn an_already_cancelled_token_never_touches_the_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unopenable_database_is_a_clear_connect_error() {
+    let _serial = support::serial().await;
     let error = SqliteGracefulPool::connect("sqlite:///no/such/directory/db.sqlite")
         .await
         .unwrap_err();
@@ -355,6 +372,7 @@ async fn an_unopenable_database_is_a_clear_connect_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_url_is_a_clear_config_error() {
+    let _serial = support::serial().await;
     let error = SqliteGracefulPool::connect("sqlite://x.db?mode=sideways")
         .await
         .unwrap_err();

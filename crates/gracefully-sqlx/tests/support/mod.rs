@@ -88,3 +88,10 @@ impl<F: Future> Future for AtPoll<F> {
 }
 
 impl<F> Unpin for AtPoll<F> {}
+
+/// Runs the tests of one binary one at a time: several of them time how fast the database
+/// stops, and the others (1000 cancels, walks) would load the same two cores meanwhile.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
