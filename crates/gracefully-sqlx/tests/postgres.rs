@@ -145,6 +145,9 @@ async fn gone_after(
             since.elapsed() < Duration::from_secs(10),
             "`{needle}` still running 10 s after the cancel"
         );
+        // Poll every millisecond, not in a tight loop: on two cores a tight loop (and its
+        // backend) would compete with the canceller it is timing.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
