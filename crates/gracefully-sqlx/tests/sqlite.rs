@@ -382,3 +382,28 @@ async fn a_bad_url_is_a_clear_config_error() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pool_closes_its_connections_and_refuses_new_operations() {
+    let _serial = support::serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir, 2).await;
+    create_table(&pool).await;
+    assert_eq!(pool.num_idle(), 1);
+    pool.close().await;
+    assert!(pool.is_closed());
+    assert_eq!(pool.num_idle(), 0);
+    assert_eq!(pool.size(), 0, "every connection was closed");
+    let result = pool
+        .run(&CancellationToken::never(), |conn| {
+            Box::pin(async move {
+                sqlx::query("SELECT 1").execute(&mut *conn).await?;
+                Ok::<_, Error>(())
+            })
+        })
+        .await;
+    assert!(
+        matches!(result, Err(Error::Database(sqlx::Error::PoolClosed))),
+        "{result:?}"
+    );
+}
