@@ -1,0 +1,148 @@
+//! SQLite: interrupt the running statement through a progress handler that reads a
+//! per-connection flag, raised by the token's callback on the cancelling thread.
+//!
+//! # Why a progress handler and not `sqlite3_interrupt`
+//!
+//! sqlx-sqlite runs statements on a worker thread per connection and never interrupts them:
+//! a dropped query future leaves the worker stepping the statement to its end. SQLite offers
+//! two ways in from another thread:
+//!
+//! * `sqlite3_interrupt(db)`: thread-safe, but only while `db` is open, which needs the raw
+//!   handle kept outside sqlx and `unsafe` FFI; and it interrupts *whatever* runs when it is
+//!   called, so a late call can hit the next statement.
+//! * a progress handler (`LockedSqliteHandle::set_progress_handler`, safe API): SQLite calls
+//!   it every [`PROGRESS_OPS`] virtual-machine instructions on the worker thread, and a
+//!   `false` return interrupts the statement with `SQLITE_INTERRUPT`.
+//!
+//! We install the handler once per connection (when the pool adopts it; `lock_handle()` only
+//! succeeds while no statement runs, which is true then) and let it read an `AtomicBool`
+//! that this crate alone raises and lowers. The flag is the aim: it is raised only while the
+//! operation that owns the connection is being stopped, and lowered only after a worker round
+//! trip proved that everything queued before it (the abandoned statement, a `ROLLBACK` queued
+//! by a dropped sqlx `Transaction`) has finished. So the next borrower never runs with it
+//! raised, and no `unsafe` code is needed. The flag is raised by an
+//! [`on_cancel`](gracefully::CancellationToken::on_cancel) callback — one atomic store on the
+//! cancelling thread — so the interrupt does not wait for the operation's task to be polled.
+//!
+//! A statement interrupted inside an explicit transaction may roll the whole transaction back
+//! (SQLite's documented behaviour for `SQLITE_INTERRUPT`); the recovery probe reads the real
+//! state (`sqlite3_get_autocommit`, through sqlx's `begin_with` check) either way.
+//!
+//! Not interruptible this way: a statement waiting in SQLite's busy handler for a lock (the
+//! progress handler is not called while it sleeps). The grace then expires and the
+//! connection is closed; its worker thread ends once the wait does.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use gracefully::{CancellationToken, Registration};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{Connection, Sqlite};
+
+use super::{Stopped, sealed::Sealed};
+use crate::pool::Tracked;
+
+/// Virtual-machine instructions between two calls of the progress handler: small enough
+/// that an interrupt lands within microseconds, large enough that the call (one relaxed
+/// load) costs nothing measurable.
+pub(crate) const PROGRESS_OPS: i32 = 1_000;
+
+/// A connection's interrupt flag, read by its progress handler.
+#[derive(Debug, Clone)]
+pub struct Interrupt {
+    /// Raised: the progress handler interrupts every statement until it is lowered.
+    raised: Arc<AtomicBool>,
+}
+
+impl Interrupt {
+    fn raise(&self) {
+        // Relaxed: the flag carries no other data; the handler needs only to see it
+        // eventually, and every later check of the flag is on the same atomic.
+        self.raised.store(true, Ordering::Relaxed);
+    }
+
+    fn lower(&self) {
+        self.raised.store(false, Ordering::Relaxed);
+    }
+}
+
+/// SQLite needs nothing per pool to stop a statement.
+#[derive(Debug)]
+pub struct NoCanceller;
+
+impl Sealed for Sqlite {
+    type Handle = Interrupt;
+    type Canceller = NoCanceller;
+
+    const PROBE_AND_RESET_TIMEOUT: &'static str = "SELECT 1";
+
+    async fn canceller(_: &SqliteConnectOptions, first: SqliteConnection) -> NoCanceller {
+        // The first connection only validated the options.
+        let _ = first.close().await;
+        NoCanceller
+    }
+
+    async fn adopt(conn: &mut SqliteConnection) -> Result<Interrupt, sqlx::Error> {
+        let interrupt = Interrupt {
+            raised: Arc::new(AtomicBool::new(false)),
+        };
+        let raised = Arc::clone(&interrupt.raised);
+        let mut handle = conn.lock_handle().await?;
+        // `true` continues the statement, `false` interrupts it.
+        handle.set_progress_handler(PROGRESS_OPS, move || !raised.load(Ordering::Relaxed));
+        Ok(interrupt)
+    }
+
+    fn arm(handle: &Interrupt, token: &CancellationToken) -> Option<Registration> {
+        let interrupt = handle.clone();
+        // One store on the cancelling thread: the statement stops at its next progress
+        // check, however long the operation's task takes to be polled.
+        Some(token.on_cancel(move |_| interrupt.raise()))
+    }
+
+    fn raised(handle: &Interrupt) -> bool {
+        handle.raised.load(Ordering::Relaxed)
+    }
+
+    async fn stop<'a>(
+        _: &'a NoCanceller,
+        tracked: &'a mut Tracked<Sqlite>,
+        _unsent: bool,
+        until: Instant,
+    ) -> Stopped {
+        tracked.handle.raise();
+        // The worker runs commands in order: its answer to the ping means the abandoned
+        // statement (and whatever was queued behind it) has finished.
+        match tokio::time::timeout_at(until.into(), tracked.conn.ping()).await {
+            Ok(Ok(())) => {
+                tracked.handle.lower();
+                Stopped::Drained
+            }
+            // The flag stays raised: the worker interrupts the statement when it next checks,
+            // then finds the connection closed.
+            Ok(Err(_)) | Err(_) => Stopped::Close,
+        }
+    }
+
+    async fn abort<'a>(_: &'a NoCanceller, handle: &'a Interrupt, _: Instant) {
+        handle.raise();
+    }
+
+    fn begin_with_timeout(_: u64) -> Option<String> {
+        None
+    }
+
+    async fn set_session_timeout(_: &mut SqliteConnection, _: u64) -> Result<bool, sqlx::Error> {
+        Ok(false)
+    }
+
+    async fn raw_rollback(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+        Ok(())
+    }
+
+    fn is_failed_transaction(_: &sqlx::Error) -> bool {
+        false
+    }
+}

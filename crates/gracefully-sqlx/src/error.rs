@@ -1,0 +1,221 @@
+//! [`Error`]: what a pool operation returns when it does not succeed, with cancellation kept
+//! apart from failures, and connection targets shown with their password redacted.
+
+use std::fmt;
+
+use gracefully::{Cancelled, Reason};
+
+/// The error of a [`GracefulPool`](crate::GracefulPool) operation.
+///
+/// Cancellation is its own variant, never folded into a database error: when the token fires,
+/// you get [`Error::Cancelled`] carrying the token's [`Reason`], even though the server
+/// reported the cancelled statement as an error (PostgreSQL `57014`, SQLite `SQLITE_INTERRUPT`).
+/// Its [`source`](std::error::Error::source) is the [`Cancelled`], so
+/// [`gracefully::is_cancellation`] recognises it anywhere in a chain of errors.
+///
+/// Connection targets in messages are shown with the password replaced by `***`.
+///
+/// *Anchors:* .NET throws `OperationCanceledException` from Npgsql/EF Core when the token
+/// fires, and `NpgsqlException`/`PostgresException` otherwise; Go's `database/sql` returns
+/// `ctx.Err()` rather than the driver's error once the context is done. We do the same: once
+/// the token has fired, the outcome of the operation is `Cancelled`.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The token fired (or was already cancelled) and the operation stopped. Whatever the
+    /// operation was running on the server was stopped before this was returned (or, if the
+    /// server did not confirm within the pool's cancel grace, the connection was closed), and
+    /// a transaction it had open was rolled back.
+    Cancelled(Cancelled),
+    /// The connection options could not be parsed (a bad URL, an unknown parameter).
+    Config {
+        /// The URL as given, with its password redacted.
+        target: String,
+        /// What sqlx reported.
+        source: sqlx::Error,
+    },
+    /// No connection could be opened: the server is unreachable, refused the credentials,
+    /// or the database does not exist.
+    Connect {
+        /// The connection target, with its password redacted.
+        target: String,
+        /// What sqlx reported.
+        source: sqlx::Error,
+    },
+    /// The database or the pool reported an error (a failed statement, a lost connection,
+    /// a pool timeout).
+    Database(sqlx::Error),
+}
+
+impl Error {
+    /// `Error::Cancelled` with `reason`.
+    pub(crate) fn cancelled(reason: Reason) -> Self {
+        Error::Cancelled(Cancelled::new(reason))
+    }
+
+    /// Whether this is [`Error::Cancelled`].
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, Error::Cancelled(_))
+    }
+
+    /// The [`Cancelled`] (and through it the [`Reason`]) if this is [`Error::Cancelled`].
+    pub fn as_cancelled(&self) -> Option<&Cancelled> {
+        match self {
+            Error::Cancelled(cancelled) => Some(cancelled),
+            _ => None,
+        }
+    }
+
+    /// The sqlx error, if there is one.
+    pub fn as_sqlx(&self) -> Option<&sqlx::Error> {
+        match self {
+            Error::Cancelled(_) => None,
+            Error::Config { source, .. } | Error::Connect { source, .. } => Some(source),
+            Error::Database(source) => Some(source),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Cancelled(cancelled) => fmt::Display::fmt(cancelled, f),
+            Error::Config { target, source } => {
+                write!(f, "invalid connection options `{target}`: {source}")
+            }
+            Error::Connect { target, source } => {
+                write!(f, "cannot connect to `{target}`: {source}")
+            }
+            Error::Database(source) => write!(f, "database error: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Cancelled(cancelled) => Some(cancelled),
+            Error::Config { source, .. } | Error::Connect { source, .. } => Some(source),
+            Error::Database(source) => Some(source),
+        }
+    }
+}
+
+impl From<Cancelled> for Error {
+    fn from(cancelled: Cancelled) -> Self {
+        Error::Cancelled(cancelled)
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    /// A sqlx error that carries a [`Cancelled`] (as `sqlx::Error::Io` with a `Cancelled`
+    /// inside) becomes [`Error::Cancelled`]; any other becomes [`Error::Database`].
+    fn from(error: sqlx::Error) -> Self {
+        match gracefully::find_cancelled(&error) {
+            Some(cancelled) => Error::Cancelled(cancelled.clone()),
+            None => Error::Database(error),
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`: the user-info password and `password=` query
+/// parameters. A string that does not parse as a URL keeps only what cannot be a secret.
+pub(crate) fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                // Cannot fail: a URL with a password has a host.
+                let _ = parsed.set_password(Some("***"));
+            }
+            if parsed.query().is_some() {
+                let pairs: Vec<(String, String)> = parsed
+                    .query_pairs()
+                    .map(|(k, v)| {
+                        let secret = k.eq_ignore_ascii_case("password")
+                            || k.eq_ignore_ascii_case("sslpassword");
+                        (
+                            k.into_owned(),
+                            if secret { "***".into() } else { v.into_owned() },
+                        )
+                    })
+                    .collect();
+                parsed.query_pairs_mut().clear().extend_pairs(pairs);
+            }
+            parsed.to_string()
+        }
+        // Not a URL: keep what is before `://` and after the last `@`, and nothing of a
+        // `password=` parameter.
+        Err(_) => {
+            let mut out = match (url.find("://"), url.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+                }
+                _ => url.to_owned(),
+            };
+            if let Some(start) = out.to_ascii_lowercase().find("password=") {
+                let value = start + "password=".len();
+                let end = out[value..].find('&').map_or(out.len(), |e| value + e);
+                out.replace_range(value..end, "***");
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_the_user_info_password() {
+        let shown = redact("postgres://alice:s3cret@db.example:5432/app");
+        assert_eq!(shown, "postgres://alice:***@db.example:5432/app");
+    }
+
+    #[test]
+    fn redact_hides_a_password_parameter() {
+        let shown = redact("postgres://db.example/app?user=alice&password=s3cret&sslmode=disable");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("password=***"), "{shown}");
+        assert!(shown.contains("sslmode=disable"), "{shown}");
+    }
+
+    #[test]
+    fn redact_keeps_urls_without_secrets() {
+        assert_eq!(
+            redact("postgres://alice@db.example/app"),
+            "postgres://alice@db.example/app"
+        );
+        assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
+    }
+
+    #[test]
+    fn redact_handles_strings_that_are_not_urls() {
+        let shown = redact("postgres://alice:s3:cr@t@[bad/app");
+        assert!(!shown.contains("s3"), "{shown}");
+        let shown = redact("host=db password=s3cret");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn a_cancelled_error_is_recognised_as_cancellation() {
+        let error = Error::cancelled(Reason::shutdown());
+        assert!(gracefully::is_cancellation(&error));
+        assert_eq!(
+            error.as_cancelled().map(Cancelled::kind),
+            Some(gracefully::ReasonKind::Shutdown)
+        );
+        let database = Error::Database(sqlx::Error::RowNotFound);
+        assert!(!gracefully::is_cancellation(&database));
+    }
+
+    #[test]
+    fn a_sqlx_error_carrying_cancelled_converts_back() {
+        let io: std::io::Error = Cancelled::new(Reason::disconnected()).into();
+        let error = Error::from(sqlx::Error::Io(io));
+        assert_eq!(
+            error.as_cancelled().map(Cancelled::kind),
+            Some(gracefully::ReasonKind::Disconnected)
+        );
+    }
+}

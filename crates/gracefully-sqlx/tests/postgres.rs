@@ -1,0 +1,758 @@
+//! PostgreSQL behaviour of `gracefully-sqlx`, against a real server.
+//!
+//! Ignored by default; CI runs them with `DATABASE_URL` set:
+//!
+//! ```sh
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo test -p gracefully-sqlx -- --include-ignored
+//! ```
+//!
+//! Tests share the server with other sessions: each uses its own `application_name` (to find
+//! its backends in `pg_stat_activity`) and its own table.
+
+mod support;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use gracefully::{CancellationSource, CancellationToken, ReasonKind};
+use gracefully_sqlx::{Error, GracefulPoolOptions, PgGracefulPool, ServerDeadline};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use support::{AtPoll, Hook};
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "these tests need PostgreSQL: set DATABASE_URL, e.g. \
+             DATABASE_URL=postgres://postgres@127.0.0.1:5432/test"
+        )
+    })
+}
+
+/// A name unique to this test and process, for `application_name` and tables.
+fn unique(test: &str) -> String {
+    format!("gs_{test}_{}", std::process::id())
+}
+
+async fn pool(app: &str, max: u32) -> PgGracefulPool {
+    let options = PgConnectOptions::from_str(&database_url())
+        .expect("DATABASE_URL parses")
+        .application_name(app);
+    pool_with(options, max).await
+}
+
+async fn pool_with(options: PgConnectOptions, max: u32) -> PgGracefulPool {
+    GracefulPoolOptions::new()
+        .pool_options(PgPoolOptions::new().max_connections(max))
+        .connect_with(options)
+        .await
+        .expect("connect to DATABASE_URL")
+}
+
+/// A TCP proxy in front of the server that holds every chunk the server sends for `delay`,
+/// so that every round trip is a real suspension point of the client's future (on loopback
+/// a reply often arrives before the client reads, and the await completes without ever
+/// returning `Pending` — a point no cancel can land on). Returns options that connect
+/// through it.
+async fn delayed(options: PgConnectOptions, delay: Duration) -> PgConnectOptions {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    let target = format!("{}:{}", options.get_host(), options.get_port());
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the proxy");
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(&target).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let up = async {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                    let _ = server_write.shutdown().await;
+                };
+                let down = async {
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while let Ok(n) = server_read.read(&mut buffer).await {
+                        if n == 0 {
+                            break;
+                        }
+                        tokio::time::sleep(delay).await;
+                        if client_write.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = client_write.shutdown().await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    options.host("127.0.0.1").port(port)
+}
+
+/// A separate connection that watches the server.
+async fn monitor() -> PgConnection {
+    PgConnection::connect(&database_url())
+        .await
+        .expect("connect the monitor")
+}
+
+/// Backends of `app` running a statement whose text contains `needle`.
+async fn running(monitor: &mut PgConnection, app: &str, needle: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+         AND state = 'active' AND position($2 in query) > 0",
+    )
+    .bind(app)
+    .bind(needle)
+    .fetch_one(monitor)
+    .await
+    .expect("query pg_stat_activity")
+}
+
+/// Backends of `app` left inside a transaction (open or aborted).
+async fn idle_in_transaction(monitor: &mut PgConnection, app: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+         AND state LIKE 'idle in transaction%'",
+    )
+    .bind(app)
+    .fetch_one(monitor)
+    .await
+    .expect("query pg_stat_activity")
+}
+
+/// Polls until no backend of `app` runs `needle`; returns how long that took from `since`.
+async fn gone_after(
+    monitor: &mut PgConnection,
+    app: &str,
+    needle: &str,
+    since: Instant,
+) -> Duration {
+    loop {
+        if running(monitor, app, needle).await == 0 {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "`{needle}` still running 10 s after the cancel"
+        );
+        // Poll every millisecond, not in a tight loop: on two cores a tight loop (and its
+        // backend) would compete with the canceller it is timing.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The next borrower is idle and outside any transaction, read from the server: `SAVEPOINT`
+/// fails with `25P01` ("can only be used in transaction blocks"; inside an aborted block it
+/// would be `25P02`, inside an open one it would succeed), and no transaction id is assigned.
+async fn assert_next_borrower_clean(pool: &PgGracefulPool) {
+    let (savepoint, no_xid) = pool
+        .run(&CancellationToken::never(), |conn| {
+            Box::pin(async move {
+                assert!(
+                    !conn.is_in_transaction(),
+                    "sqlx thinks a transaction is open"
+                );
+                let savepoint = sqlx::raw_sql("SAVEPOINT gs_check")
+                    .execute(&mut *conn)
+                    .await;
+                let code = match savepoint {
+                    Ok(_) => "no error: inside a transaction block".to_owned(),
+                    Err(error) => error
+                        .as_database_error()
+                        .and_then(|e| e.code())
+                        .map_or_else(|| error.to_string(), |c| c.into_owned()),
+                };
+                let no_xid: bool =
+                    sqlx::query_scalar("SELECT pg_current_xact_id_if_assigned() IS NULL")
+                        .fetch_one(&mut *conn)
+                        .await?;
+                Ok::<_, Error>((code, no_xid))
+            })
+        })
+        .await
+        .expect("the next borrower can query");
+    assert_eq!(
+        savepoint, "25P01",
+        "the next borrower is inside a transaction block"
+    );
+    assert!(
+        no_xid,
+        "the next borrower inherited a transaction with writes"
+    );
+}
+
+async fn create_table(pool: &PgGracefulPool, table: &str) {
+    let sql = format!(
+        "DROP TABLE IF EXISTS {table}; \
+         CREATE TABLE {table} (batch bigint NOT NULL, n bigint NOT NULL, \
+         UNIQUE (batch, n) DEFERRABLE INITIALLY DEFERRED)"
+    );
+    pool.run(&CancellationToken::never(), |conn| {
+        Box::pin(async move {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut *conn)
+                .await?;
+            Ok::<_, Error>(())
+        })
+    })
+    .await
+    .expect("create the table");
+}
+
+async fn drop_table(pool: &PgGracefulPool, table: &str) {
+    let sql = format!("DROP TABLE IF EXISTS {table}");
+    let _ = pool
+        .run(&CancellationToken::never(), |conn| {
+            Box::pin(async move {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut *conn)
+                    .await?;
+                Ok::<_, Error>(())
+            })
+        })
+        .await;
+}
+
+async fn rows_in_batch(pool: &PgGracefulPool, table: &str, batch: i64) -> i64 {
+    let sql = format!("SELECT count(*) FROM {table} WHERE batch = $1");
+    pool.run(&CancellationToken::never(), |conn| {
+        Box::pin(async move {
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(batch)
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok::<_, Error>(n)
+        })
+    })
+    .await
+    .expect("count rows")
+}
+
+/// Starts `sql` through the pool on a fresh token, waits until the server runs it, cancels
+/// 200 ms after the start, and returns how long after the cancel the server stopped
+/// running it, and the operation's result.
+async fn cancel_on_server(
+    test: &str,
+    sql: &'static str,
+    needle: &str,
+) -> (Duration, Result<(), Error>) {
+    let app = unique(test);
+    let pool = pool(&app, 1).await;
+    let mut monitor = monitor().await;
+    let source = CancellationSource::new();
+    let token = source.token();
+    let runner = pool.clone();
+    let operation = tokio::spawn(async move {
+        runner
+            .run(&token, |conn| {
+                Box::pin(async move {
+                    sqlx::query(sql).execute(&mut *conn).await?;
+                    Ok::<_, Error>(())
+                })
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        running(&mut monitor, &app, needle).await,
+        1,
+        "the statement runs on the server"
+    );
+
+    let cancelled_at = Instant::now();
+    source.cancel();
+    let stopped_after = gone_after(&mut monitor, &app, needle, cancelled_at).await;
+    let result = operation.await.expect("the operation task");
+    assert_next_borrower_clean(&pool).await;
+    (stopped_after, result)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn pg_sleep_cancelled_after_200ms_leaves_pg_stat_activity_within_100ms() {
+    let _serial = support::serial().await;
+    let (stopped_after, result) =
+        cancel_on_server("sleep", "SELECT pg_sleep(30)", "pg_sleep").await;
+    assert_eq!(
+        result.unwrap_err().as_cancelled().map(|c| c.kind()),
+        Some(ReasonKind::Requested)
+    );
+    assert!(
+        stopped_after < Duration::from_millis(100),
+        "stopped after {stopped_after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn a_cpu_bound_query_cancelled_after_200ms_leaves_pg_stat_activity_within_100ms() {
+    let _serial = support::serial().await;
+    let (stopped_after, result) = cancel_on_server(
+        "cpu",
+        "SELECT sum(x) FROM (SELECT generate_series(1::bigint, 100000000000::bigint) AS x) s",
+        "generate_series",
+    )
+    .await;
+    assert!(result.unwrap_err().is_cancelled());
+    assert!(
+        stopped_after < Duration::from_millis(100),
+        "stopped after {stopped_after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn plain_sqlx_leaves_the_statement_running_after_the_future_is_dropped() {
+    let _serial = support::serial().await;
+    // The anchor, for contrast: dropping a plain sqlx query future stops nothing.
+    let app = unique("plain");
+    let options = PgConnectOptions::from_str(&database_url())
+        .unwrap()
+        .application_name(&app);
+    let plain = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let mut monitor = monitor().await;
+    let query = sqlx::query("SELECT pg_sleep(2)").execute(&plain);
+    let _ = tokio::time::timeout(Duration::from_millis(200), query).await; // dropped here
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        running(&mut monitor, &app, "pg_sleep").await,
+        1,
+        "plain sqlx: the server still runs the statement 300 ms after the future was dropped"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn a_dropped_run_future_still_stops_the_statement_on_the_server() {
+    let _serial = support::serial().await;
+    let app = unique("dropped_run");
+    let pool = pool(&app, 1).await;
+    let mut monitor = monitor().await;
+    let runner = pool.clone();
+    let operation = tokio::spawn(async move {
+        runner
+            .run(&CancellationToken::never(), |conn| {
+                Box::pin(async move {
+                    sqlx::query("SELECT pg_sleep(30)")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok::<_, Error>(())
+                })
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(running(&mut monitor, &app, "pg_sleep").await, 1);
+    let dropped_at = Instant::now();
+    operation.abort(); // drops the future: no token fired
+    let stopped_after = gone_after(&mut monitor, &app, "pg_sleep", dropped_at).await;
+    eprintln!("dropped run: stopped after {stopped_after:?}");
+    assert!(
+        stopped_after < Duration::from_millis(100),
+        "stopped after {stopped_after:?}"
+    );
+    pool.wait_for_cleanups().await;
+    assert_eq!(pool.pending_cleanups(), 0);
+    assert_next_borrower_clean(&pool).await;
+}
+
+/// Walks every poll of a transaction (checkout, BEGIN, three INSERTs, COMMIT), firing `hook`
+/// at the k-th for k = 1, 2, … up to the most polls any run took. After each: the
+/// batch has all its rows or none — none if the body had not finished, all only if the
+/// outcome was `Ok` or the operation was dropped with its COMMIT in flight — no backend of
+/// the pool is left in a transaction, and the next borrower is idle and outside any.
+async fn walk_transaction(test: &str, make_hook: impl Fn(&Arc<CancellationSource>) -> Hook) {
+    let app = unique(test);
+    let table = unique(test);
+    let options = PgConnectOptions::from_str(&database_url())
+        .expect("DATABASE_URL parses")
+        .application_name(&app);
+    let pool = pool_with(delayed(options, Duration::from_millis(1)).await, 1).await;
+    let mut monitor = monitor().await;
+    create_table(&pool, &table).await;
+    let mut interrupted = 0;
+    // The number of polls varies from run to run (a reply already there needs no wait): walk
+    // k up to the most polls any run took, retrying a k (up to 3 runs) whose run completed
+    // before its k-th poll, so every await point of the longest run is hit.
+    let mut most_polls = 1;
+    let mut k = 1;
+    let mut misses = 0;
+    let mut batch = 0i64;
+    while k <= most_polls {
+        batch += 1;
+        assert!(batch <= 1_000, "the walk did not end within 1000 runs");
+        let source = Arc::new(CancellationSource::new());
+        let token = source.token();
+        let insert = format!("INSERT INTO {table} (batch, n) VALUES ($1, $2)");
+        let body_done = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&body_done);
+        let operation = pool.transaction(&token, move |tx, token| {
+            Box::pin(async move {
+                for n in 0..3i64 {
+                    token.check()?;
+                    sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
+                        .bind(batch)
+                        .bind(n)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                done.store(true, Ordering::SeqCst);
+                Ok::<_, Error>(())
+            })
+        });
+        let polled = AtPoll::new(operation, k, make_hook(&source)).await;
+        let (outcome, fired) = (polled.output, polled.fired);
+        pool.wait_for_cleanups().await;
+        assert_eq!(pool.pending_cleanups(), 0);
+        assert_eq!(idle_in_transaction(&mut monitor, &app).await, 0, "k={k}");
+
+        let rows = rows_in_batch(&pool, &table, batch).await;
+        let body_finished = body_done.load(Ordering::SeqCst);
+        match &outcome {
+            Some(Ok(())) => assert_eq!(rows, 3, "committed at k={k}"),
+            Some(Err(error)) => {
+                assert!(error.is_cancelled(), "k={k}: {error}");
+                assert_eq!(rows, 0, "rolled back at k={k}");
+            }
+            None if !body_finished => assert_eq!(rows, 0, "dropped mid-body at k={k}"),
+            None => assert!(
+                rows == 0 || rows == 3,
+                "dropped in COMMIT at k={k}: {rows} rows"
+            ),
+        }
+        assert_next_borrower_clean(&pool).await;
+        if fired {
+            interrupted += 1;
+            most_polls = most_polls.max(k + 1);
+            k += 1;
+            misses = 0;
+        } else {
+            assert!(matches!(outcome, Some(Ok(()))), "k={k}");
+            most_polls = most_polls.max(polled.polls);
+            misses += 1;
+            if misses == 3 {
+                k += 1;
+                misses = 0;
+            }
+        }
+    }
+    assert!(
+        interrupted >= 6,
+        "only {interrupted} await points were hit (checkout, BEGIN, 3 INSERTs, COMMIT)"
+    );
+    eprintln!("{test}: walked {interrupted} await points of at most {most_polls} polls");
+    drop_table(&pool, &table).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn a_transaction_cancelled_at_every_await_point_leaves_no_rows_and_a_clean_connection() {
+    let _serial = support::serial().await;
+    walk_transaction("walk_cancel", |source| Hook::Cancel(Arc::clone(source))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn a_transaction_dropped_at_every_await_point_is_rolled_back_by_a_tracked_cleanup() {
+    let _serial = support::serial().await;
+    walk_transaction("walk_drop", |_| Hook::Drop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn a_pool_of_one_keeps_working_after_1000_cancelled_queries() {
+    let _serial = support::serial().await;
+    let app = unique("thousand");
+    let pool = pool(&app, 1).await;
+    let mut monitor = monitor().await;
+    let backend_pid = async |pool: &PgGracefulPool| -> i32 {
+        pool.run(&CancellationToken::never(), |conn| {
+            Box::pin(async move {
+                Ok::<_, Error>(
+                    sqlx::query_scalar("SELECT pg_backend_pid()")
+                        .fetch_one(&mut *conn)
+                        .await?,
+                )
+            })
+        })
+        .await
+        .unwrap()
+    };
+    let first_pid = backend_pid(&pool).await;
+    let started = Instant::now();
+    for i in 0..1000u64 {
+        let source = CancellationSource::new();
+        let token = source.token();
+        // Cancel after 0 to 2 ms: before the statement is sent, while it runs, in between.
+        source.cancel_after(Duration::from_micros(500 * (i % 5)));
+        let result = pool
+            .run(&token, |conn| {
+                Box::pin(async move {
+                    sqlx::query("SELECT pg_sleep(10)")
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok::<_, Error>(())
+                })
+            })
+            .await;
+        assert!(result.unwrap_err().is_cancelled(), "iteration {i}");
+    }
+    let took = started.elapsed();
+    let last_pid = backend_pid(&pool).await;
+    // Informational: a connection is closed only when it cannot be verified (for example
+    // when the cancel caught a statement still in the write buffer), so usually the very
+    // same backend served all 1000.
+    eprintln!(
+        "1000 cancelled queries in {took:?}; same backend before and after: {}",
+        first_pid == last_pid
+    );
+    assert_eq!(pool.pending_cleanups(), 0);
+    assert!(pool.size() <= 1, "size {}", pool.size());
+    assert_eq!(running(&mut monitor, &app, "pg_sleep").await, 0);
+    assert_eq!(idle_in_transaction(&mut monitor, &app).await, 0);
+    let answer: i32 = pool
+        .run(&CancellationToken::never(), |conn| {
+            Box::pin(async move {
+                Ok::<_, Error>(
+                    sqlx::query_scalar("SELECT 6 * 7")
+                        .fetch_one(&mut *conn)
+                        .await?,
+                )
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(answer, 42);
+    assert_next_borrower_clean(&pool).await;
+}
+
+/// The session's `statement_timeout` in milliseconds.
+const TIMEOUT_MS: &str = "SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout'";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn the_tokens_deadline_becomes_the_statement_timeout_and_is_reset_afterwards() {
+    let _serial = support::serial().await;
+    let app = unique("deadline");
+    let options = PgConnectOptions::from_str(&database_url())
+        .expect("DATABASE_URL parses")
+        .application_name(&app);
+    let pool: PgGracefulPool = GracefulPoolOptions::new()
+        .pool_options(PgPoolOptions::new().max_connections(1))
+        .server_deadline(ServerDeadline::Always)
+        .connect_with(options)
+        .await
+        .expect("connect");
+    let source = CancellationSource::with_timeout(Duration::from_secs(5));
+    let token = source.token();
+
+    let in_transaction: i64 = pool
+        .transaction(&token, |tx, _| {
+            Box::pin(async move {
+                Ok::<_, Error>(sqlx::query_scalar(TIMEOUT_MS).fetch_one(&mut **tx).await?)
+            })
+        })
+        .await
+        .unwrap();
+    assert!(
+        (4_000..=5_001).contains(&in_transaction),
+        "SET LOCAL gave {in_transaction} ms"
+    );
+
+    let in_run: i64 = pool
+        .run(&token, |conn| {
+            Box::pin(async move {
+                Ok::<_, Error>(sqlx::query_scalar(TIMEOUT_MS).fetch_one(&mut *conn).await?)
+            })
+        })
+        .await
+        .unwrap();
+    assert!((4_000..=5_001).contains(&in_run), "SET gave {in_run} ms");
+
+    // The same (single) connection, borrowed without a deadline: back to the default.
+    let after: i64 = pool
+        .run(&CancellationToken::never(), |conn| {
+            Box::pin(async move {
+                Ok::<_, Error>(sqlx::query_scalar(TIMEOUT_MS).fetch_one(&mut *conn).await?)
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(after, 0, "statement_timeout was not reset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn by_default_only_transactions_carry_the_deadline_to_the_server() {
+    let _serial = support::serial().await;
+    let app = unique("deadline_default");
+    let pool = pool(&app, 1).await;
+    let source = CancellationSource::with_timeout(Duration::from_secs(5));
+    let token = source.token();
+    let in_transaction: i64 = pool
+        .transaction(&token, |tx, _| {
+            Box::pin(async move {
+                Ok::<_, Error>(sqlx::query_scalar(TIMEOUT_MS).fetch_one(&mut **tx).await?)
+            })
+        })
+        .await
+        .unwrap();
+    assert!(
+        (4_000..=5_001).contains(&in_transaction),
+        "SET LOCAL gave {in_transaction} ms"
+    );
+    let in_run: i64 = pool
+        .run(&token, |conn| {
+            Box::pin(async move {
+                Ok::<_, Error>(sqlx::query_scalar(TIMEOUT_MS).fetch_one(&mut *conn).await?)
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(in_run, 0, "run sets no session timeout by default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn a_passed_deadline_is_deadline_exceeded_not_a_raw_57014() {
+    let _serial = support::serial().await;
+    let app = unique("deadline_exceeded");
+    let pool = pool(&app, 1).await;
+    let source = CancellationSource::with_timeout(Duration::from_millis(200));
+    let token = source.token();
+    let started = Instant::now();
+    let result: Result<(), Error> = pool
+        .transaction(&token, |tx, _| {
+            Box::pin(async move {
+                sqlx::query("SELECT pg_sleep(30)")
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await;
+    let error = result.unwrap_err();
+    assert_eq!(
+        error.as_cancelled().map(|c| c.kind()),
+        Some(ReasonKind::DeadlineExceeded),
+        "{error}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_next_borrower_clean(&pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn a_failing_commit_is_reported_and_leaves_no_rows() {
+    let _serial = support::serial().await;
+    let app = unique("commit_fails");
+    let table = unique("commit_fails");
+    let pool = pool(&app, 1).await;
+    create_table(&pool, &table).await;
+    let insert = format!("INSERT INTO {table} (batch, n) VALUES (1, 1), (1, 1)");
+    // The deferred unique constraint fails at COMMIT, not at the INSERT.
+    let result: Result<(), Error> = pool
+        .transaction(&CancellationToken::never(), move |tx, _| {
+            Box::pin(async move {
+                sqlx::query(sqlx::AssertSqlSafe(insert))
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await;
+    let error = result.unwrap_err();
+    assert!(!error.is_cancelled());
+    assert_eq!(
+        error
+            .as_sqlx()
+            .and_then(|e| e.as_database_error())
+            .and_then(|e| e.code())
+            .as_deref(),
+        Some("23505"),
+        "{error}"
+    );
+    assert_eq!(rows_in_batch(&pool, &table, 1).await, 0);
+    assert_next_borrower_clean(&pool).await;
+    drop_table(&pool, &table).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn a_raw_begin_left_open_by_a_failing_body_is_rolled_back_before_reuse() {
+    let _serial = support::serial().await;
+    let app = unique("raw_begin");
+    let pool = pool(&app, 1).await;
+    let result: Result<(), Error> = pool
+        .run(&CancellationToken::never(), |conn| {
+            Box::pin(async move {
+                sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
+                sqlx::query("SELECT 1/0").execute(&mut *conn).await?; // aborts the block
+                Ok(())
+            })
+        })
+        .await;
+    assert!(!result.unwrap_err().is_cancelled());
+    assert_next_borrower_clean(&pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Needs no server.
+async fn an_unreachable_server_is_a_clear_error_with_the_password_redacted() {
+    let _serial = support::serial().await;
+    let error = PgGracefulPool::connect("postgres://postgres:s3cretpw@127.0.0.1:1/test")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("127.0.0.1:1"), "{message}");
+    assert!(!message.contains("s3cretpw"), "{message}");
+    assert!(!format!("{error:?}").contains("s3cretpw"), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn bad_credentials_are_a_clear_error_with_the_password_redacted() {
+    let _serial = support::serial().await;
+    let url = database_url();
+    let options = PgConnectOptions::from_str(&url).unwrap();
+    let bad = format!(
+        "postgres://gs_no_such_role:s3cretpw@{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("postgres")
+    );
+    let error = PgGracefulPool::connect(&bad).await.unwrap_err();
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("gs_no_such_role"), "{message}");
+    assert!(message.contains("***"), "{message}");
+    assert!(!message.contains("s3cretpw"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Needs no server.
+async fn a_bad_url_is_a_clear_error_with_the_password_redacted() {
+    let _serial = support::serial().await;
+    let error = PgGracefulPool::connect("postgres://postgres:s3cretpw@127.0.0.1:notaport/test")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Config { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("invalid connection options"), "{message}");
+    assert!(!message.contains("s3cretpw"), "{message}");
+}

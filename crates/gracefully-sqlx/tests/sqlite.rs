@@ -1,0 +1,409 @@
+//! SQLite behaviour of `gracefully-sqlx` (always on: a temporary file database per test).
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use gracefully::{CancellationSource, CancellationToken, ReasonKind};
+use gracefully_sqlx::{Error, GracefulPoolOptions, SqliteGracefulPool};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use support::{AtPoll, Hook};
+
+/// Counts to 10^9 through a recursive CTE: minutes of pure VM work, no rows until the end.
+const ENDLESS: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+                       WHERE x < 1000000000) SELECT count(*) FROM c";
+
+async fn pool(dir: &tempfile::TempDir, max: u32) -> SqliteGracefulPool {
+    let options = SqliteConnectOptions::new()
+        .filename(dir.path().join("test.db"))
+        .create_if_missing(true);
+    GracefulPoolOptions::new()
+        .pool_options(SqlitePoolOptions::new().max_connections(max))
+        .connect_with(options)
+        .await
+        .expect("open the SQLite pool")
+}
+
+async fn create_table(pool: &SqliteGracefulPool) {
+    pool.run(&CancellationToken::never(), |conn| {
+        Box::pin(async move {
+            sqlx::raw_sql(
+                "CREATE TABLE IF NOT EXISTS items (batch INTEGER NOT NULL, n INTEGER NOT NULL)",
+            )
+            .execute(&mut *conn)
+            .await?;
+            Ok::<_, Error>(())
+        })
+    })
+    .await
+    .expect("create table");
+}
+
+/// The next borrower is idle and outside any transaction: a plain `BEGIN` succeeds (it fails
+/// with "cannot start a transaction within a transaction" otherwise), and sqlx agrees.
+async fn assert_next_borrower_clean(pool: &SqliteGracefulPool) {
+    pool.run(&CancellationToken::never(), |conn| {
+        Box::pin(async move {
+            use sqlx::Connection;
+            assert!(
+                !conn.is_in_transaction(),
+                "sqlx thinks a transaction is open"
+            );
+            sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
+            sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await?;
+            Ok::<_, Error>(())
+        })
+    })
+    .await
+    .expect("the next borrower could BEGIN: it was not inside a transaction");
+}
+
+async fn rows_in_batch(pool: &SqliteGracefulPool, batch: i64) -> i64 {
+    pool.run(&CancellationToken::never(), |conn| {
+        Box::pin(async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM items WHERE batch = ?")
+                .bind(batch)
+                .fetch_one(&mut *conn)
+                .await?;
+            Ok::<_, Error>(n)
+        })
+    })
+    .await
+    .expect("count rows")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_recursive_cte_is_interrupted_within_50ms_of_the_cancel() {
+    let _serial = support::serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir, 1).await;
+    let source = CancellationSource::new();
+    let token = source.token();
+    let runner = pool.clone();
+    let query = tokio::spawn(async move {
+        runner
+            .run(&token, |conn| {
+                Box::pin(async move {
+                    let n: i64 = sqlx::query_scalar(ENDLESS).fetch_one(&mut *conn).await?;
+                    Ok::<_, Error>(n)
+                })
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!query.is_finished(), "the CTE should still be running");
+
+    let cancelled_at = Instant::now();
+    source.cancel();
+    let result = query.await.unwrap();
+    let stopped_after = cancelled_at.elapsed();
+
+    let error = result.expect_err("the CTE cannot finish in 200 ms");
+    assert_eq!(
+        error.as_cancelled().map(|c| c.kind()),
+        Some(ReasonKind::Requested)
+    );
+    // `run` returns only after the worker thread answered a ping queued behind the
+    // statement: the statement is no longer running.
+    assert!(
+        stopped_after < Duration::from_millis(50),
+        "interrupted after {stopped_after:?}"
+    );
+    // The single connection is free at once (a running statement would block this).
+    let started = Instant::now();
+    assert_eq!(
+        pool.run(&CancellationToken::never(), |conn| Box::pin(async move {
+            Ok::<i64, Error>(
+                sqlx::query_scalar("SELECT 41 + 1")
+                    .fetch_one(&mut *conn)
+                    .await?,
+            )
+        }))
+        .await
+        .unwrap(),
+        42
+    );
+    assert!(started.elapsed() < Duration::from_millis(50));
+    assert_next_borrower_clean(&pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_sqlx_runs_the_cte_on_after_the_future_is_dropped() {
+    let _serial = support::serial().await;
+    // The anchor: without the interrupt, the worker thread keeps the connection busy.
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteConnectOptions::new()
+        .filename(dir.path().join("plain.db"))
+        .create_if_missing(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    // ~10^7 steps: long enough to see, short enough for a test.
+    let bounded = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+                   WHERE x < 3000000) SELECT count(*) FROM c";
+    let query = sqlx::query_scalar::<_, i64>(bounded).fetch_one(&pool);
+    let _ = tokio::time::timeout(Duration::from_millis(20), query).await;
+    let dropped_at = Instant::now();
+    // The connection comes back only when the worker finished the statement.
+    let mut conn = pool.acquire().await.unwrap();
+    let busy_for = dropped_at.elapsed();
+    sqlx::query("SELECT 1").execute(&mut *conn).await.unwrap();
+    assert!(
+        busy_for > Duration::from_millis(50),
+        "plain sqlx freed the connection after {busy_for:?}: the statement was not long enough to show the difference"
+    );
+}
+
+/// Walks every poll of a transaction (checkout, BEGIN, three INSERTs, COMMIT), firing `hook`
+/// at the k-th for k = 1, 2, … up to the most polls any run took. After each: the
+/// batch has all its rows or none — none if the body had not finished, all only if the
+/// outcome was `Ok` or the operation was dropped with its COMMIT in flight — and the next
+/// borrower is idle and outside any transaction.
+async fn walk_transaction(make_hook: impl Fn(&Arc<CancellationSource>) -> Hook) {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir, 1).await;
+    create_table(&pool).await;
+    let mut interrupted = 0;
+    // The number of polls varies from run to run (a reply already there needs no wait): walk
+    // k up to the most polls any run took, retrying a k (up to 3 runs) whose run completed
+    // before its k-th poll, so every await point of the longest run is hit.
+    let mut most_polls = 1;
+    let mut k = 1;
+    let mut misses = 0;
+    let mut batch = 0i64;
+    while k <= most_polls {
+        batch += 1;
+        assert!(batch <= 1_000, "the walk did not end within 1000 runs");
+        let source = Arc::new(CancellationSource::new());
+        let token = source.token();
+        let body_done = Arc::new(AtomicBool::new(false));
+        let done = Arc::clone(&body_done);
+        let operation = pool.transaction(&token, move |tx, token| {
+            Box::pin(async move {
+                for n in 0..3i64 {
+                    token.check()?;
+                    sqlx::query("INSERT INTO items (batch, n) VALUES (?, ?)")
+                        .bind(batch)
+                        .bind(n)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                done.store(true, Ordering::SeqCst);
+                Ok::<_, Error>(())
+            })
+        });
+        let polled = AtPoll::new(operation, k, make_hook(&source)).await;
+        let (outcome, fired) = (polled.output, polled.fired);
+        pool.wait_for_cleanups().await;
+        assert_eq!(pool.pending_cleanups(), 0);
+
+        let rows = rows_in_batch(&pool, batch).await;
+        let body_finished = body_done.load(Ordering::SeqCst);
+        match &outcome {
+            Some(Ok(())) => assert_eq!(rows, 3, "committed at k={k}"),
+            Some(Err(error)) => {
+                assert!(error.is_cancelled(), "k={k}: {error}");
+                assert_eq!(rows, 0, "rolled back at k={k}");
+            }
+            // Dropped mid-body: rolled back. Dropped during COMMIT: atomic either way.
+            None if !body_finished => assert_eq!(rows, 0, "dropped mid-body at k={k}"),
+            None => assert!(
+                rows == 0 || rows == 3,
+                "dropped in COMMIT at k={k}: {rows} rows"
+            ),
+        }
+        assert_next_borrower_clean(&pool).await;
+        if fired {
+            interrupted += 1;
+            most_polls = most_polls.max(k + 1);
+            k += 1;
+            misses = 0;
+        } else {
+            assert!(matches!(outcome, Some(Ok(()))), "k={k}");
+            most_polls = most_polls.max(polled.polls);
+            misses += 1;
+            if misses == 3 {
+                k += 1;
+                misses = 0;
+            }
+        }
+    }
+    assert!(
+        interrupted >= 5,
+        "only {interrupted} await points were hit (BEGIN, 3 INSERTs, COMMIT)"
+    );
+    eprintln!("walked {interrupted} await points of at most {most_polls} polls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_cancelled_at_every_await_point_leaves_no_rows_and_a_clean_connection() {
+    let _serial = support::serial().await;
+    walk_transaction(|source| Hook::Cancel(Arc::clone(source))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_dropped_at_every_await_point_is_rolled_back_by_a_tracked_cleanup() {
+    let _serial = support::serial().await;
+    walk_transaction(|_| Hook::Drop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_body_rolls_back_and_returns_its_error() {
+    let _serial = support::serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir, 1).await;
+    create_table(&pool).await;
+    let token = CancellationToken::never();
+    let result: Result<(), Error> = pool
+        .transaction(&token, |tx, _| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO items (batch, n) VALUES (7, 1)")
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("INSERT INTO no_such_table VALUES (1)")
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await;
+    let error = result.unwrap_err();
+    assert!(!error.is_cancelled());
+    assert!(error.to_string().contains("no_such_table"), "{error}");
+    assert_eq!(rows_in_batch(&pool, 7).await, 0);
+    assert_next_borrower_clean(&pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_fires_as_the_body_succeeds_rolls_back() {
+    let _serial = support::serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir, 1).await;
+    create_table(&pool).await;
+    let source = CancellationSource::new();
+    let result = pool
+        .transaction(&source.token(), |tx, _| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO items (batch, n) VALUES (8, 1)")
+                    .execute(&mut **tx)
+                    .await?;
+                source.cancel(); // fires after the last statement, before COMMIT
+                Ok::<_, Error>(())
+            })
+        })
+        .await;
+    assert!(result.unwrap_err().is_cancelled());
+    assert_eq!(rows_in_batch(&pool, 8).await, 0);
+    assert_next_borrower_clean(&pool).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_one_keeps_working_after_200_cancelled_queries() {
+    let _serial = support::serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir, 1).await;
+    for i in 0..200u64 {
+        let source = CancellationSource::new();
+        let token = source.token();
+        // Cancel after 0 to 2 ms: before, while and after the statement starts.
+        source.cancel_after(Duration::from_micros(500 * (i % 5)));
+        let result = pool
+            .run(&token, |conn| {
+                Box::pin(async move {
+                    Ok::<i64, Error>(sqlx::query_scalar(ENDLESS).fetch_one(&mut *conn).await?)
+                })
+            })
+            .await;
+        assert!(result.unwrap_err().is_cancelled(), "iteration {i}");
+    }
+    assert_eq!(pool.pending_cleanups(), 0);
+    assert!(pool.size() <= 1);
+    assert_eq!(
+        pool.run(&CancellationToken::never(), |conn| Box::pin(async move {
+            Ok::<i64, Error>(
+                sqlx::query_scalar("SELECT 6 * 7")
+                    .fetch_one(&mut *conn)
+                    .await?,
+            )
+        }))
+        .await
+        .unwrap(),
+        42
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_already_cancelled_token_never_touches_the_database() {
+    let _serial = support::serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir, 1).await;
+    let source = CancellationSource::new();
+    source.cancel_with(gracefully::Reason::shutdown());
+    let result: Result<(), Error> = pool
+        .run(&source.token(), |_conn| {
+            Box::pin(async move { panic!("the body must not run") })
+        })
+        .await;
+    assert_eq!(
+        result.unwrap_err().as_cancelled().map(|c| c.kind()),
+        Some(ReasonKind::Shutdown)
+    );
+    assert_eq!(pool.size(), 0, "no connection was opened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unopenable_database_is_a_clear_connect_error() {
+    let _serial = support::serial().await;
+    let error = SqliteGracefulPool::connect("sqlite:///no/such/directory/db.sqlite")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("/no/such/directory/db.sqlite"),
+        "{message}"
+    );
+    assert!(message.starts_with("cannot connect to"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_url_is_a_clear_config_error() {
+    let _serial = support::serial().await;
+    let error = SqliteGracefulPool::connect("sqlite://x.db?mode=sideways")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Config { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("invalid connection options"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pool_closes_its_connections_and_refuses_new_operations() {
+    let _serial = support::serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pool = pool(&dir, 2).await;
+    create_table(&pool).await;
+    assert_eq!(pool.num_idle(), 1);
+    pool.close().await;
+    assert!(pool.is_closed());
+    assert_eq!(pool.num_idle(), 0);
+    assert_eq!(pool.size(), 0, "every connection was closed");
+    let result = pool
+        .run(&CancellationToken::never(), |conn| {
+            Box::pin(async move {
+                sqlx::query("SELECT 1").execute(&mut *conn).await?;
+                Ok::<_, Error>(())
+            })
+        })
+        .await;
+    assert!(
+        matches!(result, Err(Error::Database(sqlx::Error::PoolClosed))),
+        "{result:?}"
+    );
+}
