@@ -172,6 +172,29 @@ impl<DB: Backend> GracefulPoolOptions<DB> {
     /// Dropping the future before it completes drops the validating connection (its socket
     /// closes); nothing else was created.
     pub async fn connect(self, url: &str) -> Result<GracefulPool<DB>, Error> {
+        // sqlx's SQLite options take any string as a file name: a PostgreSQL URL handed to
+        // a SQLite pool would become a file path (with its password in it). Reject a URL
+        // for another database by its scheme first.
+        if let Some((scheme, _)) = url.split_once(':')
+            && url[scheme.len()..].starts_with("://")
+            && !DB::SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme))
+        {
+            return Err(Error::Config {
+                target: redact(url),
+                source: sqlx::Error::Configuration(
+                    format!(
+                        "a `{scheme}:` URL for a {} pool; expected {}",
+                        DB::NAME,
+                        DB::SCHEMES
+                            .iter()
+                            .map(|s| format!("`{s}:`"))
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    )
+                    .into(),
+                ),
+            });
+        }
         let options: ConnectOptionsOf<DB> = url.parse().map_err(|source| Error::Config {
             target: redact(url),
             source,

@@ -384,6 +384,30 @@ async fn a_bad_url_is_a_clear_config_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_for_another_database_is_a_config_error_with_its_password_redacted() {
+    let _serial = support::serial().await;
+    // sqlx's SQLite options would take this for a file name (with the password in it).
+    let error = SqliteGracefulPool::connect("postgres://alice:s3cret@127.0.0.1:1/app")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Config { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("expected `sqlite:`"), "{message}");
+    assert!(message.contains("alice:***@"), "{message}");
+    assert!(!message.contains("s3cret"), "{message}");
+    // And the other way round.
+    let error = gracefully_sqlx::PgGracefulPool::connect("sqlite://x.db")
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("expected `postgres:` or `postgresql:`"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_pool_closes_its_connections_and_refuses_new_operations() {
     let _serial = support::serial().await;
     let dir = tempfile::tempdir().unwrap();

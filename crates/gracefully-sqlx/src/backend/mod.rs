@@ -59,6 +59,10 @@ pub(crate) mod sealed {
         /// state (see `recover::probe`).
         const PROBE: &'static str = "SELECT 1";
 
+        /// URL schemes this backend connects with (checked before parsing, so a URL for
+        /// another database is an error, not a file name).
+        const SCHEMES: &'static [&'static str];
+
         /// A statement that also restores the session's `statement_timeout` while probing,
         /// for connections whose timeout an operation set.
         const PROBE_AND_RESET_TIMEOUT: &'static str;

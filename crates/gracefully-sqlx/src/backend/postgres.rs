@@ -130,6 +130,7 @@ impl Sealed for Postgres {
     type Canceller = Canceller;
 
     const PROBE_AND_RESET_TIMEOUT: &'static str = "RESET statement_timeout";
+    const SCHEMES: &'static [&'static str] = &["postgres", "postgresql"];
 
     fn canceller(
         options: &PgConnectOptions,

@@ -76,6 +76,7 @@ impl Sealed for Sqlite {
     type Canceller = NoCanceller;
 
     const PROBE_AND_RESET_TIMEOUT: &'static str = "SELECT 1";
+    const SCHEMES: &'static [&'static str] = &["sqlite"];
 
     async fn canceller(_: &SqliteConnectOptions, first: SqliteConnection) -> NoCanceller {
         // The first connection only validated the options.
