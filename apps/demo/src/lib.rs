@@ -1,0 +1,115 @@
+//! The demo service: an orders API that ties the gracefully crates together.
+//!
+//! * [`gracefully_host`] runs three services — the database pool, the HTTP server and a
+//!   background statistics job — and shuts them down in three phases with a report.
+//! * [`gracefully_axum`] serves the API; every request has a token that fires when the
+//!   client leaves, when the route's timeout passes, or at the hard stop.
+//! * [`gracefully_sqlx`] runs the queries on SQLite (the embedded default, no server
+//!   needed): a cancelled query is interrupted inside SQLite, and an order is written in a
+//!   transaction that commits only if nothing was cancelled.
+//!
+//! Endpoints: `GET /` (this list), `POST /orders` (`{"item": "tea", "quantity": 2}`),
+//! `GET /orders`, `GET /report?rows=N` (a deliberately slow query: leave with Ctrl-C on
+//! curl, and SQLite stops), `GET /events` (Server-Sent Events of new orders; they end when
+//! the drain begins), `GET /healthz`, `GET /readyz`.
+
+#![warn(missing_docs)]
+
+mod api;
+mod db;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gracefully_host::{Host, ShutdownReport, service_fn};
+
+pub use api::router;
+pub use db::Database;
+
+/// Command-line configuration.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "demo",
+    about = "The gracefully demo service: an orders API on SQLite."
+)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// Database URL (SQLite). `sqlite::memory:` keeps nothing.
+    #[arg(long, default_value = "sqlite://demo.db?mode=rwc")]
+    pub database: String,
+    /// The whole shutdown's budget, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout: u64,
+    /// The cancel phase's share of it, in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub cancel_grace: u64,
+    /// Seconds between the stop request and the drain (readiness already fails).
+    #[arg(long, default_value_t = 0)]
+    pub pre_stop_delay: u64,
+    /// The `/report` route's timeout, in seconds (its query is interrupted, the answer is 504).
+    #[arg(long, default_value_t = 10)]
+    pub report_timeout: u64,
+    /// Install SIGINT/SIGTERM/SIGQUIT handlers (tests turn this off).
+    #[arg(skip = true)]
+    pub handle_signals: bool,
+}
+
+/// Why the demo could not start.
+#[derive(Debug)]
+pub struct StartError(String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Builds the host (without running it): opens the database and binds the listener.
+/// Returns the host and the address it will serve on.
+pub async fn build(config: &Config) -> Result<(Host, SocketAddr), StartError> {
+    let database = Database::open(&config.database)
+        .await
+        .map_err(|e| StartError(format!("cannot open the database: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError(format!("cannot read the listening address: {e}")))?;
+    let app = router(database.clone(), Duration::from_secs(config.report_timeout));
+    let stats_db = database.clone();
+    Host::builder()
+        .handle_signals(config.handle_signals)
+        .shutdown_timeout(Duration::from_secs(config.shutdown_timeout))
+        .cancel_grace(Duration::from_secs(config.cancel_grace))
+        .pre_stop_delay(Duration::from_secs(config.pre_stop_delay))
+        // Registered first: starts first, stops last (after the HTTP server drained), so
+        // in-flight requests keep their database.
+        .service("database", database)
+        .service(
+            "http",
+            gracefully_axum::HttpServer::new(listener, app)
+                .request_timeout(Duration::from_secs(30)),
+        )
+        .service(
+            "stats",
+            service_fn(move |stopping, _cx| {
+                let db = stats_db.clone();
+                async move { db::log_stats_until(db, stopping).await }
+            }),
+        )
+        .build()
+        .map(|host| (host, addr))
+        .map_err(|e| StartError(format!("bad configuration: {e}")))
+}
+
+/// Runs the demo until it is shut down; returns the host's shutdown report.
+pub async fn run(config: Config) -> Result<ShutdownReport, StartError> {
+    let (host, addr) = build(&config).await?;
+    tracing::info!("demo listening on http://{addr}");
+    Ok(host.run().await)
+}

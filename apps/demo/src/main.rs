@@ -1,0 +1,40 @@
+//! `cargo run -p gracefully-demo` — the demo service on its embedded default (SQLite).
+//!
+//! ```text
+//! demo [--listen 127.0.0.1:3000] [--database sqlite://demo.db?mode=rwc]
+//!      [--shutdown-timeout 30] [--cancel-grace 5] [--pre-stop-delay 0]
+//! ```
+//!
+//! Ctrl-C (or SIGTERM) shuts it down gracefully and prints the shutdown report; a second
+//! signal aborts at once. The exit status is the report's (0 only for a clean stop).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let config = demo::Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("demo: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(demo::run(config)) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::from(u8::try_from(report.exit_code()).unwrap_or(1))
+        }
+        Err(error) => {
+            eprintln!("demo: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

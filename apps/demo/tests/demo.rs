@@ -1,0 +1,186 @@
+//! The demo service end to end: real HTTP, real SQLite, the real host.
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures_util::StreamExt;
+use gracefully::Reason;
+use gracefully_host::{Lifetime, ShutdownReport};
+
+const SOON: Duration = Duration::from_secs(10);
+
+struct Demo {
+    base: String,
+    lifetime: Lifetime,
+    run: tokio::task::JoinHandle<ShutdownReport>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(extra: &[&str]) -> Demo {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/demo.db?mode=rwc", dir.path().display());
+    let mut args = vec![
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--database",
+        url.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    let mut config = demo::Config::parse_from(args);
+    config.handle_signals = false;
+    let (host, addr) = demo::build(&config).await.expect("the demo starts");
+    let lifetime = host.lifetime();
+    let run = tokio::spawn(host.run());
+    tokio::time::timeout(SOON, lifetime.started().cancelled())
+        .await
+        .unwrap();
+    Demo {
+        base: format!("http://{addr}"),
+        lifetime,
+        run,
+        _dir: dir,
+    }
+}
+
+impl Demo {
+    async fn stop(self) -> ShutdownReport {
+        self.lifetime.stop(Reason::shutdown().with_message("test"));
+        tokio::time::timeout(SOON, self.run).await.unwrap().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn orders_are_created_listed_and_validated() {
+    let demo = start(&[]).await;
+    let client = reqwest::Client::new();
+    let created = client
+        .post(format!("{}/orders", demo.base))
+        .json(&serde_json::json!({"item": "tea", "quantity": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let order: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(order["item"], "tea");
+
+    let bad = client
+        .post(format!("{}/orders", demo.base))
+        .json(&serde_json::json!({"item": "tea", "quantity": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+    assert!(bad.text().await.unwrap().contains("quantity"));
+
+    let listed: serde_json::Value = client
+        .get(format!("{}/orders", demo.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let report = demo.stop().await;
+    assert_eq!(report.exit_code(), 0, "{report}");
+}
+
+#[tokio::test]
+async fn a_client_leaving_a_slow_query_stops_it_inside_sqlite_and_shutdown_is_immediate() {
+    let demo = start(&[]).await;
+    // Minutes of work for SQLite; the client gives up after 300 ms.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = client
+        .get(format!("{}/report?rows=5000000000", demo.base))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client gave up");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // If SQLite were still counting, the drain would wait for that request (up to the
+    // 30 s shutdown timeout) and the host would abort it. It stopped: the host is done at once.
+    let stopping = Instant::now();
+    let report = demo.stop().await;
+    assert!(stopping.elapsed() < Duration::from_secs(5), "{report}");
+    assert_eq!(report.exit_code(), 0, "{report}");
+    let http = report.entry("http").unwrap();
+    assert_eq!(http.detail("clients left (499)"), Some("1"), "{report}");
+}
+
+#[tokio::test]
+async fn the_report_route_times_out_cooperatively_with_504() {
+    let demo = start(&["--report-timeout", "1"]).await;
+    let fast = reqwest::get(format!("{}/report?rows=1000", demo.base))
+        .await
+        .unwrap();
+    assert_eq!(fast.text().await.unwrap(), "counted 1000 rows\n");
+
+    // Minutes of counting: the route's 1 s deadline interrupts it inside SQLite.
+    let started = Instant::now();
+    let slow = reqwest::get(format!("{}/report?rows=5000000000", demo.base))
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), 504);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(1) && took < SOON, "{took:?}");
+    let report = demo.stop().await;
+    assert_eq!(
+        report.entry("http").unwrap().detail("timed out (504)"),
+        Some("1"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn an_event_stream_of_new_orders_ends_when_the_drain_begins() {
+    let demo = start(&[]).await;
+    let events = reqwest::get(format!("{}/events", demo.base)).await.unwrap();
+    assert_eq!(events.status(), 200);
+    let mut body = events.bytes_stream();
+    let client = reqwest::Client::new();
+    client
+        .post(format!("{}/orders", demo.base))
+        .json(&serde_json::json!({"item": "coffee", "quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(SOON, body.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("coffee"));
+
+    let lifetime = demo.lifetime.clone();
+    lifetime.stop(Reason::shutdown());
+    // The stream ends cleanly.
+    while let Some(chunk) = tokio::time::timeout(SOON, body.next()).await.unwrap() {
+        chunk.unwrap();
+    }
+    let report = tokio::time::timeout(SOON, demo.run).await.unwrap().unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert_eq!(
+        report.entry("http").unwrap().detail("SSE streams ended"),
+        Some("1"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_database_url_is_a_clear_error_not_a_panic() {
+    let config = demo::Config::parse_from([
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--database",
+        "postgres://nobody:secret@127.0.0.1:1/x",
+    ]);
+    let error = demo::build(&config).await.err().expect("it fails");
+    let text = error.to_string();
+    assert!(text.starts_with("cannot open the database"), "{text}");
+    assert!(!text.contains("secret"), "the password is redacted: {text}");
+}
