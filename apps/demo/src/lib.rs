@@ -24,6 +24,11 @@ use std::time::Duration;
 use gracefully_host::{Host, ShutdownReport, service_fn};
 
 pub use api::router;
+
+/// The workspace README's examples (they use every crate), compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
 pub use db::Database;
 
 /// Command-line configuration.

@@ -179,7 +179,7 @@ async fn a_bad_database_url_is_a_clear_error_not_a_panic() {
         "--database",
         "postgres://nobody:secret@127.0.0.1:1/x",
     ]);
-    let error = demo::build(&config).await.err().expect("it fails");
+    let error = demo::build(&config).await.expect_err("it fails");
     let text = error.to_string();
     assert!(text.starts_with("cannot open the database"), "{text}");
     assert!(!text.contains("secret"), "the password is redacted: {text}");

@@ -4,17 +4,18 @@
 #   crates/gracefully-axum/benches/http_overhead.sh
 #
 # The same hello-world handler behind `axum::serve` and behind gracefully's HttpServer with
-# a TimeoutLayer and a DisconnectPolicyLayer (examples/hello.rs), under the same load from
-# `wrk` (installed from Debian's packages if missing). The server runs on CPU 0 with one
-# tokio worker, wrk on CPU 1 with one thread. Rounds alternate axum / gracefully so drift
-# (other load on the machine) hits both; the medians are compared.
+# a TimeoutLayer and a DisconnectPolicyLayer wrapping the router (examples/hello.rs), under
+# the same load from `wrk` (installed from Debian's packages if missing). The server runs
+# on CPU 0 with one tokio worker, wrk on CPU 1 with one thread. Each round runs axum,
+# gracefully, and gracefully with the layers applied per route (`Router::layer`), back to
+# back, so drift (other load on the machine) hits all three; the medians are compared.
 #
-# Environment: ROUNDS (default 5), DURATION seconds per run (default 10), CONNECTIONS (64).
+# Environment: ROUNDS (default 9), DURATION seconds per run (default 5), CONNECTIONS (64).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
-ROUNDS=${ROUNDS:-5}
-DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-9}
+DURATION=${DURATION:-5}
 CONNECTIONS=${CONNECTIONS:-64}
 
 if ! command -v wrk >/dev/null; then
@@ -46,14 +47,17 @@ run() { # mode port -> requests per second
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-axum_runs=(); graceful_runs=()
+axum_runs=(); graceful_runs=(); route_runs=()
 for round in $(seq 1 "$ROUNDS"); do
-    a=$(run axum 18080); g=$(run gracefully 18081)
-    axum_runs+=("$a"); graceful_runs+=("$g")
-    echo "round $round: axum $a req/s, gracefully $g req/s" >&2
+    a=$(run axum 18080); g=$(run gracefully 18081); r=$(run gracefully-route-layers 18082)
+    axum_runs+=("$a"); graceful_runs+=("$g"); route_runs+=("$r")
+    echo "round $round: axum $a req/s, gracefully $g req/s, gracefully (Router::layer) $r req/s" >&2
 done
 axum_median=$(printf '%s\n' "${axum_runs[@]}" | median)
 graceful_median=$(printf '%s\n' "${graceful_runs[@]}" | median)
-ratio=$(awk -v g="$graceful_median" -v a="$axum_median" 'BEGIN {printf "%.3f", g / a}')
+route_median=$(printf '%s\n' "${route_runs[@]}" | median)
+ratio() { awk -v g="$1" -v a="$2" 'BEGIN {printf "%.3f", g / a}'; }
 printf 'http overhead: axum %.0f req/s, gracefully %.0f req/s, ratio %s\n' \
-    "$axum_median" "$graceful_median" "$ratio"
+    "$axum_median" "$graceful_median" "$(ratio "$graceful_median" "$axum_median")"
+printf '  (same layers through Router::layer, which re-boxes every route: %.0f req/s, ratio %s)\n' \
+    "$route_median" "$(ratio "$route_median" "$axum_median")"

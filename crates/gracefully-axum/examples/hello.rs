@@ -2,8 +2,13 @@
 //! `HttpServer` with its layers — the two sides of `benches/http_overhead.sh`.
 //!
 //! ```text
-//! cargo run --release -p gracefully-axum --example hello -- <axum|gracefully> <port>
+//! cargo run --release -p gracefully-axum --example hello -- <mode> <port>
 //! ```
+//!
+//! Modes: `axum` (plain `axum::serve`); `gracefully` (our server, with a `TimeoutLayer` and
+//! a `DisconnectPolicyLayer` wrapping the router as one tower service — how app-wide layers
+//! are cheapest); `gracefully-route-layers` (the same layers through axum's
+//! `Router::layer`, which re-boxes every route: a cost of axum's, paid by any layer).
 //!
 //! Stops on SIGTERM or Ctrl-C. Uses one tokio worker thread (set `WORKERS` to change it),
 //! so the benchmark can pin the server and the load generator to different cores.
@@ -51,21 +56,28 @@ fn main() -> std::io::Result<()> {
                         .with_graceful_shutdown(stop)
                         .await
                 }
-                "gracefully" => {
+                "gracefully" | "gracefully-route-layers" => {
                     // The layers a service would typically have: a request timeout and an
                     // explicit disconnect policy (the request token is made for every
                     // request regardless).
-                    let app = Router::new()
-                        .route("/", get(hello))
-                        .layer(TimeoutLayer::new(Duration::from_secs(30)))
-                        .layer(DisconnectPolicyLayer::new(DisconnectPolicy::Cooperative));
+                    let timeout = TimeoutLayer::new(Duration::from_secs(30));
+                    let policy = DisconnectPolicyLayer::new(DisconnectPolicy::Cooperative);
                     let stopping = CancellationSource::new();
                     let hard_stop = CancellationSource::new();
-                    let server = HttpServer::new(listener, app).run(Shutdown {
+                    let shutdown = Shutdown {
                         stopping: stopping.token(),
                         hard_stop: hard_stop.token(),
-                    });
-                    let server = tokio::spawn(server);
+                    };
+                    let server = if mode == "gracefully" {
+                        let app = tower::ServiceBuilder::new()
+                            .layer(timeout)
+                            .layer(policy)
+                            .service(Router::new().route("/", get(hello)));
+                        tokio::spawn(HttpServer::new(listener, app).run(shutdown))
+                    } else {
+                        let app = Router::new().route("/", get(hello)).layer(timeout).layer(policy);
+                        tokio::spawn(HttpServer::new(listener, app).run(shutdown))
+                    };
                     stop.await;
                     stopping.cancel();
                     let report = server.await.expect("server task");
@@ -73,7 +85,9 @@ fn main() -> std::io::Result<()> {
                     Ok(())
                 }
                 other => {
-                    eprintln!("unknown mode {other:?}: use `axum` or `gracefully`");
+                    eprintln!(
+                        "unknown mode {other:?}: use `axum`, `gracefully` or `gracefully-route-layers`"
+                    );
                     std::process::exit(2);
                 }
             }

@@ -1,18 +1,18 @@
-//! One connection: serving it with hyper, giving each request its token, watching for the
-//! client to leave, and draining it at shutdown.
+//! One connection: serving it with hyper, giving each request its context, watching for
+//! the client to leave, and draining it at shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use gracefully::{CancellationToken, Reason};
+use gracefully::Reason;
 use http::{Request, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -22,11 +22,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tower::{Service, ServiceExt};
 
-use crate::io::{Peek, SharedStream};
-use crate::request::{DisconnectPolicy, RequestContext};
+use crate::request::{DisconnectPolicy, RequestInner, enter};
 use crate::response::{CLIENT_CLOSED_REQUEST, CancelledMarker};
 use crate::server::Shared;
 use crate::stats::inc;
+use crate::watch::{Monitor, Peek};
 
 /// How long to wait before looking at a socket again when unread bytes (a request body the
 /// handler has not read yet, or a pipelined request) hide whether the client is still there.
@@ -34,10 +34,23 @@ const RECHECK_BEHIND_DATA: Duration = Duration::from_millis(25);
 
 /// State of one connection, shared with its requests.
 pub(crate) struct Conn {
-    stream: SharedStream,
+    /// Watches the socket for a departed client (made when first needed).
+    monitor: Monitor,
+    /// Bytes read from the client so far (written only by hyper's reads, see
+    /// [`CountingStream`]), and how many of them were accounted for when a request was
+    /// dispatched or ended. More read than accounted for, with no request in flight, means
+    /// a request head is arriving: the header-read guard times that.
+    bytes_read: AtomicU64,
+    bytes_accounted: AtomicU64,
+    /// Whether the connection speaks HTTP/2 (no header-read guard: hyper's own settings).
+    http2: AtomicBool,
     /// Requests of this connection still running (including handlers that outlive their
     /// HTTP/2 stream).
     in_flight: AtomicUsize,
+    /// Set while the connection task waits for `in_flight` to reach zero after hyper is
+    /// done with the connection; a request that ends then notifies `ended`.
+    tail_waiting: AtomicBool,
+    ended: tokio::sync::Notify,
     /// HTTP/2 handlers run as tasks of their own (hyper drops a stream's future when the
     /// client resets it; a `Cooperative` or `Detached` handler must run on). They live here
     /// so that the connection waits for them, and aborting the connection aborts them.
@@ -55,10 +68,14 @@ where
     S::Future: Send + 'static,
 {
     let _open = OpenConnection::new(&shared);
-    let stream = SharedStream(Arc::new(stream));
     let conn = Arc::new(Conn {
-        stream: stream.clone(),
+        monitor: Monitor::new(&stream),
+        bytes_read: AtomicU64::new(0),
+        bytes_accounted: AtomicU64::new(0),
+        http2: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
+        tail_waiting: AtomicBool::new(false),
+        ended: tokio::sync::Notify::new(),
         handlers: Mutex::new(JoinSet::new()),
     });
     let service = ConnService {
@@ -66,44 +83,158 @@ where
         shared: shared.clone(),
         conn: conn.clone(),
     };
-    let connection = shared
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service);
-    let mut connection = std::pin::pin!(connection);
-
     // If this task is aborted (the server's abort phase), the handlers that run as tasks
     // of their own go with it.
     let _abort_handlers = AbortHandlersOnDrop(conn.clone());
 
-    let stopping = shared.stopping.clone();
-    tokio::select! {
-        result = connection.as_mut() => log_connection_end(result),
-        _ = stopping.cancelled() => {
-            let busy = conn.in_flight.load(Ordering::Acquire);
-            inc(&shared.stats.open_at_drain);
-            if busy == 0 {
-                inc(&shared.stats.idle_at_drain);
+    // In a block of its own: the connection future must be *dropped* (not just finished)
+    // before we wait below. hyper can end a connection with a request future still inside
+    // it (it read EOF mid-message before polling the handler, or the client reset the
+    // connection while the handler ran); that future holds its request's place in
+    // `conn.in_flight`, and only its drop releases it.
+    {
+        // hyper reads and writes the plain `TcpStream`, as with `axum::serve`.
+        let stream = CountingStream {
+            inner: stream,
+            conn: conn.clone(),
+        };
+        let connection = shared
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let mut connection = std::pin::pin!(connection);
+        let stopping = shared.stopping.clone();
+        let header_timeout = shared.config.header_read_timeout;
+        tokio::select! {
+            result = connection.as_mut() => log_connection_end(result),
+            () = guard_headers(&conn, header_timeout) => {
+                tracing::debug!("client too slow sending request headers; closing");
             }
-            shared
-                .stats
-                .in_flight_at_drain
-                .fetch_add(busy as u64, Ordering::Relaxed);
-            // HTTP/1: an idle connection closes now; a busy one answers its current request
-            // with `Connection: close`, then closes. HTTP/2: GOAWAY, streams in flight finish.
-            connection.as_mut().graceful_shutdown();
-            log_connection_end(connection.await);
+            _ = stopping.cancelled() => {
+                let busy = conn.in_flight.load(Ordering::Acquire);
+                inc(&shared.stats.open_at_drain);
+                if busy == 0 {
+                    inc(&shared.stats.idle_at_drain);
+                }
+                shared
+                    .stats
+                    .in_flight_at_drain
+                    .fetch_add(busy as u64, Ordering::Relaxed);
+                // HTTP/1: an idle connection closes now; a busy one answers its current
+                // request with `Connection: close`, then closes. HTTP/2: GOAWAY, streams in
+                // flight finish.
+                connection.as_mut().graceful_shutdown();
+                tokio::select! {
+                    result = connection.as_mut() => log_connection_end(result),
+                    () = guard_headers(&conn, header_timeout) => {
+                        tracing::debug!("client too slow sending request headers; closing");
+                    }
+                }
+            }
         }
     }
+    // Our duplicate of the socket (if one was made) must not keep it open now that hyper
+    // has closed its own.
+    conn.monitor.close();
+
     // Handlers that outlived their HTTP/2 stream still count as this connection's work.
+    // (Woken by this connection's requests, whether or not a shutdown is under way.)
+    conn.tail_waiting.store(true, Ordering::SeqCst);
     loop {
-        let quiet = shared.stats.quiet.notified();
-        let mut quiet = std::pin::pin!(quiet);
-        quiet.as_mut().enable();
-        crate::stats::Stats::drain_fence();
-        if conn.in_flight.load(Ordering::Acquire) == 0 {
+        let ended = conn.ended.notified();
+        let mut ended = std::pin::pin!(ended);
+        ended.as_mut().enable();
+        // Store buffering with `Tracker::drop` (its SeqCst decrement, then its SeqCst load
+        // of `tail_waiting`; our SeqCst store above, then this SeqCst load): in the single
+        // order of SeqCst operations one of us sees the other's write, so we never sleep
+        // on a count that already reached zero.
+        if conn.in_flight.load(Ordering::SeqCst) == 0 {
             break;
         }
-        quiet.await;
+        ended.await;
+    }
+}
+
+/// Returns once an HTTP/1 client has spent `timeout` sending a request head (slowloris):
+/// bytes arrived that no request accounts for, while none is in flight. Checked on a
+/// coarse tick (a quarter of the timeout), so a connection costs one timer, not one per
+/// request (hyper's own header-read timeout arms and cancels a timer for every request).
+/// Idle keep-alive connections, which send nothing, are not timed.
+async fn guard_headers(conn: &Conn, timeout: Duration) {
+    let mut tick = tokio::time::interval((timeout / 4).max(Duration::from_millis(5)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut arriving_since: Option<tokio::time::Instant> = None;
+    loop {
+        let now = tick.tick().await;
+        if conn.http2.load(Ordering::Relaxed) {
+            return std::future::pending().await;
+        }
+        let head_arriving = conn.in_flight.load(Ordering::Acquire) == 0
+            && conn.bytes_read.load(Ordering::Relaxed)
+                > conn.bytes_accounted.load(Ordering::Relaxed);
+        if !head_arriving {
+            arriving_since = None;
+            continue;
+        }
+        match arriving_since {
+            None => arriving_since = Some(now),
+            Some(since) if now.duration_since(since) >= timeout => return,
+            Some(_) => {}
+        }
+    }
+}
+
+/// The client's socket as hyper reads and writes it, counting the bytes read (for
+/// [`guard_headers`]). Delegates everything to the `TcpStream`.
+struct CountingStream {
+    inner: TcpStream,
+    conn: Arc<Conn>,
+}
+
+impl tokio::io::AsyncRead for CountingStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            // Only this reader writes the count: a load and a store, no read-modify-write.
+            let read = &self.conn.bytes_read;
+            read.store(read.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for CountingStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -118,6 +249,7 @@ struct AbortHandlersOnDrop(Arc<Conn>);
 impl Drop for AbortHandlersOnDrop {
     fn drop(&mut self) {
         lock(&self.0.handlers).abort_all();
+        self.0.monitor.close();
     }
 }
 
@@ -140,8 +272,8 @@ impl<'a> OpenConnection<'a> {
 
 impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
-        self.0.stats.connections_open.fetch_sub(1, Ordering::AcqRel);
-        self.0.stats.wake_drain(&self.0.stopping);
+        self.0.stats.connections_open.fetch_sub(1, Ordering::SeqCst);
+        self.0.stats.wake_drain();
     }
 }
 
@@ -167,33 +299,37 @@ where
 
     fn call(&self, request: Request<Incoming>) -> RequestFuture<S> {
         let shared = &self.shared;
-        // A child of the hard stop: born cancelled once shutdown reached the cancel phase.
-        let ctx = RequestContext::new(
-            shared.hard_stop.child(),
-            shared.config.disconnect_policy,
-            shared.clone(),
-        );
+        let ctx = RequestInner::new(shared.config.disconnect_policy, shared.clone());
         if let Some(timeout) = shared.config.request_timeout {
             ctx.cancel_after(timeout);
         }
         let version = request.version();
-        let mut request = request.map(Body::new);
-        request.extensions_mut().insert(ctx.clone());
-        let tracker = Tracker::start(shared.clone(), self.conn.clone(), ctx.token());
+        if version == Version::HTTP_2 {
+            self.conn.http2.store(true, Ordering::Relaxed);
+        }
+        // The head arrived: the bytes read so far are this request's, not a slow head's.
+        self.conn.account_bytes();
+        let request = request.map(Body::new);
+        let tracker = Tracker::start(shared.clone(), self.conn.clone());
         let future = self.app.clone().oneshot(request);
 
         if version == Version::HTTP_2 {
             // hyper drops an HTTP/2 stream's future when the client resets the stream;
             // run the handler as a task so the policy decides what happens to it.
+            let ctx = Arc::new(ctx);
             let (tx, rx) = oneshot::channel();
-            let task_ctx = ctx.clone();
+            let task = InRequest {
+                ctx: ctx.clone(),
+                future: CatchPanic(future),
+                tracker: Some(tracker),
+                pending_once: false,
+            };
             let abort = {
                 let mut handlers = lock(&self.conn.handlers);
                 // Reap finished tasks so a long-lived HTTP/2 connection does not pile them up.
                 while handlers.try_join_next().is_some() {}
                 handlers.spawn(async move {
-                    let response = CatchPanic(future).await;
-                    let response = tracker.finish(response, &task_ctx);
+                    let response = task.await;
                     let _ = tx.send(response);
                 })
             };
@@ -204,46 +340,52 @@ where
                 done: false,
             }
         } else {
-            RequestFuture::Inline(Box::pin(Inline {
+            RequestFuture::Inline(Inline {
                 future,
                 ctx,
-                stream: self.conn.stream.clone(),
+                conn: self.conn.clone(),
                 watch: Watch::NotYet,
                 tracker: Some(tracker),
-            }))
+            })
         }
     }
 }
 
 /// The future hyper drives for one request.
+// The HTTP/1 variant is deliberately unboxed: hyper pins this future in place once per
+// request, and boxing it would cost an allocation on every request.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum RequestFuture<S: Service<Request<Body>>> {
-    /// HTTP/1: the handler runs inside this future; we watch the socket while it is pending.
-    Inline(Pin<Box<Inline<S>>>),
+    /// HTTP/1: the handler runs inside this future (structurally pinned: no allocation per
+    /// request); we watch the socket while it is pending.
+    Inline(Inline<S>),
     /// HTTP/2: the handler runs as a task of its connection.
     Spawned {
         rx: oneshot::Receiver<Response>,
         abort: tokio::task::AbortHandle,
-        ctx: RequestContext,
+        ctx: Arc<RequestInner>,
         done: bool,
     },
 }
 
 pub(crate) struct Inline<S: Service<Request<Body>>> {
     future: tower::util::Oneshot<S, Request<Body>>,
-    ctx: RequestContext,
-    stream: SharedStream,
+    /// The request's context; the current one (see `request::enter`) while `future` is
+    /// polled. Its address is stable: `Inline` is only used pinned.
+    ctx: RequestInner,
+    conn: Arc<Conn>,
     watch: Watch,
     tracker: Option<Tracker>,
 }
 
 enum Watch {
-    /// The handler has not been polled yet (its route's policy is not known).
+    /// The handler has not returned `Pending` yet.
     NotYet,
     /// Looking at the socket.
     Watching(Pin<Box<dyn Future<Output = Peek> + Send>>),
     /// Bytes were waiting; look again after a pause.
     Paused(Pin<Box<tokio::time::Sleep>>),
-    /// Not watching (client gone and handled, or a `Detached` route).
+    /// Not watching (client gone and handled, a `Detached` route, or no way to watch).
     Off,
 }
 
@@ -254,9 +396,16 @@ where
     type Output = Result<Response, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // Both variants are Unpin (the handler future is boxed).
-        match self.get_mut() {
-            RequestFuture::Inline(inline) => inline.as_mut().poll_inline(cx).map(Ok),
+        // SAFETY: `Inline` is structurally pinned: we never move it out of the enum or
+        // replace the variant while it is pinned, and `Drop` only touches `Spawned`'s
+        // (Unpin) fields. The `Spawned` fields are not pinned.
+        match unsafe { self.get_unchecked_mut() } {
+            RequestFuture::Inline(inline) => {
+                // SAFETY: see above.
+                unsafe { Pin::new_unchecked(inline) }
+                    .poll_inline(cx)
+                    .map(Ok)
+            }
             RequestFuture::Spawned { rx, done, .. } => match Pin::new(rx).poll(cx) {
                 Poll::Ready(Ok(response)) => {
                     *done = true;
@@ -284,11 +433,20 @@ impl<S: Service<Request<Body>>> Drop for RequestFuture<S> {
             // connection broke.
             match ctx.policy() {
                 DisconnectPolicy::Cooperative => {
-                    ctx.inner.source.cancel_with(Reason::disconnected());
+                    ctx.source().cancel_with(Reason::disconnected());
                 }
                 DisconnectPolicy::Drop => abort.abort(),
                 DisconnectPolicy::Detached => {}
             }
+        }
+    }
+}
+
+impl<S: Service<Request<Body>>> Drop for Inline<S> {
+    fn drop(&mut self) {
+        // Dropped before its answer (the connection broke, or the server was aborted).
+        if let Some(tracker) = self.tracker.take() {
+            tracker.lost(&self.ctx);
         }
     }
 }
@@ -299,14 +457,17 @@ where
 {
     fn poll_inline(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
         // SAFETY: `future` is structurally pinned (never moved out; `Inline` is only used
-        // behind `Pin<Box<_>>`); the other fields are not pinned.
+        // pinned, inside `RequestFuture`); the other fields are not pinned.
         let this = unsafe { self.get_unchecked_mut() };
         loop {
             // SAFETY: see above.
             let future = unsafe { Pin::new_unchecked(&mut this.future) };
-            if let Poll::Ready(response) = poll_catching_panics(future, cx) {
-                let tracker = this.tracker.take();
-                return Poll::Ready(match tracker {
+            let polled = {
+                let _current = enter(&this.ctx);
+                poll_catching_panics(future, cx)
+            };
+            if let Poll::Ready(response) = polled {
+                return Poll::Ready(match this.tracker.take() {
                     Some(tracker) => tracker.finish(response, &this.ctx),
                     None => response,
                 });
@@ -314,14 +475,17 @@ where
             match &mut this.watch {
                 Watch::Off => return Poll::Pending,
                 Watch::NotYet => {
+                    // The handler waits: from now on it can be cancelled (the hard stop,
+                    // its timeout, a departed client), so it needs its token.
+                    this.ctx.source();
                     this.watch = if this.ctx.policy() == DisconnectPolicy::Detached {
                         Watch::Off
                     } else {
-                        watching(&this.stream)
+                        watching(&this.conn)
                     };
                 }
                 Watch::Paused(sleep) => match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => this.watch = watching(&this.stream),
+                    Poll::Ready(()) => this.watch = watching(&this.conn),
                     Poll::Pending => return Poll::Pending,
                 },
                 Watch::Watching(watch) => match watch.as_mut().poll(cx) {
@@ -337,12 +501,12 @@ where
                                 if let Some(tracker) = &this.tracker {
                                     tracker.client_left();
                                 }
-                                this.ctx.inner.source.cancel_with(Reason::disconnected());
+                                this.ctx.source().cancel_with(Reason::disconnected());
                                 // Loop: the handler may finish at once now.
                             }
                             DisconnectPolicy::Drop => {
                                 if let Some(tracker) = this.tracker.take() {
-                                    tracker.dropped();
+                                    tracker.dropped(&this.ctx);
                                 }
                                 // Answer at once; hyper then drops us, and the handler with us.
                                 return Poll::Ready(client_closed_response());
@@ -356,9 +520,11 @@ where
     }
 }
 
-fn watching(stream: &SharedStream) -> Watch {
-    let stream = stream.clone();
-    Watch::Watching(Box::pin(async move { stream.watch().await }))
+fn watching(conn: &Conn) -> Watch {
+    match conn.monitor.watch() {
+        Some(watch) => Watch::Watching(Box::pin(watch)),
+        None => Watch::Off,
+    }
 }
 
 fn client_closed_response() -> Response {
@@ -375,6 +541,52 @@ fn poll_catching_panics<F: Future<Output = Result<Response, Infallible>>>(
         Ok(Poll::Ready(Err(never))) => match never {},
         Ok(Poll::Pending) => Poll::Pending,
         Err(panic) => Poll::Ready(panic_response(panic)),
+    }
+}
+
+/// An HTTP/2 handler's task: polls the handler with its request context current, and
+/// accounts for it.
+struct InRequest<F> {
+    ctx: Arc<RequestInner>,
+    future: F,
+    tracker: Option<Tracker>,
+    pending_once: bool,
+}
+
+impl<F: Future<Output = Response>> Future for InRequest<F> {
+    type Output = Response;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+        // SAFETY: `future` is structurally pinned (never moved out); the other fields are
+        // not pinned.
+        let this = unsafe { self.get_unchecked_mut() };
+        let polled = {
+            let _current = enter(&this.ctx);
+            // SAFETY: see above.
+            unsafe { Pin::new_unchecked(&mut this.future) }.poll(cx)
+        };
+        match polled {
+            Poll::Ready(response) => Poll::Ready(match this.tracker.take() {
+                Some(tracker) => tracker.finish(response, &this.ctx),
+                None => response,
+            }),
+            Poll::Pending => {
+                if !this.pending_once {
+                    // From now on it can be cancelled: it needs its token.
+                    this.pending_once = true;
+                    this.ctx.source();
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<F> Drop for InRequest<F> {
+    fn drop(&mut self) {
+        // Aborted before its answer (the `Drop` policy, or the server's abort).
+        if let Some(tracker) = self.tracker.take() {
+            tracker.lost(&self.ctx);
+        }
     }
 }
 
@@ -406,20 +618,17 @@ fn panic_response(panic: Box<dyn std::any::Any + Send>) -> Response {
     response
 }
 
-/// Accounts for one request from start to end.
+/// Accounts for one request from start to end. Its place in the in-flight counts is
+/// released when it drops, whatever happens; the owner reports how it ended first
+/// ([`finish`](Tracker::finish), [`dropped`](Tracker::dropped) or [`lost`](Tracker::lost)).
 pub(crate) struct Tracker {
     shared: Arc<Shared>,
     conn: Arc<Conn>,
-    token: CancellationToken,
-    client_left: std::cell::Cell<bool>,
-    finished: bool,
+    client_left: AtomicBool,
 }
 
-// SAFETY-free note: `Cell<bool>` makes Tracker !Sync, which is fine (owned by one future or
-// task); it is Send.
-
 impl Tracker {
-    fn start(shared: Arc<Shared>, conn: Arc<Conn>, token: CancellationToken) -> Self {
+    fn start(shared: Arc<Shared>, conn: Arc<Conn>) -> Self {
         inc(&shared.stats.requests_started);
         shared
             .stats
@@ -429,37 +638,37 @@ impl Tracker {
         Tracker {
             shared,
             conn,
-            token,
-            client_left: std::cell::Cell::new(false),
-            finished: false,
+            client_left: AtomicBool::new(false),
         }
     }
 
     fn client_left(&self) {
-        self.client_left.set(true);
+        self.client_left.store(true, Ordering::Relaxed);
     }
 
     /// Counts the request if the hard stop cancelled its token.
-    fn note_hard_stop(&self) {
-        if let (Some(ours), Some(hard)) = (self.token.reason(), self.shared.hard_stop.reason())
+    fn note_hard_stop(&self, ctx: &RequestInner) {
+        if let Some(source) = ctx.source_if_made()
+            && let (Some(ours), Some(hard)) =
+                (source.as_token().reason(), self.shared.hard_stop.reason())
             && ours.same_as(&hard)
         {
             inc(&self.shared.stats.cancelled_at_hard_stop);
         }
     }
 
-    fn finish(mut self, response: Response, ctx: &RequestContext) -> Response {
-        self.finished = true;
-        self.note_hard_stop();
+    fn finish(self, response: Response, ctx: &RequestInner) -> Response {
+        self.note_hard_stop(ctx);
         let stats = &self.shared.stats;
-        if response.extensions().get::<PanicMarker>().is_some() {
-            inc(&stats.panicked);
-        } else if self.client_left.get()
-            || self
-                .token
+        let disconnected = ctx.source_if_made().is_some_and(|source| {
+            source
+                .as_token()
                 .reason()
                 .is_some_and(|r| r.kind() == gracefully::ReasonKind::Disconnected)
-        {
+        });
+        if response.extensions().get::<PanicMarker>().is_some() {
+            inc(&stats.panicked);
+        } else if self.client_left.load(Ordering::Relaxed) || disconnected {
             inc(&stats.client_left);
             tracing::info!(
                 status = CLIENT_CLOSED_REQUEST,
@@ -471,55 +680,61 @@ impl Tracker {
         } else {
             inc(&stats.completed);
         }
-        let _ = ctx;
         response
     }
 
-    fn dropped(mut self) {
-        self.finished = true;
-        self.note_hard_stop();
+    fn dropped(self, ctx: &RequestInner) {
+        self.note_hard_stop(ctx);
         inc(&self.shared.stats.dropped_on_disconnect);
         tracing::info!(
             status = CLIENT_CLOSED_REQUEST,
             "client left; handler dropped"
         );
     }
+
+    fn lost(self, ctx: &RequestInner) {
+        self.note_hard_stop(ctx);
+        inc(&self.shared.stats.lost);
+        tracing::debug!("request dropped before its answer");
+    }
+}
+
+impl Conn {
+    /// Marks every byte read so far as accounted for by a request.
+    fn account_bytes(&self) {
+        self.bytes_accounted
+            .store(self.bytes_read.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
 }
 
 impl Drop for Tracker {
     fn drop(&mut self) {
-        if !self.finished {
-            // The future was dropped before an answer: the connection broke or was aborted.
-            self.note_hard_stop();
-            inc(&self.shared.stats.lost);
-            tracing::debug!(
-                cancelled = self.token.is_cancelled(),
-                "request dropped before its answer"
-            );
+        // Whatever the request's body left unread is not the next head's.
+        self.conn.account_bytes();
+        // SeqCst: see the tail loop in `serve` (store buffering, no fence needed).
+        self.conn.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.conn.tail_waiting.load(Ordering::SeqCst) {
+            self.conn.ended.notify_waiters();
         }
-        self.conn.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.shared
             .stats
             .requests_in_flight
-            .fetch_sub(1, Ordering::AcqRel);
-        self.shared.stats.wake_drain(&self.shared.stopping);
+            .fetch_sub(1, Ordering::SeqCst);
+        self.shared.stats.wake_drain();
     }
 }
 
 /// The builder every connection is served with.
-pub(crate) fn builder(
-    header_read_timeout: Duration,
-    max_header_bytes: usize,
-) -> auto::Builder<hyper_util::rt::TokioExecutor> {
+pub(crate) fn builder(max_header_bytes: usize) -> auto::Builder<hyper_util::rt::TokioExecutor> {
     let mut builder = auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
         .http1()
-        // We watch the socket ourselves while a handler runs (the disconnect policy
-        // decides); hyper would otherwise drop the handler on EOF.
-        .half_close(true)
-        .timer(hyper_util::rt::TokioTimer::new())
-        // Slowloris: a client must send its headers within this time.
-        .header_read_timeout(header_read_timeout)
+        // Where we can watch the socket ourselves while a handler runs (the disconnect
+        // policy decides), hyper must not drop the handler on EOF.
+        .half_close(Monitor::SUPPORTED)
+        // Slowloris protection is ours (`guard_headers`: one timer per connection instead of
+        // one per request); hyper's would also apply if it had a timer.
+        .header_read_timeout(None)
         .max_buf_size(max_header_bytes.max(8192));
     builder
         .http2()

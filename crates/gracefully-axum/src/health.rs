@@ -1,11 +1,10 @@
 //! Liveness and readiness routes.
 
 use axum::Router;
-use axum::extract::Request;
 use axum::routing::get;
 use http::StatusCode;
 
-use crate::request::RequestContext;
+use crate::request::with_current;
 
 /// Health routes: `GET /healthz` (liveness: `200 ok` while the process serves) and
 /// `GET /readyz` (readiness: `200 ready`, or `503 shutting down` from the instant shutdown
@@ -34,11 +33,9 @@ pub fn health_routes() -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
-            get(|request: Request| async move {
-                let not_ready = request
-                    .extensions()
-                    .get::<RequestContext>()
-                    .is_some_and(|ctx| ctx.inner.server.not_ready.is_cancelled());
+            get(|| async move {
+                let not_ready =
+                    with_current(|ctx| ctx.server.not_ready.is_cancelled()).unwrap_or(false);
                 if not_ready {
                     (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
                 } else {

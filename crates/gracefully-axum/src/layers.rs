@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tower::{Layer, Service};
 
-use crate::request::{DisconnectPolicy, RequestContext};
+use crate::request::{DisconnectPolicy, with_current};
 
 /// A cooperative timeout for the routes it wraps: the request token fires with
 /// [`DeadlineExceeded`](gracefully::ReasonKind::DeadlineExceeded) once `timeout` has passed,
@@ -77,9 +77,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> S::Future {
-        if let Some(ctx) = request.extensions().get::<RequestContext>() {
-            ctx.cancel_after(self.timeout);
-        }
+        with_current(|ctx| ctx.cancel_after(self.timeout));
         self.inner.call(request)
     }
 }
@@ -139,9 +137,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> S::Future {
-        if let Some(ctx) = request.extensions().get::<RequestContext>() {
-            ctx.set_policy(self.policy);
-        }
+        with_current(|ctx| ctx.set_policy(self.policy));
         self.inner.call(request)
     }
 }

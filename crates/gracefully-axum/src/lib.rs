@@ -78,13 +78,13 @@
 
 mod conn;
 mod health;
-mod io;
 mod layers;
 mod request;
 mod response;
 mod server;
 mod stats;
 mod streams;
+mod watch;
 
 pub use health::health_routes;
 pub use layers::{DisconnectPolicyLayer, Timeout, TimeoutLayer, WithDisconnectPolicy};

@@ -1,10 +1,13 @@
 //! Per-request cancellation: the token, how handlers reach it, and what a departed client
 //! does to it.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
+use std::time::Instant;
 
 use axum::extract::FromRequestParts;
 use gracefully::{CancellationSource, CancellationToken};
@@ -53,52 +56,137 @@ impl DisconnectPolicy {
     }
 }
 
-/// The server's per-request state, in the request's extensions. Layers change it (policy,
-/// deadline); the server reads it when the client leaves.
-#[derive(Clone)]
-pub(crate) struct RequestContext {
-    pub(crate) inner: Arc<RequestInner>,
-}
-
+/// The server's per-request state. Layers change it (policy, deadline); extractors read it;
+/// the server reads it when the client leaves.
+///
+/// Reached through a thread-local pointer that is set only while the server polls the
+/// request's future (the handler, its extractors, and every layer's `call` run then), rather
+/// than through the request's extensions: inserting one more extension forced axum's map
+/// into a rehash on every request, and the context needed an `Arc`. The pointer is valid
+/// while set: the context lives in the pinned request future (HTTP/1) or behind an `Arc`
+/// the polling task holds (HTTP/2).
 pub(crate) struct RequestInner {
-    pub(crate) source: CancellationSource,
+    /// The request's cancellation, made on first need ([`RequestInner::source`]): when the
+    /// handler asks for the token, or first returns `Pending`. A request answered within its
+    /// first poll never needs one, and then costs no tree node and no timer.
+    source: OnceLock<CancellationSource>,
+    /// A timeout set before `source` existed: its length, when it was set, and where the
+    /// layer that set it was made. Applied (minus the time since) when `source` is made.
+    pending_timeout: Mutex<Option<PendingTimeout>>,
     policy: AtomicU8,
     /// The server, for long-lived responses that must end at drain.
     pub(crate) server: Arc<crate::server::Shared>,
 }
 
-impl RequestContext {
-    pub(crate) fn new(
-        source: CancellationSource,
-        policy: DisconnectPolicy,
-        server: Arc<crate::server::Shared>,
-    ) -> Self {
-        RequestContext {
-            inner: Arc::new(RequestInner {
-                source,
-                policy: AtomicU8::new(policy.to_u8()),
-                server,
-            }),
+#[derive(Clone, Copy)]
+struct PendingTimeout {
+    timeout: Duration,
+    set_at: Instant,
+}
+
+impl RequestInner {
+    pub(crate) fn new(policy: DisconnectPolicy, server: Arc<crate::server::Shared>) -> Self {
+        RequestInner {
+            source: OnceLock::new(),
+            pending_timeout: Mutex::new(None),
+            policy: AtomicU8::new(policy.to_u8()),
+            server,
         }
     }
 
+    /// The request's source, made now if needed: a child of the hard stop (born cancelled
+    /// if shutdown already reached its cancel phase), with any timeout set so far.
+    pub(crate) fn source(&self) -> &CancellationSource {
+        self.source.get_or_init(|| {
+            let source = self.server.hard_stop.child();
+            let pending = self
+                .pending_timeout
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(p) = pending {
+                source.cancel_after(p.timeout.saturating_sub(p.set_at.elapsed()));
+            }
+            source
+        })
+    }
+
+    /// The source, if it was made.
+    pub(crate) fn source_if_made(&self) -> Option<&CancellationSource> {
+        self.source.get()
+    }
+
     pub(crate) fn policy(&self) -> DisconnectPolicy {
-        DisconnectPolicy::from_u8(self.inner.policy.load(Ordering::Relaxed))
+        DisconnectPolicy::from_u8(self.policy.load(Ordering::Relaxed))
     }
 
     pub(crate) fn set_policy(&self, policy: DisconnectPolicy) {
-        self.inner.policy.store(policy.to_u8(), Ordering::Relaxed);
+        self.policy.store(policy.to_u8(), Ordering::Relaxed);
     }
 
     pub(crate) fn token(&self) -> CancellationToken {
-        self.inner.source.token()
+        self.source().token()
     }
 
     /// Sets (or moves earlier) the request's deadline.
-    #[track_caller]
     pub(crate) fn cancel_after(&self, timeout: Duration) {
-        self.inner.source.cancel_after(timeout);
+        if let Some(source) = self.source.get() {
+            source.cancel_after(timeout);
+            return;
+        }
+        let now = Instant::now();
+        let mut pending = self
+            .pending_timeout
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Deadlines only move earlier.
+        let earlier = pending.is_none_or(|p| now + timeout < p.set_at + p.timeout);
+        if earlier {
+            *pending = Some(PendingTimeout {
+                timeout,
+                set_at: now,
+            });
+        }
+        drop(pending);
+        // Made meanwhile on another thread (an HTTP/2 stream reset): apply it directly.
+        if let Some(source) = self.source.get() {
+            source.cancel_after(timeout);
+        }
     }
+}
+
+std::thread_local! {
+    /// The request whose future this thread is polling, if any.
+    static CURRENT: Cell<*const RequestInner> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Marks `inner` as the current request until dropped (restoring the previous one, so a
+/// request future polled from within another's poll is handled).
+pub(crate) struct Entered {
+    previous: *const RequestInner,
+}
+
+/// Makes `inner` the current request while the returned guard lives.
+pub(crate) fn enter(inner: &RequestInner) -> Entered {
+    Entered {
+        previous: CURRENT.with(|c| c.replace(inner)),
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.previous));
+    }
+}
+
+/// Calls `f` with the current request, if the server is polling one on this thread.
+pub(crate) fn with_current<R>(f: impl FnOnce(&RequestInner) -> R) -> Option<R> {
+    let current = CURRENT.with(|c| c.get());
+    // SAFETY: the pointer is set only by `enter`, whose guard lives on the stack of the
+    // poll of the future (or task) that owns the pointee, and restores the previous value
+    // before that poll returns; so a non-null value here points to a live `RequestInner`
+    // owned by a future this thread is polling right now.
+    unsafe { current.as_ref() }.map(f)
 }
 
 /// The request's [`CancellationToken`], as an axum extractor.
@@ -128,7 +216,9 @@ impl RequestContext {
 /// ```
 ///
 /// Outside [`HttpServer`](crate::HttpServer) (in a unit test calling the router directly)
-/// the extractor yields [`CancellationToken::never()`].
+/// the extractor yields [`CancellationToken::never()`]. So does it in code that a layer
+/// moved to another task before the handler runs (`tower::buffer`'s worker); a handler's
+/// own task always sees the request's token.
 ///
 /// Middleware can read the same token with [`request_token`].
 ///
@@ -152,21 +242,23 @@ impl std::ops::Deref for RequestToken {
 impl<S: Send + Sync> FromRequestParts<S> for RequestToken {
     type Rejection = Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        Ok(RequestToken(token_of(&parts.extensions)))
+    async fn from_request_parts(_: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(RequestToken(current_token()))
     }
 }
 
-fn token_of(extensions: &http::Extensions) -> CancellationToken {
-    extensions
-        .get::<RequestContext>()
-        .map(RequestContext::token)
-        .unwrap_or_default()
+fn current_token() -> CancellationToken {
+    with_current(RequestInner::token).unwrap_or_default()
 }
 
-/// The request's token, for tower middleware that sees the `Request` (see
-/// [`RequestToken`]). [`CancellationToken::never()`] if the request did not come through
-/// [`HttpServer`](crate::HttpServer).
+/// The token of the request being served, for tower middleware (see [`RequestToken`]).
+///
+/// The server makes the request's context available while it polls the request's future,
+/// which is when layers' `call` and `poll` run; `request` itself is not inspected. Returns
+/// [`CancellationToken::never()`] outside [`HttpServer`](crate::HttpServer), and in a layer
+/// that hands the request to another task to call the inner service (such as
+/// `tower::buffer`): pass the token along explicitly there.
 pub fn request_token<B>(request: &http::Request<B>) -> CancellationToken {
-    token_of(request.extensions())
+    let _ = request;
+    current_token()
 }

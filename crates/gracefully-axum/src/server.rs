@@ -318,7 +318,7 @@ where
     let aborted = abort.token();
     // Cancels `aborted` if this future is dropped before it finishes.
     let _abort_on_drop = abort.drop_guard();
-    let builder = crate::conn::builder(config.header_read_timeout, config.max_header_bytes);
+    let builder = crate::conn::builder(config.max_header_bytes);
     let shared = Arc::new(Shared {
         config,
         builder,
@@ -366,11 +366,12 @@ where
     );
     let hard_stop = shutdown.hard_stop.clone();
     let mut hard_stop_seen = false;
+    // See `Stats::wake_drain`.
+    shared.stats.draining.store(true, Ordering::SeqCst);
     loop {
         let quiet = shared.stats.quiet.notified();
         let mut quiet = std::pin::pin!(quiet);
         quiet.as_mut().enable();
-        Stats::drain_fence();
         // Reap finished connections.
         while connections.try_join_next().is_some() {}
         if connections.is_empty() && shared.stats.busy() == 0 {

@@ -35,6 +35,8 @@ pub(crate) struct Stats {
     pub(crate) cancelled_at_hard_stop: AtomicU64,
     /// Notified whenever a request or long-lived stream ends (the drain waits on it).
     pub(crate) quiet: Notify,
+    /// Set (SeqCst) by the server's drain loop before it first reads the counters.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn inc(counter: &AtomicU64) {
@@ -51,25 +53,17 @@ impl Stats {
         });
     }
 
-    /// Wakes the drain loops (the server's and each connection's) after a request, stream
-    /// or connection ended. Only they wait on `quiet`, and only once `stopping` fired, so
-    /// before that this is one atomic load instead of a lock.
+    /// Wakes the server's drain loop after a request, stream or connection ended (the
+    /// caller decremented its counter with SeqCst). Only the drain loop waits on `quiet`,
+    /// and only once it set `draining`, so before that this is one load instead of a lock.
     ///
-    /// Store-buffering: the caller changed a counter, then reads `stopping`; a drain loop saw
-    /// `stopping`, then reads the counters. The two SeqCst fences (here and in
-    /// [`Stats::drain_fence`]) guarantee that one of them sees the other's write, so a drain
-    /// never sleeps on a count that already reached zero.
-    pub(crate) fn wake_drain(&self, stopping: &gracefully::CancellationToken) {
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if stopping.is_cancelled() {
+    /// Store buffering: we decremented, then read `draining`; the drain loop set `draining`,
+    /// then reads the counters — all SeqCst, so in their single order one side sees the
+    /// other's write, and a drain never sleeps on a count that already reached zero.
+    pub(crate) fn wake_drain(&self) {
+        if self.draining.load(Ordering::SeqCst) {
             self.quiet.notify_waiters();
         }
-    }
-
-    /// The drain loops' side of the fence pair described at [`Stats::wake_drain`]: call
-    /// after enabling the `quiet` waiter and before reading the counters.
-    pub(crate) fn drain_fence() {
-        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     pub(crate) fn busy(&self) -> usize {

@@ -17,7 +17,7 @@ use futures_util::Stream;
 use gracefully::CancellationToken;
 use http::request::Parts;
 
-use crate::request::RequestContext;
+use crate::request::with_current;
 use crate::server::Shared;
 use crate::stats::inc;
 
@@ -50,12 +50,9 @@ pub struct Drain {
 impl<S: Send + Sync> FromRequestParts<S> for Drain {
     type Rejection = Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+    async fn from_request_parts(_: &mut Parts, _: &S) -> Result<Self, Infallible> {
         Ok(Drain {
-            server: parts
-                .extensions
-                .get::<RequestContext>()
-                .map(|ctx| ctx.inner.server.clone()),
+            server: with_current(|ctx| ctx.server.clone()),
         })
     }
 }
@@ -139,8 +136,8 @@ impl LongLived {
 impl Drop for LongLived {
     fn drop(&mut self) {
         if let Some(server) = &self.0 {
-            server.stats.long_lived_open.fetch_sub(1, Ordering::AcqRel);
-            server.stats.wake_drain(&server.stopping);
+            server.stats.long_lived_open.fetch_sub(1, Ordering::SeqCst);
+            server.stats.wake_drain();
         }
     }
 }

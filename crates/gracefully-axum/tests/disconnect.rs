@@ -226,3 +226,27 @@ async fn an_unread_request_body_does_not_hide_the_client_forever() {
     assert!(finished.load(Ordering::SeqCst));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_broken_http2_connection_with_a_handler_still_running_does_not_hold_a_later_shutdown() {
+    // The whole HTTP/2 connection goes away (not just a stream) while a cooperative handler
+    // runs; the handler finishes on its own afterwards. A drain that begins later must not
+    // wait for that connection.
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let server = TestServer::start(app(Duration::from_millis(200), tx)).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let request = tokio::spawn(client.get(server.url("/work")).send());
+    assert!(matches!(next(&mut events).await, Event::Started));
+    request.abort();
+    drop(client); // closes the connection
+    assert!(matches!(next(&mut events).await, Event::TokenFired(..)));
+    assert!(matches!(next(&mut events).await, Event::Finished(_)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let stopping = Instant::now();
+    let report = server.stop().await;
+    assert!(stopping.elapsed() < Duration::from_secs(2), "{report}");
+}

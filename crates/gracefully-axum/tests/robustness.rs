@@ -73,3 +73,50 @@ async fn a_slowloris_client_is_cut_off_without_delaying_others_or_the_shutdown()
     server.stop().await;
     assert!(stopping.elapsed() < SOON);
 }
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_byte_by_byte_is_cut_off_at_the_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let server =
+        TestServer::start_with(app(), |s| s.header_read_timeout(Duration::from_millis(300))).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let started = Instant::now();
+    // Progress does not extend the deadline: a byte every 50 ms would take 1.5 s.
+    let head = b"GET / HTTP/1.1\r\nhost: trickle\r\nx-slow: yes\r\n\r\n";
+    let mut cut_off = false;
+    for byte in head {
+        if stream.write_all(&[*byte]).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    if !cut_off {
+        cut_off = closed_within(&mut stream, SOON).await;
+    }
+    assert!(cut_off, "the trickling client was disconnected");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let server =
+        TestServer::start_with(app(), |s| s.header_read_timeout(Duration::from_millis(100))).await;
+    let mut stream = send_raw(server.addr, b"GET / HTTP/1.1\r\nhost: test\r\n\r\n").await;
+    assert_eq!(status_of(&read_response(&mut stream).await), 200);
+    // Idle (nothing sent) for several header timeouts: not a slow head.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status_of(&read_response(&mut stream).await), 200);
+    server.stop().await;
+}

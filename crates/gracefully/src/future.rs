@@ -13,8 +13,10 @@ use crate::tree::entry::{self, EntryHeader, Wake};
 
 /// The registration of one waiting future: an entry holding its latest waker.
 struct Waiter {
-    /// Our handle to the entry, once the first `Pending` poll registered it.
-    entry: Option<NonNull<EntryHeader>>,
+    /// Our handle to the entry, once the first `Pending` poll registered it, and our own
+    /// clone of the waker the entry holds (the two change together, under the node's lock),
+    /// so that a re-poll with the same waker needs no lock at all.
+    entry: Option<(NonNull<EntryHeader>, Waker)>,
 }
 
 impl Waiter {
@@ -30,9 +32,10 @@ impl Waiter {
         if let Some(reason) = node.reason() {
             return Poll::Ready(reason);
         }
-        match self.entry {
+        match &mut self.entry {
             None => {
-                let entry = entry::alloc(Wake(cx.waker().clone()));
+                let waker = cx.waker().clone();
+                let entry = entry::alloc(Wake(waker.clone()));
                 let guard = node.lock();
                 if let Some(reason) = guard.reason() {
                     drop(guard);
@@ -44,45 +47,40 @@ impl Waiter {
                 // owned by our future) keeps the node alive while the entry exists.
                 unsafe { guard.push_entry(entry) };
                 drop(guard);
-                self.entry = Some(entry);
+                self.entry = Some((entry, waker));
                 Poll::Pending
             }
-            Some(entry) => {
+            Some((entry, registered)) => {
+                // The common re-poll: same task, not cancelled (checked above). If a cancel
+                // comes now, it wakes the waker the entry holds, which wakes this task too.
+                if registered.will_wake(cx.waker()) {
+                    return Poll::Pending;
+                }
                 // Clone outside the lock: `Waker::clone` runs executor code.
-                let mut fresh: Option<Waker> = None;
+                let mut fresh = cx.waker().clone();
                 let guard = node.lock();
                 if let Some(reason) = guard.reason() {
-                    // Collected by the walk (it marks and collects under this lock): our
-                    // waker was or will be woken once; nothing to update.
+                    // Collected by the walk (it marks and collects under this lock): the
+                    // old waker was or will be woken once; we are ready anyway.
                     return Poll::Ready(reason);
                 }
                 // SAFETY: not cancelled, so the entry is still LINKED; we hold the lock.
-                let same =
-                    unsafe { entry::with_payload::<Wake, _>(entry, |w| w.0.will_wake(cx.waker())) };
-                if !same {
-                    drop(guard);
-                    fresh = Some(cx.waker().clone());
-                    let guard = node.lock();
-                    if let Some(reason) = guard.reason() {
-                        return Poll::Ready(reason);
-                    }
-                    // SAFETY: as above.
-                    unsafe {
-                        entry::with_payload::<Wake, _>(entry, |w| {
-                            std::mem::swap(&mut w.0, fresh.as_mut().expect("just set"))
-                        })
-                    };
-                    drop(guard);
-                }
-                // The replaced waker (if any) is dropped here, outside the lock.
+                unsafe {
+                    entry::with_payload::<Wake, _>(*entry, |w| {
+                        std::mem::swap(&mut w.0, &mut fresh);
+                    })
+                };
+                drop(guard);
+                // `fresh` now holds the replaced waker: dropped here, outside the lock.
                 drop(fresh);
+                *registered = cx.waker().clone();
                 Poll::Pending
             }
         }
     }
 
     fn release(&mut self, token: &CancellationToken) {
-        if let (Some(entry), Some(node)) = (self.entry.take(), token.node()) {
+        if let (Some((entry, _)), Some(node)) = (self.entry.take(), token.node()) {
             // SAFETY: our handle; the token keeps the node alive.
             unsafe { entry::release_handle(node, entry) };
         }

@@ -112,11 +112,6 @@ mod tree;
 #[cfg(test)]
 mod tests;
 
-/// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-struct ReadmeDoctests;
-
 pub use cancelled::{Cancelled, find_cancelled, is_cancellation};
 pub use clock::{Clock, ManualClock};
 pub use future::{CancelOn, CancelOnExt, WaitForCancellation, WaitForCancellationOwned};

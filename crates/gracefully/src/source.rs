@@ -198,10 +198,7 @@ impl CancellationSource {
         if self.is_cancelled() {
             return;
         }
-        let clock = deadline::clock_of(self.node());
-        if let Some(at) = clock.now().checked_add(timeout) {
-            deadline::set_deadline(self.node_ptr(), &clock, at, origin);
-        }
+        deadline::set_timeout(self.node_ptr(), timeout, origin);
     }
 
     /// Whether this source has been cancelled (one atomic load).

@@ -189,6 +189,28 @@ impl CancellationToken {
         deadline::effective_deadline(self.node()?)
     }
 
+    /// How long until [`deadline`](Self::deadline), measured on the tree's clock (so it is
+    /// right under a [`ManualClock`](crate::ManualClock) too, where comparing the deadline
+    /// with `Instant::now()` is not). `Some(Duration::ZERO)` once the deadline has passed;
+    /// `None` if no deadline applies.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use gracefully::{CancellationSource, ManualClock};
+    /// let clock = ManualClock::new();
+    /// let root = CancellationSource::with_clock(&clock);
+    /// let request = root.token().child_with_timeout(Duration::from_secs(5));
+    /// clock.advance(Duration::from_secs(2));
+    /// assert_eq!(request.token().time_left(), Some(Duration::from_secs(3)));
+    /// ```
+    ///
+    /// *Anchors:* what Go code computes as `time.Until(deadline)` after `ctx.Deadline()`.
+    pub fn time_left(&self) -> Option<Duration> {
+        let node = self.node()?;
+        let at = deadline::effective_deadline(node)?;
+        Some(at.saturating_duration_since(deadline::clock_of(node).now()))
+    }
+
     /// A future that resolves to the [`Reason`] once the token is cancelled (at once if it
     /// already is).
     ///

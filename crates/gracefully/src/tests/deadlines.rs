@@ -237,3 +237,19 @@ fn system_timer_fires_many_timeouts_in_deadline_order() {
     assert!(sources.iter().all(|(_, s)| s.is_cancelled()));
     drop(registrations);
 }
+
+#[test]
+fn time_left_is_measured_on_the_tree_clock_and_stops_at_zero() {
+    let clock = ManualClock::new();
+    let root = CancellationSource::with_clock(&clock);
+    assert_eq!(root.token().time_left(), None);
+    let timed = root.token().child_with_timeout(10 * SEC);
+    let below = timed.token().child();
+    assert_eq!(below.token().time_left(), Some(10 * SEC));
+    clock.advance(4 * SEC);
+    assert_eq!(below.token().time_left(), Some(6 * SEC));
+    clock.advance(60 * SEC);
+    assert_eq!(below.token().time_left(), Some(Duration::ZERO));
+    assert!(below.is_cancelled());
+    assert_eq!(CancellationToken::never().time_left(), None);
+}

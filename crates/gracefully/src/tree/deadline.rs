@@ -11,9 +11,10 @@ use crate::tree::node::{Extra, Node};
 
 /// Visits `node` and every ancestor (each once per path; diamonds are rare), calling `f`
 /// with each node's `Extra` under that node's lock. Stops early when `f` returns `false`.
-/// Locks one node at a time (invariant 2).
+/// Locks one node at a time (invariant 2). Follows primary parents directly; only the
+/// further parents of linked sources (rare) are queued, so a plain chain allocates nothing.
 fn for_each_ancestor_extra(node: &Node, mut f: impl FnMut(&Extra) -> bool) {
-    let mut stack: Vec<*const Node> = Vec::new();
+    let mut more: Vec<*const Node> = Vec::new();
     let mut cur: *const Node = node;
     loop {
         // SAFETY: `node` is alive (caller's handle); each node holds references to all its
@@ -26,20 +27,38 @@ fn for_each_ancestor_extra(node: &Node, mut f: impl FnMut(&Extra) -> bool) {
             // SAFETY: `extra` is guarded by the lock we hold.
             let extra = unsafe { &*extra };
             keep_going = f(extra);
-            stack.extend(extra.more_parents.iter().map(|&(parent, _)| parent));
+            more.extend(extra.more_parents.iter().map(|&(parent, _)| parent));
         }
         drop(guard);
         if !keep_going {
             return;
         }
         if !n.parent.is_null() {
-            stack.push(n.parent);
+            cur = n.parent;
+            continue;
         }
-        match stack.pop() {
+        match more.pop() {
             Some(next) => cur = next,
             None => return,
         }
     }
+}
+
+/// What `node`'s ancestry (itself included) says about time, gathered in one walk: the
+/// clock chosen nearest to it (primary parents first), and the earliest deadline.
+pub(crate) fn ancestry(node: &Node) -> (Option<Clock>, Option<Instant>) {
+    let mut clock: Option<Clock> = None;
+    let mut earliest: Option<Instant> = None;
+    for_each_ancestor_extra(node, |extra| {
+        if clock.is_none() {
+            clock.clone_from(&extra.clock);
+        }
+        if let Some((at, _)) = extra.deadline {
+            earliest = Some(earliest.map_or(at, |e| e.min(at)));
+        }
+        true
+    });
+    (clock, earliest)
 }
 
 /// The earliest deadline that can cancel `node`: its own and every ancestor's.
@@ -69,6 +88,27 @@ pub(crate) fn clock_of(node: &Node) -> Clock {
     found.unwrap_or_default()
 }
 
+/// Sets `node`'s deadline to `timeout` from now on its tree's clock (see [`set_deadline`]).
+/// One walk of the ancestry and one reading of the clock.
+pub(crate) fn set_timeout(
+    node: NonNull<Node>,
+    timeout: std::time::Duration,
+    origin: &'static Location<'static>,
+) {
+    // SAFETY: the caller's handle keeps the node alive.
+    let n = unsafe { node.as_ref() };
+    if n.is_cancelled() {
+        return;
+    }
+    let (clock, earliest) = ancestry(n);
+    let clock = clock.unwrap_or_default();
+    let now = clock.now();
+    // A timeout too large for an `Instant` sets no deadline.
+    if let Some(at) = now.checked_add(timeout) {
+        arm(node, &clock, now, at, earliest, origin);
+    }
+}
+
 /// Sets `node`'s deadline to `at` unless it already has an earlier one (deadlines only move
 /// earlier), arming a timer in `clock`. A deadline that is already due cancels the node
 /// before this returns. `origin` becomes the reason's origin when the deadline fires.
@@ -83,7 +123,23 @@ pub(crate) fn set_deadline(
     if n.is_cancelled() {
         return;
     }
-    if at <= clock.now() {
+    let earliest = effective_deadline(n);
+    arm(node, clock, clock.now(), at, earliest, origin);
+}
+
+/// The common part of [`set_deadline`] and [`set_timeout`]: `now` is the clock's time and
+/// `earliest` the earliest deadline of the node and its ancestors, both read before.
+fn arm(
+    node: NonNull<Node>,
+    clock: &Clock,
+    now: Instant,
+    at: Instant,
+    earliest: Option<Instant>,
+    origin: &'static Location<'static>,
+) {
+    // SAFETY: the caller's handle keeps the node alive.
+    let n = unsafe { node.as_ref() };
+    if at <= now {
         n.cancel(Reason::at(ReasonKind::DeadlineExceeded, origin));
         return;
     }
@@ -92,7 +148,7 @@ pub(crate) fn set_deadline(
     // own earlier deadline, we return below without changing anything.) Read before
     // locking `node` (invariant 2: never lock an ancestor while holding a descendant); a
     // stale answer only means arming a timer that turns out to be unneeded.
-    let covered = effective_deadline(n).is_some_and(|earliest| earliest <= at);
+    let covered = earliest.is_some_and(|e| e <= at);
 
     // Allocate outside the lock; most nodes have no `Extra` yet.
     let mut spare = Some(Box::new(Extra::default()));
