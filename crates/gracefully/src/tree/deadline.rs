@@ -17,8 +17,9 @@ fn for_each_ancestor_extra(node: &Node, mut f: impl FnMut(&Extra) -> bool) {
     let mut more: Vec<*const Node> = Vec::new();
     let mut cur: *const Node = node;
     loop {
-        // SAFETY: `node` is alive (caller's handle); each node holds references to all its
-        // parents (invariant 3), so every ancestor reached this way is alive too.
+        // SAFETY: `node` is alive (caller's handle); every parent of a live node has it in
+        // its non-empty child list, which holds a reference to the parent (invariant 3), so
+        // every ancestor reached this way is alive too.
         let n = unsafe { &*cur };
         let guard = n.lock();
         let extra = guard.extra();

@@ -20,11 +20,14 @@
 //!    (after node locks, never before one). No lock is held while user code runs: callbacks,
 //!    wakers and the `Drop` of anything a user handed us run after every lock is released.
 //! 3. **Reference count.** `Node::refs` counts sources and tokens, live registrations (one
-//!    each), and children (one per parent link, held for the child's whole life). When it
-//!    drops to zero the node is reachable only through its parents' child lists (which the
-//!    cancel walk reads under the parents' locks) and through a clock's timer queue (which
-//!    holds nodes *weakly*: it takes a reference only if `refs` is non-zero). Such a node
-//!    removes itself from both, under the respective locks, before it is freed.
+//!    each), and one for the node's child list while it is non-empty: taken when the list
+//!    goes from empty to non-empty, under the node's lock (whoever links a child holds a
+//!    handle, so the count is not zero then); released by whoever empties it, after
+//!    unlocking. So every parent of a live node is alive (the node is in its list). When the
+//!    count drops to zero the node is reachable only through its parents' child lists (which
+//!    the cancel walk reads under the parents' locks) and through a clock's timer queue
+//!    (which holds nodes *weakly*: it takes a reference only if `refs` is non-zero). Such a
+//!    node removes itself from both, under the respective locks, before it is freed.
 //! 4. **Who guards what.** A node's membership in a parent's child list (its embedded
 //!    `prev`/`next` for the primary parent, an [`ExtLink`](node::ExtLink) for each further
 //!    parent) is guarded by *that parent's* lock. A node's `first_child`, `entries` and

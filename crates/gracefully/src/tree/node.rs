@@ -169,9 +169,6 @@ impl Node {
     pub(crate) fn new_child(parent_ptr: NonNull<Node>) -> NonNull<Node> {
         // SAFETY: the caller holds a reference to the parent.
         let parent = unsafe { parent_ptr.as_ref() };
-        // The child's reference to its parent (invariant 3). The caller holds one, so the
-        // count cannot be zero here.
-        parent.acquire();
         let child = Node::alloc(parent_ptr.as_ptr(), ptr::null_mut());
         // SAFETY: `child` was just allocated and is not shared yet.
         let child_ref = unsafe { child.as_ref() };
@@ -225,10 +222,6 @@ impl Node {
                     .more_parents
                     .push((parent.as_ptr().cast_const(), link))
             };
-        }
-        for parent in parents {
-            // SAFETY: the caller holds a reference to each parent.
-            unsafe { parent.as_ref() }.acquire(); // the link's reference (invariant 3)
         }
         // SAFETY: the node is alive (we hold its first reference).
         let node_ref = unsafe { node.as_ref() };
@@ -347,28 +340,31 @@ impl Node {
                 unsafe { std::mem::replace(&mut *e, ptr::null_mut()) }
             });
 
+            // Whether we emptied the primary parent's list (and so own its reference).
+            let mut emptied_parent = false;
             if !n.parent.is_null() {
-                // SAFETY: our reference keeps the parent alive.
+                // SAFETY: the parent's non-empty list (we are in it) holds a reference to it.
                 let parent = unsafe { &*n.parent };
                 let guard = parent.lock();
                 // SAFETY: we are listed in the parent's child list; we hold its lock.
-                unsafe { guard.remove_child(Elem::of_node(node.as_ptr())) };
+                emptied_parent = unsafe { guard.remove_child(Elem::of_node(node.as_ptr())) };
                 drop(guard);
             }
             if !extra.is_null() {
                 // SAFETY: `extra` came from Box::into_raw and is ours now.
                 let extra = unsafe { Box::from_raw(extra) };
                 for &(parent, link) in &extra.more_parents {
-                    // SAFETY: our reference keeps the parent alive.
+                    // SAFETY: that parent's non-empty list (our link is in it) holds a
+                    // reference to it.
                     let parent_ref = unsafe { &*parent };
                     let guard = parent_ref.lock();
                     // SAFETY: listed in that parent's list under its lock (invariant 4).
-                    unsafe { guard.remove_child(Elem::of_ext(link)) };
+                    let emptied = unsafe { guard.remove_child(Elem::of_ext(link)) };
                     drop(guard);
                     // SAFETY: unlinked, so nobody else can reach the link any more.
                     drop(unsafe { Box::from_raw(link) });
-                    // SAFETY: the link's reference to the parent.
-                    if unsafe { Node::release_is_last(parent) } {
+                    // SAFETY: the emptied list's reference, ours to release.
+                    if emptied && unsafe { Node::release_is_last(parent) } {
                         // SAFETY: non-null.
                         more.push(unsafe { NonNull::new_unchecked(parent.cast_mut()) });
                     }
@@ -389,8 +385,9 @@ impl Node {
             crate::tree::debug::node_freed();
             // SAFETY: allocated by `alloc::new` in `Node::alloc`, unreachable now.
             unsafe { crate::tree::alloc::delete(node) };
-            // SAFETY: the reference this node held on its primary parent.
-            if !parent.is_null() && unsafe { Node::release_is_last(parent) } {
+            // SAFETY: the emptied list's reference to the primary parent, ours to release
+            // (the list held it while we were in it, so the parent outlived our use above).
+            if emptied_parent && unsafe { Node::release_is_last(parent) } {
                 // SAFETY: non-null.
                 next = Some(unsafe { NonNull::new_unchecked(parent.cast_mut()) });
             }
@@ -554,7 +551,8 @@ impl<'a> Locked<'a> {
         self.node.extra.with_mut(|e| unsafe { *e = extra })
     }
 
-    /// Pushes `elem` at the front of the child list.
+    /// Pushes `elem` at the front of the child list, taking the list's reference to this
+    /// node if the list was empty (invariant 3).
     ///
     /// # Safety
     ///
@@ -562,6 +560,11 @@ impl<'a> Locked<'a> {
     /// an `ExtLink` made for this node) and are not in any list.
     unsafe fn push_child(&self, elem: Elem) {
         let head = self.first_child();
+        if head.is_none() {
+            // The list's reference to this node (invariant 3). Whoever links a child holds
+            // a handle to this node, so the count is not zero.
+            self.node.acquire();
+        }
         // SAFETY: the links of `elem` and of the current head are guarded by our lock.
         unsafe {
             let (prev, next) = elem.links();
@@ -575,12 +578,15 @@ impl<'a> Locked<'a> {
         self.node.first_child.with_mut(|c| unsafe { *c = elem });
     }
 
-    /// Removes `elem` from the child list.
+    /// Removes `elem` from the child list. Returns whether the list is now empty: the
+    /// caller then owns the list's reference to this node and must release it, after
+    /// unlocking (invariant 3).
     ///
     /// # Safety
     ///
     /// `elem` is in this node's child list.
-    unsafe fn remove_child(&self, elem: Elem) {
+    #[must_use = "an emptied list's reference must be released"]
+    unsafe fn remove_child(&self, elem: Elem) -> bool {
         // SAFETY: `elem` and its neighbours are listed here, guarded by our lock.
         unsafe {
             let (prev_cell, next_cell) = elem.links();
@@ -595,6 +601,7 @@ impl<'a> Locked<'a> {
                 next.links().0.with_mut(|p| *p = prev);
             }
         }
+        self.first_child().is_none()
     }
 
     /// Takes the whole entry list (newest first), leaving it empty.
