@@ -414,7 +414,7 @@ fn bounded_cte(steps: i64) -> String {
 /// sequential queries of one, then of the other, the order alternating), so that load from
 /// other processes hits both alike. Returns the median round of each and the median of the
 /// per-round ratios (ours / theirs).
-async fn overhead<A, AF, B, BF>(ours: A, theirs: B) -> (Duration, Duration, f64)
+async fn overhead<A, AF, B, BF>(ours: A, theirs: B) -> Overhead
 where
     A: Fn() -> AF,
     AF: std::future::Future<Output = ()>,
@@ -446,16 +446,34 @@ where
         ratios.push(pair[0].as_secs_f64() / pair[1].as_secs_f64());
     }
     ratios.sort_by(f64::total_cmp);
-    (median(&mut a), median(&mut b), ratios[ratios.len() / 2])
+    let quartile = |q: usize| ratios[(ratios.len() - 1) * q / 4];
+    Overhead {
+        ours: median(&mut a),
+        theirs: median(&mut b),
+        ratio: quartile(2),
+        spread: (quartile(1), quartile(3)),
+    }
 }
 
-fn print_overhead(db: &str, setup: &str, (ours, theirs, ratio): (Duration, Duration, f64)) {
-    let change = (ratio - 1.0) * 100.0;
+/// One overhead measurement: median per-query times, and the median and interquartile
+/// range of the per-round ratios (ours ÷ theirs; paired rounds, so load drift cancels).
+struct Overhead {
+    ours: Duration,
+    theirs: Duration,
+    ratio: f64,
+    spread: (f64, f64),
+}
+
+fn print_overhead(db: &str, setup: &str, o: Overhead) {
+    let pct = |r: f64| (r - 1.0) * 100.0;
     println!(
         "{db} overhead per uncancelled query ({setup}): gracefully {:.1} µs, sqlx {:.1} µs \
-         ({change:+.1} %)",
-        us(ours),
-        us(theirs)
+         ({:+.1} %, median of paired rounds; middle half of rounds {:+.1} % to {:+.1} %)",
+        us(o.ours),
+        us(o.theirs),
+        pct(o.ratio),
+        pct(o.spread.0),
+        pct(o.spread.1),
     );
 }
 
