@@ -8,7 +8,8 @@
 # the same load from `wrk` (installed from Debian's packages if missing). The server runs
 # on CPU 0 with one tokio worker, wrk on CPU 1 with one thread. Each round runs axum,
 # gracefully, and gracefully with the layers applied per route (`Router::layer`), back to
-# back, so drift (other load on the machine) hits all three; the medians are compared.
+# back (the order alternating between rounds), so drift (other load on the machine) hits all
+# three; the medians are compared, and so are the rounds pair by pair.
 #
 # Environment: ROUNDS (default 9), DURATION seconds per run (default 5), CONNECTIONS (64).
 set -euo pipefail
@@ -47,10 +48,16 @@ run() { # mode port -> requests per second
 
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-axum_runs=(); graceful_runs=(); route_runs=()
+axum_runs=(); graceful_runs=(); route_runs=(); paired=()
 for round in $(seq 1 "$ROUNDS"); do
-    a=$(run axum 18080); g=$(run gracefully 18081); r=$(run gracefully-route-layers 18082)
+    # Alternate the order so neither server always runs first in a round.
+    if [ $((round % 2)) -eq 1 ]; then
+        a=$(run axum 18080); g=$(run gracefully 18081); r=$(run gracefully-route-layers 18082)
+    else
+        r=$(run gracefully-route-layers 18082); g=$(run gracefully 18081); a=$(run axum 18080)
+    fi
     axum_runs+=("$a"); graceful_runs+=("$g"); route_runs+=("$r")
+    paired+=("$(awk -v g="$g" -v a="$a" 'BEGIN {print g / a}')")
     echo "round $round: axum $a req/s, gracefully $g req/s, gracefully (Router::layer) $r req/s" >&2
 done
 axum_median=$(printf '%s\n' "${axum_runs[@]}" | median)
@@ -61,3 +68,9 @@ printf 'http overhead: axum %.0f req/s, gracefully %.0f req/s, ratio %s\n' \
     "$axum_median" "$graceful_median" "$(ratio "$graceful_median" "$axum_median")"
 printf '  (same layers through Router::layer, which re-boxes every route: %.0f req/s, ratio %s)\n' \
     "$route_median" "$(ratio "$route_median" "$axum_median")"
+# Rounds run back to back, so a round's two runs share the machine's state: the median of
+# the per-round ratios cancels drift that the ratio of medians does not.
+sorted=$(printf '%s\n' "${paired[@]}" | sort -g)
+quartile() { echo "$sorted" | awk -v q="$1" '{a[NR]=$1} END {printf "%.3f", a[int((NR-1)*q/4)+1]}'; }
+printf '  (median of the per-round ratios: %s; middle half of rounds %s to %s)\n' \
+    "$(quartile 2)" "$(quartile 1)" "$(quartile 3)"
