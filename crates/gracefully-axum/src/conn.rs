@@ -309,7 +309,12 @@ where
         }
         // The head arrived: the bytes read so far are this request's, not a slow head's.
         self.conn.account_bytes();
-        let request = request.map(Body::new);
+        let mut request = request.map(Body::new);
+        if shared.config.token_in_extensions {
+            request
+                .extensions_mut()
+                .insert(crate::RequestToken(ctx.token()));
+        }
         let tracker = Tracker::start(shared.clone(), self.conn.clone());
         let future = self.app.clone().oneshot(request);
 

@@ -220,7 +220,9 @@ pub(crate) fn with_current<R>(f: impl FnOnce(&RequestInner) -> R) -> Option<R> {
 /// moved to another task before the handler runs (`tower::buffer`'s worker); a handler's
 /// own task always sees the request's token.
 ///
-/// Middleware can read the same token with [`request_token`].
+/// Middleware can read the same token with [`request_token`] (or, with
+/// [`HttpServer::token_in_extensions`](crate::HttpServer::token_in_extensions) on, from the
+/// request's extensions as a `RequestToken`).
 ///
 /// *Anchors:* ASP.NET Core's `HttpContext.RequestAborted` (which only reports disconnects);
 /// Go's `r.Context()`.
@@ -242,8 +244,13 @@ impl std::ops::Deref for RequestToken {
 impl<S: Send + Sync> FromRequestParts<S> for RequestToken {
     type Rejection = Infallible;
 
-    async fn from_request_parts(_: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        Ok(RequestToken(current_token()))
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        // In the extensions only with `HttpServer::token_in_extensions` (then also right
+        // on a task other than the server's).
+        Ok(match parts.extensions.get::<RequestToken>() {
+            Some(token) => token.clone(),
+            None => RequestToken(current_token()),
+        })
     }
 }
 
@@ -254,11 +261,15 @@ fn current_token() -> CancellationToken {
 /// The token of the request being served, for tower middleware (see [`RequestToken`]).
 ///
 /// The server makes the request's context available while it polls the request's future,
-/// which is when layers' `call` and `poll` run; `request` itself is not inspected. Returns
-/// [`CancellationToken::never()`] outside [`HttpServer`](crate::HttpServer), and in a layer
-/// that hands the request to another task to call the inner service (such as
-/// `tower::buffer`): pass the token along explicitly there.
+/// which is when layers' `call` and `poll` run. With
+/// [`HttpServer::token_in_extensions`](crate::HttpServer::token_in_extensions) on, the token
+/// also travels in `request`'s extensions, and is found there first: that works on any
+/// task. Otherwise this returns [`CancellationToken::never()`] outside
+/// [`HttpServer`](crate::HttpServer), and in a layer that hands the request to another task
+/// to call the inner service (such as `tower::buffer`).
 pub fn request_token<B>(request: &http::Request<B>) -> CancellationToken {
-    let _ = request;
-    current_token()
+    match request.extensions().get::<RequestToken>() {
+        Some(RequestToken(token)) => token.clone(),
+        None => current_token(),
+    }
 }

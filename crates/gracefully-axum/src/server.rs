@@ -46,6 +46,7 @@ pub(crate) struct Config {
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) disconnect_policy: DisconnectPolicy,
     pub(crate) max_header_bytes: usize,
+    pub(crate) token_in_extensions: bool,
 }
 
 impl Default for Config {
@@ -55,6 +56,7 @@ impl Default for Config {
             request_timeout: None,
             disconnect_policy: DisconnectPolicy::Cooperative,
             max_header_bytes: 64 * 1024,
+            token_in_extensions: false,
         }
     }
 }
@@ -156,6 +158,44 @@ where
     /// [`Cooperative`](DisconnectPolicy::Cooperative)).
     pub fn disconnect_policy(mut self, policy: DisconnectPolicy) -> Self {
         self.config.disconnect_policy = policy;
+        self
+    }
+
+    /// Also puts each request's token into the request's extensions, as a [`RequestToken`]
+    /// (default: off).
+    ///
+    /// Handlers and layers reach the token without it, through the [`RequestToken`]
+    /// extractor and [`request_token`]; those work while the server polls the request.
+    /// Turn this on for middleware that hands the request to *another task* before the
+    /// handler runs (`tower::buffer`, a worker pool), or that looks the token up with
+    /// `request.extensions().get::<RequestToken>()`. It costs an extension insert and an
+    /// eagerly made token per request (a request answered at once otherwise makes neither).
+    /// [`TimeoutLayer`](crate::TimeoutLayer) and
+    /// [`DisconnectPolicyLayer`](crate::DisconnectPolicyLayer) still act only on the server's
+    /// task: apply them outside (before) such a hop.
+    ///
+    /// ```
+    /// use axum::{Router, extract::Request, middleware::{self, Next}, routing::get};
+    /// use gracefully_axum::{HttpServer, RequestToken};
+    ///
+    /// async fn audit(request: Request, next: Next) -> axum::response::Response {
+    ///     let token = request.extensions().get::<RequestToken>().cloned();
+    ///     // … hand `request` and `token` to a worker task …
+    ///     # let _ = token;
+    ///     next.run(request).await
+    /// }
+    ///
+    /// # async fn f() -> std::io::Result<()> {
+    /// let app = Router::new().route("/", get(|| async { "hi" })).layer(middleware::from_fn(audit));
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let server = HttpServer::new(listener, app).token_in_extensions(true);
+    /// # let _ = server; Ok(()) }
+    /// ```
+    ///
+    /// [`RequestToken`]: crate::RequestToken
+    /// [`request_token`]: crate::request_token
+    pub fn token_in_extensions(mut self, on: bool) -> Self {
+        self.config.token_in_extensions = on;
         self
     }
 

@@ -111,6 +111,58 @@ async fn middleware_reads_the_same_token_as_the_handler() {
 }
 
 #[tokio::test]
+async fn with_token_in_extensions_a_request_moved_to_another_task_keeps_its_token() {
+    // Middleware that runs the rest of the stack on a task of its own (as `tower::buffer`
+    // does): the thread-local request context does not follow; the extension does.
+    async fn on_another_task(request: Request, next: Next) -> axum::response::Response {
+        let in_extensions = request.extensions().get::<RequestToken>().is_some();
+        let mut response = tokio::spawn(next.run(request)).await.unwrap();
+        response.headers_mut().insert(
+            "x-in-extensions",
+            in_extensions.to_string().parse().unwrap(),
+        );
+        response
+    }
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(|RequestToken(token): RequestToken| async move {
+                let fired = tokio::time::timeout(Duration::from_secs(1), token.cancelled()).await;
+                match fired {
+                    Ok(reason) => format!(
+                        "{:?} deadline={}",
+                        reason.kind(),
+                        token.deadline().is_some()
+                    ),
+                    Err(_) => format!("not fired, can be cancelled={}", token.can_be_cancelled()),
+                }
+            }),
+        )
+        .layer(middleware::from_fn(on_another_task))
+        // Outside the hop, so it runs on the server's task and sets the request's deadline.
+        .layer(TimeoutLayer::new(Duration::from_millis(100)));
+    for in_extensions in [true, false] {
+        let server =
+            TestServer::start_with(app.clone(), |s| s.token_in_extensions(in_extensions)).await;
+        let response = reqwest::get(server.url("/slow")).await.unwrap();
+        assert_eq!(
+            response.headers()["x-in-extensions"],
+            in_extensions.to_string()
+        );
+        let body = response.text().await.unwrap();
+        if in_extensions {
+            // The handler, on another task, saw the request's token, fired by the route's
+            // deadline.
+            assert_eq!(body, "DeadlineExceeded deadline=true");
+        } else {
+            // Without the extension the handler on the other task gets `never()`.
+            assert_eq!(body, "not fired, can be cancelled=false");
+        }
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn outside_the_server_the_extractor_yields_a_token_that_never_fires() {
     use tower::ServiceExt;
     let app: Router = Router::new().route(
