@@ -422,7 +422,7 @@ pub struct Tracked<DB: Sealed> {
     pub(crate) handle: DB::Handle,
     /// When the pool adopted it (about when it was opened): for `max_lifetime`.
     adopted: Instant,
-    /// When it last went idle: for `idle_timeout`.
+    /// When it last went idle: for `idle_timeout` (kept only when one is set).
     idle_since: Instant,
     /// An operation set the session's `statement_timeout`: reset it before reuse.
     pub(crate) session_timeout: bool,
@@ -455,7 +455,9 @@ impl<DB: Backend> Shared<DB> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Database(sqlx::Error::PoolClosed));
         }
-        let deadline = tokio::time::Instant::now() + self.settings.acquire_timeout;
+        // Read the clock only once we have to wait (the common checkout finds an idle
+        // connection and never needs the deadline).
+        let mut deadline = None;
         loop {
             let idle = self.lock_idle().pop();
             if let Some(tracked) = idle {
@@ -464,6 +466,8 @@ impl<DB: Backend> Shared<DB> {
                     None => continue,
                 }
             }
+            let deadline = *deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + self.settings.acquire_timeout);
             // Register for a release *before* looking again, so one between our look and
             // the wait is not missed.
             let released = self.released.notified();
@@ -516,14 +520,16 @@ impl<DB: Backend> Shared<DB> {
     /// Applies `max_lifetime`, `idle_timeout` and `test_before_acquire` to an idle
     /// connection; `None` if it was closed instead.
     async fn revalidate(&self, mut tracked: Tracked<DB>) -> Option<Tracked<DB>> {
-        let expired = self
-            .settings
-            .max_lifetime
-            .is_some_and(|max| tracked.adopted.elapsed() >= max)
-            || self
-                .settings
-                .idle_timeout
-                .is_some_and(|max| tracked.idle_since.elapsed() >= max);
+        let settings = &self.settings;
+        // One clock read for both limits (none if neither is set).
+        let expired = (settings.max_lifetime.is_some() || settings.idle_timeout.is_some()) && {
+            let now = Instant::now();
+            let outlived = |since: Instant, max: Option<Duration>| {
+                max.is_some_and(|max| now.saturating_duration_since(since) >= max)
+            };
+            outlived(tracked.adopted, settings.max_lifetime)
+                || outlived(tracked.idle_since, settings.idle_timeout)
+        };
         if expired {
             let _ = tracked.conn.close().await;
             return None;
@@ -542,7 +548,9 @@ impl<DB: Backend> Shared<DB> {
             drop(tracked);
             return;
         }
-        tracked.idle_since = Instant::now();
+        if self.settings.idle_timeout.is_some() {
+            tracked.idle_since = Instant::now();
+        }
         self.lock_idle().push(tracked);
         self.released.notify_one();
     }
