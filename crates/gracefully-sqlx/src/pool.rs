@@ -455,19 +455,24 @@ impl<DB: Backend> Shared<DB> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Database(sqlx::Error::PoolClosed));
         }
-        // Read the clock only once we have to wait (the common checkout finds an idle
-        // connection and never needs the deadline).
-        let mut deadline = None;
+        // The common case, an idle connection, is handled here; waiting, opening and adopting
+        // are boxed: their futures (sqlx's acquire, the adopt query, a timer) take kilobytes
+        // that every operation's future would otherwise carry, and copy, on every call.
         loop {
             let idle = self.lock_idle().pop();
-            if let Some(tracked) = idle {
-                match self.revalidate(tracked).await {
-                    Some(tracked) => return Ok(tracked),
-                    None => continue,
-                }
+            let Some(tracked) = idle else { break };
+            if let Some(tracked) = self.revalidate(tracked).await {
+                return Ok(tracked);
             }
-            let deadline = *deadline
-                .get_or_insert_with(|| tokio::time::Instant::now() + self.settings.acquire_timeout);
+        }
+        Box::pin(self.wait_or_open(token)).await
+    }
+
+    /// [`checkout`](Self::checkout) when no idle connection was at hand: wait for one to be
+    /// returned, or open one.
+    async fn wait_or_open(&self, token: &CancellationToken) -> Result<Tracked<DB>, Error> {
+        let deadline = tokio::time::Instant::now() + self.settings.acquire_timeout;
+        loop {
             // Register for a release *before* looking again, so one between our look and
             // the wait is not missed.
             let released = self.released.notified();
@@ -531,11 +536,18 @@ impl<DB: Backend> Shared<DB> {
                 || outlived(tracked.idle_since, settings.idle_timeout)
         };
         if expired {
-            let _ = tracked.conn.close().await;
+            // Boxed, as every path that is not the common one (see `checkout`).
+            Box::pin(async move {
+                let _ = tracked.conn.close().await;
+            })
+            .await;
             return None;
         }
         if self.settings.test_before_acquire && tracked.conn.ping().await.is_err() {
-            let _ = tracked.conn.detach().close_hard().await;
+            Box::pin(async move {
+                let _ = tracked.conn.detach().close_hard().await;
+            })
+            .await;
             return None;
         }
         Some(tracked)
@@ -636,10 +648,8 @@ impl<DB: Backend> Lease<DB> {
             Recovery::Verify
         };
         let shared = Arc::clone(&self.shared);
-        self.shared
-            .cleanups
-            .run(recover(shared, tracked, how))
-            .await;
+        // Boxed: kept out of every operation's future (see `Shared::checkout`).
+        Box::pin(self.shared.cleanups.run(recover(shared, tracked, how))).await;
     }
 }
 
