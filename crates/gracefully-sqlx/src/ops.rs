@@ -91,18 +91,21 @@ impl<DB: Backend> GracefulPool<DB> {
             ServerDeadline::Always => self.timeout_millis(token),
             ServerDeadline::Off | ServerDeadline::Transactions => None,
         };
+        // Every path but the common one (no session timeout, the body succeeds, nothing in
+        // doubt) is boxed: their futures (the `SET`, the recovery, a timer) would otherwise
+        // make this future kilobytes larger, and it is created and moved on every call.
         if let Some(millis) = timeout {
             // Marked before it is sent: if this is cancelled midway, recovery resets it.
             lease.set_session_timeout();
-            let set = token
-                .run_until_cancelled(DB::set_session_timeout(lease.conn(), millis))
-                .await;
+            let set =
+                Box::pin(token.run_until_cancelled(DB::set_session_timeout(lease.conn(), millis)))
+                    .await;
             match set {
-                Err(cancelled) => return Err(E::from(lease.abandon(cancelled).await)),
+                Err(cancelled) => return Err(E::from(Box::pin(lease.abandon(cancelled)).await)),
                 Ok(Ok(applied)) => deadline_applied = applied,
                 Ok(Err(error)) => {
                     drop(armed);
-                    lease.release(true).await;
+                    Box::pin(lease.release(true)).await;
                     return Err(E::from(Error::from(error)));
                 }
             }
@@ -112,14 +115,18 @@ impl<DB: Backend> GracefulPool<DB> {
         // No callback can raise the interrupt after this.
         drop(armed);
         match outcome {
-            Err(cancelled) => Err(E::from(lease.abandon(cancelled).await)),
+            Err(cancelled) => Err(E::from(Box::pin(lease.abandon(cancelled)).await)),
             Ok(Ok(value)) => {
                 lease.release(false).await;
                 Ok(value)
             }
             Ok(Err(error)) => {
-                lease.release(true).await;
-                match settle(token, deadline_applied).await {
+                let reason = Box::pin(async move {
+                    lease.release(true).await;
+                    settle(token, deadline_applied).await
+                })
+                .await;
+                match reason {
                     Some(reason) => Err(E::from(Error::cancelled(reason))),
                     None => Err(error),
                 }

@@ -422,7 +422,7 @@ pub struct Tracked<DB: Sealed> {
     pub(crate) handle: DB::Handle,
     /// When the pool adopted it (about when it was opened): for `max_lifetime`.
     adopted: Instant,
-    /// When it last went idle: for `idle_timeout`.
+    /// When it last went idle: for `idle_timeout` (kept only when one is set).
     idle_since: Instant,
     /// An operation set the session's `statement_timeout`: reset it before reuse.
     pub(crate) session_timeout: bool,
@@ -455,15 +455,24 @@ impl<DB: Backend> Shared<DB> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Database(sqlx::Error::PoolClosed));
         }
-        let deadline = tokio::time::Instant::now() + self.settings.acquire_timeout;
+        // The common case, an idle connection, is handled here; waiting, opening and adopting
+        // are boxed: their futures (sqlx's acquire, the adopt query, a timer) take kilobytes
+        // that every operation's future would otherwise carry, and copy, on every call.
         loop {
             let idle = self.lock_idle().pop();
-            if let Some(tracked) = idle {
-                match self.revalidate(tracked).await {
-                    Some(tracked) => return Ok(tracked),
-                    None => continue,
-                }
+            let Some(tracked) = idle else { break };
+            if let Some(tracked) = self.revalidate(tracked).await {
+                return Ok(tracked);
             }
+        }
+        Box::pin(self.wait_or_open(token)).await
+    }
+
+    /// [`checkout`](Self::checkout) when no idle connection was at hand: wait for one to be
+    /// returned, or open one.
+    async fn wait_or_open(&self, token: &CancellationToken) -> Result<Tracked<DB>, Error> {
+        let deadline = tokio::time::Instant::now() + self.settings.acquire_timeout;
+        loop {
             // Register for a release *before* looking again, so one between our look and
             // the wait is not missed.
             let released = self.released.notified();
@@ -516,20 +525,29 @@ impl<DB: Backend> Shared<DB> {
     /// Applies `max_lifetime`, `idle_timeout` and `test_before_acquire` to an idle
     /// connection; `None` if it was closed instead.
     async fn revalidate(&self, mut tracked: Tracked<DB>) -> Option<Tracked<DB>> {
-        let expired = self
-            .settings
-            .max_lifetime
-            .is_some_and(|max| tracked.adopted.elapsed() >= max)
-            || self
-                .settings
-                .idle_timeout
-                .is_some_and(|max| tracked.idle_since.elapsed() >= max);
+        let settings = &self.settings;
+        // One clock read for both limits (none if neither is set).
+        let expired = (settings.max_lifetime.is_some() || settings.idle_timeout.is_some()) && {
+            let now = Instant::now();
+            let outlived = |since: Instant, max: Option<Duration>| {
+                max.is_some_and(|max| now.saturating_duration_since(since) >= max)
+            };
+            outlived(tracked.adopted, settings.max_lifetime)
+                || outlived(tracked.idle_since, settings.idle_timeout)
+        };
         if expired {
-            let _ = tracked.conn.close().await;
+            // Boxed, as every path that is not the common one (see `checkout`).
+            Box::pin(async move {
+                let _ = tracked.conn.close().await;
+            })
+            .await;
             return None;
         }
         if self.settings.test_before_acquire && tracked.conn.ping().await.is_err() {
-            let _ = tracked.conn.detach().close_hard().await;
+            Box::pin(async move {
+                let _ = tracked.conn.detach().close_hard().await;
+            })
+            .await;
             return None;
         }
         Some(tracked)
@@ -542,7 +560,9 @@ impl<DB: Backend> Shared<DB> {
             drop(tracked);
             return;
         }
-        tracked.idle_since = Instant::now();
+        if self.settings.idle_timeout.is_some() {
+            tracked.idle_since = Instant::now();
+        }
         self.lock_idle().push(tracked);
         self.released.notify_one();
     }
@@ -628,10 +648,8 @@ impl<DB: Backend> Lease<DB> {
             Recovery::Verify
         };
         let shared = Arc::clone(&self.shared);
-        self.shared
-            .cleanups
-            .run(recover(shared, tracked, how))
-            .await;
+        // Boxed: kept out of every operation's future (see `Shared::checkout`).
+        Box::pin(self.shared.cleanups.run(recover(shared, tracked, how))).await;
     }
 }
 
