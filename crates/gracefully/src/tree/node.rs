@@ -448,7 +448,14 @@ impl Node {
 
     #[inline]
     fn lock_inner(&self, unless_cancelled: bool) -> Option<Locked<'_>> {
-        let mut cur = self.state.load(Ordering::Relaxed);
+        // A cancel walk locks nodes that are almost always unlocked and live: it tries the
+        // exchange from that value at once (a failure returns the actual value, as a load
+        // would). Other lockers load first, so that waiting on a held lock only reads it.
+        let mut cur = if unless_cancelled {
+            ptr::null_mut()
+        } else {
+            self.state.load(Ordering::Relaxed)
+        };
         let mut spins = 0u32;
         loop {
             if unless_cancelled && cur.addr() & !LOCKED != 0 {
