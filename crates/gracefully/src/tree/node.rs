@@ -486,15 +486,23 @@ impl Node {
     }
 }
 
-/// Waits a little longer each time, then yields the processor. A hand-written lock (rather
-/// than `std::sync::Mutex`) because it lives in the spare bit of the state word: the node
-/// stays 64 bytes and `is_cancelled` stays a single load of the same word.
+/// Waits a little longer each time (16, 32, … 512 pause instructions), then yields the
+/// processor. A hand-written lock (rather than `std::sync::Mutex`) because it lives in the
+/// spare bit of the state word: the node stays 64 bytes and `is_cancelled` stays a single
+/// load of the same word.
+///
+/// Why not start at one pause: the lock's holds are a few nanoseconds, so a waiter that
+/// retries at once takes the lock back and forth with the holder on every operation, and
+/// each hand-over moves the node's cache line between cores. Waiting a little longer lets
+/// the holder do its next few operations on a line it already owns. Measured with the
+/// `versus` benchmark (two threads creating and dropping children of one parent, 2-vCPU
+/// EPYC): 60–88 ns per operation when starting at one pause, 23–37 ns starting at 16.
 #[inline]
 fn backoff(spins: &mut u32) {
     #[cfg(not(loom))]
     {
         if *spins < 6 {
-            for _ in 0..(1u32 << *spins) {
+            for _ in 0..(16u32 << *spins) {
                 spin_loop();
             }
             *spins += 1;
