@@ -42,6 +42,26 @@ fn cancel_vs_a_future_registering_its_waker_loses_no_wake_up() {
 }
 
 #[test]
+fn cancel_vs_a_future_re_polled_with_a_new_waker_loses_no_wake_up() {
+    model(|| {
+        let source = CancellationSource::new();
+        let token = source.token();
+        let mut future = Box::pin(token.cancelled());
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // Registered with one waker (the token is live, so this is Pending)...
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+        let canceller = thread::spawn(move || {
+            source.cancel();
+        });
+        // ...then polled by an executor with its own waker, racing the walk that takes the
+        // registered waker out of the entry.
+        let reason = loom::future::block_on(future);
+        assert_eq!(reason.kind(), ReasonKind::Requested);
+        canceller.join().unwrap();
+    });
+}
+
+#[test]
 fn cancel_vs_on_cancel_runs_the_callback_exactly_once() {
     model(|| {
         let source = CancellationSource::new();

@@ -18,14 +18,16 @@
 //!    └─(handle drop, node lock held:                └─(handle drop)──► CLAIMED
 //!       unlink + free at once)                         (the handle drops the payload;
 //!                                                        the callback never runs)
+//!
+//!  LINKED ──(walk collects a waiting future's entry and takes its waker, node lock held)──► DONE
 //!  flags: HANDLE  — the handle still exists
 //!         QUEUED  — the canceller's pending chain still refers to the entry
 //!         WAITER  — a handle on another thread waits for RUNNING to end (rule 5);
 //!                   its `Thread` is in `waiter`, written before the flag is set
 //! ```
 //!
-//! `LINKED → PENDING` happens only under the node's lock, so a handle holding that lock
-//! knows exactly whether the entry is still listed. After that, the phase is claimed with
+//! `LINKED → PENDING` (and `LINKED → DONE`) happens only under the node's lock, so a handle
+//! holding that lock knows exactly whether the entry is still listed. After that, the phase is claimed with
 //! compare-and-swap by exactly one side: `PENDING → RUNNING` (the canceller will run the
 //! payload) or `PENDING → CLAIMED` (the handle drops it). Whoever clears the last of `HANDLE`
 //! and `QUEUED` frees the memory.
@@ -79,6 +81,10 @@ struct VTable {
     drop_payload: unsafe fn(NonNull<EntryHeader>),
     /// Frees the allocation (the payload was consumed or dropped already).
     dealloc: unsafe fn(NonNull<EntryHeader>),
+    /// For a waiting future's entry ([`Wake`]): moves its waker out, so the cancel walk can
+    /// finish the entry while it holds the node's lock and wake the waker afterwards,
+    /// without the run-phase handshake (see [`Pending::append_list`]).
+    take_waker: Option<unsafe fn(NonNull<EntryHeader>) -> Waker>,
 }
 
 #[repr(C)]
@@ -89,6 +95,8 @@ struct Entry<P> {
 
 /// What an entry does when its node is cancelled.
 pub(crate) trait Payload: Send + 'static {
+    /// Whether this is [`Wake`] (a waker, which only needs waking: no reason, no order).
+    const IS_WAKE: bool = false;
     fn run(self, reason: &Reason);
 }
 
@@ -105,6 +113,7 @@ impl<F: FnOnce(&Reason) + Send + 'static> Payload for Callback<F> {
 pub(crate) struct Wake(pub(crate) Waker);
 
 impl Payload for Wake {
+    const IS_WAKE: bool = true;
     fn run(self, _: &Reason) {
         self.0.wake()
     }
@@ -126,7 +135,17 @@ impl<P: Payload> Vt<P> {
         run: run_payload::<P>,
         drop_payload: drop_payload::<P>,
         dealloc: dealloc::<P>,
+        take_waker: if P::IS_WAKE { Some(take_waker) } else { None },
     };
+}
+
+/// # Safety
+///
+/// `h` points to a live `Entry<Wake>` whose payload is still there, and the caller has sole
+/// access to it (the node's lock, while the entry is `LINKED`).
+unsafe fn take_waker(h: NonNull<EntryHeader>) -> Waker {
+    // SAFETY: caller; `IS_WAKE` is true only for `Wake`, so this is an `Entry<Wake>`.
+    unsafe { take_payload::<Wake>(h) }.0
 }
 
 /// # Safety
@@ -269,10 +288,13 @@ impl EntryHeader {
 }
 
 /// The entries collected by one cancel walk, to run once every lock is released
-/// (invariant 5). Singly linked through the entries' `next` pointers, in run order.
+/// (invariant 5): callbacks and blocked threads singly linked through the entries' `next`
+/// pointers, in run order; and the wakers of waiting futures, already taken out of their
+/// entries.
 pub(crate) struct Pending {
     head: *mut EntryHeader,
     tail: *mut EntryHeader,
+    wakers: Vec<Waker>,
 }
 
 impl Pending {
@@ -280,55 +302,75 @@ impl Pending {
         Pending {
             head: ptr::null_mut(),
             tail: ptr::null_mut(),
+            wakers: Vec::new(),
         }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.head.is_null()
+        self.head.is_null() && self.wakers.is_empty()
     }
 
-    /// Moves a node's whole entry list (newest first; taken under its lock, which the
-    /// caller still holds) to the *end* of the chain, marking each entry collected. The
-    /// walk appends each node when it finishes it (post-order), which gives the run order
-    /// of invariant 5: every node after all its descendants, each node's entries newest
-    /// first.
+    /// Collects a node's whole entry list (newest first; taken under its lock, which the
+    /// caller still holds). The walk collects each node when it finishes it (post-order).
+    ///
+    /// * A waiting future's entry is finished here: its waker is moved out (the lock gives
+    ///   us the `LINKED` payload) and the entry goes straight to `DONE` with `QUEUED` clear,
+    ///   so its handle frees it. A handle always takes the node's lock before it looks at a
+    ///   collected entry, so it cannot see `DONE` before we unlock. This costs no atomic
+    ///   read-modify-write per waiter (the `PENDING → RUNNING → DONE` handshake costs two):
+    ///   a waker needs neither the reason nor an order, and waking it cannot unregister
+    ///   anything we still touch.
+    /// * Every other entry is marked `PENDING` and appended to the *end* of the chain, which
+    ///   gives the run order of invariant 5: every node after all its descendants, each
+    ///   node's entries newest first.
     ///
     /// # Safety
     ///
     /// `list` was just taken from a node whose lock the caller holds.
     pub(crate) unsafe fn append_list(&mut self, list: *mut EntryHeader) {
-        let Some(first) = NonNull::new(list) else {
-            return;
-        };
-        let mut last = first;
-        loop {
+        let mut cur = list;
+        while let Some(entry) = NonNull::new(cur) {
             // SAFETY: the list is ours (taken under the lock); entries stay alive while
             // listed/queued because the handle cannot free them without the lock or, after
-            // this store, without clearing QUEUED.
-            let e = unsafe { last.as_ref() };
+            // the store below, without clearing QUEUED (or, for DONE, before we unlock).
+            let e = unsafe { entry.as_ref() };
+            // SAFETY: as above.
+            cur = e.next.with(|n| unsafe { *n });
+            if let Some(take_waker) = e.vtable.take_waker {
+                // SAFETY: LINKED until the store below, and we hold the node's lock.
+                let waker = unsafe { take_waker(entry) };
+                // LINKED|HANDLE → DONE|HANDLE. The handle learns of it under the lock.
+                e.state.store(DONE | HANDLE, Ordering::Release);
+                self.wakers.push(waker);
+                continue;
+            }
             // LINKED|HANDLE → PENDING|HANDLE|QUEUED. A handle in LINKED holds the lock to
             // leave, so HANDLE is set here; the handle learns of the change under the lock.
             e.state.store(PENDING | HANDLE | QUEUED, Ordering::Release);
-            // SAFETY: as above.
-            match NonNull::new(e.next.with(|n| unsafe { *n })) {
-                Some(next) => last = next,
-                None => break,
+            // SAFETY: the entry is ours to relink (collected, QUEUED).
+            e.next.with_mut(|n| unsafe { *n = ptr::null_mut() });
+            match NonNull::new(self.tail) {
+                None => self.head = entry.as_ptr(),
+                // SAFETY: the chain is ours.
+                Some(tail) => unsafe { tail.as_ref() }
+                    .next
+                    .with_mut(|n| unsafe { *n = entry.as_ptr() }),
             }
+            self.tail = entry.as_ptr();
         }
-        match NonNull::new(self.tail) {
-            None => self.head = first.as_ptr(),
-            // SAFETY: the chain is ours.
-            Some(tail) => unsafe { tail.as_ref() }
-                .next
-                .with_mut(|n| unsafe { *n = first.as_ptr() }),
-        }
-        self.tail = last.as_ptr();
     }
 
     /// Runs every collected entry. All run even if some panic; the first panic is resumed
     /// after the last one ran (rule 4).
     pub(crate) fn run(self, reason: &Reason) {
         let mut panic: Option<Box<dyn Any + Send>> = None;
+        // Waiting futures first: they only need to be scheduled, and their tasks can start
+        // on other threads while the callbacks run here.
+        for waker in self.wakers {
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| waker.wake())) {
+                panic.get_or_insert(payload);
+            }
+        }
         let mut cur = self.head;
         while let Some(entry) = NonNull::new(cur) {
             // Read the link first: once run, the handle may free the entry.
