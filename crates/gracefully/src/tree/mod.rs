@@ -39,6 +39,8 @@
 //!    chain. Only after every lock is released does it run that chain: so every node's
 //!    callbacks run after all its descendants' (in a DAG too: a linked node reached through
 //!    one parent finishes before any other parent does), and newest first within a node.
+//!    Waiting futures need no order: their wakers are taken out while their entries are
+//!    collected and woken first, before the chain runs.
 //! 6. **Entries.** An entry is owned jointly by its handle (`Registration`, a waiting future or
 //!    thread) and, once collected, by the cancelling thread; its state machine is described in
 //!    [`entry`]. While an entry is in a node's list, its handle keeps the node alive.
