@@ -102,7 +102,8 @@
 //! | heap bytes per token node | 64 | 120 | |
 //!
 //! `is_cancelled` is a single load (tokio-util locks a mutex); a node is 64 bytes; children,
-//! registrations and cancellation walks allocate nothing beyond the node or entry itself. A
+//! registrations allocate nothing beyond the node or entry itself, and a cancellation walk
+//! only its path stack and the list of wakers it wakes. A
 //! timeout fires 81–92 µs after its deadline at the median (95th percentile 90–140 µs).
 //!
 //! ## Features and build configurations

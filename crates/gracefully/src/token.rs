@@ -206,9 +206,8 @@ impl CancellationToken {
     ///
     /// *Anchors:* what Go code computes as `time.Until(deadline)` after `ctx.Deadline()`.
     pub fn time_left(&self) -> Option<Duration> {
-        let node = self.node()?;
-        let at = deadline::effective_deadline(node)?;
-        Some(at.saturating_duration_since(deadline::clock_of(node).now()))
+        let (clock, at) = deadline::ancestry(self.node()?);
+        Some(at?.saturating_duration_since(clock.unwrap_or_default().now()))
     }
 
     /// A future that resolves to the [`Reason`] once the token is cancelled (at once if it

@@ -24,8 +24,10 @@ impl Node {
         if !first.is_none() {
             let mut refs = ReasonRefs { raw, reserved: 0 };
             walk(&root, first, &mut refs, &mut pending);
-            // SAFETY: the root still holds its reference, so this cannot free the reason.
-            unsafe { Reason::unreserve_raw(raw, refs.reserved) };
+            if refs.reserved != 0 {
+                // SAFETY: the root still holds its reference, so this cannot free the reason.
+                unsafe { Reason::unreserve_raw(raw, refs.reserved) };
+            }
         }
         // The root finishes last (post-order).
         // SAFETY: taken under the root's lock, which we hold.
@@ -50,8 +52,8 @@ impl Node {
 /// reached (and finished) through one parent, every other parent finishes after it.
 fn walk<'a>(_root: &Locked<'a>, first: Elem, refs: &mut ReasonRefs, pending: &mut Pending) {
     // The path below the root: each locked node with a cursor to its next unvisited child.
-    // (The allocation happens under the root's lock; it is the only one, and only for
-    // nodes with grandchildren.)
+    // (It allocates under the root's lock, only for nodes with grandchildren; the only other
+    // allocation of a walk is `pending`'s list of wakers.)
     let mut path: Vec<(Locked<'a>, Elem)> = Vec::new();
     let mut root_cursor = first;
     loop {

@@ -74,21 +74,6 @@ pub(crate) fn effective_deadline(node: &Node) -> Option<Instant> {
     best
 }
 
-/// The clock governing `node`'s deadlines: the nearest one chosen with `with_clock` on the
-/// node or an ancestor (primary parents first), else the system clock.
-pub(crate) fn clock_of(node: &Node) -> Clock {
-    let mut found = None;
-    for_each_ancestor_extra(node, |extra| {
-        if let Some(clock) = &extra.clock {
-            found = Some(clock.clone());
-            false
-        } else {
-            true
-        }
-    });
-    found.unwrap_or_default()
-}
-
 /// Sets `node`'s deadline to `timeout` from now on its tree's clock (see [`set_deadline`]).
 /// One walk of the ancestry and one reading of the clock.
 pub(crate) fn set_timeout(

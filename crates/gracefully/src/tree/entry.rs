@@ -6,7 +6,8 @@
 //!
 //! * its **handle** (a [`Registration`](crate::Registration), a waiting future, a thread in
 //!   `wait`), which holds a reference to the node (invariant 6);
-//! * the node's **list**, and after a cancel walk collected it, the **cancelling thread**.
+//! * the node's **list**, and after a cancel walk collected it, the **cancelling thread**
+//!   (except a waiting future's entry, which the walk finishes at once: then only its handle).
 //!
 //! # State machine
 //!
@@ -20,6 +21,7 @@
 //!                                                        the callback never runs)
 //!
 //!  LINKED ──(walk collects a waiting future's entry and takes its waker, node lock held)──► DONE
+//!
 //!  flags: HANDLE  — the handle still exists
 //!         QUEUED  — the canceller's pending chain still refers to the entry
 //!         WAITER  — a handle on another thread waits for RUNNING to end (rule 5);
@@ -27,10 +29,11 @@
 //! ```
 //!
 //! `LINKED → PENDING` (and `LINKED → DONE`) happens only under the node's lock, so a handle
-//! holding that lock knows exactly whether the entry is still listed. After that, the phase is claimed with
-//! compare-and-swap by exactly one side: `PENDING → RUNNING` (the canceller will run the
-//! payload) or `PENDING → CLAIMED` (the handle drops it). Whoever clears the last of `HANDLE`
-//! and `QUEUED` frees the memory.
+//! holding that lock knows exactly whether the entry is still listed. From `PENDING`, the
+//! phase is claimed with compare-and-swap by exactly one side: `PENDING → RUNNING` (the
+//! canceller will run the payload) or `PENDING → CLAIMED` (the handle drops it). Whoever
+//! clears the last of `HANDLE` and `QUEUED` frees the memory; every write of `DONE` clears
+//! `QUEUED`, so a handle that sees `DONE` frees it at once.
 //!
 //! Rule 5 (a `Registration` dropped while its callback runs on another thread waits for it):
 //! the handle sets `WAITER` and parks until the phase is `DONE`. A callback that drops its
@@ -95,8 +98,9 @@ struct Entry<P> {
 
 /// What an entry does when its node is cancelled.
 pub(crate) trait Payload: Send + 'static {
-    /// Whether this is [`Wake`] (a waker, which only needs waking: no reason, no order).
-    const IS_WAKE: bool = false;
+    /// Set only by [`Wake`] (a waker needs only waking: no reason, no order), so that the
+    /// vtable's `take_waker` can only ever cast an `Entry<Wake>`.
+    const TAKE_WAKER: Option<unsafe fn(NonNull<EntryHeader>) -> Waker> = None;
     fn run(self, reason: &Reason);
 }
 
@@ -113,7 +117,9 @@ impl<F: FnOnce(&Reason) + Send + 'static> Payload for Callback<F> {
 pub(crate) struct Wake(pub(crate) Waker);
 
 impl Payload for Wake {
-    const IS_WAKE: bool = true;
+    const TAKE_WAKER: Option<unsafe fn(NonNull<EntryHeader>) -> Waker> = Some(take_waker);
+    /// Not reached: the cancel walk takes wakers out of their entries (`take_waker`). Kept
+    /// correct rather than `unreachable!`.
     fn run(self, _: &Reason) {
         self.0.wake()
     }
@@ -135,7 +141,7 @@ impl<P: Payload> Vt<P> {
         run: run_payload::<P>,
         drop_payload: drop_payload::<P>,
         dealloc: dealloc::<P>,
-        take_waker: if P::IS_WAKE { Some(take_waker) } else { None },
+        take_waker: P::TAKE_WAKER,
     };
 }
 
@@ -144,7 +150,7 @@ impl<P: Payload> Vt<P> {
 /// `h` points to a live `Entry<Wake>` whose payload is still there, and the caller has sole
 /// access to it (the node's lock, while the entry is `LINKED`).
 unsafe fn take_waker(h: NonNull<EntryHeader>) -> Waker {
-    // SAFETY: caller; `IS_WAKE` is true only for `Wake`, so this is an `Entry<Wake>`.
+    // SAFETY: caller; only `Wake` sets `TAKE_WAKER`, so this is an `Entry<Wake>`.
     unsafe { take_payload::<Wake>(h) }.0
 }
 
@@ -480,7 +486,7 @@ pub(crate) unsafe fn release_handle(node: &Node, entry: NonNull<EntryHeader>) ->
     // SAFETY: our handle keeps the entry alive.
     let e = unsafe { entry.as_ref() };
     let guard = node.lock();
-    // LINKED → PENDING only happens under this lock, so this read is exact.
+    // LINKED → PENDING (or → DONE) only happens under this lock, so this read is exact.
     if e.state.load(Ordering::Relaxed) & PHASE == LINKED {
         // SAFETY: LINKED entries are in the node's list; we hold its lock.
         unsafe { guard.remove_entry(entry) };
@@ -548,8 +554,10 @@ pub(crate) unsafe fn release_handle(node: &Node, entry: NonNull<EntryHeader>) ->
                 }
             }
             DONE => {
-                // SAFETY: we own the HANDLE flag.
-                unsafe { finish_handle(entry) };
+                // Every write of DONE clears QUEUED: the canceller is done with the entry
+                // (and `cur` was read with Acquire), so we are its last owner.
+                // SAFETY: as just said; the payload was consumed by the run or the walk.
+                unsafe { (e.vtable.dealloc)(entry) };
                 return false;
             }
             _ => unreachable!("a collected entry's handle sees PENDING, RUNNING or DONE"),

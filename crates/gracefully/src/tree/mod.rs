@@ -42,7 +42,8 @@
 //!    Waiting futures need no order: their wakers are taken out while their entries are
 //!    collected and woken first, before the chain runs.
 //! 6. **Entries.** An entry is owned jointly by its handle (`Registration`, a waiting future or
-//!    thread) and, once collected, by the cancelling thread; its state machine is described in
+//!    thread) and, once collected, by the cancelling thread (a waiting future's entry is
+//!    finished as it is collected); its state machine is described in
 //!    [`entry`]. While an entry is in a node's list, its handle keeps the node alive.
 
 pub(crate) mod alloc;

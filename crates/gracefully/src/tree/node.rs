@@ -164,8 +164,8 @@ impl Node {
     /// cancelled the child is born cancelled with the same reason.
     ///
     /// `parent` must be a pointer with the provenance of the parent's allocation (a handle's
-    /// pointer, not one made from a `&Node`): the child frees the parent through it if it
-    /// holds the last reference.
+    /// pointer, not one made from a `&Node`): the child that empties the parent's child list
+    /// releases the list's reference through it, and that may be the last one.
     pub(crate) fn new_child(parent_ptr: NonNull<Node>) -> NonNull<Node> {
         // SAFETY: the caller holds a reference to the parent.
         let parent = unsafe { parent_ptr.as_ref() };
@@ -243,7 +243,7 @@ impl Node {
         // SAFETY: `more_parents` is immutable once written above.
         let links = unsafe { &(*extra).more_parents };
         for &(parent, link) in links {
-            // SAFETY: we hold a reference to each parent (taken above).
+            // SAFETY: the caller holds a reference to each parent.
             let parent = unsafe { &*parent };
             let guard = parent.lock();
             if !guard.reason.is_null() {
