@@ -163,7 +163,7 @@ impl BackgroundService for Database {
     /// or closes its connection), then closes the pool.
     async fn stop(&mut self, cx: &ServiceContext) -> Result<(), BoxError> {
         let pending = self.pool.pending_cleanups();
-        self.pool.wait_for_cleanups().await;
+        // `close` waits for the pending clean-ups before it closes the pool.
         self.pool.close().await;
         cx.detail("query clean-ups waited for", pending);
         Ok(())

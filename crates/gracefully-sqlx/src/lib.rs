@@ -145,7 +145,8 @@
 //!   one worker round trip), and PostgreSQL pools keep one extra connection open for
 //!   cancels.
 //!
-//! The crate depends on the core (`gracefully`), tokio and sqlx 0.9 only. Every future it
+//! The crate depends on the core (`gracefully`), tokio, sqlx 0.9 and `url` (to redact
+//! passwords from errors) only. Every future it
 //! spawns is tracked; it contains no `unsafe` code.
 
 #![warn(missing_docs)]

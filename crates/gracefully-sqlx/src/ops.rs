@@ -240,7 +240,11 @@ impl<DB: Backend> GracefulPool<DB> {
 
     /// The server-side timeout for an operation on `token`, in milliseconds: the time left
     /// before its deadline, rounded up so the token normally fires first.
+    /// `None` if the database has no such timeout (SQLite).
     fn timeout_millis(&self, token: &CancellationToken) -> Option<u64> {
+        if !DB::SERVER_TIMEOUT {
+            return None;
+        }
         let left = token.deadline()?.checked_duration_since(Instant::now())?;
         let millis = u64::try_from(left.as_millis()).ok()?.saturating_add(1);
         (millis <= MAX_TIMEOUT_MILLIS).then_some(millis)

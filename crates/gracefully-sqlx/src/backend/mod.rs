@@ -56,7 +56,7 @@ pub(crate) mod sealed {
         type Canceller: Send + Sync + 'static;
 
         /// A statement that changes nothing, used to read the connection's transaction
-        /// state (see `recover::probe`).
+        /// state (see `recover::verify`).
         const PROBE: &'static str = "SELECT 1";
 
         /// URL schemes this backend connects with (checked before parsing, so a URL for
@@ -105,6 +105,11 @@ pub(crate) mod sealed {
             handle: &'a Self::Handle,
             until: Instant,
         ) -> impl Future<Output = ()> + Send + 'a;
+
+        /// Whether the database has a server-side statement timeout that a token's deadline
+        /// can become. Without one, operations never set a session timeout, so they need no
+        /// reset (and no recovery) afterwards.
+        const SERVER_TIMEOUT: bool;
 
         /// `BEGIN` with a server-side statement timeout of `millis`, if the database has one.
         fn begin_with_timeout(millis: u64) -> Option<String>;

@@ -131,6 +131,7 @@ impl Sealed for Postgres {
 
     const PROBE_AND_RESET_TIMEOUT: &'static str = "RESET statement_timeout";
     const SCHEMES: &'static [&'static str] = &["postgres", "postgresql"];
+    const SERVER_TIMEOUT: bool = true;
 
     fn canceller(
         options: &PgConnectOptions,
@@ -224,13 +225,6 @@ impl Sealed for Postgres {
     }
 
     fn is_failed_transaction(error: &sqlx::Error) -> bool {
-        sqlstate(error).as_deref() == Some("25P02")
-    }
-}
-
-fn sqlstate(error: &sqlx::Error) -> Option<String> {
-    match error {
-        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
-        _ => None,
+        matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("25P02"))
     }
 }

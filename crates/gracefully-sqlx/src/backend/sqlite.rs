@@ -77,6 +77,7 @@ impl Sealed for Sqlite {
 
     const PROBE_AND_RESET_TIMEOUT: &'static str = "SELECT 1";
     const SCHEMES: &'static [&'static str] = &["sqlite"];
+    const SERVER_TIMEOUT: bool = false;
 
     async fn canceller(_: &SqliteConnectOptions, first: SqliteConnection) -> NoCanceller {
         // The first connection only validated the options.
