@@ -39,9 +39,8 @@ async fn read_status(stream: &mut TcpStream) -> Option<u16> {
         }
         got.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&got);
-        if let Some(end) = text.find("\r\n\r\n") {
+        if text.contains("\r\n\r\n") {
             // Bodies here are short and arrive with the head.
-            let _ = end;
             return text.split_whitespace().nth(1)?.parse().ok();
         }
     }

@@ -58,8 +58,8 @@ fn main() -> std::io::Result<()> {
                 }
                 "gracefully" | "gracefully-route-layers" => {
                     // The layers a service would typically have: a request timeout and an
-                    // explicit disconnect policy (the request token is made for every
-                    // request regardless).
+                    // explicit disconnect policy (the request's token is made only if the
+                    // handler asks for it or does not answer at once).
                     let timeout = TimeoutLayer::new(Duration::from_secs(30));
                     let policy = DisconnectPolicyLayer::new(DisconnectPolicy::Cooperative);
                     let stopping = CancellationSource::new();

@@ -93,7 +93,8 @@ where
     // connection while the handler ran); that future holds its request's place in
     // `conn.in_flight`, and only its drop releases it.
     {
-        // hyper reads and writes the plain `TcpStream`, as with `axum::serve`.
+        // hyper reads and writes the `TcpStream` through a byte counter (no buffering layer,
+        // as with `axum::serve`).
         let stream = CountingStream {
             inner: stream,
             conn: conn.clone(),
@@ -104,30 +105,36 @@ where
         let mut connection = std::pin::pin!(connection);
         let stopping = shared.stopping.clone();
         let header_timeout = shared.config.header_read_timeout;
-        tokio::select! {
-            result = connection.as_mut() => log_connection_end(result),
-            () = guard_headers(&conn, header_timeout) => {
-                tracing::debug!("client too slow sending request headers; closing");
-            }
-            _ = stopping.cancelled() => {
-                let busy = conn.in_flight.load(Ordering::Acquire);
-                inc(&shared.stats.open_at_drain);
-                if busy == 0 {
-                    inc(&shared.stats.idle_at_drain);
+        // One guard for the connection's whole life: the drain does not restart a slow
+        // client's clock.
+        let guard = guard_headers(&conn, header_timeout);
+        let mut guard = std::pin::pin!(guard);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    log_connection_end(result);
+                    break;
                 }
-                shared
-                    .stats
-                    .in_flight_at_drain
-                    .fetch_add(busy as u64, Ordering::Relaxed);
-                // HTTP/1: an idle connection closes now; a busy one answers its current
-                // request with `Connection: close`, then closes. HTTP/2: GOAWAY, streams in
-                // flight finish.
-                connection.as_mut().graceful_shutdown();
-                tokio::select! {
-                    result = connection.as_mut() => log_connection_end(result),
-                    () = guard_headers(&conn, header_timeout) => {
-                        tracing::debug!("client too slow sending request headers; closing");
+                () = guard.as_mut() => {
+                    tracing::debug!("client too slow sending request headers; closing");
+                    break;
+                }
+                _ = stopping.cancelled(), if !draining => {
+                    draining = true;
+                    let busy = conn.in_flight.load(Ordering::Acquire);
+                    inc(&shared.stats.open_at_drain);
+                    if busy == 0 {
+                        inc(&shared.stats.idle_at_drain);
                     }
+                    shared
+                        .stats
+                        .in_flight_at_drain
+                        .fetch_add(busy as u64, Ordering::Relaxed);
+                    // HTTP/1: an idle connection closes now; a busy one answers its current
+                    // request with `Connection: close`, then closes. HTTP/2: GOAWAY, streams
+                    // in flight finish.
+                    connection.as_mut().graceful_shutdown();
                 }
             }
         }
@@ -533,8 +540,7 @@ fn watching(conn: &Conn) -> Watch {
 }
 
 fn client_closed_response() -> Response {
-    let status = StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST);
-    status.into_response()
+    crate::response::status_for(gracefully::ReasonKind::Disconnected).into_response()
 }
 
 fn poll_catching_panics<F: Future<Output = Result<Response, Infallible>>>(

@@ -104,9 +104,12 @@ impl Drain {
             .as_ref()
             .map(|s| s.aborted.clone())
             .unwrap_or_default();
+        // Counted from now, not from when the upgrade task first runs: in between, neither the
+        // request nor the session would hold the drain, which could end without a 1001.
+        // (axum drops the closure, and with it the guard, if the upgrade fails.)
+        let guard = LongLived::new(server.clone());
         upgrade
             .on_upgrade(move |socket| async move {
-                let guard = LongLived::new(server.clone());
                 let session = GracefulWebSocket {
                     socket,
                     stopping,

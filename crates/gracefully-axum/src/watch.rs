@@ -110,8 +110,6 @@ mod imp {
 
 #[cfg(not(unix))]
 mod imp {
-    use std::future::Future;
-
     use tokio::net::TcpStream;
 
     use super::Peek;
@@ -132,9 +130,6 @@ mod imp {
 
         pub(crate) fn close(&self) {}
     }
-
-    #[allow(dead_code)]
-    fn _unused(_: impl Future) {}
 }
 
 pub(crate) use imp::Monitor;
