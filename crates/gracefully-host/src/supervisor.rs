@@ -199,12 +199,16 @@ pub(crate) async fn run(host: Host) -> ShutdownReport {
                 });
             }
         }
-        shared.tracker.abort_all(Phase::Abort);
+        let tasks = shared.tracker.abort_all(Phase::Abort);
         // `abort` only asks: the runtime drops the aborted futures a moment later. Wait
-        // (briefly, bounded) until it has, so their drop code — closing sockets, recording
-        // what they were doing in their report rows — runs before the report is taken.
+        // (briefly, bounded) until it has, for services and tracked tasks alike, so their
+        // drop code — closing sockets, recording what they were doing in their report rows
+        // — runs before the report is taken.
         let _ = tokio::time::timeout(ABORT_SETTLE, async {
             while running.next().await.is_some() {}
+            for task in tasks {
+                let _ = task.await;
+            }
         })
         .await;
     }

@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 use futures_util::FutureExt;
 use gracefully::{Cancelled, Reason};
 use tokio::sync::{Notify, oneshot};
-use tokio::task::AbortHandle;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::lifetime::Shared;
@@ -57,7 +57,8 @@ struct Inner {
 
 struct Running {
     name: Cow<'static, str>,
-    abort: AbortHandle,
+    /// To abort it, and then to wait until the runtime has dropped it.
+    handle: JoinHandle<()>,
 }
 
 /// A tracked task that ended after the stop request.
@@ -147,10 +148,7 @@ impl Tracker {
             let outcome = task.await;
             owner.tracker.finish(&owner, id, outcome);
         });
-        inner.slots[id] = Some(Running {
-            name,
-            abort: handle.abort_handle(),
-        });
+        inner.slots[id] = Some(Running { name, handle });
         inner.running += 1;
     }
 
@@ -211,16 +209,19 @@ impl Tracker {
         }
     }
 
-    /// Aborts every running task, recording it as aborted in `phase`. Tasks spawned
-    /// afterwards run untracked.
-    pub(crate) fn abort_all(&self, phase: Phase) {
+    /// Aborts every running task, recording it as aborted in `phase`, and returns their
+    /// handles, to wait until the runtime has dropped them. Tasks spawned afterwards run
+    /// untracked.
+    pub(crate) fn abort_all(&self, phase: Phase) -> Vec<JoinHandle<()>> {
         let at = Instant::now();
         let mut inner = self.lock();
         inner.closed = true;
         inner.running = 0;
         let slots = std::mem::take(&mut inner.slots);
+        let mut handles = Vec::with_capacity(slots.len());
         for task in slots.into_iter().flatten() {
-            task.abort.abort();
+            task.handle.abort();
+            handles.push(task.handle);
             inner.ended.push(TaskEnd {
                 name: task.name,
                 phase,
@@ -228,6 +229,7 @@ impl Tracker {
                 outcome: Outcome::Aborted,
             });
         }
+        handles
     }
 
     /// Stops tracking (later tasks run untracked) and hands over the records.
