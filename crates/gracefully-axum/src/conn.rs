@@ -618,11 +618,7 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for CatchPanic<F> 
 struct PanicMarker;
 
 fn panic_response(panic: Box<dyn std::any::Any + Send>) -> Response {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a non-string panic payload".into());
+    let message = gracefully_host::panic_message(&*panic);
     tracing::error!(panic = %message, "request handler panicked");
     let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
     response.extensions_mut().insert(PanicMarker);

@@ -105,7 +105,7 @@ struct ReadmeDoctests;
 pub use builder::{ConfigError, HostBuilder};
 pub use host::Host;
 pub use lifetime::{LifecycleState, Lifetime};
-pub use outcome::{BoxError, Outcome, TaskOutput};
+pub use outcome::{BoxError, Outcome, TaskOutput, panic_message};
 pub use policy::{FailurePolicy, RestartPolicy};
 pub use report::{EntryKind, Phase, ReportEntry, ShutdownReport, TaskCounts};
 pub use service::{BackgroundService, ServiceContext, ServiceFn, ServiceOptions, service_fn};

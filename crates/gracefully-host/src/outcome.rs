@@ -93,13 +93,28 @@ pub(crate) fn outcome_of(result: Result<(), BoxError>) -> Outcome {
     }
 }
 
-/// The message of a caught panic (`panic!("...")` payloads are `&str` or `String`).
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        format!("panicked: {s}")
+/// The message of a caught panic, as the report and the logs show it.
+pub(crate) fn panicked(payload: &(dyn Any + Send)) -> String {
+    format!("panicked: {}", panic_message(payload))
+}
+
+/// The message a caught panic carries: the text of `panic!("...")` (whose payload is a
+/// `&'static str` or a `String`), or a fixed placeholder for any other payload.
+///
+/// For code that catches panics itself (`std::panic::catch_unwind`,
+/// `futures_util::FutureExt::catch_unwind`, a `JoinError::into_panic`) and wants to log or
+/// report them the way the host does.
+///
+/// ```
+/// let payload = std::panic::catch_unwind(|| panic!("disk {} is full", 3)).unwrap_err();
+/// assert_eq!(gracefully_host::panic_message(&*payload), "disk 3 is full");
+/// ```
+pub fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        s
     } else if let Some(s) = payload.downcast_ref::<String>() {
-        format!("panicked: {s}")
+        s
     } else {
-        "panicked (with a non-string payload)".to_string()
+        "(a panic with a non-string payload)"
     }
 }

@@ -11,7 +11,7 @@ use gracefully::{CancellationSource, CancellationToken, Reason, is_cancellation}
 use tokio::time::Instant;
 
 use crate::lifetime::Lifetime;
-use crate::outcome::{Outcome, outcome_of, panic_message};
+use crate::outcome::{Outcome, outcome_of, panicked};
 use crate::policy::{FailurePolicy, RestartPolicy};
 use crate::report::Phase;
 use crate::service::{ErasedService, ServiceContext};
@@ -91,7 +91,7 @@ impl ServiceRun {
                 return ServiceEnd::now(&lifetime, Outcome::Cancelled, 0);
             }
             Ok(Ok(Err(error))) => Some(format!("start step failed: {error}")),
-            Ok(Err(panic)) => Some(format!("start step {}", panic_message(&*panic))),
+            Ok(Err(panic)) => Some(format!("start step {}", panicked(&*panic))),
             Err(_) => Some(format!("start step timed out after {startup_timeout:?}")),
         };
         if let Some(error) = start_failure {
@@ -121,7 +121,7 @@ impl ServiceRun {
                 .await;
             let outcome = match result {
                 Ok(result) => outcome_of(result),
-                Err(panic) => Outcome::Failed(panic_message(&*panic)),
+                Err(panic) => Outcome::Failed(panicked(&*panic)),
             };
             let Outcome::Failed(error) = &outcome else {
                 break outcome;
@@ -172,7 +172,7 @@ impl ServiceRun {
             Ok(Ok(())) => None,
             Ok(Err(error)) if is_cancellation(&*error) => None,
             Ok(Err(error)) => Some(format!("stop step failed: {error}")),
-            Err(panic) => Some(format!("stop step {}", panic_message(&*panic))),
+            Err(panic) => Some(format!("stop step {}", panicked(&*panic))),
         };
         if let Some(error) = stop_failure {
             tracing::error!(%error, "stop step failed");

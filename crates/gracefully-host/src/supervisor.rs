@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::host::Host;
 use crate::lifetime::{Lifetime, Shared, Stage};
-use crate::outcome::{Outcome, panic_message};
+use crate::outcome::{Outcome, panicked};
 use crate::report::{Phase, RawReport, ServiceRecord, ShutdownReport};
 use crate::service::ServiceContext;
 use crate::service_task::{ServiceEnd, ServiceRun};
@@ -287,7 +287,7 @@ fn end_of(lifetime: &Lifetime, joined: Result<ServiceEnd, JoinError>) -> Service
         // Our own code caught every panic of the service; this one escaped it (a panicking
         // `Drop`, say). Still a failure, still named.
         Err(error) if error.is_panic() => {
-            let message = panic_message(&*error.into_panic());
+            let message = panicked(&*error.into_panic());
             tracing::error!(error = %message, "service task panicked");
             lifetime.stop(Reason::failed(message.clone()).with_message("a service task panicked"));
             ServiceEnd::now(lifetime, Outcome::Failed(message), 0)

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::lifetime::Shared;
-use crate::outcome::{BoxError, Outcome, outcome_of, panic_message};
+use crate::outcome::{BoxError, Outcome, outcome_of, panicked};
 use crate::report::{Phase, TaskCounts};
 
 /// The tracked tasks of one host.
@@ -97,7 +97,7 @@ impl Tracker {
         Tracker::track(shared, name, async move {
             match AssertUnwindSafe(task).catch_unwind().await {
                 Ok(result) => outcome_of(result),
-                Err(panic) => Outcome::Failed(panic_message(&*panic)),
+                Err(panic) => Outcome::Failed(panicked(&*panic)),
             }
         });
     }
@@ -113,7 +113,7 @@ impl Tracker {
             let result = AssertUnwindSafe(cleanup).catch_unwind().await;
             let outcome = match &result {
                 Ok(_) => Outcome::Completed,
-                Err(panic) => Outcome::Failed(panic_message(&**panic)),
+                Err(panic) => Outcome::Failed(panicked(&**panic)),
             };
             // The caller may have stopped waiting: that is the point of shielding.
             let _ = tx.send(result);
