@@ -71,7 +71,7 @@ fn writer_dropped() -> Reason {
 /// ```
 ///
 /// Errors from the `AsyncWrite` methods are `io::Error`s wrapping this crate's
-/// [`Error`](crate::Error) (`get_ref`); a cancellation has kind `Interrupted` and
+/// [`Error`](crate::Error) (`get_ref`); a cancellation has kind `Other` (not `Interrupted`, which tokio retries) and
 /// [`gracefully::is_cancellation`] recognises it. After an error, every later call returns
 /// it again; the write is over.
 ///

@@ -53,7 +53,7 @@ fn writer_dropped() -> Reason {
 /// ```
 ///
 /// Errors from the `AsyncWrite` methods are `io::Error`s wrapping this crate's
-/// [`Error`](crate::Error); a cancellation has kind `Interrupted` and
+/// [`Error`](crate::Error); a cancellation has kind `Other` (not `Interrupted`, which tokio retries) and
 /// [`gracefully::is_cancellation`] recognises it. `poll_flush` does nothing (parts must be
 /// whole); `poll_shutdown` commits.
 ///

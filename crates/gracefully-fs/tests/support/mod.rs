@@ -37,3 +37,43 @@ pub async fn no_temp_files_eventually(dir: &Path) {
 pub fn content(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
+
+/// Runs the future made by `make`, cancelling it (dropping it) after its 1st poll, then
+/// after its 2nd, and so on, until it completes within `n` polls; `check(outcome, n)` runs
+/// after each run (`None`: it was cancelled). Returns the number of polls it took to
+/// complete.
+///
+/// The equivalent of `gracefully-test`'s `cancel_at_every_await`, which did not exist on
+/// `main` when these tests were written; switch to it once it does.
+pub async fn cancel_at_every_poll<T, Fut, C, CFut>(
+    mut make: impl FnMut() -> Fut,
+    mut check: C,
+) -> usize
+where
+    Fut: std::future::Future<Output = T>,
+    C: FnMut(Option<T>, usize) -> CFut,
+    CFut: std::future::Future<Output = ()>,
+{
+    use std::task::Poll;
+    for n in 1.. {
+        let mut fut = Box::pin(make());
+        let mut polls = 0;
+        let outcome = std::future::poll_fn(|cx| {
+            polls += 1;
+            match fut.as_mut().poll(cx) {
+                Poll::Ready(value) => Poll::Ready(Some(value)),
+                Poll::Pending if polls >= n => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        drop(fut);
+        let completed = outcome.is_some();
+        check(outcome, n).await;
+        if completed {
+            return n;
+        }
+        assert!(n < 10_000, "the future never completed");
+    }
+    unreachable!()
+}
