@@ -130,7 +130,11 @@ impl Error {
     }
 
     #[cfg(feature = "object_store")]
-    pub(crate) fn store(step: Step, location: &object_store::path::Path, source: object_store::Error) -> Error {
+    pub(crate) fn store(
+        step: Step,
+        location: &object_store::path::Path,
+        source: object_store::Error,
+    ) -> Error {
         Error::Store {
             step,
             location: location.to_string(),

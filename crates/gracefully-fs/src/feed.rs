@@ -159,7 +159,11 @@ impl<T: Clone> Feed<T> {
     }
 
     /// `AsyncWrite::poll_write`: buffers up to a chunk, sending full chunks to the job.
-    pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    pub(crate) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match &self.state {
             State::Open => {}
             State::Done(Err(error)) => return Poll::Ready(Err(error.clone().into())),

@@ -98,7 +98,9 @@ pub(crate) struct Spawner {
 
 impl Spawner {
     /// Untracked, or (feature `host`) tracked by `lifetime`, else by the running host.
-    pub(crate) fn new(#[cfg(feature = "host")] lifetime: Option<gracefully_host::Lifetime>) -> Self {
+    pub(crate) fn new(
+        #[cfg(feature = "host")] lifetime: Option<gracefully_host::Lifetime>,
+    ) -> Self {
         Spawner {
             #[cfg(feature = "host")]
             lifetime: lifetime.or_else(gracefully_host::Lifetime::current),
@@ -130,7 +132,9 @@ impl Spawner {
             let _ = tx.send(result);
             summary
         });
-        tokens.account(name, rx, dropped, |tracked| tracked.then(|| await_summary(handle)))
+        tokens.account(name, rx, dropped, |tracked| {
+            tracked.then(|| await_summary(handle))
+        })
     }
 
     /// Runs the future `work` as a task with the job's token, like [`blocking`](Self::blocking).
@@ -161,7 +165,9 @@ impl Spawner {
             let _ = tx.send(result);
             summary
         });
-        tokens.account(name, rx, dropped, |tracked| tracked.then(|| await_summary(handle)))
+        tokens.account(name, rx, dropped, |tracked| {
+            tracked.then(|| await_summary(handle))
+        })
     }
 
     fn tokens(self, token: &CancellationToken) -> Tokens {
@@ -216,7 +222,8 @@ impl Tokens {
             if let Some(done) = driver(true) {
                 lifetime.spawn(name(), async move {
                     let _aborted = CancelOnDrop::new(aborted, || {
-                        Reason::shutdown().with_message("the host aborted it at the end of shutdown")
+                        Reason::shutdown()
+                            .with_message("the host aborted it at the end of shutdown")
                     });
                     done.await
                 });

@@ -22,7 +22,7 @@
 //!
 //! ## Local files
 //!
-//! [`write`], [`copy`] and [`FileWriter`] (an `AsyncWrite`) write to a temporary file beside
+//! [`write()`], [`copy()`] and [`FileWriter`] (an `AsyncWrite`) write to a temporary file beside
 //! the destination, on a blocking thread that checks the token **between chunks** (so the
 //! work stops at the next chunk, not when — or if — the future is dropped), then fsync the
 //! file, rename it over the destination, and fsync the directory. On cancellation, error,
@@ -45,7 +45,7 @@
 //!
 //! ## Object storage (feature `object_store`)
 //!
-//! [`object::put`] and [`object::ObjectWriter`] upload through the
+//! `object::put` and `object::ObjectWriter` upload through the
 //! [`object_store`](https://docs.rs/object_store) crate (S3, GCS, Azure, local, memory)
 //! with a token: a cancelled multipart upload is **aborted on the server** (no parts left
 //! billing until a lifecycle rule), and a cancelled put leaves no object.
@@ -54,7 +54,7 @@
 //!
 //! With the `host` feature, each write's blocking work runs as a tracked task of the
 //! running [`gracefully-host`](https://docs.rs/gracefully-host) host
-//! (`Lifetime::current()`, or [`WriteOptions::tracked_by`]): the drain and cancel phases
+//! (`Lifetime::current()`, or `WriteOptions::tracked_by`): the drain and cancel phases
 //! wait for it, and a write still running at the abort phase is named in the shutdown
 //! report (`fs write <path>`, aborted) and cancelled. Without the feature (or without a
 //! running host) the work is untracked but still stops at its next chunk when its future is
@@ -66,7 +66,7 @@
 //! | feature | default | |
 //! |---|---|---|
 //! | `host` | off | account blocking work in `gracefully-host`'s shutdown report |
-//! | `object_store` | off | the [`object`] module |
+//! | `object_store` | off | the `object` module |
 //!
 //! ## Platforms
 //!
@@ -154,7 +154,7 @@ pub async fn write(
 /// default [`WriteOptions`]; the copy gets `from`'s permissions, as `std::fs::copy` does).
 /// Returns the bytes copied.
 ///
-/// The same sequence as [`write`]: a temporary file beside `to`, chunks copied on a blocking
+/// The same sequence as [`write()`]: a temporary file beside `to`, chunks copied on a blocking
 /// thread with the token checked between them (in the kernel where it can:
 /// `copy_file_range` on Linux), fsync, rename, directory fsync. Copying a file onto itself
 /// leaves it as it was (where `std::fs::copy` may truncate it).
@@ -175,7 +175,7 @@ pub async fn write(
 ///
 /// # Cancel safety
 ///
-/// As [`write`]: dropping the future cancels the copy at its next chunk; `to` is untouched.
+/// As [`write()`]: dropping the future cancels the copy at its next chunk; `to` is untouched.
 ///
 /// *Anchors:* `tokio::fs::copy`, `std::fs::copy` (neither atomic nor cancellable); .NET
 /// `Stream.CopyToAsync(dest, token)` (checks the token between buffers, leaves the partial

@@ -19,9 +19,9 @@ pub const DEFAULT_CHUNK_SIZE: usize = 1024 * 1024;
 /// A progress callback: bytes written to the temporary file so far.
 pub(crate) type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
-/// Options for [`write`](crate::write), [`copy`](crate::copy) and
+/// Options for [`write()`](crate::write), [`copy()`](crate::copy) and
 /// [`FileWriter`](crate::FileWriter); `WriteOptions::new().write(...)` is the same as
-/// [`write`](crate::write).
+/// [`write()`](crate::write).
 ///
 /// | option | default | |
 /// |---|---|---|
@@ -147,11 +147,11 @@ impl WriteOptions {
         Ok(())
     }
 
-    /// [`write`](crate::write) with these options.
+    /// [`write()`](crate::write) with these options.
     ///
     /// # Cancel safety
     ///
-    /// See [`write`](crate::write): dropping the future cancels the write, whose blocking
+    /// See [`write()`](crate::write): dropping the future cancels the write, whose blocking
     /// thread removes the temporary file at its next chunk.
     pub async fn write(
         &self,
@@ -162,11 +162,11 @@ impl WriteOptions {
         local::write(self, path.as_ref(), contents.into(), token).await
     }
 
-    /// [`copy`](crate::copy) with these options.
+    /// [`copy()`](crate::copy) with these options.
     ///
     /// # Cancel safety
     ///
-    /// See [`copy`](crate::copy).
+    /// See [`copy()`](crate::copy).
     pub async fn copy(
         &self,
         from: impl AsRef<Path>,

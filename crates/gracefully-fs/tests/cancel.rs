@@ -19,28 +19,45 @@ const LEN: usize = (CHUNKS - 1) * CHUNK + 100;
 
 /// Options that cancel `source` once `after` bytes are written, and record every progress
 /// report (to prove nothing more was written after the cancel).
-fn cancelling_after(after: u64, source: &Arc<CancellationSource>) -> (WriteOptions, Arc<Mutex<Vec<u64>>>) {
+fn cancelling_after(
+    after: u64,
+    source: &Arc<CancellationSource>,
+) -> (WriteOptions, Arc<Mutex<Vec<u64>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (log, source) = (seen.clone(), source.clone());
-    let options = WriteOptions::new().chunk_size(CHUNK).on_progress(move |written| {
-        log.lock().unwrap().push(written);
-        if written >= after {
-            source.cancel_with(Reason::requested().with_message("cancelled at a chunk boundary"));
-        }
-    });
+    let options = WriteOptions::new()
+        .chunk_size(CHUNK)
+        .on_progress(move |written| {
+            log.lock().unwrap().push(written);
+            if written >= after {
+                source
+                    .cancel_with(Reason::requested().with_message("cancelled at a chunk boundary"));
+            }
+        });
     (options, seen)
 }
 
 /// The byte counts after each chunk.
 fn boundaries() -> Vec<u64> {
-    (1..=CHUNKS as u64).map(|k| (k * CHUNK as u64).min(LEN as u64)).collect()
+    (1..=CHUNKS as u64)
+        .map(|k| (k * CHUNK as u64).min(LEN as u64))
+        .collect()
 }
 
-fn assert_cancelled_at_boundary(result: Result<impl std::fmt::Debug, Error>, seen: &[u64], at: u64) {
+fn assert_cancelled_at_boundary(
+    result: Result<impl std::fmt::Debug, Error>,
+    seen: &[u64],
+    at: u64,
+) {
     let err = result.expect_err("the write should have been cancelled");
-    let cancelled = err.as_cancelled().unwrap_or_else(|| panic!("not a cancellation: {err}"));
+    let cancelled = err
+        .as_cancelled()
+        .unwrap_or_else(|| panic!("not a cancellation: {err}"));
     assert_eq!(cancelled.kind(), ReasonKind::Requested);
-    assert_eq!(cancelled.reason().message(), Some("cancelled at a chunk boundary"));
+    assert_eq!(
+        cancelled.reason().message(),
+        Some("cancelled at a chunk boundary")
+    );
     assert_eq!(
         seen.last().copied(),
         Some(at),
@@ -67,7 +84,9 @@ async fn write_cancelled_at_every_chunk_boundary_keeps_the_old_content_and_no_te
         assert_old(dir.path(), &path, &old);
     }
     // And uncancelled, it is the complete new content.
-    gracefully_fs::write(&path, new.clone(), &CancellationToken::never()).await.unwrap();
+    gracefully_fs::write(&path, new.clone(), &CancellationToken::never())
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), new);
 }
 
@@ -118,10 +137,19 @@ async fn write_dropped_at_every_poll_leaves_old_or_complete_new_content_never_a_
             async move { options.write(&path, new, &CancellationToken::never()).await }
         },
         |outcome, _n| {
-            let (dir, path, old, new) = (dir.path().to_path_buf(), path.clone(), old.clone(), new.clone());
+            let (dir, path, old, new) = (
+                dir.path().to_path_buf(),
+                path.clone(),
+                old.clone(),
+                new.clone(),
+            );
             async move {
                 let now = std::fs::read(&path).unwrap();
-                assert!(now == old || now == new, "a mix of old and new ({} bytes)", now.len());
+                assert!(
+                    now == old || now == new,
+                    "a mix of old and new ({} bytes)",
+                    now.len()
+                );
                 if let Some(result) = outcome {
                     result.unwrap();
                     assert_eq!(now, new);
@@ -150,17 +178,30 @@ async fn writer_dropped_at_every_poll_leaves_old_or_complete_new_content_never_a
                 let mut writer = options.create(&path, &CancellationToken::never()).await?;
                 for piece in new.chunks(1000) {
                     writer.write_all(piece).await.map_err(|e| {
-                        e.into_inner().unwrap().downcast::<Error>().map(|e| *e).unwrap()
+                        e.into_inner()
+                            .unwrap()
+                            .downcast::<Error>()
+                            .map(|e| *e)
+                            .unwrap()
                     })?;
                 }
                 writer.commit().await
             }
         },
         |outcome, _n| {
-            let (dir, path, old, new) = (dir.path().to_path_buf(), path.clone(), old.clone(), new.clone());
+            let (dir, path, old, new) = (
+                dir.path().to_path_buf(),
+                path.clone(),
+                old.clone(),
+                new.clone(),
+            );
             async move {
                 let now = std::fs::read(&path).unwrap();
-                assert!(now == old || now == new, "a mix of old and new ({} bytes)", now.len());
+                assert!(
+                    now == old || now == new,
+                    "a mix of old and new ({} bytes)",
+                    now.len()
+                );
                 if let Some(result) = outcome {
                     assert_eq!(result.unwrap(), LEN as u64);
                     assert_eq!(now, new);
@@ -210,7 +251,9 @@ async fn an_idle_writer_whose_token_fires_removes_its_temp_file_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dest");
     let source = CancellationSource::new();
-    let mut writer = gracefully_fs::FileWriter::create(&path, &source.token()).await.unwrap();
+    let mut writer = gracefully_fs::FileWriter::create(&path, &source.token())
+        .await
+        .unwrap();
     writer.write_all(b"some data").await.unwrap();
     writer.flush().await.unwrap();
     assert_eq!(temp_files(dir.path()).len(), 1);
@@ -220,6 +263,9 @@ async fn an_idle_writer_whose_token_fires_removes_its_temp_file_at_once() {
     let err = writer.write_all(b"more").await.unwrap_err();
     assert!(gracefully::is_cancellation(&err), "{err}");
     let err = writer.commit().await.unwrap_err();
-    assert_eq!(err.as_cancelled().unwrap().kind(), ReasonKind::DeadlineExceeded);
+    assert_eq!(
+        err.as_cancelled().unwrap().kind(),
+        ReasonKind::DeadlineExceeded
+    );
     assert!(!path.exists());
 }

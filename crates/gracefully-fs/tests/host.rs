@@ -54,14 +54,20 @@ async fn a_write_still_running_at_the_abort_phase_is_named_in_the_report_and_sto
     // A token that ignores the shutdown: only the abort phase can stop it.
     let write = tokio::spawn({
         let path = path.clone();
-        async move { options.write(&path, vec![1u8; 200 * CHUNK], &CancellationToken::never()).await }
+        async move {
+            options
+                .write(&path, vec![1u8; 200 * CHUNK], &CancellationToken::never())
+                .await
+        }
     });
     until_written(&written).await;
     lifetime.stop(Reason::shutdown().with_message("test"));
     let report = running.await.unwrap();
 
     let name = format!("fs write {}", path.display());
-    let entry = report.entry(&name).unwrap_or_else(|| panic!("{name} not in the report:\n{report}"));
+    let entry = report
+        .entry(&name)
+        .unwrap_or_else(|| panic!("{name} not in the report:\n{report}"));
     assert_eq!(*entry.outcome(), Outcome::Aborted, "{report}");
     assert_eq!(entry.phase(), Phase::Abort);
     assert_eq!(report.exit_code(), 2, "{report}");
@@ -93,7 +99,9 @@ async fn the_drain_waits_for_a_write_in_flight_and_reports_it_completed() {
     lifetime.stop(Reason::shutdown());
     let report = running.await.unwrap();
 
-    let entry = report.entry(&format!("fs write {}", path.display())).expect("in the report");
+    let entry = report
+        .entry(&format!("fs write {}", path.display()))
+        .expect("in the report");
     assert_eq!(*entry.outcome(), Outcome::Completed, "{report}");
     assert_eq!(report.exit_code(), 0, "{report}");
     write.await.unwrap().unwrap();
@@ -118,7 +126,9 @@ async fn a_write_cancelled_at_hard_stop_is_reported_cancelled_and_leaves_nothing
     lifetime.stop(Reason::shutdown());
     let report = running.await.unwrap();
 
-    let entry = report.entry(&format!("fs write {}", path.display())).expect("in the report");
+    let entry = report
+        .entry(&format!("fs write {}", path.display()))
+        .expect("in the report");
     assert_eq!(*entry.outcome(), Outcome::Cancelled, "{report}");
     assert_eq!(entry.phase(), Phase::Cancel, "{report}");
     assert_eq!(report.exit_code(), 0, "{report}");

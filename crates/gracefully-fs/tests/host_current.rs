@@ -20,15 +20,23 @@ async fn a_write_is_tracked_by_the_running_host_without_being_told() {
     lifetime.started().cancelled().await; // `current` is set once the host runs
     // Still writing at the stop request (so the report keeps its own line).
     let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let options = gracefully_fs::WriteOptions::new().chunk_size(1).on_progress(move |_| {
-        let _ = started_tx.send(());
-        std::thread::sleep(Duration::from_millis(30));
-    });
+    let options = gracefully_fs::WriteOptions::new()
+        .chunk_size(1)
+        .on_progress(move |_| {
+            let _ = started_tx.send(());
+            std::thread::sleep(Duration::from_millis(30));
+        });
     let write = tokio::spawn({
         let path = path.clone();
-        async move { options.write(&path, "abcde", &CancellationToken::never()).await }
+        async move {
+            options
+                .write(&path, "abcde", &CancellationToken::never())
+                .await
+        }
     });
-    tokio::task::spawn_blocking(move || started_rx.recv().unwrap()).await.unwrap();
+    tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
+        .await
+        .unwrap();
     lifetime.stop(Reason::shutdown());
     let report = running.await.unwrap();
     write.await.unwrap().unwrap();

@@ -21,7 +21,8 @@ async fn the_sweep_removes_leftovers_recursively_and_nothing_else() {
     let others = [
         dir.path().join("data.json"),
         dir.path().join(".data.json.tmp"),
-        dir.path().join("data.json.0123456789abcdef.gracefully-fs.tmp"),
+        dir.path()
+            .join("data.json.0123456789abcdef.gracefully-fs.tmp"),
         sub.join(".x.0123456789abcdeZ.gracefully-fs.tmp"),
     ];
     for path in &others {
@@ -34,7 +35,10 @@ async fn the_sweep_removes_leftovers_recursively_and_nothing_else() {
     expected.sort();
     assert_eq!(removed, expected);
     assert_eq!(swept.bytes, 2 * b"half written".len() as u64);
-    assert!(swept.in_use.is_empty() && swept.errors.is_empty(), "{swept:?}");
+    assert!(
+        swept.in_use.is_empty() && swept.errors.is_empty(),
+        "{swept:?}"
+    );
     for path in &leftovers {
         assert!(!path.exists());
     }
@@ -47,7 +51,9 @@ async fn the_sweep_removes_leftovers_recursively_and_nothing_else() {
 async fn the_sweep_leaves_the_temp_file_of_a_live_writer_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("live");
-    let mut writer = FileWriter::create(&path, &CancellationToken::never()).await.unwrap();
+    let mut writer = FileWriter::create(&path, &CancellationToken::never())
+        .await
+        .unwrap();
     writer.write_all(b"in progress").await.unwrap();
     writer.flush().await.unwrap();
     let live = support::temp_files(dir.path());

@@ -23,6 +23,12 @@ use object_store::{
 use support::cancel_at_every_poll;
 use tokio::io::AsyncWriteExt;
 
+/// Called with the part number (1-based) as each part upload starts.
+type PartHook = Box<dyn Fn(usize) + Send>;
+
+/// A store and what it saw.
+type Recorded = (Arc<dyn ObjectStore>, Arc<Calls>);
+
 /// What the store saw.
 #[derive(Default)]
 struct Calls {
@@ -31,8 +37,7 @@ struct Calls {
     parts: AtomicUsize,
     completed: AtomicUsize,
     aborted: AtomicUsize,
-    /// Called with the part number (1-based) as each part upload starts.
-    on_part: Mutex<Option<Box<dyn Fn(usize) + Send>>>,
+    on_part: Mutex<Option<PartHook>>,
     /// Fail this part number.
     fail_part: AtomicUsize,
 }
@@ -102,7 +107,12 @@ impl MultipartUpload for RecordingUpload {
 
 #[async_trait]
 impl ObjectStore for Recording {
-    async fn put_opts(&self, location: &Path, payload: PutPayload, opts: PutOptions) -> object_store::Result<PutResult> {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
         self.calls.puts.fetch_add(1, Ordering::SeqCst);
         self.inner.put_opts(location, payload, opts).await
     }
@@ -120,7 +130,11 @@ impl ObjectStore for Recording {
         }))
     }
 
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
         self.inner.get_opts(location, options).await
     }
 
@@ -139,12 +153,17 @@ impl ObjectStore for Recording {
         self.inner.list_with_delimiter(prefix).await
     }
 
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
     }
 }
 
-fn recording() -> (Arc<dyn ObjectStore>, Arc<Calls>) {
+fn recording() -> Recorded {
     let calls = Arc::new(Calls::default());
     let store = Recording {
         inner: InMemory::new(),
@@ -193,7 +212,9 @@ async fn every_upload_ended(calls: &Calls) {
 async fn a_small_put_is_one_request_and_a_large_one_a_completed_multipart_upload() {
     let (store, calls) = recording();
     let token = CancellationToken::never();
-    object::put(store.clone(), &Path::from("small"), "tiny", &token).await.unwrap();
+    object::put(store.clone(), &Path::from("small"), "tiny", &token)
+        .await
+        .unwrap();
     assert_eq!(calls.puts.load(Ordering::SeqCst), 1);
     assert_eq!(calls.started.load(Ordering::SeqCst), 0);
 
@@ -204,7 +225,13 @@ async fn a_small_put_is_one_request_and_a_large_one_a_completed_multipart_upload
         .unwrap();
     assert_eq!(calls.parts.load(Ordering::SeqCst), PARTS + 1);
     assert_eq!(calls.completed.load(Ordering::SeqCst), 1);
-    let stored = store.get(&Path::from("large")).await.unwrap().bytes().await.unwrap();
+    let stored = store
+        .get(&Path::from("large"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(&stored[..], &large[..]);
 }
 
@@ -221,13 +248,29 @@ async fn a_put_cancelled_at_every_part_is_aborted_and_leaves_no_object() {
         }));
         let location = Path::from("obj");
         let result = options()
-            .put(store.clone(), &location, data(PARTS * PART + 10), &source.token())
+            .put(
+                store.clone(),
+                &location,
+                data(PARTS * PART + 10),
+                &source.token(),
+            )
             .await;
         let err = result.expect_err("cancelled");
-        assert_eq!(err.as_cancelled().map(|c| c.kind()), Some(ReasonKind::Requested), "{err}");
-        assert_eq!(calls.aborted.load(Ordering::SeqCst), 1, "part {at}: not aborted");
+        assert_eq!(
+            err.as_cancelled().map(|c| c.kind()),
+            Some(ReasonKind::Requested),
+            "{err}"
+        );
+        assert_eq!(
+            calls.aborted.load(Ordering::SeqCst),
+            1,
+            "part {at}: not aborted"
+        );
         assert_eq!(calls.completed.load(Ordering::SeqCst), 0);
-        assert!(calls.parts.load(Ordering::SeqCst) <= at + 1, "parts kept going after the cancel");
+        assert!(
+            calls.parts.load(Ordering::SeqCst) <= at + 1,
+            "parts kept going after the cancel"
+        );
         assert!(!exists(&store, &location).await);
     }
 }
@@ -237,7 +280,9 @@ async fn a_put_with_a_cancelled_token_sends_nothing() {
     let (store, calls) = recording();
     let source = CancellationSource::new();
     source.cancel();
-    let err = object::put(store.clone(), &Path::from("x"), "x", &source.token()).await.unwrap_err();
+    let err = object::put(store.clone(), &Path::from("x"), "x", &source.token())
+        .await
+        .unwrap_err();
     assert!(err.as_cancelled().is_some());
     assert_eq!(calls.puts.load(Ordering::SeqCst), 0);
     assert!(!exists(&store, &Path::from("x")).await);
@@ -248,7 +293,12 @@ async fn a_failed_part_aborts_the_upload_and_names_the_step() {
     let (store, calls) = recording();
     calls.fail_part.store(3, Ordering::SeqCst);
     let err = options()
-        .put(store.clone(), &Path::from("f"), data(PARTS * PART), &CancellationToken::never())
+        .put(
+            store.clone(),
+            &Path::from("f"),
+            data(PARTS * PART),
+            &CancellationToken::never(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.step(), Some(gracefully_fs::Step::UploadPart), "{err}");
@@ -262,12 +312,17 @@ async fn a_failed_part_aborts_the_upload_and_names_the_step() {
 async fn a_writer_of_a_small_object_makes_one_put() {
     let (store, calls) = recording();
     let location = Path::from("w");
-    let mut writer = options().create(store.clone(), &location, &CancellationToken::never()).unwrap();
+    let mut writer = options()
+        .create(store.clone(), &location, &CancellationToken::never())
+        .unwrap();
     writer.write_all(b"short").await.unwrap();
     writer.commit().await.unwrap();
     assert_eq!(calls.puts.load(Ordering::SeqCst), 1);
     assert_eq!(calls.started.load(Ordering::SeqCst), 0);
-    assert_eq!(&store.get(&location).await.unwrap().bytes().await.unwrap()[..], b"short");
+    assert_eq!(
+        &store.get(&location).await.unwrap().bytes().await.unwrap()[..],
+        b"short"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,11 +337,17 @@ async fn a_writer_cancelled_at_every_part_is_aborted_and_leaves_no_object() {
             }
         }));
         let location = Path::from("obj");
-        let mut writer = options().create(store.clone(), &location, &source.token()).unwrap();
+        let mut writer = options()
+            .create(store.clone(), &location, &source.token())
+            .unwrap();
         let _ = writer.write_all(&data(PARTS * PART + 10)).await;
         let err = writer.commit().await.unwrap_err();
         assert!(err.as_cancelled().is_some(), "{err}");
-        assert_eq!(calls.aborted.load(Ordering::SeqCst), 1, "part {at}: not aborted");
+        assert_eq!(
+            calls.aborted.load(Ordering::SeqCst),
+            1,
+            "part {at}: not aborted"
+        );
         assert_eq!(calls.completed.load(Ordering::SeqCst), 0);
         assert!(!exists(&store, &location).await);
     }
@@ -296,7 +357,9 @@ async fn a_writer_cancelled_at_every_part_is_aborted_and_leaves_no_object() {
 async fn a_dropped_writer_aborts_its_upload() {
     let (store, calls) = recording();
     let location = Path::from("dropped");
-    let mut writer = options().create(store.clone(), &location, &CancellationToken::never()).unwrap();
+    let mut writer = options()
+        .create(store.clone(), &location, &CancellationToken::never())
+        .unwrap();
     writer.write_all(&data(3 * PART)).await.unwrap();
     while calls.parts.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await; // a part is on its way
@@ -311,7 +374,9 @@ async fn a_dropped_writer_aborts_its_upload() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discard_returns_after_the_upload_is_aborted() {
     let (store, calls) = recording();
-    let mut writer = options().create(store.clone(), &Path::from("d"), &CancellationToken::never()).unwrap();
+    let mut writer = options()
+        .create(store.clone(), &Path::from("d"), &CancellationToken::never())
+        .unwrap();
     writer.write_all(&data(3 * PART)).await.unwrap();
     while calls.parts.load(Ordering::SeqCst) == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await; // a part is on its way
@@ -324,7 +389,7 @@ async fn discard_returns_after_the_upload_is_aborted() {
 async fn a_writer_dropped_at_every_poll_leaves_the_complete_object_or_none_and_no_pending_upload() {
     let location = Path::from("polled");
     let expected = data(PARTS * PART + 10);
-    let stores: Arc<Mutex<Vec<(Arc<dyn ObjectStore>, Arc<Calls>)>>> = Arc::default();
+    let stores: Arc<Mutex<Vec<Recorded>>> = Arc::default();
     let polls = cancel_at_every_poll(
         || {
             let (store, calls) = recording();
@@ -334,7 +399,11 @@ async fn a_writer_dropped_at_every_poll_leaves_the_complete_object_or_none_and_n
                 let mut writer = options().create(store, &location, &CancellationToken::never())?;
                 for piece in expected.chunks(700) {
                     writer.write_all(piece).await.map_err(|e| {
-                        e.into_inner().unwrap().downcast::<Error>().map(|e| *e).unwrap()
+                        e.into_inner()
+                            .unwrap()
+                            .downcast::<Error>()
+                            .map(|e| *e)
+                            .unwrap()
                     })?;
                 }
                 writer.commit().await

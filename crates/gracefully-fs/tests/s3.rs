@@ -34,7 +34,11 @@ async fn bucket(name: &str) -> (Arc<dyn ObjectStore>, String) {
         .send()
         .await
         .unwrap_or_else(|e| panic!("S3 endpoint {endpoint} does not answer: {e}"));
-    assert!(created.status().is_success(), "creating bucket {bucket}: {}", created.status());
+    assert!(
+        created.status().is_success(),
+        "creating bucket {bucket}: {}",
+        created.status()
+    );
     let store = AmazonS3Builder::new()
         .with_endpoint(&endpoint)
         .with_allow_http(true)
@@ -65,7 +69,10 @@ async fn pending_uploads(bucket: &str) -> usize {
         .text()
         .await
         .unwrap();
-    assert!(body.contains("ListMultipartUploadsResult"), "unexpected answer: {body}");
+    assert!(
+        body.contains("ListMultipartUploadsResult"),
+        "unexpected answer: {body}"
+    );
     body.matches("<Upload>").count()
 }
 
@@ -102,8 +109,16 @@ async fn a_cancelled_multipart_upload_leaves_no_pending_upload_and_no_object() {
     until_pending(&bucket).await; // the server holds a real multipart upload now
     source.cancel_with(Reason::requested().with_message("client left"));
     let err = writer.commit().await.unwrap_err();
-    assert_eq!(err.as_cancelled().unwrap().kind(), ReasonKind::Requested, "{err}");
-    assert_eq!(pending_uploads(&bucket).await, 0, "the upload was not aborted");
+    assert_eq!(
+        err.as_cancelled().unwrap().kind(),
+        ReasonKind::Requested,
+        "{err}"
+    );
+    assert_eq!(
+        pending_uploads(&bucket).await,
+        0,
+        "the upload was not aborted"
+    );
     assert!(!exists(&store, &location).await);
 }
 
@@ -127,7 +142,11 @@ async fn a_put_cancelled_mid_upload_leaves_no_object_and_no_pending_upload() {
     source.cancel();
     let err = put.await.unwrap().unwrap_err();
     assert!(err.as_cancelled().is_some(), "{err}");
-    assert_eq!(pending_uploads(&bucket).await, 0, "the upload was not aborted");
+    assert_eq!(
+        pending_uploads(&bucket).await,
+        0,
+        "the upload was not aborted"
+    );
     assert!(!exists(&store, &location).await);
 }
 
@@ -165,11 +184,25 @@ async fn uploads_and_puts_that_are_not_cancelled_store_the_whole_object() {
         .unwrap();
     writer.write_all(&data).await.unwrap();
     writer.commit().await.unwrap();
-    let got = store.get(&Path::from("w.bin")).await.unwrap().bytes().await.unwrap();
+    let got = store
+        .get(&Path::from("w.bin"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(&got[..], &data[..]);
 
-    object::put(store.clone(), &Path::from("p.txt"), "small", &token).await.unwrap();
-    let got = store.get(&Path::from("p.txt")).await.unwrap().bytes().await.unwrap();
+    object::put(store.clone(), &Path::from("p.txt"), "small", &token)
+        .await
+        .unwrap();
+    let got = store
+        .get(&Path::from("p.txt"))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(&got[..], b"small");
     assert_eq!(pending_uploads(&bucket).await, 0);
 }

@@ -29,12 +29,14 @@ fn main() {
 
 /// Writes 1,000 chunks, 10 ms apart, announcing on stdout once three are on disk.
 async fn child(dest: PathBuf) {
-    let options = WriteOptions::new().chunk_size(CHUNK).on_progress(|written| {
-        if written == 3 * CHUNK as u64 {
-            println!("writing");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    });
+    let options = WriteOptions::new()
+        .chunk_size(CHUNK)
+        .on_progress(|written| {
+            if written == 3 * CHUNK as u64 {
+                println!("writing");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        });
     options
         .write(&dest, vec![b'N'; 1000 * CHUNK], &CancellationToken::never())
         .await
@@ -42,7 +44,8 @@ async fn child(dest: PathBuf) {
     unreachable!("the parent kills this process long before the write ends");
 }
 
-async fn a_process_killed_mid_write_leaves_the_destination_intact_and_a_leftover_the_sweep_removes() {
+async fn a_process_killed_mid_write_leaves_the_destination_intact_and_a_leftover_the_sweep_removes()
+{
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("state.bin");
     std::fs::write(&dest, b"old content").unwrap();
@@ -61,14 +64,24 @@ async fn a_process_killed_mid_write_leaves_the_destination_intact_and_a_leftover
     let status = child.wait().unwrap();
     assert!(!status.success());
 
-    assert_eq!(std::fs::read(&dest).unwrap(), b"old content", "the destination changed");
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        b"old content",
+        "the destination changed"
+    );
     let leftovers = temp_files(dir.path());
-    assert_eq!(leftovers.len(), 1, "the killed write left its temporary file: {leftovers:?}");
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "the killed write left its temporary file: {leftovers:?}"
+    );
     assert!(std::fs::metadata(&leftovers[0]).unwrap().len() >= 3 * CHUNK as u64);
 
     // A live writer in the same directory, during the sweep.
     let live_dest = dir.path().join("live.bin");
-    let mut live = FileWriter::create(&live_dest, &CancellationToken::never()).await.unwrap();
+    let mut live = FileWriter::create(&live_dest, &CancellationToken::never())
+        .await
+        .unwrap();
     live.write_all(b"live").await.unwrap();
     live.flush().await.unwrap();
 
@@ -81,7 +94,9 @@ async fn a_process_killed_mid_write_leaves_the_destination_intact_and_a_leftover
     live.commit().await.unwrap();
     assert_eq!(std::fs::read(&live_dest).unwrap(), b"live");
     assert!(temp_files(dir.path()).is_empty());
-    println!("test a_process_killed_mid_write_leaves_the_destination_intact_and_a_leftover_the_sweep_removes ... ok");
+    println!(
+        "test a_process_killed_mid_write_leaves_the_destination_intact_and_a_leftover_the_sweep_removes ... ok"
+    );
 }
 
 fn temp_files(dir: &Path) -> Vec<PathBuf> {

@@ -23,7 +23,9 @@ async fn write_creates_the_file_with_the_content_and_leaves_no_temp_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a.bin");
     let data = content(3 * 1024 * 1024 + 17, 1); // several chunks and a partial one
-    gracefully_fs::write(&path, data.clone(), &never()).await.unwrap();
+    gracefully_fs::write(&path, data.clone(), &never())
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), data);
     assert!(temp_files(dir.path()).is_empty());
 }
@@ -80,7 +82,10 @@ async fn no_clobber_refuses_an_existing_destination_and_leaves_it_untouched() {
     let options = WriteOptions::new().overwrite(false);
     options.write(&path, "first", &never()).await.unwrap();
     let err = options.write(&path, "second", &never()).await.unwrap_err();
-    assert!(matches!(&err, Error::AlreadyExists { path: p } if *p == path), "{err}");
+    assert!(
+        matches!(&err, Error::AlreadyExists { path: p } if *p == path),
+        "{err}"
+    );
     assert!(err.to_string().contains("overwrite(false)"), "{err}");
     assert_eq!(std::fs::read(&path).unwrap(), b"first");
     assert!(temp_files(dir.path()).is_empty());
@@ -113,7 +118,9 @@ async fn no_clobber_is_checked_atomically_at_the_rename() {
 async fn a_missing_directory_is_an_error_naming_the_step_and_path() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("no/such/dir/file");
-    let err = gracefully_fs::write(&path, "x", &never()).await.unwrap_err();
+    let err = gracefully_fs::write(&path, "x", &never())
+        .await
+        .unwrap_err();
     assert_eq!(err.step(), Some(Step::CreateTemp), "{err}");
     assert!(err.to_string().contains("no/such/dir"), "{err}");
     assert!(!err.committed());
@@ -123,7 +130,9 @@ async fn a_missing_directory_is_an_error_naming_the_step_and_path() {
 #[tokio::test]
 async fn a_directory_as_destination_is_refused_before_writing() {
     let dir = tempfile::tempdir().unwrap();
-    let err = gracefully_fs::write(dir.path(), "x", &never()).await.unwrap_err();
+    let err = gracefully_fs::write(dir.path(), "x", &never())
+        .await
+        .unwrap_err();
     assert_eq!(err.step(), Some(Step::Prepare), "{err}");
     assert!(err.to_string().contains("is a directory"), "{err}");
 }
@@ -146,7 +155,9 @@ async fn a_write_with_a_cancelled_token_does_nothing_and_says_why() {
     let path = dir.path().join("never");
     let source = CancellationSource::new();
     source.cancel_with(gracefully::Reason::shutdown().with_message("SIGTERM"));
-    let err = gracefully_fs::write(&path, "x", &source.token()).await.unwrap_err();
+    let err = gracefully_fs::write(&path, "x", &source.token())
+        .await
+        .unwrap_err();
     let cancelled = err.as_cancelled().expect("a cancellation");
     assert_eq!(cancelled.kind(), ReasonKind::Shutdown);
     assert_eq!(cancelled.reason().message(), Some("SIGTERM"));

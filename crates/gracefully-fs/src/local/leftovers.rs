@@ -64,7 +64,9 @@ pub fn remove_leftovers(dir: impl AsRef<Path>) -> Result<Leftovers, Error> {
             Err(e) if top => return Err(Error::io(Step::ScanLeftovers, &current, e)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => {
-                found.errors.push(Error::io(Step::ScanLeftovers, &current, e));
+                found
+                    .errors
+                    .push(Error::io(Step::ScanLeftovers, &current, e));
                 continue;
             }
         };
@@ -73,11 +75,15 @@ pub fn remove_leftovers(dir: impl AsRef<Path>) -> Result<Leftovers, Error> {
             let entry = match entry {
                 Ok(entry) => entry,
                 Err(e) => {
-                    found.errors.push(Error::io(Step::ScanLeftovers, &current, e));
+                    found
+                        .errors
+                        .push(Error::io(Step::ScanLeftovers, &current, e));
                     continue;
                 }
             };
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if kind.is_dir() {
                 pending.push(entry.path());
             } else if kind.is_file() && is_temp_name(&entry.file_name()) {

@@ -1,4 +1,4 @@
-//! Local files: [`write`](crate::write), [`copy`](crate::copy), [`FileWriter`], and the
+//! Local files: [`write()`](crate::write), [`copy()`](crate::copy), [`FileWriter`], and the
 //! blocking sequence they share.
 //!
 //! The sequence, on a blocking thread (`job.rs`), with the token checked at each `check`:
@@ -97,10 +97,16 @@ pub(crate) async fn copy(
                 io::Error::new(io::ErrorKind::IsADirectory, "the source is a directory"),
             ));
         }
-        atomic_write(&dest, &options, &token, Some(meta.permissions()), |chunks| {
-            while chunks.copy_from(&file, &source)? > 0 {}
-            Ok(())
-        })
+        atomic_write(
+            &dest,
+            &options,
+            &token,
+            Some(meta.permissions()),
+            |chunks| {
+                while chunks.copy_from(&file, &source)? > 0 {}
+                Ok(())
+            },
+        )
     });
     job.await
 }
@@ -138,9 +144,9 @@ pub(crate) fn prepare(
             io::Error::new(io::ErrorKind::InvalidInput, message),
         )
     };
-    let name = dest
-        .file_name()
-        .ok_or_else(|| invalid("the destination has no file name (it is a root or ends in `..`)"))?;
+    let name = dest.file_name().ok_or_else(|| {
+        invalid("the destination has no file name (it is a root or ends in `..`)")
+    })?;
     let dir = match dest.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
@@ -155,7 +161,10 @@ pub(crate) fn prepare(
             return Err(Error::io(
                 Step::Prepare,
                 dest,
-                io::Error::new(io::ErrorKind::IsADirectory, "the destination is a directory"),
+                io::Error::new(
+                    io::ErrorKind::IsADirectory,
+                    "the destination is a directory",
+                ),
             ));
         }
         if !options.overwrite {
@@ -246,8 +255,8 @@ impl<'a> Chunks<'a> {
     /// Writes one chunk (the caller keeps it at most `chunk_size`).
     pub(crate) fn write(&mut self, chunk: &[u8]) -> Result<(), Error> {
         self.token.check()?;
-        (&*self.temp.file())
-            .write_all(chunk)
+        let mut file = self.temp.file();
+        file.write_all(chunk)
             .map_err(|e| Error::io(Step::Write, self.temp.path(), e))?;
         self.advance(chunk.len() as u64);
         Ok(())

@@ -184,7 +184,12 @@ mod tests {
 
     #[test]
     fn temp_names_are_recognised_and_other_names_are_not() {
-        for dest in ["a", "state.json", ".hidden", "x.0123456789abcdef.gracefully-fs.tmp"] {
+        for dest in [
+            "a",
+            "state.json",
+            ".hidden",
+            "x.0123456789abcdef.gracefully-fs.tmp",
+        ] {
             let name = temp_name(OsStr::new(dest));
             assert!(is_temp_name(&name), "{name:?}");
         }
@@ -193,9 +198,9 @@ mod tests {
             ".state.json.tmp",
             "state.0123456789abcdef.gracefully-fs.tmp", // no leading dot
             ".state.0123456789abcdeg.gracefully-fs.tmp", // not hex
-            ".state.0123456789abcde.gracefully-fs.tmp",  // 15 digits
-            ".state0123456789abcdef.gracefully-fs.tmp",  // no dot before the digits
-            ".0123456789abcdef.gracefully-fs.tmp",       // no room for the leading dot
+            ".state.0123456789abcde.gracefully-fs.tmp", // 15 digits
+            ".state0123456789abcdef.gracefully-fs.tmp", // no dot before the digits
+            ".0123456789abcdef.gracefully-fs.tmp",      // no room for the leading dot
         ] {
             assert!(!is_temp_name(OsStr::new(other)), "{other}");
         }

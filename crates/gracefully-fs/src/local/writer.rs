@@ -97,7 +97,10 @@ impl FileWriter {
     ///
     /// Dropping the future (or the writer) removes the temporary file: the blocking thread
     /// does it as soon as it sees the cancellation.
-    pub async fn create(path: impl AsRef<Path>, token: &CancellationToken) -> Result<FileWriter, Error> {
+    pub async fn create(
+        path: impl AsRef<Path>,
+        token: &CancellationToken,
+    ) -> Result<FileWriter, Error> {
         FileWriter::create_with(&WriteOptions::new(), path.as_ref(), token).await
     }
 
@@ -132,9 +135,7 @@ impl FileWriter {
         if opened_rx.await.is_err() {
             // The thread ended before the file was open: it says why.
             let error = (&mut job).await.err();
-            return Err(error.unwrap_or_else(|| {
-                Error::Cancelled(Cancelled::new(writer_dropped()))
-            }));
+            return Err(error.unwrap_or_else(|| Error::Cancelled(Cancelled::new(writer_dropped()))));
         }
         Ok(FileWriter {
             feed: Feed::new(job, tx, options.chunk_size, true, writer_dropped),
@@ -196,7 +197,11 @@ fn receive(
 }
 
 impl AsyncWrite for FileWriter {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.get_mut().feed.poll_write(cx, data)
     }
 

@@ -105,7 +105,11 @@ impl Uploader {
     }
 
     /// Uploads `payload` in equal parts, sliced without copying, then completes.
-    async fn parts_of(&mut self, payload: PutPayload, part_size: usize) -> Result<PutResult, Error> {
+    async fn parts_of(
+        &mut self,
+        payload: PutPayload,
+        part_size: usize,
+    ) -> Result<PutResult, Error> {
         let mut part = Vec::new();
         let mut filled = 0;
         for bytes in payload.iter() {
@@ -115,7 +119,8 @@ impl Uploader {
                 part.push(rest.split_to(take));
                 filled += take;
                 if filled == part_size {
-                    self.part(PutPayload::from_iter(std::mem::take(&mut part))).await?;
+                    self.part(PutPayload::from_iter(std::mem::take(&mut part)))
+                        .await?;
                     filled = 0;
                 }
             }
@@ -126,7 +131,11 @@ impl Uploader {
     /// Uploads the chunks from `rx` until `Commit`. The last chunk received is held back,
     /// so that an object that fits one part goes as a single `PUT`, and the last part is
     /// sent just before the complete.
-    async fn feed(&mut self, mut rx: mpsc::Receiver<Msg>, dropped: fn() -> Reason) -> Result<PutResult, Error> {
+    async fn feed(
+        &mut self,
+        mut rx: mpsc::Receiver<Msg>,
+        dropped: fn() -> Reason,
+    ) -> Result<PutResult, Error> {
         let mut held: Option<Bytes> = None;
         loop {
             let msg = tokio::select! {
@@ -156,7 +165,10 @@ impl Uploader {
     }
 
     /// Upload invariant 1: every exit but a successful complete aborts.
-    async fn abort_unless_ok(&mut self, result: Result<PutResult, Error>) -> Result<PutResult, Error> {
+    async fn abort_unless_ok(
+        &mut self,
+        result: Result<PutResult, Error>,
+    ) -> Result<PutResult, Error> {
         if result.is_err() {
             self.abort().await;
         }

@@ -85,9 +85,11 @@ impl ObjectWriter {
         let (tx, rx) = feed::channel(QUEUED_PARTS);
         let (job_options, job_location) = (options.clone(), location.clone());
         let name = || format!("object upload {location}");
-        let job = options.spawner().task(name, token, writer_dropped, move |token| {
-            upload::from_feed(store, job_location, job_options, token, rx, writer_dropped)
-        });
+        let job = options
+            .spawner()
+            .task(name, token, writer_dropped, move |token| {
+                upload::from_feed(store, job_location, job_options, token, rx, writer_dropped)
+            });
         ObjectWriter {
             feed: Feed::new(
                 job,
@@ -129,7 +131,11 @@ impl ObjectWriter {
 }
 
 impl AsyncWrite for ObjectWriter {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.get_mut().feed.poll_write(cx, data)
     }
 

@@ -28,14 +28,19 @@ pub async fn no_temp_files_eventually(dir: &Path) {
         if left.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "temporary files left behind: {left:?}");
+        assert!(
+            Instant::now() < deadline,
+            "temporary files left behind: {left:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
 /// `len` bytes of a pattern that differs per `seed`, so a mix of two contents is visible.
 pub fn content(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// Runs the future made by `make`, cancelling it (dropping it) after its 1st poll, then
