@@ -177,13 +177,7 @@ async fn writer_dropped_at_every_poll_leaves_old_or_complete_new_content_never_a
             async move {
                 let mut writer = options.create(&path, &CancellationToken::never()).await?;
                 for piece in new.chunks(1000) {
-                    writer.write_all(piece).await.map_err(|e| {
-                        e.into_inner()
-                            .unwrap()
-                            .downcast::<Error>()
-                            .map(|e| *e)
-                            .unwrap()
-                    })?;
+                    writer.write_all(piece).await.map_err(support::fs_error)?;
                 }
                 writer.commit().await
             }

@@ -12,7 +12,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use gracefully::{CancellationSource, CancellationToken, Reason, ReasonKind};
-use gracefully_fs::Error;
 use gracefully_fs::object::{self, UploadOptions};
 use object_store::memory::InMemory;
 use object_store::path::Path;
@@ -398,13 +397,7 @@ async fn a_writer_dropped_at_every_poll_leaves_the_complete_object_or_none_and_n
             async move {
                 let mut writer = options().create(store, &location, &CancellationToken::never())?;
                 for piece in expected.chunks(700) {
-                    writer.write_all(piece).await.map_err(|e| {
-                        e.into_inner()
-                            .unwrap()
-                            .downcast::<Error>()
-                            .map(|e| *e)
-                            .unwrap()
-                    })?;
+                    writer.write_all(piece).await.map_err(support::fs_error)?;
                 }
                 writer.commit().await
             }

@@ -82,3 +82,13 @@ where
     }
     unreachable!()
 }
+
+/// The crate's error inside an `io::Error` from a writer's `AsyncWrite` methods.
+pub fn fs_error(error: std::io::Error) -> gracefully_fs::Error {
+    let inner = error
+        .into_inner()
+        .expect("a writer's io::Error wraps the crate's error");
+    *inner
+        .downcast::<gracefully_fs::Error>()
+        .expect("the crate's error")
+}
