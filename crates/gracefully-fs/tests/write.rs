@@ -1,6 +1,8 @@
 //! `write`, `copy` and `FileWriter` without cancellation: what lands at the destination,
 //! with which permissions, and the errors for bad input.
 
+#![cfg(unix)] // permissions are checked as Unix modes
+
 mod support;
 
 use std::os::unix::fs::PermissionsExt;

@@ -105,3 +105,61 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::*;
+
+    fn temp_with(dir: &Path, content: &[u8]) -> TempFile {
+        let temp = TempFile::create(dir, OsStr::new("dest"), None).unwrap();
+        std::io::Write::write_all(&mut temp.file(), content).unwrap();
+        temp
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_noreplace_rename_refuses_an_existing_destination_and_removes_the_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("dest");
+        fs::write(&dest, b"theirs").unwrap();
+        let err = rename(temp_with(dir.path(), b"ours"), &dest, false).unwrap_err();
+        assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+        assert_eq!(fs::read(&dest).unwrap(), b"theirs");
+        assert_eq!(
+            names(dir.path()),
+            ["dest"],
+            "the refused temp file was removed on drop"
+        );
+    }
+
+    #[test]
+    fn the_link_fallback_commits_once_and_refuses_an_existing_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("dest");
+        link_then_unlink(temp_with(dir.path(), b"first"), &dest).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"first");
+        assert_eq!(names(dir.path()), ["dest"], "the temporary name is gone");
+
+        let err = link_then_unlink(temp_with(dir.path(), b"second"), &dest).unwrap_err();
+        assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+        assert_eq!(fs::read(&dest).unwrap(), b"first");
+        assert_eq!(names(dir.path()), ["dest"]);
+    }
+
+    #[test]
+    fn a_real_failure_is_not_mistaken_for_an_unsupported_operation() {
+        assert!(unsupported(&io::Error::from(io::ErrorKind::Unsupported)));
+        assert!(!unsupported(&io::Error::from(io::ErrorKind::NotFound)));
+        assert!(!unsupported(&io::Error::from(io::ErrorKind::AlreadyExists)));
+    }
+}
