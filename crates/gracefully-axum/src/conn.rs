@@ -5,7 +5,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,6 +28,27 @@ use crate::server::Shared;
 use crate::stats::inc;
 use crate::watch::{Monitor, Peek};
 
+/// The most streams an HTTP/2 client may have open at once on one connection (hyper's
+/// default, set explicitly because the rapid-reset bound below is tied to it).
+pub(crate) const HTTP2_MAX_STREAMS: u32 = 200;
+
+/// Handlers allowed to run at once on one HTTP/2 connection, counting those whose stream the
+/// client already reset (a `Cooperative` or `Detached` handler runs on). Past it new streams
+/// are refused with `REFUSED_STREAM` (RFC 9113 §8.7: not processed, safe to retry), and a
+/// client that keeps opening streams into the refusals gets GOAWAY. Without it a client that
+/// opens and resets streams in a loop (CVE-2023-44487) runs unbounded handlers on one
+/// connection whose stream limit is 200.
+const HTTP2_MAX_HANDLERS: usize = HTTP2_MAX_STREAMS as usize;
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4): how a connection announces HTTP/2 before
+/// any request, which is when hyper-util's `auto` server decides too.
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The protocol a connection speaks, as far as its first bytes tell (`Conn::version`).
+const VERSION_UNKNOWN: u8 = 0;
+const VERSION_HTTP1: u8 = 1;
+const VERSION_HTTP2: u8 = 2;
+
 /// How long to wait before looking at a socket again when unread bytes (a request body the
 /// handler has not read yet, or a pipelined request) hide whether the client is still there.
 const RECHECK_BEHIND_DATA: Duration = Duration::from_millis(25);
@@ -42,8 +63,15 @@ pub(crate) struct Conn {
     /// a request head is arriving: the header-read guard times that.
     bytes_read: AtomicU64,
     bytes_accounted: AtomicU64,
-    /// Whether the connection speaks HTTP/2 (no header-read guard: hyper's own settings).
-    http2: AtomicBool,
+    /// What the connection speaks (`VERSION_*`), decided by [`CountingStream`] from the
+    /// first bytes: no header-read guard once the HTTP/2 preface arrived, GOAWAY at drain.
+    version: AtomicU8,
+    /// Wakes the connection loop when the version becomes known or GOAWAY is wanted.
+    events: tokio::sync::Notify,
+    /// Set when an HTTP/2 client keeps opening streams past the handler bound.
+    goaway_wanted: AtomicBool,
+    /// HTTP/2 streams refused on this connection (see [`HTTP2_MAX_HANDLERS`]).
+    refused: AtomicUsize,
     /// Requests of this connection still running (including handlers that outlive their
     /// HTTP/2 stream).
     in_flight: AtomicUsize,
@@ -72,7 +100,10 @@ where
         monitor: Monitor::new(&stream),
         bytes_read: AtomicU64::new(0),
         bytes_accounted: AtomicU64::new(0),
-        http2: AtomicBool::new(false),
+        version: AtomicU8::new(VERSION_UNKNOWN),
+        events: tokio::sync::Notify::new(),
+        goaway_wanted: AtomicBool::new(false),
+        refused: AtomicUsize::new(0),
         in_flight: AtomicUsize::new(0),
         tail_waiting: AtomicBool::new(false),
         ended: tokio::sync::Notify::new(),
@@ -98,18 +129,26 @@ where
         let stream = CountingStream {
             inner: stream,
             conn: conn.clone(),
+            preface_matched: 0,
         };
         let connection = shared
             .builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service);
         let mut connection = std::pin::pin!(connection);
         let stopping = shared.stopping.clone();
+        let hard_stop = shared.hard_stop.clone();
         let header_timeout = shared.config.header_read_timeout;
         // One guard for the connection's whole life: the drain does not restart a slow
         // client's clock.
         let guard = guard_headers(&conn, header_timeout);
         let mut guard = std::pin::pin!(guard);
-        let mut draining = false;
+        // The drain's idle grace (armed when the drain begins; see `HttpServer::idle_grace`).
+        let grace = shared.config.idle_grace;
+        let idle_timer = tokio::time::sleep(grace);
+        let mut idle_timer = std::pin::pin!(idle_timer);
+        let mut draining: Option<IdleWatch> = None;
+        // Whether hyper was told to shut the connection down (GOAWAY, or close when idle).
+        let mut shutting_down = false;
         loop {
             tokio::select! {
                 result = connection.as_mut() => {
@@ -120,20 +159,56 @@ where
                     tracing::debug!("client too slow sending request headers; closing");
                     break;
                 }
-                _ = stopping.cancelled(), if !draining => {
-                    draining = true;
+                _ = stopping.cancelled(), if draining.is_none() => {
                     let busy = conn.in_flight.load(Ordering::Acquire);
                     inc(&shared.stats.open_at_drain);
-                    if busy == 0 {
-                        inc(&shared.stats.idle_at_drain);
-                    }
                     shared
                         .stats
                         .in_flight_at_drain
                         .fetch_add(busy as u64, Ordering::Relaxed);
-                    // HTTP/1: an idle connection closes now; a busy one answers its current
-                    // request with `Connection: close`, then closes. HTTP/2: GOAWAY, streams
-                    // in flight finish.
+                    // HTTP/2: GOAWAY now; the client learns which streams are served. HTTP/1
+                    // (or not known yet): nothing is closed now; answers carry
+                    // `Connection: close` (see `Tracker::finish_http1`) and an idle
+                    // connection is closed after the grace.
+                    if conn.version.load(Ordering::Acquire) == VERSION_HTTP2 && !shutting_down {
+                        shutting_down = true;
+                        inc(&shared.stats.goaway_sent);
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    draining = Some(IdleWatch::observe(&conn));
+                    idle_timer.as_mut().reset(tokio::time::Instant::now() + grace);
+                }
+                () = conn.events.notified() => {
+                    let http2 = conn.version.load(Ordering::Acquire) == VERSION_HTTP2;
+                    let goaway = conn.goaway_wanted.load(Ordering::Acquire)
+                        || (http2 && draining.is_some());
+                    if goaway && !shutting_down {
+                        shutting_down = true;
+                        inc(&shared.stats.goaway_sent);
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+                () = idle_timer.as_mut(), if draining.is_some() && !shutting_down => {
+                    let now = IdleWatch::observe(&conn);
+                    let before = draining.replace(now);
+                    if before.is_some_and(|before| before.idle && now.idle && before.bytes == now.bytes) {
+                        // Idle for a whole grace, and nothing waits in the socket: hyper
+                        // closes an idle connection at once.
+                        shutting_down = true;
+                        inc(&shared.stats.idle_closed);
+                        connection.as_mut().graceful_shutdown();
+                    } else {
+                        idle_timer.as_mut().reset(tokio::time::Instant::now() + grace);
+                    }
+                }
+                _ = hard_stop.cancelled(), if draining.is_some() && !shutting_down => {
+                    // The drain budget is spent: the grace ends too. An idle connection
+                    // closes now; a busy one after its answer (which carries
+                    // `Connection: close`).
+                    shutting_down = true;
+                    if IdleWatch::observe(&conn).idle {
+                        inc(&shared.stats.idle_closed);
+                    }
                     connection.as_mut().graceful_shutdown();
                 }
             }
@@ -161,23 +236,44 @@ where
     }
 }
 
-/// Returns once an HTTP/1 client has spent `timeout` sending a request head (slowloris):
-/// bytes arrived that no request accounts for, while none is in flight. Checked on a
-/// coarse tick (a quarter of the timeout), so a connection costs one timer, not one per
-/// request (hyper's own header-read timeout arms and cancels a timer for every request).
-/// Idle keep-alive connections, which send nothing, are not timed.
+/// One look at a draining connection, for the idle grace: closed only after two looks a
+/// grace apart that both found it idle with no byte read in between.
+#[derive(Clone, Copy)]
+struct IdleWatch {
+    bytes: u64,
+    idle: bool,
+}
+
+impl IdleWatch {
+    fn observe(conn: &Conn) -> IdleWatch {
+        let bytes = conn.bytes_read.load(Ordering::Relaxed);
+        let idle = conn.in_flight.load(Ordering::Acquire) == 0
+            && bytes == conn.bytes_accounted.load(Ordering::Relaxed)
+            // A request hyper has not read yet.
+            && !conn.monitor.bytes_waiting();
+        IdleWatch { bytes, idle }
+    }
+}
+
+/// Returns once a client has spent `timeout` sending a request head (slowloris): bytes
+/// arrived that no request accounts for while none is in flight, or — on a new connection —
+/// no request has come since the accept (a connection that sends nothing is the cheapest
+/// way to hold one open). Checked on a coarse tick (a quarter of the timeout), so a
+/// connection costs one timer, not one per request (hyper's own header-read timeout arms
+/// and cancels a timer for every request). Idle keep-alive connections, which send nothing
+/// after an answer, are not timed; nor is an HTTP/2 connection once its preface arrived.
 async fn guard_headers(conn: &Conn, timeout: Duration) {
     let mut tick = tokio::time::interval((timeout / 4).max(Duration::from_millis(5)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut arriving_since: Option<tokio::time::Instant> = None;
     loop {
         let now = tick.tick().await;
-        if conn.http2.load(Ordering::Relaxed) {
+        if conn.version.load(Ordering::Relaxed) == VERSION_HTTP2 {
             return std::future::pending().await;
         }
+        let accounted = conn.bytes_accounted.load(Ordering::Relaxed);
         let head_arriving = conn.in_flight.load(Ordering::Acquire) == 0
-            && conn.bytes_read.load(Ordering::Relaxed)
-                > conn.bytes_accounted.load(Ordering::Relaxed);
+            && (conn.bytes_read.load(Ordering::Relaxed) > accounted || accounted == 0);
         if !head_arriving {
             arriving_since = None;
             continue;
@@ -191,10 +287,33 @@ async fn guard_headers(conn: &Conn, timeout: Duration) {
 }
 
 /// The client's socket as hyper reads and writes it, counting the bytes read (for
-/// [`guard_headers`]). Delegates everything to the `TcpStream`.
+/// [`guard_headers`]) and telling HTTP/2 from HTTP/1 by the first bytes. Delegates
+/// everything to the `TcpStream`.
 struct CountingStream {
     inner: TcpStream,
     conn: Arc<Conn>,
+    /// How many bytes of [`HTTP2_PREFACE`] arrived so far, until the version is decided.
+    preface_matched: usize,
+}
+
+impl CountingStream {
+    /// Compares newly read bytes with the HTTP/2 preface; decides the version at the first
+    /// difference (HTTP/1) or once all of it arrived (HTTP/2), as hyper-util does.
+    fn detect_version(&mut self, read: &[u8]) {
+        let want = &HTTP2_PREFACE[self.preface_matched..];
+        let n = want.len().min(read.len());
+        let version = if want[..n] != read[..n] {
+            VERSION_HTTP1
+        } else if n == want.len() {
+            VERSION_HTTP2
+        } else {
+            self.preface_matched += n;
+            return;
+        };
+        self.preface_matched = HTTP2_PREFACE.len() + 1; // decided
+        self.conn.version.store(version, Ordering::Release);
+        self.conn.events.notify_one();
+    }
 }
 
 impl tokio::io::AsyncRead for CountingStream {
@@ -210,6 +329,10 @@ impl tokio::io::AsyncRead for CountingStream {
             // Only this reader writes the count: a load and a store, no read-modify-write.
             let read = &self.conn.bytes_read;
             read.store(read.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+            if self.preface_matched <= HTTP2_PREFACE.len() {
+                let this = &mut *self;
+                this.detect_version(&buf.filled()[before..]);
+            }
         }
         polled
     }
@@ -291,6 +414,54 @@ struct ConnService<S> {
     conn: Arc<Conn>,
 }
 
+/// Why hyper gets no response for a request: it then sends nothing for it (HTTP/1: closes
+/// the connection; HTTP/2: resets the stream with the reason found in the error's chain).
+#[derive(Debug)]
+pub(crate) enum NoAnswer {
+    /// The client left (HTTP/1: it closed or half-closed its side; HTTP/2: it reset the
+    /// stream). 499 is a status for logs: it is never put on the wire.
+    ClientGone(h2::Error),
+    /// An HTTP/2 stream refused past the handler bound (`REFUSED_STREAM`).
+    Refused(h2::Error),
+}
+
+impl NoAnswer {
+    fn client_gone() -> Self {
+        NoAnswer::ClientGone(h2::Error::from(h2::Reason::CANCEL))
+    }
+}
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoAnswer::ClientGone(_) => f.write_str("the client left; no answer is sent"),
+            NoAnswer::Refused(_) => f.write_str(
+                "stream refused: the connection already runs as many handlers as its stream limit",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NoAnswer {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            NoAnswer::ClientGone(reason) | NoAnswer::Refused(reason) => Some(reason),
+        }
+    }
+}
+
+/// A response or, where none must be sent, why.
+type Answer = Result<Response, NoAnswer>;
+
+/// A 499 is for logs: a response carrying it becomes no answer at all.
+fn onto_the_wire(response: Response) -> Answer {
+    if response.status().as_u16() == CLIENT_CLOSED_REQUEST {
+        Err(NoAnswer::client_gone())
+    } else {
+        Ok(response)
+    }
+}
+
 impl<S> hyper::service::Service<Request<Incoming>> for ConnService<S>
 where
     S: Service<Request<Body>, Response = Response, Error = Infallible>
@@ -301,18 +472,28 @@ where
     S::Future: Send + 'static,
 {
     type Response = Response;
-    type Error = Infallible;
+    type Error = NoAnswer;
     type Future = RequestFuture<S>;
 
     fn call(&self, request: Request<Incoming>) -> RequestFuture<S> {
         let shared = &self.shared;
+        let version = request.version();
+        if version == Version::HTTP_2
+            && self.conn.in_flight.load(Ordering::Acquire) >= HTTP2_MAX_HANDLERS
+        {
+            // Handlers of reset streams still run here: refuse (nothing runs). A client
+            // that keeps pushing gets GOAWAY.
+            inc(&shared.stats.streams_refused);
+            let refused = self.conn.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if refused >= HTTP2_MAX_HANDLERS {
+                self.conn.goaway_wanted.store(true, Ordering::Release);
+                self.conn.events.notify_one();
+            }
+            return RequestFuture::Refused;
+        }
         let ctx = RequestInner::new(shared.config.disconnect_policy, shared.clone());
         if let Some(timeout) = shared.config.request_timeout {
             ctx.cancel_after(timeout);
-        }
-        let version = request.version();
-        if version == Version::HTTP_2 {
-            self.conn.http2.store(true, Ordering::Relaxed);
         }
         // The head arrived: the bytes read so far are this request's, not a slow head's.
         self.conn.account_bytes();
@@ -371,6 +552,8 @@ pub(crate) enum RequestFuture<S: Service<Request<Body>>> {
     /// HTTP/1: the handler runs inside this future (structurally pinned: no allocation per
     /// request); we watch the socket while it is pending.
     Inline(Inline<S>),
+    /// HTTP/2, past the handler bound: refused at once.
+    Refused,
     /// HTTP/2: the handler runs as a task of its connection.
     Spawned {
         rx: oneshot::Receiver<Response>,
@@ -405,7 +588,7 @@ impl<S> Future for RequestFuture<S>
 where
     S: Service<Request<Body>, Response = Response, Error = Infallible>,
 {
-    type Output = Result<Response, Infallible>;
+    type Output = Answer;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // SAFETY: `Inline` is structurally pinned: we never move it out of the enum or
@@ -414,14 +597,15 @@ where
         match unsafe { self.get_unchecked_mut() } {
             RequestFuture::Inline(inline) => {
                 // SAFETY: see above.
-                unsafe { Pin::new_unchecked(inline) }
-                    .poll_inline(cx)
-                    .map(Ok)
+                unsafe { Pin::new_unchecked(inline) }.poll_inline(cx)
             }
+            RequestFuture::Refused => Poll::Ready(Err(NoAnswer::Refused(h2::Error::from(
+                h2::Reason::REFUSED_STREAM,
+            )))),
             RequestFuture::Spawned { rx, done, .. } => match Pin::new(rx).poll(cx) {
                 Poll::Ready(Ok(response)) => {
                     *done = true;
-                    Poll::Ready(Ok(response))
+                    Poll::Ready(onto_the_wire(response))
                 }
                 // The task was aborted (server abort): nothing to send.
                 Poll::Ready(Err(_)) => {
@@ -447,7 +631,11 @@ impl<S: Service<Request<Body>>> Drop for RequestFuture<S> {
                 DisconnectPolicy::Cooperative => {
                     ctx.source().cancel_with(Reason::disconnected());
                 }
-                DisconnectPolicy::Drop => abort.abort(),
+                DisconnectPolicy::Drop => {
+                    // Counted as dropped on disconnect (as over HTTP/1), not lost.
+                    ctx.mark_dropped_on_disconnect();
+                    abort.abort();
+                }
                 DisconnectPolicy::Detached => {}
             }
         }
@@ -467,7 +655,7 @@ impl<S> Inline<S>
 where
     S: Service<Request<Body>, Response = Response, Error = Infallible>,
 {
-    fn poll_inline(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response> {
+    fn poll_inline(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
         // SAFETY: `future` is structurally pinned (never moved out; `Inline` is only used
         // pinned, inside `RequestFuture`); the other fields are not pinned.
         let this = unsafe { self.get_unchecked_mut() };
@@ -479,10 +667,11 @@ where
                 poll_catching_panics(future, cx)
             };
             if let Poll::Ready(response) = polled {
-                return Poll::Ready(match this.tracker.take() {
-                    Some(tracker) => tracker.finish(response, &this.ctx),
+                let response = match this.tracker.take() {
+                    Some(tracker) => tracker.finish_http1(response, &this.ctx),
                     None => response,
-                });
+                };
+                return Poll::Ready(onto_the_wire(response));
             }
             match &mut this.watch {
                 Watch::Off => return Poll::Pending,
@@ -520,8 +709,9 @@ where
                                 if let Some(tracker) = this.tracker.take() {
                                     tracker.dropped(&this.ctx);
                                 }
-                                // Answer at once; hyper then drops us, and the handler with us.
-                                return Poll::Ready(client_closed_response());
+                                // No answer (hyper closes the connection, and drops us and
+                                // the handler with us).
+                                return Poll::Ready(Err(NoAnswer::client_gone()));
                             }
                             DisconnectPolicy::Detached => {}
                         }
@@ -537,10 +727,6 @@ fn watching(conn: &Conn) -> Watch {
         Some(watch) => Watch::Watching(Box::pin(watch)),
         None => Watch::Off,
     }
-}
-
-fn client_closed_response() -> Response {
-    crate::response::status_for(gracefully::ReasonKind::Disconnected).into_response()
 }
 
 fn poll_catching_panics<F: Future<Output = Result<Response, Infallible>>>(
@@ -594,9 +780,14 @@ impl<F: Future<Output = Response>> Future for InRequest<F> {
 
 impl<F> Drop for InRequest<F> {
     fn drop(&mut self) {
-        // Aborted before its answer (the `Drop` policy, or the server's abort).
+        // Aborted before its answer: the `Drop` policy (the stream was reset), or the
+        // server's abort.
         if let Some(tracker) = self.tracker.take() {
-            tracker.lost(&self.ctx);
+            if self.ctx.dropped_on_disconnect() {
+                tracker.dropped(&self.ctx);
+            } else {
+                tracker.lost(&self.ctx);
+            }
         }
     }
 }
@@ -690,6 +881,26 @@ impl Tracker {
         response
     }
 
+    /// [`finish`](Self::finish) for an HTTP/1 request: during the drain the answer carries
+    /// `Connection: close`, so hyper closes the connection once it is written (HTTP/2 has
+    /// GOAWAY instead). Not for a `101 Switching Protocols`, whose `Connection` says
+    /// `upgrade`.
+    fn finish_http1(self, response: Response, ctx: &RequestInner) -> Response {
+        if !self.shared.stopping.is_cancelled() {
+            return self.finish(response, ctx);
+        }
+        let shared = self.shared.clone();
+        let mut response = self.finish(response, ctx);
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            inc(&shared.stats.answered_with_close);
+        }
+        response
+    }
+
     fn dropped(self, ctx: &RequestInner) {
         self.note_hard_stop(ctx);
         inc(&self.shared.stats.dropped_on_disconnect);
@@ -745,6 +956,7 @@ pub(crate) fn builder(max_header_bytes: usize) -> auto::Builder<hyper_util::rt::
         .max_buf_size(max_header_bytes.max(8192));
     builder
         .http2()
+        .max_concurrent_streams(HTTP2_MAX_STREAMS)
         .timer(hyper_util::rt::TokioTimer::new())
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
     builder

@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 use std::time::Instant;
@@ -74,6 +74,9 @@ pub(crate) struct RequestInner {
     /// layer that set it was made. Applied (minus the time since) when `source` is made.
     pending_timeout: Mutex<Option<PendingTimeout>>,
     policy: AtomicU8,
+    /// Set when an HTTP/2 handler is aborted because its stream was reset on a `Drop` route
+    /// (counted as dropped on disconnect, not as lost).
+    dropped_on_disconnect: AtomicBool,
     /// The server, for long-lived responses that must end at drain.
     pub(crate) server: Arc<crate::server::Shared>,
 }
@@ -90,6 +93,7 @@ impl RequestInner {
             source: OnceLock::new(),
             pending_timeout: Mutex::new(None),
             policy: AtomicU8::new(policy.to_u8()),
+            dropped_on_disconnect: AtomicBool::new(false),
             server,
         }
     }
@@ -122,6 +126,14 @@ impl RequestInner {
 
     pub(crate) fn set_policy(&self, policy: DisconnectPolicy) {
         self.policy.store(policy.to_u8(), Ordering::Relaxed);
+    }
+
+    pub(crate) fn mark_dropped_on_disconnect(&self) {
+        self.dropped_on_disconnect.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn dropped_on_disconnect(&self) -> bool {
+        self.dropped_on_disconnect.load(Ordering::Acquire)
     }
 
     pub(crate) fn token(&self) -> CancellationToken {

@@ -23,9 +23,11 @@ use crate::stats::{DrainReport, ServerReport, Stats};
 
 /// The signals the server obeys, from the host (see `gracefully-host`) or made by hand.
 ///
-/// * `stopping` — drain begins: stop accepting, close idle keep-alive connections, answer
-///   the next request on busy ones with `Connection: close` (HTTP/2: GOAWAY), end SSE
-///   streams and close WebSockets with 1001, let requests in flight finish.
+/// * `stopping` — drain begins: stop accepting (connections already waiting in the
+///   kernel's backlog are still accepted), answer the next request on every keep-alive
+///   connection with `Connection: close` (HTTP/2: GOAWAY), close connections that stay
+///   idle for the idle grace, end SSE streams and close WebSockets with 1001, let requests
+///   in flight finish.
 /// * `hard_stop` — cancel begins: every request token (a child of it) fires with
 ///   [`Shutdown`](gracefully::ReasonKind::Shutdown).
 ///
@@ -43,6 +45,7 @@ pub struct Shutdown {
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) header_read_timeout: Duration,
+    pub(crate) idle_grace: Duration,
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) disconnect_policy: DisconnectPolicy,
     pub(crate) max_header_bytes: usize,
@@ -53,6 +56,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             header_read_timeout: Duration::from_secs(10),
+            idle_grace: Duration::from_secs(1),
             request_timeout: None,
             disconnect_policy: DisconnectPolicy::Cooperative,
             max_header_bytes: 64 * 1024,
@@ -139,11 +143,30 @@ where
         }
     }
 
-    /// How long a client may take to send a request's headers (default 10 s). Slow
-    /// clients (slowloris) are disconnected after it, without holding up others or the
-    /// shutdown.
+    /// How long a client may take to send a request's headers (default 10 s), counted from
+    /// the first byte of the head — or, on a new connection, from the accept, so a
+    /// connection that sends nothing is closed too. Slow clients (slowloris) are
+    /// disconnected after it, without holding up others or the shutdown. An HTTP/2
+    /// connection is timed until its preface has arrived; idle after that, it stays open
+    /// (pooled gRPC and HTTP/2 clients keep connections idle by design).
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.config.header_read_timeout = timeout;
+        self
+    }
+
+    /// How long a keep-alive connection that is idle during the drain stays open
+    /// (default 1 s; the hard stop ends it sooner).
+    ///
+    /// A connection idle on the server's side when the drain begins may have a request on
+    /// its way at that instant; closing it at once (as `axum::serve`, hyper and Go's
+    /// `Server.Shutdown` do) loses that request. So the connection keeps reading: a request
+    /// that arrives is answered with `Connection: close`, and a connection that stays idle
+    /// for this grace — no byte arrived and none is waiting in the socket — is closed. Make
+    /// it longer than a request's trip from your clients (or load balancer) to the server.
+    /// HTTP/2 needs no grace: it gets GOAWAY, which tells the client which streams will
+    /// be served.
+    pub fn idle_grace(mut self, grace: Duration) -> Self {
+        self.config.idle_grace = grace;
         self
     }
 
@@ -207,9 +230,11 @@ where
     }
 
     /// Serves until `shutdown.stopping` fires, then drains: stops accepting (new
-    /// connections are refused), closes idle connections, lets requests in flight finish
-    /// (their tokens fire when `shutdown.hard_stop` does), and returns once every
-    /// connection has closed.
+    /// connections are refused; those already waiting in the backlog are served), answers
+    /// each connection's next request with `Connection: close` (HTTP/2: GOAWAY), closes
+    /// connections that stay idle for the [idle grace](Self::idle_grace), lets requests in
+    /// flight finish (their tokens fire when `shutdown.hard_stop` does), and returns once
+    /// every connection has closed.
     ///
     /// # Cancel safety
     ///
@@ -302,11 +327,17 @@ impl Drop for RecordOnExit {
         cx.detail("requests", report.requests);
         if self.drain_started.is_some() {
             cx.detail("connections open at drain", load(&stats.open_at_drain));
-            cx.detail("idle connections closed", load(&stats.idle_at_drain));
+            cx.detail("accepted from the backlog", load(&stats.backlog_accepted));
             cx.detail(
                 "requests in flight at drain",
                 load(&stats.in_flight_at_drain),
             );
+            cx.detail(
+                "answered with Connection: close",
+                load(&stats.answered_with_close),
+            );
+            cx.detail("HTTP/2 GOAWAY sent", load(&stats.goaway_sent));
+            cx.detail("idle connections closed", load(&stats.idle_closed));
         }
         cx.detail("requests completed", report.completed);
         let optional = |key: &'static str, n: u64| {
@@ -328,6 +359,7 @@ impl Drop for RecordOnExit {
         optional("clients left (499)", report.client_left);
         optional("dropped on disconnect", report.dropped_on_disconnect);
         optional("panicked (500)", report.panicked);
+        optional("HTTP/2 streams refused", report.streams_refused);
         let still_open = self.shared.stats.busy() as u64;
         optional("lost (aborted)", report.lost + still_open);
         if let Some(started) = self.drain_started {
@@ -395,9 +427,14 @@ where
         }
     }
 
-    // Drain. Dropping the listener refuses new connections at once; each connection
-    // sees `stopping` itself (and counts itself in the drain report).
-    drop(listener);
+    // Drain. Connections the kernel completed before now are served; closing the listener
+    // refuses new ones. Each connection sees `stopping` itself (and counts itself in the
+    // drain report).
+    for stream in accept_backlog(listener) {
+        crate::stats::inc(&shared.stats.connections_accepted);
+        crate::stats::inc(&shared.stats.backlog_accepted);
+        connections.spawn(crate::conn::serve(stream, shared.clone(), app.clone()));
+    }
     let started = Instant::now();
     record.drain_started = Some(started);
     tracing::info!(
@@ -433,7 +470,10 @@ where
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let drain = DrainReport {
         connections_open: load(&stats.open_at_drain),
-        idle_closed: load(&stats.idle_at_drain),
+        idle_closed: load(&stats.idle_closed),
+        answered_with_close: load(&stats.answered_with_close),
+        backlog_accepted: load(&stats.backlog_accepted),
+        goaway_sent: load(&stats.goaway_sent),
         requests_in_flight: load(&stats.in_flight_at_drain),
         websockets_closed: load(&stats.websockets_closed_going_away),
         sse_ended: load(&stats.sse_streams_ended),
@@ -460,8 +500,43 @@ fn report_of(stats: &Stats) -> ServerReport {
         dropped_on_disconnect: load(&stats.dropped_on_disconnect),
         lost: load(&stats.lost),
         panicked: load(&stats.panicked),
+        streams_refused: load(&stats.streams_refused),
         drain: None,
     }
+}
+
+/// Accepts every connection waiting in the kernel's backlog, then closes the listener.
+///
+/// A client whose handshake the kernel completed has connected as far as it can tell, and
+/// may have written its request already: dropping the listener would reset it. Accepting
+/// goes on (without waiting) until the backlog is empty; the listener is closed right after,
+/// so a connection can slip in only between those two system calls.
+fn accept_backlog(listener: TcpListener) -> Vec<tokio::net::TcpStream> {
+    let mut accepted = Vec::new();
+    // Out of the runtime's hands: a plain non-blocking accept sees the backlog as it is now,
+    // whether or not the runtime has been told it is readable.
+    let Ok(listener) = listener.into_std() else {
+        return accepted;
+    };
+    loop {
+        match listener.accept() {
+            Ok((stream, _peer)) => {
+                let ready = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpStream::from_std(stream));
+                if let Ok(stream) = ready {
+                    let _ = stream.set_nodelay(true);
+                    accepted.push(stream);
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) if error.kind() == io::ErrorKind::ConnectionAborted => {}
+            // `WouldBlock`: the backlog is empty. Anything else (out of descriptors): stop.
+            Err(_) => break,
+        }
+    }
+    drop(listener);
+    accepted
 }
 
 /// Accept errors are usually transient (the process ran out of file descriptors, a
