@@ -45,7 +45,8 @@
 //! ## Shutdown
 //!
 //! The server is a participant in the shutdown contract of `gracefully-host`
-//! (DESIGN.md §4), given as a [`Shutdown`] pair of tokens:
+//! (the repository's `docs/architecture.md`, "The shutdown contract"), given as a
+//! [`Shutdown`] pair of tokens:
 //!
 //! ```text
 //!  stopping fires ─► stop accepting: connections already in the kernel's backlog are
@@ -89,20 +90,41 @@
 //! (#2673), does not track WebSockets (#3003) and never tells handlers.
 
 #![warn(missing_docs)]
+// Unsafe policy: denied in the whole crate except `socket`, which must borrow the socket
+// hyper owns by its descriptor number to peek at it (the reason is written there). `deny`
+// rather than `forbid`, because `forbid` would not let that one module opt out.
+#![deny(unsafe_code)]
 
-mod conn;
+// From the top down: the server accepts; each connection runs hyper over a counting
+// stream; `dispatch` gives each request its context and account and runs its handler in an
+// `InRequest`. Nothing below imports from above.
+mod accounting;
+mod app;
+mod config;
+mod conn_state;
+mod connection;
+mod counting_io;
+mod dispatch;
+mod header_guard;
 mod health;
 mod layers;
+mod policy;
 mod request;
+mod request_future;
 mod response;
 mod server;
+#[allow(unsafe_code)]
+mod socket;
+mod state;
 mod stats;
 mod streams;
-mod watch;
 
+pub use app::HttpApp;
+pub use config::ConfigError;
 pub use health::health_routes;
 pub use layers::{DisconnectPolicyLayer, Timeout, TimeoutLayer, WithDisconnectPolicy};
-pub use request::{DisconnectPolicy, RequestToken, request_token};
+pub use policy::DisconnectPolicy;
+pub use request::{RequestToken, request_token};
 pub use response::{CLIENT_CLOSED_REQUEST, HttpCancelled, cancelled_response};
 pub use server::{HttpServer, Shutdown};
 pub use stats::{DrainReport, ServerReport};

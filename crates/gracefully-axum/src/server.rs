@@ -1,6 +1,5 @@
 //! The HTTP server: accepting, serving, and the server's part of the shutdown contract.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,17 +7,14 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
-use axum::response::Response;
 use gracefully::CancellationToken;
-use http::Request;
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tower::Service;
 
-use crate::request::DisconnectPolicy;
+use crate::app::HttpApp;
+use crate::config::{Config, ConfigError, check_duration, check_header_bytes};
+use crate::policy::DisconnectPolicy;
+use crate::state::ServerState;
 use crate::stats::{DrainReport, ServerReport, Stats};
 
 /// The signals the server obeys, from the host (see `gracefully-host`) or made by hand.
@@ -39,45 +35,6 @@ pub struct Shutdown {
     pub stopping: CancellationToken,
     /// Fires when in-flight work must be cancelled.
     pub hard_stop: CancellationToken,
-}
-
-/// Configuration, validated when the server is built.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) header_read_timeout: Duration,
-    pub(crate) idle_grace: Duration,
-    pub(crate) request_timeout: Option<Duration>,
-    pub(crate) disconnect_policy: DisconnectPolicy,
-    pub(crate) max_header_bytes: usize,
-    pub(crate) token_in_extensions: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            header_read_timeout: Duration::from_secs(10),
-            idle_grace: Duration::from_secs(1),
-            request_timeout: None,
-            disconnect_policy: DisconnectPolicy::Cooperative,
-            max_header_bytes: 64 * 1024,
-            token_in_extensions: false,
-        }
-    }
-}
-
-/// What every connection and request of one server shares.
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) builder: auto::Builder<TokioExecutor>,
-    pub(crate) stopping: CancellationToken,
-    pub(crate) hard_stop: CancellationToken,
-    pub(crate) stats: Stats,
-    /// Fires when `run`'s future is dropped (the abort phase): ends long-lived streams that
-    /// run in tasks of their own (WebSockets).
-    pub(crate) aborted: CancellationToken,
-    /// Fires when readiness ends: the host's `stop_requested` (before the pre-stop delay),
-    /// or `stopping` for a server run by hand.
-    pub(crate) not_ready: CancellationToken,
 }
 
 /// An HTTP/1.1 + HTTP/2 server for an axum `Router` (or any tower service), with request
@@ -112,24 +69,32 @@ pub struct HttpServer<S = Router> {
     listener: Option<TcpListener>,
     app: S,
     config: Config,
+    /// The first setting a setter found out of range (reported when the server starts).
+    invalid: Option<ConfigError>,
 }
 
-impl<S> HttpServer<S>
-where
-    S: Service<Request<Body>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: HttpApp> HttpServer<S> {
     /// A server for `app` on `listener`.
     pub fn new(listener: TcpListener, app: S) -> Self {
         HttpServer {
             listener: Some(listener),
             app,
             config: Config::default(),
+            invalid: None,
         }
+    }
+
+    /// The first setting given out of its valid range, if any (see [`ConfigError`]).
+    pub fn config_error(&self) -> Option<&ConfigError> {
+        self.invalid.as_ref()
+    }
+
+    /// Keeps the first problem a setter found.
+    fn checked(mut self, check: Result<(), ConfigError>) -> Self {
+        if let Err(error) = check {
+            self.invalid.get_or_insert(error);
+        }
+        self
     }
 
     /// The address the server listens on.
@@ -149,9 +114,16 @@ where
     /// disconnected after it, without holding up others or the shutdown. An HTTP/2
     /// connection is timed until its preface has arrived; idle after that, it stays open
     /// (pooled gRPC and HTTP/2 clients keep connections idle by design).
+    ///
+    /// Valid: more than 0, at most a day (see [`ConfigError`]).
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.config.header_read_timeout = timeout;
-        self
+        self.checked(check_duration(
+            "header_read_timeout",
+            timeout,
+            false,
+            "10 s",
+        ))
     }
 
     /// How long a keep-alive connection that is idle during the drain stays open
@@ -165,16 +137,18 @@ where
     /// it longer than a request's trip from your clients (or load balancer) to the server.
     /// HTTP/2 needs no grace: it gets GOAWAY, which tells the client which streams will
     /// be served.
+    ///
+    /// Valid: 0 (close idle connections at once, as `axum::serve` does) to a day.
     pub fn idle_grace(mut self, grace: Duration) -> Self {
         self.config.idle_grace = grace;
-        self
+        self.checked(check_duration("idle_grace", grace, true, "1 s"))
     }
 
     /// A cooperative timeout for every request (default: none); routes can shorten it with
-    /// [`TimeoutLayer`](crate::TimeoutLayer).
+    /// [`TimeoutLayer`](crate::TimeoutLayer). Valid: more than 0, at most a day.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.config.request_timeout = Some(timeout);
-        self
+        self.checked(check_duration("request_timeout", timeout, false, "none"))
     }
 
     /// The disconnect policy of routes that do not set one (default
@@ -223,10 +197,10 @@ where
     }
 
     /// The largest request head accepted (default 64 KiB); larger ones are answered
-    /// `431`/closed by hyper.
+    /// `431`/closed by hyper. Valid: 1 KiB to 4 GiB − 1 (HTTP/2's limit).
     pub fn max_header_bytes(mut self, bytes: usize) -> Self {
         self.config.max_header_bytes = bytes;
-        self
+        self.checked(check_header_bytes(bytes))
     }
 
     /// Serves until `shutdown.stopping` fires, then drains: stops accepting (new
@@ -236,11 +210,18 @@ where
     /// flight finish (their tokens fire when `shutdown.hard_stop` does), and returns once
     /// every connection has closed.
     ///
+    /// A setting out of range ([`config_error`](Self::config_error)) is logged as an error
+    /// and nothing is served: the listener is closed and an empty report returned.
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future aborts every connection and handler at once: that is the
     /// abort phase of a shutdown.
     pub async fn run(mut self, shutdown: Shutdown) -> ServerReport {
+        if let Some(error) = &self.invalid {
+            tracing::error!(%error, "HTTP server not started");
+            return ServerReport::default();
+        }
         match self.listener.take() {
             Some(listener) => serve(listener, self.app, self.config, shutdown, None).await,
             None => ServerReport::default(),
@@ -271,39 +252,35 @@ where
 /// ```
 ///
 /// A server serves once: if the service is restarted (a [`RestartPolicy`]), the second
-/// run fails with an error saying so.
+/// run fails with an error saying so. A setting out of range fails the service with its
+/// [`ConfigError`] before anything is served.
 ///
 /// [`RestartPolicy`]: gracefully_host::RestartPolicy
-impl<S> gracefully_host::BackgroundService for HttpServer<S>
-where
-    S: Service<Request<Body>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: HttpApp> gracefully_host::BackgroundService for HttpServer<S> {
     async fn execute(
         &mut self,
         stopping: CancellationToken,
-        cx: &gracefully_host::ServiceContext,
+        service: &gracefully_host::ServiceContext,
     ) -> Result<(), gracefully_host::BoxError> {
+        if let Some(error) = &self.invalid {
+            return Err(error.clone().into());
+        }
         let listener = self.listener.take().ok_or(
             "the HTTP server's listener was used by an earlier run; an HttpServer serves once",
         )?;
         if let Ok(addr) = listener.local_addr() {
-            cx.detail("listening on", addr);
+            service.detail("listening on", addr);
         }
         let shutdown = Shutdown {
             stopping,
-            hard_stop: cx.hard_stop(),
+            hard_stop: service.hard_stop(),
         };
         serve(
             listener,
             self.app.clone(),
             self.config.clone(),
             shutdown,
-            Some(cx.clone()),
+            Some(service.clone()),
         )
         .await;
         Ok(())
@@ -313,36 +290,36 @@ where
 /// Writes the server's counts into its host report row when `serve` ends — normally or by
 /// being dropped in the abort phase.
 struct RecordOnExit {
-    shared: Arc<Shared>,
-    cx: Option<gracefully_host::ServiceContext>,
+    state: Arc<ServerState>,
+    service: Option<gracefully_host::ServiceContext>,
     drain_started: Option<Instant>,
 }
 
 impl Drop for RecordOnExit {
     fn drop(&mut self) {
-        let Some(cx) = &self.cx else { return };
-        let report = report_of(&self.shared.stats);
-        let stats = &self.shared.stats;
+        let Some(service) = &self.service else { return };
+        let report = report_of(&self.state.stats);
+        let stats = &self.state.stats;
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        cx.detail("requests", report.requests);
+        service.detail("requests", report.requests);
         if self.drain_started.is_some() {
-            cx.detail("connections open at drain", load(&stats.open_at_drain));
-            cx.detail("accepted from the backlog", load(&stats.backlog_accepted));
-            cx.detail(
+            service.detail("connections open at drain", load(&stats.open_at_drain));
+            service.detail("accepted from the backlog", load(&stats.backlog_accepted));
+            service.detail(
                 "requests in flight at drain",
                 load(&stats.in_flight_at_drain),
             );
-            cx.detail(
+            service.detail(
                 "answered with Connection: close",
                 load(&stats.answered_with_close),
             );
-            cx.detail("HTTP/2 GOAWAY sent", load(&stats.goaway_sent));
-            cx.detail("idle connections closed", load(&stats.idle_closed));
+            service.detail("HTTP/2 GOAWAY sent", load(&stats.goaway_sent));
+            service.detail("idle connections closed", load(&stats.idle_closed));
         }
-        cx.detail("requests completed", report.completed);
+        service.detail("requests completed", report.completed);
         let optional = |key: &'static str, n: u64| {
             if n > 0 {
-                cx.detail(key, n);
+                service.detail(key, n);
             }
         };
         optional("SSE streams ended", load(&stats.sse_streams_ended));
@@ -360,10 +337,10 @@ impl Drop for RecordOnExit {
         optional("dropped on disconnect", report.dropped_on_disconnect);
         optional("panicked (500)", report.panicked);
         optional("HTTP/2 streams refused", report.streams_refused);
-        let still_open = self.shared.stats.busy() as u64;
+        let still_open = self.state.stats.busy() as u64;
         optional("lost (aborted)", report.lost + still_open);
         if let Some(started) = self.drain_started {
-            cx.detail(
+            service.detail(
                 "drain took",
                 format!("{} ms", started.elapsed().as_millis()),
             );
@@ -371,41 +348,33 @@ impl Drop for RecordOnExit {
     }
 }
 
-async fn serve<S>(
+async fn serve<S: HttpApp>(
     listener: TcpListener,
     app: S,
     config: Config,
     shutdown: Shutdown,
-    cx: Option<gracefully_host::ServiceContext>,
-) -> ServerReport
-where
-    S: Service<Request<Body>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+    service: Option<gracefully_host::ServiceContext>,
+) -> ServerReport {
     let abort = gracefully::CancellationSource::new();
     let aborted = abort.token();
     // Cancels `aborted` if this future is dropped before it finishes.
     let _abort_on_drop = abort.drop_guard();
-    let builder = crate::conn::builder(config.max_header_bytes);
-    let shared = Arc::new(Shared {
+    let builder = crate::dispatch::builder(config.max_header_bytes);
+    let state = Arc::new(ServerState {
         config,
         builder,
         stopping: shutdown.stopping.clone(),
         hard_stop: shutdown.hard_stop.clone(),
         stats: Stats::default(),
         aborted,
-        not_ready: cx
+        not_ready: service
             .as_ref()
-            .map(|cx| cx.lifetime().stop_requested())
+            .map(|service| service.lifetime().stop_requested())
             .unwrap_or_else(|| shutdown.stopping.clone()),
     });
     let mut record = RecordOnExit {
-        shared: shared.clone(),
-        cx,
+        state: state.clone(),
+        service,
         drain_started: None,
     };
     let mut connections = JoinSet::new();
@@ -418,8 +387,8 @@ where
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
-                    crate::stats::inc(&shared.stats.connections_accepted);
-                    connections.spawn(crate::conn::serve(stream, shared.clone(), app.clone()));
+                    crate::stats::inc(&state.stats.connections_accepted);
+                    connections.spawn(crate::connection::serve(stream, state.clone(), app.clone()));
                 }
                 Err(error) => accept_error(error).await,
             },
@@ -431,27 +400,27 @@ where
     // refuses new ones. Each connection sees `stopping` itself (and counts itself in the
     // drain report).
     for stream in accept_backlog(listener) {
-        crate::stats::inc(&shared.stats.connections_accepted);
-        crate::stats::inc(&shared.stats.backlog_accepted);
-        connections.spawn(crate::conn::serve(stream, shared.clone(), app.clone()));
+        crate::stats::inc(&state.stats.connections_accepted);
+        crate::stats::inc(&state.stats.backlog_accepted);
+        connections.spawn(crate::connection::serve(stream, state.clone(), app.clone()));
     }
     let started = Instant::now();
     record.drain_started = Some(started);
     tracing::info!(
-        connections = shared.stats.connections_open.load(Ordering::Relaxed),
+        connections = state.stats.connections_open.load(Ordering::Relaxed),
         "HTTP server draining: stopped accepting"
     );
     let hard_stop = shutdown.hard_stop.clone();
     let mut hard_stop_seen = false;
     // See `Stats::wake_drain`.
-    shared.stats.draining.store(true, Ordering::SeqCst);
+    state.stats.draining.store(true, Ordering::SeqCst);
     loop {
-        let quiet = shared.stats.quiet.notified();
+        let quiet = state.stats.quiet.notified();
         let mut quiet = std::pin::pin!(quiet);
         quiet.as_mut().enable();
         // Reap finished connections.
         while connections.try_join_next().is_some() {}
-        if connections.is_empty() && shared.stats.busy() == 0 {
+        if connections.is_empty() && state.stats.busy() == 0 {
             break;
         }
         tokio::select! {
@@ -460,13 +429,13 @@ where
             _ = hard_stop.cancelled(), if !hard_stop_seen => {
                 hard_stop_seen = true;
                 tracing::info!(
-                    requests = shared.stats.busy(),
+                    requests = state.stats.busy(),
                     "HTTP server: hard stop, request tokens cancelled"
                 );
             }
         }
     }
-    let stats = &shared.stats;
+    let stats = &state.stats;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let drain = DrainReport {
         connections_open: load(&stats.open_at_drain),
@@ -481,7 +450,7 @@ where
         cancelled_at_hard_stop: load(&stats.cancelled_at_hard_stop),
         took: started.elapsed(),
     };
-    let mut report = report_of(&shared.stats);
+    let mut report = report_of(&state.stats);
     report.drain = Some(drain);
     tracing::info!(%report, "HTTP server stopped");
     report

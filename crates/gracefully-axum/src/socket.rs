@@ -1,6 +1,13 @@
 //! Watching a connection's socket for a departed client while a handler runs, without
 //! touching hyper's reads.
 //!
+//! **The crate's one module with `unsafe`** (the crate denies it everywhere else). hyper
+//! owns the connection's `TcpStream`; to look at the socket while hyper owns it, this
+//! module borrows the descriptor by number (`BorrowedFd::borrow_raw`), which the compiler
+//! cannot check: the SAFETY comments say why the descriptor is open and is that socket. No
+//! crate does this for us: tokio's `TcpStream` lends its descriptor only to whoever holds
+//! the stream, and hyper holds it.
+//!
 //! hyper owns the `TcpStream` (exactly as under `axum::serve`). When an HTTP/1 handler is
 //! first pending, the connection duplicates the socket's descriptor once (`dup`) and
 //! registers the duplicate with the runtime separately: its readiness is its own, so

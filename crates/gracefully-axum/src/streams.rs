@@ -18,7 +18,7 @@ use gracefully::CancellationToken;
 use http::request::Parts;
 
 use crate::request::with_current;
-use crate::server::Shared;
+use crate::state::ServerState;
 use crate::stats::inc;
 
 /// The server's drain, as an axum extractor: for responses that outlive an ordinary
@@ -44,7 +44,7 @@ use crate::stats::inc;
 /// Outside [`HttpServer`](crate::HttpServer) the drain never begins.
 #[derive(Clone)]
 pub struct Drain {
-    server: Option<Arc<Shared>>,
+    server: Option<Arc<ServerState>>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Drain {
@@ -132,10 +132,10 @@ impl Drain {
 }
 
 /// Counts a long-lived stream while it is open, so the drain waits for it.
-struct LongLived(Option<Arc<Shared>>);
+struct LongLived(Option<Arc<ServerState>>);
 
 impl LongLived {
-    fn new(server: Option<Arc<Shared>>) -> Self {
+    fn new(server: Option<Arc<ServerState>>) -> Self {
         if let Some(server) = &server {
             server.stats.long_lived_open.fetch_add(1, Ordering::AcqRel);
         }
@@ -193,7 +193,7 @@ pub struct GracefulWebSocket {
     stopping: CancellationToken,
     /// The hard stop: cuts a `recv` or `send` that would otherwise hold the drain.
     hard_stop: CancellationToken,
-    server: Option<Arc<Shared>>,
+    server: Option<Arc<ServerState>>,
     closed: bool,
 }
 
