@@ -1,0 +1,258 @@
+//! Per-call overhead of gracefully-reqwest against plain reqwest, in the same run, on a
+//! loopback server; and the time from a cancel until the server sees the connection close.
+//!
+//! ```sh
+//! cargo bench -p gracefully-reqwest --bench outbound
+//! ```
+//!
+//! Prints:
+//!
+//! ```text
+//! outbound overhead: reqwest <µs>, gracefully <µs>, ratio <r>
+//! ```
+//!
+//! where *reqwest* is `client.get(url).send()` + `bytes()` and *gracefully* the same call
+//! with `.with_token(&token)` on a token with a deadline — so it sets the request's timeout,
+//! sends the `x-request-timeout-ms` header, races the send against the token and guards the
+//! body. Two more lines break that down: the same against plain reqwest given the same
+//! timeout and header by hand (what the deadline costs reqwest itself), and a token with no
+//! deadline (only the abort and the body guard). Each figure is the median over rounds of
+//! the mean of `CALLS` sequential calls on one keep-alive connection; the rounds alternate
+//! which side goes first. The ratio is gracefully ÷ reqwest.
+//!
+//! Then `cancel to close`: a server that reads the request and stalls; the client cancels
+//! the token; the time from the `cancel` call until the server's read returns end-of-file
+//! (median, 95th percentile and maximum over `CANCELS` calls, each on a new connection).
+//!
+//! The server runs on its own thread and runtime (a core of its own on a 2-core machine),
+//! the client on the main thread's current-thread runtime.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gracefully::CancellationSource;
+use gracefully_reqwest::{REQUEST_TIMEOUT_HEADER, RequestBuilderExt};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+const ROUNDS: usize = 21;
+const CALLS: usize = 2_000;
+const WARMUP: usize = 2_000;
+const CANCELS: usize = 100;
+
+fn main() {
+    let ok_server = start_server(ok_server);
+    let stall_server = start_server(stall_server);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    runtime.block_on(async {
+        let (addr, _) = ok_server;
+        overhead(addr).await;
+        let (addr, closes) = stall_server;
+        cancel_to_close(addr, closes).await;
+    });
+}
+
+/// Starts `serve` on a thread of its own with a current-thread runtime; returns its address
+/// and the channel of the close instants it reports.
+fn start_server<F, Fut>(serve: F) -> (SocketAddr, mpsc::UnboundedReceiver<Instant>)
+where
+    F: FnOnce(TcpListener, mpsc::UnboundedSender<Instant>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (close_tx, close_rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        runtime.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            serve(listener, close_tx).await;
+        });
+    });
+    (addr_rx.recv().expect("server address"), close_rx)
+}
+
+/// hyper HTTP/1.1 answering every request `200 ok`.
+async fn ok_server(listener: TcpListener, _closes: mpsc::UnboundedSender<Instant>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = service_fn(|_request: Request<hyper::body::Incoming>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Reads each request head, answers nothing, reports when the client closes.
+async fn stall_server(listener: TcpListener, closes: mpsc::UnboundedSender<Instant>) {
+    while let Ok((mut stream, _)) = listener.accept().await {
+        let closes = closes.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            let _ = closes.send(Instant::now());
+        });
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Plain,
+    PlainWithTimeoutAndHeader,
+    Gracefully,
+    GracefullyNoDeadline,
+}
+
+async fn calls(client: &reqwest::Client, url: &str, side: Side, n: usize) -> Duration {
+    let with_deadline = CancellationSource::with_timeout(Duration::from_secs(3600));
+    let without = CancellationSource::new();
+    let started = Instant::now();
+    for _ in 0..n {
+        let body = match side {
+            Side::Plain => client.get(url).send().await.unwrap().bytes().await,
+            Side::PlainWithTimeoutAndHeader => {
+                let left = with_deadline.token().time_left().unwrap();
+                client
+                    .get(url)
+                    .timeout(left)
+                    .header(REQUEST_TIMEOUT_HEADER, (left.as_millis() - 5) as u64)
+                    .send()
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+            }
+            Side::Gracefully => {
+                let token = with_deadline.token();
+                let response = client.get(url).with_token(&token).send().await.unwrap();
+                response.bytes().await
+            }
+            Side::GracefullyNoDeadline => {
+                let token = without.token();
+                let response = client.get(url).with_token(&token).send().await.unwrap();
+                response.bytes().await
+            }
+        };
+        assert_eq!(&body.unwrap()[..], b"ok");
+    }
+    started.elapsed() / n as u32
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+async fn overhead(addr: SocketAddr) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let url = format!("http://{addr}/");
+    let sides = [
+        Side::Plain,
+        Side::Gracefully,
+        Side::PlainWithTimeoutAndHeader,
+        Side::GracefullyNoDeadline,
+    ];
+    for side in sides {
+        calls(&client, &url, side, WARMUP).await;
+    }
+    let mut per_side: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
+    let mut ratios = Vec::new();
+    for round in 0..ROUNDS {
+        let mut order: Vec<usize> = (0..sides.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        let mut this_round = [0.0; 4];
+        for i in order {
+            let t = micros(calls(&client, &url, sides[i], CALLS).await);
+            per_side[i].push(t);
+            this_round[i] = t;
+        }
+        ratios.push(this_round[1] / this_round[0]);
+    }
+    let m: Vec<f64> = per_side.into_iter().map(median).collect();
+    println!(
+        "outbound overhead: reqwest {:.2} µs, gracefully {:.2} µs, ratio {:.3}",
+        m[0],
+        m[1],
+        m[1] / m[0]
+    );
+    println!(
+        "  median of per-round ratios {:.3} ({ROUNDS} rounds of {CALLS} calls, loopback HTTP/1.1 keep-alive)",
+        median(ratios)
+    );
+    println!(
+        "  reqwest given the same timeout + header by hand {:.2} µs (gracefully ÷ that: {:.3})",
+        m[2],
+        m[1] / m[2]
+    );
+    println!(
+        "  gracefully with a token without deadline (abort + body guard only) {:.2} µs (÷ reqwest: {:.3})",
+        m[3],
+        m[3] / m[0]
+    );
+}
+
+async fn cancel_to_close(addr: SocketAddr, mut closes: mpsc::UnboundedReceiver<Instant>) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let url = format!("http://{addr}/stall");
+    let mut latencies = Vec::with_capacity(CANCELS);
+    for _ in 0..CANCELS {
+        let source = CancellationSource::new();
+        let token = source.token();
+        let request = client.get(&url).with_token(&token).send();
+        let call = tokio::spawn(request);
+        // Let the request reach the server and the server start waiting.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let cancelled_at = Instant::now();
+        source.cancel();
+        let closed_at = tokio::time::timeout(Duration::from_secs(10), closes.recv())
+            .await
+            .expect("the server saw the close")
+            .expect("server running");
+        let result = call.await.unwrap();
+        assert!(result.unwrap_err().is_cancelled());
+        latencies.push(closed_at.saturating_duration_since(cancelled_at));
+    }
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    println!(
+        "cancel to close (seen by the server): median {:.1} µs, p95 {:.1} µs, max {:.1} µs ({CANCELS} calls)",
+        micros(at(0.5)),
+        micros(at(0.95)),
+        micros(at(1.0))
+    );
+}
