@@ -12,13 +12,13 @@
 //! ```
 //!
 //! where *reqwest* is `client.get(url).send()` + `bytes()` and *gracefully* the same call
-//! with `.with_token(&token)` on a token with a deadline — so it sets the request's timeout,
-//! sends the `x-request-timeout-ms` header, races the send against the token and guards the
-//! body. Two more lines break that down: the same against plain reqwest given the same
-//! timeout and header by hand (what the deadline costs reqwest itself), and a token with no
-//! deadline (only the abort and the body guard). Each figure is the median over rounds of
-//! the mean of `CALLS` sequential calls on one keep-alive connection; the rounds alternate
-//! which side goes first. The ratio is gracefully ÷ reqwest.
+//! with `.with_token(&token)` on a token with a deadline — so it computes the budget, sends
+//! the `x-request-timeout-ms` header, races the send against the token and guards the body.
+//! More lines break that down: plain reqwest sending the same header by hand; a token with
+//! no deadline (only the abort and the body guard); and gracefully with
+//! `set_request_timeout(true)` (reqwest's own timer armed too). Each figure is the median
+//! over rounds of the mean of `CALLS` sequential calls on one keep-alive connection; the
+//! rounds alternate which side goes first. The ratio is gracefully ÷ reqwest.
 //!
 //! Then `cancel to close`: a server that reads the request and stalls; the client cancels
 //! the token; the time from the `cancel` call until the server's read returns end-of-file
@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gracefully::CancellationSource;
-use gracefully_reqwest::{REQUEST_TIMEOUT_HEADER, RequestBuilderExt};
+use gracefully_reqwest::{DeadlinePropagation, REQUEST_TIMEOUT_HEADER, RequestBuilderExt};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -48,6 +48,10 @@ const WARMUP: usize = 2_000;
 const CANCELS: usize = 100;
 
 fn main() {
+    // `benches/outbound_instructions.sh` runs one side alone under callgrind.
+    if let Ok(side) = std::env::var("OUTBOUND_ONLY") {
+        return only(&side);
+    }
     let ok_server = start_server(ok_server);
     let stall_server = start_server(stall_server);
 
@@ -121,9 +125,10 @@ async fn stall_server(listener: TcpListener, closes: mpsc::UnboundedSender<Insta
 #[derive(Clone, Copy, PartialEq)]
 enum Side {
     Plain,
-    PlainWithTimeoutAndHeader,
+    PlainWithHeader,
     Gracefully,
     GracefullyNoDeadline,
+    GracefullyRequestTimeout,
 }
 
 async fn calls(client: &reqwest::Client, url: &str, side: Side, n: usize) -> Duration {
@@ -133,11 +138,10 @@ async fn calls(client: &reqwest::Client, url: &str, side: Side, n: usize) -> Dur
     for _ in 0..n {
         let body = match side {
             Side::Plain => client.get(url).send().await.unwrap().bytes().await,
-            Side::PlainWithTimeoutAndHeader => {
+            Side::PlainWithHeader => {
                 let left = with_deadline.token().time_left().unwrap();
                 client
                     .get(url)
-                    .timeout(left)
                     .header(REQUEST_TIMEOUT_HEADER, (left.as_millis() - 5) as u64)
                     .send()
                     .await
@@ -150,6 +154,17 @@ async fn calls(client: &reqwest::Client, url: &str, side: Side, n: usize) -> Dur
                 let response = client.get(url).with_token(&token).send().await.unwrap();
                 response.bytes().await
             }
+            Side::GracefullyRequestTimeout => {
+                let token = with_deadline.token();
+                let response = client
+                    .get(url)
+                    .with_token(&token)
+                    .propagation(DeadlinePropagation::default().set_request_timeout(true))
+                    .send()
+                    .await
+                    .unwrap();
+                response.bytes().await
+            }
             Side::GracefullyNoDeadline => {
                 let token = without.token();
                 let response = client.get(url).with_token(&token).send().await.unwrap();
@@ -159,6 +174,40 @@ async fn calls(client: &reqwest::Client, url: &str, side: Side, n: usize) -> Dur
         assert_eq!(&body.unwrap()[..], b"ok");
     }
     started.elapsed() / n as u32
+}
+
+/// `OUTBOUND_CALLS` calls (default 1000) of one side after a warm-up of 200, nothing
+/// printed: the unit that `outbound_instructions.sh` counts instructions of.
+fn only(side: &str) {
+    let side = match side {
+        "reqwest" => Side::Plain,
+        "gracefully" => Side::Gracefully,
+        "gracefully-no-deadline" => Side::GracefullyNoDeadline,
+        "reqwest-header" => Side::PlainWithHeader,
+        "gracefully-request-timeout" => Side::GracefullyRequestTimeout,
+        other => panic!(
+            "OUTBOUND_ONLY={other}: valid: reqwest, gracefully, gracefully-no-deadline, \
+             reqwest-header, gracefully-request-timeout"
+        ),
+    };
+    let n: usize = std::env::var("OUTBOUND_CALLS")
+        .ok()
+        .map(|n| n.parse().expect("OUTBOUND_CALLS: a number of calls"))
+        .unwrap_or(1_000);
+    let (addr, _) = start_server(ok_server);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let url = format!("http://{addr}/");
+        calls(&client, &url, side, 200).await;
+        calls(&client, &url, side, n).await;
+    });
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -179,8 +228,9 @@ async fn overhead(addr: SocketAddr) {
     let sides = [
         Side::Plain,
         Side::Gracefully,
-        Side::PlainWithTimeoutAndHeader,
+        Side::PlainWithHeader,
         Side::GracefullyNoDeadline,
+        Side::GracefullyRequestTimeout,
     ];
     for side in sides {
         calls(&client, &url, side, WARMUP).await;
@@ -192,7 +242,7 @@ async fn overhead(addr: SocketAddr) {
         if round % 2 == 1 {
             order.reverse();
         }
-        let mut this_round = [0.0; 4];
+        let mut this_round = [0.0; 5];
         for i in order {
             let t = micros(calls(&client, &url, sides[i], CALLS).await);
             per_side[i].push(t);
@@ -212,14 +262,19 @@ async fn overhead(addr: SocketAddr) {
         median(ratios)
     );
     println!(
-        "  reqwest given the same timeout + header by hand {:.2} µs (gracefully ÷ that: {:.3})",
+        "  reqwest sending the same header by hand {:.2} µs (gracefully ÷ that: {:.3})",
         m[2],
         m[1] / m[2]
     );
     println!(
-        "  gracefully with a token without deadline (abort + body guard only) {:.2} µs (÷ reqwest: {:.3})",
+        "  gracefully, token without deadline (abort + body guard only) {:.2} µs (÷ reqwest: {:.3})",
         m[3],
         m[3] / m[0]
+    );
+    println!(
+        "  gracefully with set_request_timeout(true) (reqwest's timer armed too) {:.2} µs (÷ reqwest: {:.3})",
+        m[4],
+        m[4] / m[0]
     );
 }
 

@@ -129,8 +129,9 @@ impl Body for TokenBody {
         };
         match polled {
             Poll::Ready(Some(Err(error))) => match deadline::cancellation(&this.token) {
-                // reqwest's own timer (set to the token's deadline) may end the body a moment
-                // before the token's timer fires; report the deadline, not "timed out".
+                // reqwest's own timer (set to the token's deadline by `set_request_timeout`)
+                // may end the body a moment before the token's timer fires; report the
+                // deadline, not "timed out".
                 Some(cancelled) => this.stop(cancelled),
                 None => Poll::Ready(Some(Err(Box::new(error)))),
             },

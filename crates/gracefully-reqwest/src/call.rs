@@ -204,8 +204,8 @@ async fn attempt<T: Transport>(
         }
         Ok(Err(error)) => {
             if let Some(cancelled) = deadline::cancellation(attempt_token) {
-                // The request's timer (set to the attempt's budget) fired before the
-                // attempt token's timer did.
+                // reqwest's timer (set to the attempt's budget by `set_request_timeout`)
+                // fired before the attempt token's timer did.
                 return Outcome::Retryable(Retryable::TimedOut(cancelled));
             }
             let connection = T::as_reqwest(&error).is_some_and(retry::is_connection_error);

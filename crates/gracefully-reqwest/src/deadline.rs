@@ -1,5 +1,5 @@
-//! The deadline of an outbound call: the token's remaining time becomes the request's timeout
-//! and travels downstream in a header ([`DeadlinePropagation`], [`REQUEST_TIMEOUT_HEADER`]).
+//! The deadline of an outbound call: the token's remaining time bounds the request and
+//! travels downstream in a header ([`DeadlinePropagation`], [`REQUEST_TIMEOUT_HEADER`]).
 
 use std::time::Duration;
 
@@ -34,8 +34,8 @@ pub const REQUEST_TIMEOUT_HEADER: &str = "x-request-timeout-ms";
 /// The default [transit allowance](DeadlinePropagation::transit_allowance): 5 ms.
 pub const DEFAULT_TRANSIT_ALLOWANCE: Duration = Duration::from_millis(5);
 
-/// How an outbound call hands its token's deadline on: the timeout it sets on the request
-/// and the header it sends downstream.
+/// How an outbound call hands its token's deadline on: the header it sends downstream, and
+/// whether reqwest's own timeout is set too.
 ///
 /// For a token with a [deadline](CancellationToken::deadline), before each attempt:
 ///
@@ -43,12 +43,15 @@ pub const DEFAULT_TRANSIT_ALLOWANCE: Duration = Duration::from_millis(5);
 ///    down. If that is zero (or the time left is shorter than the allowance) the request is
 ///    **not sent**: the call fails at once with [`ReasonKind::DeadlineExceeded`]. A callee
 ///    is never told it has zero or a negative amount of time.
-/// 2. **Timeout.** The request's timeout (reqwest's per-request `timeout`) becomes the full
-///    time left — or stays what the caller set, if that is shorter.
+/// 2. **Timeout.** The request times out at the token's deadline: the token's own timer
+///    (the one the core arms for that deadline) fires it, and the request is aborted with
+///    `DeadlineExceeded`. reqwest's per-request `timeout` is left as the caller set it,
+///    unless [`set_request_timeout(true)`](Self::set_request_timeout): then it becomes the
+///    full time left (or stays the caller's, if that is shorter).
 /// 3. **Header.** The budget is sent in the header ([`REQUEST_TIMEOUT_HEADER`] unless
 ///    changed). A value the caller already put in that header is kept if it is smaller.
 ///
-/// A token without a deadline sets no timeout and sends no header.
+/// A token without a deadline sends no header (and sets no timeout).
 ///
 /// ```
 /// use std::time::Duration;
@@ -61,7 +64,7 @@ pub const DEFAULT_TRANSIT_ALLOWANCE: Duration = Duration::from_millis(5);
 ///     .transit_allowance(Duration::from_millis(20));
 /// assert_eq!(envoy.header_name().unwrap(), "x-envoy-expected-rq-timeout-ms");
 ///
-/// // A third-party API that must not see our internals: the timeout, but no header.
+/// // A third-party API that must not see our internals: the deadline, but no header.
 /// let private = DeadlinePropagation::default().no_header();
 /// assert!(private.header_name().is_none());
 /// ```
@@ -76,15 +79,22 @@ pub const DEFAULT_TRANSIT_ALLOWANCE: Duration = Duration::from_millis(5);
 pub struct DeadlinePropagation {
     header: Option<HeaderName>,
     transit_allowance: Duration,
+    request_timeout: bool,
 }
 
+/// The default, built once: a request made without
+/// [`GracefulRequest::propagation`](crate::GracefulRequest::propagation) borrows it.
+pub(crate) static DEFAULT_PROPAGATION: DeadlinePropagation = DeadlinePropagation {
+    header: Some(HeaderName::from_static(REQUEST_TIMEOUT_HEADER)),
+    transit_allowance: DEFAULT_TRANSIT_ALLOWANCE,
+    request_timeout: false,
+};
+
 impl Default for DeadlinePropagation {
-    /// [`REQUEST_TIMEOUT_HEADER`], with the [`DEFAULT_TRANSIT_ALLOWANCE`].
+    /// [`REQUEST_TIMEOUT_HEADER`], with the [`DEFAULT_TRANSIT_ALLOWANCE`]; reqwest's own
+    /// timeout not set.
     fn default() -> Self {
-        DeadlinePropagation {
-            header: Some(HeaderName::from_static(REQUEST_TIMEOUT_HEADER)),
-            transit_allowance: DEFAULT_TRANSIT_ALLOWANCE,
-        }
+        DEFAULT_PROPAGATION.clone()
     }
 }
 
@@ -96,8 +106,8 @@ impl DeadlinePropagation {
         self
     }
 
-    /// Sends no header; the request's timeout is still set, and a spent budget still fails
-    /// without sending.
+    /// Sends no header; the request still ends at the deadline, and a spent budget still
+    /// fails without sending.
     pub fn no_header(mut self) -> Self {
         self.header = None;
         self
@@ -108,6 +118,19 @@ impl DeadlinePropagation {
     /// caller still listens. Default: 5 ms. Zero sends the full time left.
     pub fn transit_allowance(mut self, allowance: Duration) -> Self {
         self.transit_allowance = allowance;
+        self
+    }
+
+    /// Whether reqwest's per-request `timeout` is set to the time left as well (default
+    /// `false`).
+    ///
+    /// The token already ends the request at its deadline, so this adds a second timer for
+    /// the same instant: reqwest's, which arms a tokio timer per request and wraps the body
+    /// in a timeout of its own (measured: about 5,000 instructions more per loopback call,
+    /// +8 %; `benches/outbound_instructions.sh`). Turn it on when something after this crate
+    /// reads `reqwest::Request::timeout()` — an inner middleware that logs or forwards it.
+    pub fn set_request_timeout(mut self, set: bool) -> Self {
+        self.request_timeout = set;
         self
     }
 
@@ -137,9 +160,11 @@ impl DeadlinePropagation {
         if budget_ms == 0 {
             return Err(self.spent(left));
         }
-        match request.timeout_mut() {
-            Some(timeout) if *timeout <= left => {}
-            slot => *slot = Some(left),
+        if self.request_timeout {
+            match request.timeout_mut() {
+                Some(timeout) if *timeout <= left => {}
+                slot => *slot = Some(left),
+            }
         }
         if let Some(name) = &self.header {
             let smaller_already_set = request
@@ -170,9 +195,9 @@ impl DeadlinePropagation {
 
 /// The cancellation to report instead of `error`'s own outcome, if the token has fired or
 /// its deadline has passed: then the operation stopped *because of* the token, whatever
-/// error the transport saw (a timeout from the request's own timer, which is set to the same
-/// deadline and may fire a moment before the token's timer does; a connection error racing
-/// the cancel). As Go's `net/http` returns `ctx.Err()` once the context is done.
+/// error the transport saw (a timeout from reqwest's own timer, which `set_request_timeout`
+/// sets to the same deadline and which may fire a moment before the token's timer does; a
+/// connection error racing the cancel). As Go's `net/http` returns `ctx.Err()` once the context is done.
 pub(crate) fn cancellation(token: &CancellationToken) -> Option<Cancelled> {
     if let Some(reason) = token.reason() {
         return Some(Cancelled::new(reason));
@@ -202,7 +227,7 @@ mod tests {
     }
 
     #[test]
-    fn the_timeout_is_the_time_left_and_the_header_that_minus_the_allowance() {
+    fn the_header_is_the_time_left_minus_the_allowance_and_reqwests_timeout_is_left_alone() {
         let clock = ManualClock::new();
         let root = CancellationSource::with_clock(&clock);
         let call = root
@@ -211,6 +236,23 @@ mod tests {
         clock.advance(Duration::from_millis(250));
         let mut request = request();
         DeadlinePropagation::default()
+            .apply(&mut request, &call.token())
+            .expect("budget left");
+        assert_eq!(header(&request, REQUEST_TIMEOUT_HEADER), Some(1_245));
+        assert_eq!(request.timeout(), None);
+    }
+
+    #[test]
+    fn set_request_timeout_makes_the_time_left_reqwests_timeout() {
+        let clock = ManualClock::new();
+        let root = CancellationSource::with_clock(&clock);
+        let call = root
+            .token()
+            .child_with_timeout(Duration::from_millis(1_500));
+        clock.advance(Duration::from_millis(250));
+        let mut request = request();
+        DeadlinePropagation::default()
+            .set_request_timeout(true)
             .apply(&mut request, &call.token())
             .expect("budget left");
         assert_eq!(request.timeout(), Some(&Duration::from_millis(1_250)));
@@ -292,6 +334,7 @@ mod tests {
         let mut request = request();
         *request.timeout_mut() = Some(Duration::from_secs(2));
         DeadlinePropagation::default()
+            .set_request_timeout(true)
             .apply(&mut request, &source.token())
             .expect("budget left");
         assert_eq!(request.timeout(), Some(&Duration::from_secs(2)));
@@ -338,7 +381,6 @@ mod tests {
             .apply(&mut request, &source.token())
             .expect("budget left");
         assert!(request.headers().is_empty());
-        assert!(request.timeout().is_some());
     }
 
     #[test]

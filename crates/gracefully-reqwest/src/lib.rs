@@ -3,9 +3,9 @@
 //! A call made with a [`CancellationToken`](gracefully::CancellationToken) is aborted when
 //! the token fires — the request in flight, the connection under it, the response body being
 //! read — and fails with an error that carries the token's [`Reason`](gracefully::Reason)
-//! and that [`gracefully::is_cancellation`] recognises. The token's remaining time becomes
-//! the request's timeout and travels downstream in a header, so the service you call gives
-//! up when you stop waiting. Retries stay inside the same deadline.
+//! and that [`gracefully::is_cancellation`] recognises. The token's remaining time is the
+//! request's timeout and travels downstream in a header, so the service you call gives up
+//! when you stop waiting. Retries stay inside the same deadline.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -37,7 +37,7 @@
 //! | moment | what the call does |
 //! |---|---|
 //! | before sending | a cancelled token, or less than the transit allowance + 1 ms left: fail with [`Error::Cancelled`], send nothing |
-//! | sending | timeout = time left; header [`REQUEST_TIMEOUT_HEADER`] = time left − allowance, whole ms ([`DeadlinePropagation`]) |
+//! | sending | header [`REQUEST_TIMEOUT_HEADER`] = time left − allowance, whole ms ([`DeadlinePropagation`]); the token's deadline is the request's timeout |
 //! | waiting for the response | the token fires: the request future is dropped, the HTTP/1.1 connection closed (HTTP/2: stream reset); [`Error::Cancelled`] with the token's reason |
 //! | reading the body | the token fires: the body is dropped from the token's callback (closing the connection even if nothing reads), and the read in progress or the next fails with a `reqwest::Error` whose source chain holds the `Cancelled` |
 //! | between retries | the token fires: the wait ends at once; a wait that would cross the deadline is never begun ([`RetryPolicy`]) |

@@ -154,8 +154,8 @@ impl RetryPolicy {
     /// own): an attempt that runs it out is aborted and retried. Each attempt's deadline
     /// header carries the shorter of the two budgets. Valid: more than 0.
     ///
-    /// The bound covers the response body too: a response returned by an attempt with a
-    /// timeout stops when that timeout passes.
+    /// The bound covers the response body too: the body of a response returned by an
+    /// attempt with a timeout stops when that timeout passes.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = Some(timeout);
         self

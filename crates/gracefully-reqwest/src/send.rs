@@ -6,7 +6,7 @@ use std::future::Future;
 use gracefully::{CancellationToken, Cancelled};
 
 use crate::call::{self, Transport};
-use crate::deadline::DeadlinePropagation;
+use crate::deadline::{DEFAULT_PROPAGATION, DeadlinePropagation};
 use crate::error::Error;
 use crate::retry::RetryPolicy;
 
@@ -34,8 +34,8 @@ use crate::retry::RetryPolicy;
 /// `http.NewRequestWithContext(ctx, …)` then `client.Do(req)`.
 pub trait RequestBuilderExt {
     /// Binds `token` to this request: sent with [`GracefulRequest::send`], it is aborted when
-    /// the token fires, its timeout is the token's remaining time, and that budget travels
-    /// downstream in a header ([`DeadlinePropagation`]).
+    /// the token fires (at its deadline too: the token's remaining time is the request's
+    /// timeout), and that budget travels downstream in a header ([`DeadlinePropagation`]).
     fn with_token(self, token: &CancellationToken) -> GracefulRequest;
 }
 
@@ -44,7 +44,7 @@ impl RequestBuilderExt for reqwest::RequestBuilder {
         GracefulRequest {
             builder: self,
             token: token.clone(),
-            propagation: DeadlinePropagation::default(),
+            propagation: None,
             retry: None,
         }
     }
@@ -61,7 +61,8 @@ impl RequestBuilderExt for reqwest::RequestBuilder {
 pub struct GracefulRequest {
     builder: reqwest::RequestBuilder,
     token: CancellationToken,
-    propagation: DeadlinePropagation,
+    /// `None`: the default, borrowed from a static rather than built per request.
+    propagation: Option<DeadlinePropagation>,
     retry: Option<RetryPolicy>,
 }
 
@@ -69,7 +70,7 @@ impl GracefulRequest {
     /// How the token's deadline is handed on (header name, transit allowance); default
     /// [`DeadlinePropagation::default`].
     pub fn propagation(mut self, propagation: DeadlinePropagation) -> Self {
-        self.propagation = propagation;
+        self.propagation = Some(propagation);
         self
     }
 
@@ -92,9 +93,8 @@ impl GracefulRequest {
     ///   [`gracefully::is_cancellation`] recognises, and the connection is closed even if
     ///   nothing is reading (the body is dropped from the token's callback).
     ///
-    /// An error reqwest reports after the token fired, or after its deadline passed (its own
-    /// timer, set to the same deadline, may win the race), is reported as that
-    /// cancellation.
+    /// An error reqwest reports after the token fired, or after its deadline passed, is
+    /// reported as that cancellation.
     ///
     /// # Cancel safety
     ///
@@ -124,7 +124,7 @@ impl GracefulRequest {
                 &mut transport,
                 request,
                 &token,
-                &propagation,
+                propagation.as_ref().unwrap_or(&DEFAULT_PROPAGATION),
                 retry.as_ref(),
             )
             .await

@@ -70,6 +70,48 @@ async fn a_deadline_aborts_a_stalled_request_with_deadline_exceeded() {
 }
 
 #[tokio::test]
+async fn with_reqwests_timeout_set_too_the_deadline_is_still_reported_as_deadline_exceeded() {
+    // reqwest's own timer is armed for the same instant and may fire first; the caller
+    // still sees the token's deadline, for the request and for a body read.
+    let propagation = DeadlinePropagation::default().set_request_timeout(true);
+    let mut server = RawServer::start(|_| Raw::Stall).await;
+    let source = CancellationSource::with_timeout(Duration::from_millis(200));
+    let err = client()
+        .get(server.url("/slow"))
+        .with_token(&source.token())
+        .propagation(propagation.clone())
+        .send()
+        .await
+        .expect_err("the deadline aborted the call");
+    assert_eq!(
+        err.as_cancelled().expect("Error::Cancelled").kind(),
+        ReasonKind::DeadlineExceeded,
+        "{err}"
+    );
+    server.closed().await;
+
+    let mut server = RawServer::start(|_| stream(500)).await;
+    let source = CancellationSource::with_timeout(Duration::from_millis(200));
+    let response = client()
+        .get(server.url("/events"))
+        .with_token(&source.token())
+        .propagation(propagation)
+        .send()
+        .await
+        .expect("the response head arrives");
+    let err = response
+        .bytes()
+        .await
+        .expect_err("the body never ends in time");
+    assert_eq!(
+        find_cancelled(&err).expect("a cancellation").kind(),
+        ReasonKind::DeadlineExceeded,
+        "{err}"
+    );
+    server.closed().await;
+}
+
+#[tokio::test]
 async fn a_streamed_body_stops_mid_stream_when_the_token_fires() {
     let mut server = RawServer::start(|_| stream(500)).await;
     let source = CancellationSource::new();
