@@ -30,7 +30,8 @@ pub(crate) trait Transport: Send {
     fn as_reqwest(error: &Self::Error) -> Option<&reqwest::Error>;
 }
 
-/// Sends `request` with `token`: once, or under `policy`'s retries when the method allows.
+/// Sends `request` with `token`: once, or under `policy` (whose attempt timeout bounds even
+/// a request it may not retry).
 pub(crate) async fn run<T: Transport>(
     transport: &mut T,
     request: reqwest::Request,
@@ -39,10 +40,8 @@ pub(crate) async fn run<T: Transport>(
     policy: Option<&RetryPolicy>,
 ) -> Result<reqwest::Response, T::Error> {
     match policy {
-        Some(policy) if policy.allows(request.method()) => {
-            with_retries(transport, request, token, propagation, policy).await
-        }
-        _ => once(transport, request, token, propagation).await,
+        Some(policy) => with_retries(transport, request, token, propagation, policy).await,
+        None => once(transport, request, token, propagation).await,
     }
 }
 
@@ -115,13 +114,15 @@ async fn with_retries<T: Transport>(
     policy: &RetryPolicy,
 ) -> Result<reqwest::Response, T::Error> {
     let mut delays = policy.delays();
+    // Not idempotent (and not allowed), or no retries: one attempt.
+    let may_retry = policy.allows(request.method());
     let mut next = Some(request);
     let mut retries_done = 0u32;
     loop {
         let current = next.take().expect("an attempt always has a request");
         // A copy for the next attempt, if one may follow; the last attempt sends the
         // original. A request that cannot be cloned (a streaming body) is sent once.
-        if retries_done < policy.retries() {
+        if may_retry && retries_done < policy.retries() {
             next = current.try_clone();
         }
         let retryable = match attempt(transport, current, token, propagation, policy).await {

@@ -31,7 +31,13 @@ use http::{HeaderName, HeaderValue};
 /// .NET's `HttpClient` send no deadline at all.
 pub const REQUEST_TIMEOUT_HEADER: &str = "x-request-timeout-ms";
 
-/// The default [transit allowance](DeadlinePropagation::transit_allowance): 5 ms.
+/// The default [transit allowance](DeadlinePropagation::transit_allowance): 5 ms — a few
+/// network hops inside one data centre, both ways, with room for scheduling.
+///
+/// *Anchors:* gRPC (Go, .NET) sends the full time left and keeps no allowance, so a callee
+/// may still be working when its caller's deadline passes; Finagle's deadline propagation
+/// does the same. The allowance makes the callee give up first, so its answer (a 504, say)
+/// still reaches a caller that is listening.
 pub const DEFAULT_TRANSIT_ALLOWANCE: Duration = Duration::from_millis(5);
 
 /// How an outbound call hands its token's deadline on: the header it sends downstream, and

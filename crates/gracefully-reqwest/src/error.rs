@@ -124,6 +124,9 @@ impl From<Error> for std::io::Error {
 /// A [`RetryPolicy`](crate::RetryPolicy) setting that cannot work, naming the setting and
 /// the valid range. Returned by [`RetryPolicy::validate`](crate::RetryPolicy::validate), and
 /// as [`Error::Config`] by a call made with the policy (before anything is sent).
+///
+/// *Anchors:* .NET's `OptionsValidationException` for resilience options; the host's
+/// `ConfigError`, which names the field and the valid range the same way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {
     field: &'static str,

@@ -99,6 +99,8 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// At most `retries` retries after the first attempt (default 2). `0` never retries.
+    ///
+    /// *Anchors:* Polly's `MaxRetryAttempts` (default 3 there).
     pub fn max_retries(mut self, retries: u32) -> Self {
         self.max_retries = retries;
         self
@@ -106,6 +108,9 @@ impl RetryPolicy {
 
     /// The first wait (`min`) and the largest (`max`) before jitter. Defaults: 100 ms and
     /// 10 s. `max` also bounds how long a `Retry-After` is honoured. Valid: `min ≤ max`.
+    ///
+    /// *Anchors:* Polly's `Delay` and `MaxDelay` with `BackoffType.Exponential`; gRPC's
+    /// `initialBackoff` and `maxBackoff`.
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
         self.min_delay = min;
         self.max_delay = max;
@@ -113,6 +118,8 @@ impl RetryPolicy {
     }
 
     /// How much each wait grows over the last (default 2.0). Valid: a finite number ≥ 1.
+    ///
+    /// *Anchors:* gRPC's `backoffMultiplier` (Polly fixes it at 2).
     pub fn factor(mut self, factor: f32) -> Self {
         self.factor = factor;
         self
@@ -120,6 +127,9 @@ impl RetryPolicy {
 
     /// Whether each wait is drawn at random from `[d, 2d)` rather than being exactly `d`
     /// (default `true`: callers that failed together do not retry in lock step).
+    ///
+    /// *Anchors:* Polly's `UseJitter` (decorrelated jitter there, which may also shorten a
+    /// wait).
     pub fn jitter(mut self, jitter: bool) -> Self {
         self.jitter = jitter;
         self
@@ -127,6 +137,9 @@ impl RetryPolicy {
 
     /// The response statuses that are retried (replacing the default `429`, `502`, `503`,
     /// `504`). An empty set retries no response.
+    ///
+    /// *Anchors:* Polly's `ShouldHandle` for `HttpResponseMessage` (its HTTP default is
+    /// 408, 429 and 5xx; ours leaves out 500 and 501, which a retry seldom cures, and 408).
     pub fn retry_on_status(mut self, statuses: impl IntoIterator<Item = StatusCode>) -> Self {
         self.statuses = StatusSet::default();
         for status in statuses {
@@ -137,6 +150,9 @@ impl RetryPolicy {
 
     /// Whether connection errors are retried (default `true`): the connection could not be
     /// made, or it was refused, reset or closed before a response arrived.
+    ///
+    /// *Anchors:* Polly's HTTP default handles `HttpRequestException`; Go's transport
+    /// retries a request on a fresh connection when a reused one turned out closed.
     pub fn retry_connection_errors(mut self, retry: bool) -> Self {
         self.connection_errors = retry;
         self
@@ -145,6 +161,9 @@ impl RetryPolicy {
     /// Whether methods that are not idempotent (`POST`, `PATCH`, …) are retried too (default
     /// `false`: a `POST` whose answer was lost may have taken effect; retry it only if the
     /// server deduplicates, say by an idempotency key).
+    ///
+    /// *Anchors:* Go's transport retries only idempotent requests (or those with an
+    /// `Idempotency-Key` header); Polly retries whatever it is given.
     pub fn retry_any_method(mut self, any: bool) -> Self {
         self.any_method = any;
         self
@@ -155,7 +174,12 @@ impl RetryPolicy {
     /// header carries the shorter of the two budgets. Valid: more than 0.
     ///
     /// The bound covers the response body too: the body of a response returned by an
-    /// attempt with a timeout stops when that timeout passes.
+    /// attempt with a timeout stops when that timeout passes. It applies to every attempt,
+    /// also to the single attempt of a request that is not retried (a `POST`).
+    ///
+    /// *Anchors:* the attempt timeout inside Polly's retry (`AttemptTimeout` of .NET's
+    /// standard resilience handler, inside its `TotalRequestTimeout` — here the token);
+    /// Envoy's `per_try_timeout`.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = Some(timeout);
         self

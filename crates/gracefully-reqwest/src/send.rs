@@ -69,6 +69,9 @@ pub struct GracefulRequest {
 impl GracefulRequest {
     /// How the token's deadline is handed on (header name, transit allowance); default
     /// [`DeadlinePropagation::default`].
+    ///
+    /// *Anchors:* none in .NET's `HttpClient` or Go's `net/http`, which send no deadline;
+    /// gRPC always sends `grpc-timeout`.
     pub fn propagation(mut self, propagation: DeadlinePropagation) -> Self {
         self.propagation = Some(propagation);
         self
@@ -76,6 +79,9 @@ impl GracefulRequest {
 
     /// Retries under `policy`, bounded by the token (see [`RetryPolicy`]). Without it the
     /// request is sent once.
+    ///
+    /// *Anchors:* a Polly retry handler around `HttpClient.SendAsync`; a Go retry loop
+    /// around `client.Do`.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = Some(policy);
         self

@@ -378,3 +378,27 @@ async fn an_invalid_policy_fails_before_sending() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(server.received().is_empty());
 }
+
+#[tokio::test]
+async fn the_attempt_timeout_bounds_a_request_that_is_not_retried() {
+    let server = ScriptServer::start(|_| Reply::status(200).after(Duration::from_secs(10))).await;
+    let source = CancellationSource::with_timeout(Duration::from_secs(5));
+    let token = source.token();
+    let err = client()
+        .post(server.url("/orders"))
+        .with_token(&token)
+        .retry(quick().attempt_timeout(Duration::from_millis(200)))
+        .send()
+        .await
+        .expect_err("the attempt timed out");
+    assert_eq!(
+        err.as_cancelled().expect("Error::Cancelled").kind(),
+        ReasonKind::DeadlineExceeded
+    );
+    assert!(
+        !token.is_cancelled(),
+        "the caller's own budget was not used up"
+    );
+    assert_eq!(server.received().len(), 1, "a POST is not retried");
+    assert!(budget(&server.received()[0]) <= 200 - 5);
+}
