@@ -16,9 +16,11 @@
 //! the `x-request-timeout-ms` header, races the send against the token and guards the body.
 //! More lines break that down: plain reqwest sending the same header by hand; a token with
 //! no deadline (only the abort and the body guard); and gracefully with
-//! `set_request_timeout(true)` (reqwest's own timer armed too). Each figure is the median
-//! over rounds of the mean of `CALLS` sequential calls on one keep-alive connection; the
-//! rounds alternate which side goes first. The ratio is gracefully ÷ reqwest.
+//! `set_request_timeout(true)` (reqwest's own timer armed too). All calls go one after
+//! another on one keep-alive connection, the sides taking turns call by call in a shuffled
+//! order; each figure is the median over `ROUNDS` rounds of a side's mean over `CALLS`
+//! calls. The ratio is gracefully ÷ reqwest (of those medians; the median of the per-round
+//! ratios follows).
 //!
 //! Then `cancel to close`: a server that reads the request and stalls; the client cancels
 //! the token; the time from the `cancel` call until the server's read returns end-of-file
@@ -42,9 +44,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-const ROUNDS: usize = 21;
-const CALLS: usize = 2_000;
-const WARMUP: usize = 2_000;
+const ROUNDS: usize = 31;
+const CALLS: usize = 400;
+const WARMUP: usize = 1_000;
 const CANCELS: usize = 100;
 
 fn main() {
@@ -131,49 +133,66 @@ enum Side {
     GracefullyRequestTimeout,
 }
 
-async fn calls(client: &reqwest::Client, url: &str, side: Side, n: usize) -> Duration {
-    let with_deadline = CancellationSource::with_timeout(Duration::from_secs(3600));
-    let without = CancellationSource::new();
-    let started = Instant::now();
-    for _ in 0..n {
-        let body = match side {
-            Side::Plain => client.get(url).send().await.unwrap().bytes().await,
-            Side::PlainWithHeader => {
-                let left = with_deadline.token().time_left().unwrap();
-                client
-                    .get(url)
-                    .header(REQUEST_TIMEOUT_HEADER, (left.as_millis() - 5) as u64)
-                    .send()
-                    .await
-                    .unwrap()
-                    .bytes()
-                    .await
-            }
-            Side::Gracefully => {
-                let token = with_deadline.token();
-                let response = client.get(url).with_token(&token).send().await.unwrap();
-                response.bytes().await
-            }
-            Side::GracefullyRequestTimeout => {
-                let token = with_deadline.token();
-                let response = client
-                    .get(url)
-                    .with_token(&token)
-                    .propagation(DeadlinePropagation::default().set_request_timeout(true))
-                    .send()
-                    .await
-                    .unwrap();
-                response.bytes().await
-            }
-            Side::GracefullyNoDeadline => {
-                let token = without.token();
-                let response = client.get(url).with_token(&token).send().await.unwrap();
-                response.bytes().await
-            }
-        };
-        assert_eq!(&body.unwrap()[..], b"ok");
+/// The tokens the calls use: one with a deadline an hour away, one with none.
+struct Tokens {
+    with_deadline: CancellationSource,
+    without: CancellationSource,
+}
+
+impl Tokens {
+    fn new() -> Tokens {
+        Tokens {
+            with_deadline: CancellationSource::with_timeout(Duration::from_secs(3600)),
+            without: CancellationSource::new(),
+        }
     }
-    started.elapsed() / n as u32
+}
+
+/// One `GET` + `bytes()` as `side` makes it.
+async fn call(client: &reqwest::Client, url: &str, side: Side, tokens: &Tokens) {
+    let body = match side {
+        Side::Plain => client.get(url).send().await.unwrap().bytes().await,
+        Side::PlainWithHeader => {
+            let left = tokens.with_deadline.token().time_left().unwrap();
+            client
+                .get(url)
+                .header(REQUEST_TIMEOUT_HEADER, (left.as_millis() - 5) as u64)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+        }
+        Side::Gracefully => {
+            let token = tokens.with_deadline.token();
+            let response = client.get(url).with_token(&token).send().await.unwrap();
+            response.bytes().await
+        }
+        Side::GracefullyRequestTimeout => {
+            let token = tokens.with_deadline.token();
+            let response = client
+                .get(url)
+                .with_token(&token)
+                .propagation(DeadlinePropagation::default().set_request_timeout(true))
+                .send()
+                .await
+                .unwrap();
+            response.bytes().await
+        }
+        Side::GracefullyNoDeadline => {
+            let token = tokens.without.token();
+            let response = client.get(url).with_token(&token).send().await.unwrap();
+            response.bytes().await
+        }
+    };
+    assert_eq!(&body.unwrap()[..], b"ok");
+}
+
+async fn calls(client: &reqwest::Client, url: &str, side: Side, n: usize) {
+    let tokens = Tokens::new();
+    for _ in 0..n {
+        call(client, url, side, &tokens).await;
+    }
 }
 
 /// `OUTBOUND_CALLS` calls (default 1000) of one side after a warm-up of 200, nothing
@@ -210,6 +229,25 @@ fn only(side: &str) {
     });
 }
 
+/// A tiny xorshift generator: enough to shuffle five sides, no dependency.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn shuffle(&mut self, items: &mut [usize]) {
+        for i in (1..items.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -235,20 +273,30 @@ async fn overhead(addr: SocketAddr) {
     for side in sides {
         calls(&client, &url, side, WARMUP).await;
     }
+    // The sides take turns call by call, so a change in the machine's load falls on all of
+    // them alike; each round yields one mean per side. The order is shuffled for every turn:
+    // a call can leave work behind that the next call pays for (the pool's idle task, a
+    // timer to deregister), and a fixed order would always bill one side for another's.
+    let tokens = Tokens::new();
     let mut per_side: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
     let mut ratios = Vec::new();
-    for round in 0..ROUNDS {
-        let mut order: Vec<usize> = (0..sides.len()).collect();
-        if round % 2 == 1 {
-            order.reverse();
+    let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
+    let mut order: Vec<usize> = (0..sides.len()).collect();
+    for _ in 0..ROUNDS {
+        let mut total = [Duration::ZERO; 5];
+        for _ in 0..CALLS {
+            rng.shuffle(&mut order);
+            for &s in &order {
+                let started = Instant::now();
+                call(&client, &url, sides[s], &tokens).await;
+                total[s] += started.elapsed();
+            }
         }
-        let mut this_round = [0.0; 5];
-        for i in order {
-            let t = micros(calls(&client, &url, sides[i], CALLS).await);
-            per_side[i].push(t);
-            this_round[i] = t;
+        let mean: Vec<f64> = total.iter().map(|t| micros(*t / CALLS as u32)).collect();
+        for (s, m) in mean.iter().enumerate() {
+            per_side[s].push(*m);
         }
-        ratios.push(this_round[1] / this_round[0]);
+        ratios.push(mean[1] / mean[0]);
     }
     let m: Vec<f64> = per_side.into_iter().map(median).collect();
     println!(
@@ -258,7 +306,7 @@ async fn overhead(addr: SocketAddr) {
         m[1] / m[0]
     );
     println!(
-        "  median of per-round ratios {:.3} ({ROUNDS} rounds of {CALLS} calls, loopback HTTP/1.1 keep-alive)",
+        "  median of per-round ratios {:.3} ({ROUNDS} rounds of {CALLS} calls per side, taking turns in shuffled order, loopback HTTP/1.1 keep-alive)",
         median(ratios)
     );
     println!(

@@ -190,18 +190,23 @@ async fn attempt<T: Transport>(
     let sent = attempt_token
         .run_until_cancelled(transport.send(request))
         .await;
-    // The caller's token first: its cancellation (or passed deadline) ends the call, whatever
-    // the attempt saw; nothing is retried after it.
+    // A response that is not retried is the answer, even if the token fires this instant:
+    // its body watches the token and reports the cancellation when read (as Go's client
+    // returns a response it has, whose body read then fails).
+    let sent = match sent {
+        Ok(Ok(response)) if !policy.retries_status(response.status()) => {
+            return Outcome::Done(Ok(body::guard(response, attempt_token.clone())));
+        }
+        other => other,
+    };
+    // Otherwise the caller's token first: its cancellation (or passed deadline) ends the
+    // call, whatever the attempt saw; nothing is retried after it.
     if let Some(cancelled) = deadline::cancellation(token) {
         return Outcome::Done(Err(T::cancelled(cancelled)));
     }
     match sent {
         Ok(Ok(response)) => {
-            if policy.retries_status(response.status()) {
-                Outcome::Retryable(Retryable::Response(response, attempt_token.clone()))
-            } else {
-                Outcome::Done(Ok(body::guard(response, attempt_token.clone())))
-            }
+            Outcome::Retryable(Retryable::Response(response, attempt_token.clone()))
         }
         Ok(Err(error)) => {
             if let Some(cancelled) = deadline::cancellation(attempt_token) {

@@ -86,3 +86,8 @@ pub use error::{ConfigError, Error};
 pub use middleware::{GracefulMiddleware, MiddlewareRequestExt};
 pub use retry::RetryPolicy;
 pub use send::{GracefulRequest, RequestBuilderExt};
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(all(doctest, feature = "middleware"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
