@@ -22,6 +22,10 @@
 //! calls. The ratio is gracefully ÷ reqwest (of those medians; the median of the per-round
 //! ratios follows).
 //!
+//! A second line gives the calling thread's CPU time per call (`CLOCK_THREAD_CPUTIME_ID`:
+//! everything this crate adds runs on that thread), which a loaded machine disturbs far less
+//! than wall time.
+//!
 //! Then `cancel to close`: a server that reads the request and stalls; the client cancels
 //! the token; the time from the `cancel` call until the server's read returns end-of-file
 //! (median, 95th percentile and maximum over `CANCELS` calls, each on a new connection).
@@ -229,6 +233,21 @@ fn only(side: &str) {
     });
 }
 
+/// CPU time the calling thread has used (user + system): what a call costs the caller,
+/// without the time it waited for the server or for a core. Less sensitive to a loaded
+/// machine than wall time, though not immune (caches, frequency).
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID is supported by
+    // Linux (and by every platform the bench runs on: it is a Linux-only measurement).
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
 /// A tiny xorshift generator: enough to shuffle five sides, no dependency.
 struct Xorshift(u64);
 
@@ -279,26 +298,32 @@ async fn overhead(addr: SocketAddr) {
     // timer to deregister), and a fixed order would always bill one side for another's.
     let tokens = Tokens::new();
     let mut per_side: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
+    let mut cpu_per_side: Vec<Vec<f64>> = vec![Vec::new(); sides.len()];
     let mut ratios = Vec::new();
     let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
     let mut order: Vec<usize> = (0..sides.len()).collect();
     for _ in 0..ROUNDS {
         let mut total = [Duration::ZERO; 5];
+        let mut cpu = [Duration::ZERO; 5];
         for _ in 0..CALLS {
             rng.shuffle(&mut order);
             for &s in &order {
                 let started = Instant::now();
+                let cpu_started = thread_cpu_time();
                 call(&client, &url, sides[s], &tokens).await;
+                cpu[s] += thread_cpu_time().saturating_sub(cpu_started);
                 total[s] += started.elapsed();
             }
         }
         let mean: Vec<f64> = total.iter().map(|t| micros(*t / CALLS as u32)).collect();
         for (s, m) in mean.iter().enumerate() {
             per_side[s].push(*m);
+            cpu_per_side[s].push(micros(cpu[s] / CALLS as u32));
         }
         ratios.push(mean[1] / mean[0]);
     }
     let m: Vec<f64> = per_side.into_iter().map(median).collect();
+    let c: Vec<f64> = cpu_per_side.into_iter().map(median).collect();
     println!(
         "outbound overhead: reqwest {:.2} µs, gracefully {:.2} µs, ratio {:.3}",
         m[0],
@@ -308,6 +333,16 @@ async fn overhead(addr: SocketAddr) {
     println!(
         "  median of per-round ratios {:.3} ({ROUNDS} rounds of {CALLS} calls per side, taking turns in shuffled order, loopback HTTP/1.1 keep-alive)",
         median(ratios)
+    );
+    println!(
+        "  client thread CPU per call: reqwest {:.2} µs, gracefully {:.2} µs, ratio {:.3} \
+         (header by hand {:.2}, no deadline {:.2}, set_request_timeout {:.2})",
+        c[0],
+        c[1],
+        c[1] / c[0],
+        c[2],
+        c[3],
+        c[4]
     );
     println!(
         "  reqwest sending the same header by hand {:.2} µs (gracefully ÷ that: {:.3})",

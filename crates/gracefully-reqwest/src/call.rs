@@ -40,7 +40,12 @@ pub(crate) async fn run<T: Transport>(
     policy: Option<&RetryPolicy>,
 ) -> Result<reqwest::Response, T::Error> {
     match policy {
-        Some(policy) => with_retries(transport, request, token, propagation, policy).await,
+        // Boxed: the retry loop's state (an attempt, a timer, the backoff) is several times
+        // the size of one attempt's, and every call without retries would otherwise carry
+        // (and move) it. A retried call can afford the allocation.
+        Some(policy) => {
+            Box::pin(with_retries(transport, request, token, propagation, policy)).await
+        }
         None => once(transport, request, token, propagation).await,
     }
 }
