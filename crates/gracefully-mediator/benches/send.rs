@@ -16,6 +16,15 @@
 //! <case>: <ns> ns, added <ns> ns over the direct call [quartiles] (<n> allocations per call)
 //! ```
 //!
+//! Two rows measure the core alone, for reference: a `child_with_timeout` create + drop
+//! (what the timeout behaviour costs at least) and `Instant::now` (what timing a request
+//! costs at least: the logging behaviour reads the clock twice when a subscriber is on).
+//!
+//! For a figure that does not depend on the machine's load, count instructions instead:
+//! `crates/gracefully-mediator/benches/send_instructions.sh` runs one case at a time
+//! under callgrind (this binary with `SEND_BENCH_CASE` and `SEND_BENCH_CALLS` set: it then
+//! only makes that many calls of that case, and skips criterion).
+//!
 //! The handler answers at once, so every future completes on its first poll
 //! (`now_or_never`), in both the direct and the mediated case: what is measured is the
 //! mediator's own work (lookup, pipeline clone, the behaviours, two boxed futures), not an
@@ -71,20 +80,8 @@ fn allocations(mut f: impl FnMut()) -> usize {
 
 // ------------------------------------------------------------------- the cases
 
-/// The cases, in the order benchmarked, with their per-call closures (kept for the
-/// interleaved pass).
+/// A named case: one call per invocation.
 type Case = (&'static str, Box<dyn FnMut()>);
-
-/// Benchmarks `f` under `case` with criterion and keeps it for the interleaved pass.
-fn bench(
-    c: &mut Criterion,
-    cases: &mut Vec<Case>,
-    case: &'static str,
-    mut f: impl FnMut() + 'static,
-) {
-    c.bench_function(case, |b| b.iter(&mut f));
-    cases.push((case, Box::new(f)));
-}
 
 /// Rounds of the interleaved pass, and calls per case per round.
 const ROUNDS: usize = 41;
@@ -142,10 +139,13 @@ const DIRECT: &str = "handler called directly";
 const NONE: &str = "send, no behaviours";
 const LOGGING: &str = "send, logging";
 const TIMEOUT: &str = "send, timeout";
+const TIMEOUT_SOONER: &str = "send, timeout, the caller's deadline sooner";
 const RETRY: &str = "send, retry";
 const VALIDATE: &str = "send, validation";
 const THREE: &str = "send, logging + timeout + retry";
 const THREE_SENDER: &str = "Sender::send, logging + timeout + retry";
+const CORE_TIMEOUT: &str = "core: child_with_timeout create + drop";
+const CORE_NOW: &str = "core: Instant::now";
 const THREE_INFO: &str = "send, logging + timeout + retry, subscriber at INFO";
 const DIRECT_INFO: &str = "handler called directly, subscriber at INFO";
 
@@ -157,156 +157,232 @@ fn send_once(mediator: &Mediator, token: &CancellationToken) {
     black_box(answer.unwrap());
 }
 
+fn direct(token: CancellationToken) -> impl FnMut() {
+    move || {
+        let answer = QuoteHandler
+            .handle(Quote { id: 7 }, black_box(&token).clone())
+            .now_or_never()
+            .expect("ready at once");
+        black_box(answer.unwrap());
+    }
+}
+
+fn sending(mediator: Mediator, token: CancellationToken) -> impl FnMut() {
+    move || send_once(&mediator, &token)
+}
+
+/// Every case without a subscriber; the first is the direct call.
+fn cases(token: &CancellationToken) -> Vec<Case> {
+    let with = |layers: &str| -> Mediator {
+        match layers {
+            "" => Mediator::builder().handler(QuoteHandler).build(),
+            "logging" => Mediator::builder()
+                .layer(LoggingLayer::new())
+                .handler(QuoteHandler)
+                .build(),
+            "timeout" => Mediator::builder()
+                .layer(TimeoutLayer::new(Duration::from_secs(30)))
+                .handler(QuoteHandler)
+                .build(),
+            "retry" => Mediator::builder()
+                .layer(RetryLayer::new(3))
+                .handler(QuoteHandler)
+                .build(),
+            "validate" => Mediator::builder()
+                .layer(ValidateLayer::new())
+                .handler(QuoteHandler)
+                .build(),
+            _ => unreachable!(),
+        }
+        .unwrap()
+    };
+    // A caller whose own deadline (10 s) is sooner than the behaviour's (30 s): an HTTP
+    // request under a route timeout. Its source lives as long as the closure.
+    let sooner = CancellationSource::with_timeout(Duration::from_secs(10));
+    let sooner_token = sooner.token();
+    let three = three_behaviours();
+    let sender: Sender<Quote> = three.sender().unwrap();
+    let t = token.clone();
+    let core_token = token.clone();
+    vec![
+        (DIRECT, Box::new(direct(token.clone()))),
+        (NONE, Box::new(sending(with(""), token.clone()))),
+        (LOGGING, Box::new(sending(with("logging"), token.clone()))),
+        (TIMEOUT, Box::new(sending(with("timeout"), token.clone()))),
+        (TIMEOUT_SOONER, {
+            let mut send = sending(with("timeout"), sooner_token);
+            Box::new(move || {
+                let _keep = &sooner;
+                send();
+            })
+        }),
+        (RETRY, Box::new(sending(with("retry"), token.clone()))),
+        (VALIDATE, Box::new(sending(with("validate"), token.clone()))),
+        (THREE, Box::new(sending(three, token.clone()))),
+        (
+            THREE_SENDER,
+            Box::new(move || {
+                let answer = sender
+                    .send(Quote { id: 7 }, &t)
+                    .now_or_never()
+                    .expect("ready at once");
+                black_box(answer.unwrap());
+            }),
+        ),
+        (
+            CORE_TIMEOUT,
+            Box::new(move || {
+                drop(black_box(
+                    core_token.child_with_timeout(Duration::from_secs(30)),
+                ));
+            }),
+        ),
+        (
+            CORE_NOW,
+            Box::new(|| {
+                black_box(Instant::now());
+            }),
+        ),
+    ]
+}
+
+fn three_behaviours() -> Mediator {
+    Mediator::builder()
+        .layer(LoggingLayer::new())
+        .layer(TimeoutLayer::new(Duration::from_secs(30)))
+        .layer(RetryLayer::new(3))
+        .handler(QuoteHandler)
+        .build()
+        .unwrap()
+}
+
+/// `SEND_BENCH_CASE=<case> SEND_BENCH_CALLS=<n>`: make `n` calls of that case and nothing
+/// else (for callgrind; see send_instructions.sh). `<case>` is a case's name as printed.
+fn instructions_mode(token: &CancellationToken) -> bool {
+    let (Ok(name), Ok(calls)) = (
+        std::env::var("SEND_BENCH_CASE"),
+        std::env::var("SEND_BENCH_CALLS"),
+    ) else {
+        return false;
+    };
+    let calls: u64 = calls.parse().expect("SEND_BENCH_CALLS: a number of calls");
+    let mut all = cases(token);
+    let info = name.ends_with("subscriber at INFO");
+    let _default = info.then(|| tracing::subscriber::set_default(info_subscriber()));
+    if info {
+        all = vec![
+            (DIRECT_INFO, Box::new(direct(token.clone()))),
+            (
+                THREE_INFO,
+                Box::new(sending(three_behaviours(), token.clone())),
+            ),
+        ];
+    }
+    let Some((_, f)) = all.iter_mut().find(|(case, _)| *case == name) else {
+        let names: Vec<_> = all.iter().map(|(case, _)| *case).collect();
+        panic!("SEND_BENCH_CASE: no case {name:?}; the cases: {names:?}");
+    };
+    for _ in 0..calls {
+        f();
+    }
+    true
+}
+
+fn info_subscriber() -> impl tracing::Subscriber + Send + Sync {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(std::io::sink)
+        .finish()
+}
+
 fn main() {
+    let request = CancellationSource::new(); // the caller's (a request's) token
+    let token = request.token();
+    if instructions_mode(&token) {
+        return;
+    }
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .configure_from_args();
-    let request = CancellationSource::new(); // the caller's (a request's) token
-    let token = request.token();
-    let mut cases: Vec<Case> = Vec::new();
 
-    let t = token.clone();
-    bench(&mut c, &mut cases, DIRECT, move || {
-        let answer = QuoteHandler
-            .handle(Quote { id: 7 }, black_box(&t).clone())
-            .now_or_never()
-            .expect("ready at once");
-        black_box(answer.unwrap());
-    });
-
-    let none = Mediator::builder().handler(QuoteHandler).build().unwrap();
-    let t = token.clone();
-    bench(&mut c, &mut cases, NONE, move || send_once(&none, &t));
-
-    let logging = Mediator::builder()
-        .layer(LoggingLayer::new())
-        .handler(QuoteHandler)
-        .build()
-        .unwrap();
-    let t = token.clone();
-    bench(&mut c, &mut cases, LOGGING, move || send_once(&logging, &t));
-
-    let timeout = Mediator::builder()
-        .layer(TimeoutLayer::new(Duration::from_secs(30)))
-        .handler(QuoteHandler)
-        .build()
-        .unwrap();
-    let t = token.clone();
-    bench(&mut c, &mut cases, TIMEOUT, move || send_once(&timeout, &t));
-
-    let retry = Mediator::builder()
-        .layer(RetryLayer::new(3))
-        .handler(QuoteHandler)
-        .build()
-        .unwrap();
-    let t = token.clone();
-    bench(&mut c, &mut cases, RETRY, move || send_once(&retry, &t));
-
-    let validate = Mediator::builder()
-        .layer(ValidateLayer::new())
-        .handler(QuoteHandler)
-        .build()
-        .unwrap();
-    let t = token.clone();
-    bench(&mut c, &mut cases, VALIDATE, move || {
-        send_once(&validate, &t)
-    });
-
-    let three = Mediator::builder()
-        .layer(LoggingLayer::new())
-        .layer(TimeoutLayer::new(Duration::from_secs(30)))
-        .layer(RetryLayer::new(3))
-        .handler(QuoteHandler)
-        .build()
-        .unwrap();
-    let (t, m) = (token.clone(), three.clone());
-    bench(&mut c, &mut cases, THREE, move || send_once(&m, &t));
-
-    let sender: Sender<Quote> = three.sender().unwrap();
-    let t = token.clone();
-    bench(&mut c, &mut cases, THREE_SENDER, move || {
-        let answer = sender
-            .send(Quote { id: 7 }, &t)
-            .now_or_never()
-            .expect("ready at once");
-        black_box(answer.unwrap());
-    });
-
-    let allocs: Vec<usize> = cases.iter_mut().map(|(_, f)| allocations(f)).collect();
-    let times = interleave(&mut cases);
+    let mut all = cases(&token);
+    for (case, f) in &mut all {
+        c.bench_function(case, |b| b.iter(&mut *f));
+    }
+    let allocs: Vec<usize> = all.iter_mut().map(|(_, f)| allocations(f)).collect();
+    let times = interleave(&mut all);
 
     // Last, on its own: once a subscriber is registered, tracing's global level hint stays
     // raised, which would change every row above.
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_writer(std::io::sink)
-        .finish();
-    let info = tracing::subscriber::with_default(subscriber, || {
-        let mut info_cases: Vec<Case> = Vec::new();
-        let t = token.clone();
-        bench(&mut c, &mut info_cases, DIRECT_INFO, move || {
-            let answer = QuoteHandler
-                .handle(Quote { id: 7 }, black_box(&t).clone())
-                .now_or_never()
-                .expect("ready at once");
-            black_box(answer.unwrap());
-        });
-        let t = token.clone();
-        bench(&mut c, &mut info_cases, THREE_INFO, move || {
-            send_once(&three, &t)
-        });
-        let allocs = allocations(&mut info_cases[1].1);
-        (interleave(&mut info_cases), allocs)
+    let (info_times, info_allocs) = tracing::subscriber::with_default(info_subscriber(), || {
+        let mut info: Vec<Case> = vec![
+            (DIRECT_INFO, Box::new(direct(token.clone()))),
+            (
+                THREE_INFO,
+                Box::new(sending(three_behaviours(), token.clone())),
+            ),
+        ];
+        for (case, f) in &mut info {
+            c.bench_function(case, |b| b.iter(&mut *f));
+        }
+        let allocs = allocations(&mut info[1].1);
+        (interleave(&mut info), allocs)
     });
     c.final_summary();
 
     println!();
     println!(
-        "summary: {ROUNDS} interleaved rounds of {BATCH} calls per case; median [first-third \
-         quartile] of the per-round difference; indicative: the machine is shared"
+        "summary: {ROUNDS} interleaved rounds of {BATCH} calls per case; per case the median \
+         [quartiles] over rounds of its time minus the direct call's in the same round; \
+         indicative: the machine is shared"
     );
-    let direct = &times[0];
-    let added = |case: &[f64], direct: &[f64]| -> Vec<f64> {
-        case.iter().zip(direct).map(|(c, d)| c - d).collect()
+    let added = |case: &[f64], base: &[f64]| -> Vec<f64> {
+        case.iter().zip(base).map(|(c, d)| c - d).collect()
     };
-    let mut headline = 0.0;
-    for (i, (case, _)) in cases.iter().enumerate() {
-        let ns = quantile(&times[i], 0.5);
-        if i == 0 {
-            println!("  {case}: {ns:.1} ns ({} allocations per call)", allocs[i]);
-            continue;
+    let row = |case: &str, times: &[f64], base: Option<&[f64]>, allocs: usize| match base {
+        None => println!(
+            "  {case}: {:.1} ns ({allocs} allocations per call)",
+            quantile(times, 0.5)
+        ),
+        Some(base) => {
+            let diff = added(times, base);
+            println!(
+                "  {case}: {:.1} ns, added {:.1} ns [{:.1} to {:.1}] ({allocs} allocations per call)",
+                quantile(times, 0.5),
+                quantile(&diff, 0.5),
+                quantile(&diff, 0.25),
+                quantile(&diff, 0.75),
+            );
         }
-        let diff = added(&times[i], direct);
-        let median = quantile(&diff, 0.5);
-        if *case == THREE {
-            headline = median;
-        }
-        println!(
-            "  {case}: {ns:.1} ns, added {median:.1} ns [{:.1}-{:.1}] ({} allocations per call)",
-            quantile(&diff, 0.25),
-            quantile(&diff, 0.75),
-            allocs[i]
-        );
+    };
+    for (i, (case, _)) in all.iter().enumerate() {
+        let base = (i > 0 && !case.starts_with("core:")).then_some(times[0].as_slice());
+        row(case, &times[i], base, allocs[i]);
     }
-    let (info_times, info_allocs) = info;
-    let diff = added(&info_times[1], &info_times[0]);
-    println!(
-        "  {THREE_INFO}: {:.1} ns, added {:.1} ns [{:.1}-{:.1}] ({info_allocs} allocations per call)",
-        quantile(&info_times[1], 0.5),
-        quantile(&diff, 0.5),
-        quantile(&diff, 0.25),
-        quantile(&diff, 0.75),
+    row(DIRECT_INFO, &info_times[0], None, 0);
+    row(
+        THREE_INFO,
+        &info_times[1],
+        Some(&info_times[0]),
+        info_allocs,
     );
+
+    let three = all.iter().position(|(case, _)| *case == THREE).unwrap();
+    let headline = quantile(&added(&times[three], &times[0]), 0.5);
     println!();
     println!(
         "send through three behaviours (logging + timeout + retry): {:.1} ns, direct {:.1} ns, \
-         added {headline:.1} ns (target <= 150 ns: {})",
+         added {headline:.1} ns (target <= 150 ns: {}); of it, the core's timeout source alone: {:.1} ns",
+        quantile(&times[three], 0.5),
+        quantile(&times[0], 0.5),
+        if headline <= 150.0 { "met" } else { "not met" },
         quantile(
-            &times[cases.iter().position(|(c, _)| *c == THREE).unwrap()],
+            &times[all
+                .iter()
+                .position(|(case, _)| *case == CORE_TIMEOUT)
+                .unwrap()],
             0.5
         ),
-        quantile(direct, 0.5),
-        if headline <= 150.0 { "met" } else { "not met" }
     );
 }

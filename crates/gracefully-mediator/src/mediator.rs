@@ -185,7 +185,7 @@ impl Mediator {
     ///
     /// Dropping the future drops every handler still running (none runs on in the
     /// background). To let handlers outlive the caller, publish
-    /// [detached](Self::publish_detached).
+    /// detached (`publish_detached`, feature `host`).
     pub async fn publish_with<N: Notification>(
         &self,
         notification: N,

@@ -22,9 +22,9 @@ pub trait Notification: Send + Sync + 'static {}
 /// Handles one [`Notification`] type; any number may subscribe to it.
 ///
 /// Each handler gets its own token, a child of the publisher's (or, when published
-/// [detached](crate::Mediator::publish_detached), of the host's hard stop). A failure of
-/// one handler does not stop the others; neither does a panic, which is caught and
-/// reported as a failure ([`Panicked`](crate::Panicked)).
+/// detached — `Mediator::publish_detached`, feature `host` — of the host's hard stop). A
+/// failure of one handler does not stop the others; neither does a panic, which is caught
+/// and reported as a failure ([`Panicked`](crate::Panicked)).
 ///
 /// ```
 /// use gracefully::CancellationToken;
@@ -146,8 +146,8 @@ pub enum PublishStrategy {
     /// All at once, awaited together on the publishing task: their waits overlap, so the
     /// publish takes as long as the slowest handler, not the sum. They are polled by the
     /// publishing task, not spawned, so nothing outlives the publish — spawn CPU-heavy work
-    /// (or publish [detached](crate::Mediator::publish_detached), where each handler is a
-    /// task of its own).
+    /// (or publish detached — `Mediator::publish_detached`, feature `host` — where each
+    /// handler is a task of its own).
     Concurrent,
 }
 

@@ -18,7 +18,9 @@ use crate::request::Request;
 /// Cooperative: the handler is not dropped at the deadline; it stops the way it chooses
 /// (rolls back, releases) and returns [`Cancelled`](gracefully::Cancelled), which reaches
 /// the caller as [`Error::Cancelled`] with reason `DeadlineExceeded`. Deadlines only move
-/// earlier, so a caller's token with less time left keeps its own deadline.
+/// earlier, so a caller's token with no more time left than `timeout` keeps its own
+/// deadline — and is passed on as it is, with no child made (the handler could not tell the
+/// difference, and a request that already carries a shorter deadline pays nothing here).
 ///
 /// ```
 /// use std::time::Duration;
@@ -100,9 +102,21 @@ where
     }
 
     fn call(&mut self, mut call: Call<R>) -> S::Future {
-        // The source is dropped here; dropping a source does not cancel it, and its
-        // deadline stays armed while the call's token observes it.
-        drop(call.narrow_with_timeout(self.timeout));
+        // Deadlines only move earlier: when the caller's token has no more than `timeout`
+        // left (a request's own deadline, typically), a child with this timeout would
+        // report and fire exactly as the token does — so skip the node and its timer
+        // entry. Reading it costs a walk of the token's ancestry and reads the clock only
+        // if a deadline exists; arming one costs that walk, a clock read, a node and a
+        // timer entry.
+        let caller_is_sooner = call
+            .token()
+            .time_left()
+            .is_some_and(|left| left <= self.timeout);
+        if !caller_is_sooner {
+            // The source is dropped here; dropping a source does not cancel it, and its
+            // deadline stays armed while the call's token observes it.
+            drop(call.narrow_with_timeout(self.timeout));
+        }
         self.inner.call(call)
     }
 }
