@@ -12,6 +12,7 @@ use gracefully_mediator::{
     BoxError, Error, Invalid, Mediator, Request, RetryLayer, TimeoutLayer, ValidateLayer,
     handler_fn,
 };
+use gracefully_test::{Outcome, Walk, cancel_at_every_await};
 
 /// A query: safe to run again.
 #[derive(Clone)]
@@ -29,6 +30,8 @@ enum Step {
     Cancelled,
     /// Waits for the token, then fails with a genuine error anyway.
     FailAfterTokenFires,
+    /// Suspends twice (a round trip), then fails; ignores the token.
+    FailAfterTwoAwaits,
 }
 
 impl Request for Lookup {
@@ -99,6 +102,11 @@ fn mediator(retry: RetryLayer, attempts: &Attempts) -> Mediator {
                         Step::FailAfterTokenFires => {
                             token.cancelled().await;
                             Err("connection reset".into())
+                        }
+                        Step::FailAfterTwoAwaits => {
+                            tokio::task::yield_now().await;
+                            tokio::task::yield_now().await;
+                            Err(format!("attempt {n} failed").into())
                         }
                     }
                 }
@@ -327,4 +335,58 @@ async fn a_timeout_outside_the_retry_bounds_all_attempts_together() {
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(err.to_string(), "busy");
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_cancellation_at_any_await_of_a_retrying_send_starts_no_further_attempt() {
+    // Fail (two awaits), back off, fail (two awaits), back off, succeed: the caller's token
+    // fires at each of those suspensions in turn. Whatever the point, no attempt starts
+    // after it, and the send ends at once with a cancellation (during a backoff) or with
+    // the failure the running attempt still returned (it ignores the token).
+    let attempts = Attempts::default();
+    let m = mediator(fast(5), &attempts);
+    let script = [
+        Step::FailAfterTwoAwaits,
+        Step::FailAfterTwoAwaits,
+        Step::Succeed,
+    ];
+    let report = cancel_at_every_await(
+        Walk::cooperative().attempts_per_point(2),
+        async |token| m.send(lookup(&script), &token).await,
+        async |run| {
+            let made = attempts.count.swap(0, Ordering::SeqCst);
+            let late = attempts
+                .started_with_cancelled_token
+                .swap(0, Ordering::SeqCst);
+            attempts.time_left_at_start.lock().unwrap().clear();
+            assert_eq!(
+                late,
+                0,
+                "an attempt started after the token fired (point {})",
+                run.point()
+            );
+            match run.outcome() {
+                Outcome::Completed(result) => {
+                    assert_eq!(*result.as_ref().unwrap(), 3);
+                    assert_eq!(made, 3);
+                }
+                Outcome::TokenFired(result) => {
+                    assert!(made <= 3);
+                    match result {
+                        Err(Error::Cancelled(c)) => assert_eq!(c.kind(), ReasonKind::Requested),
+                        Err(Error::Failed(e)) => {
+                            assert_eq!(e.to_string(), format!("attempt {made} failed"))
+                        }
+                        Ok(n) => assert_eq!(*n, 3, "only the last attempt may still succeed"),
+                        Err(other) => panic!("point {}: {other:?}", run.point()),
+                    }
+                }
+                Outcome::Dropped => unreachable!("a cooperative walk never drops"),
+            }
+        },
+    )
+    .await
+    .unwrap();
+    // Two awaits in each failing attempt and one per backoff.
+    assert!(report.points() >= 6, "{} points", report.points());
 }
