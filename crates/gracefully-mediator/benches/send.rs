@@ -196,9 +196,10 @@ fn cases(token: &CancellationToken) -> Vec<Case> {
         }
         .unwrap()
     };
-    // A caller whose own deadline (10 s) is sooner than the behaviour's (30 s): an HTTP
-    // request under a route timeout. Its source lives as long as the closure.
-    let sooner = CancellationSource::with_timeout(Duration::from_secs(10));
+    // A caller whose own deadline is sooner than the behaviour's: an HTTP request under a
+    // route timeout. (Half an hour against an hour, so that it never fires during the run.)
+    // Its source lives as long as the closure.
+    let sooner = CancellationSource::with_timeout(Duration::from_secs(1800));
     let sooner_token = sooner.token();
     let three = three_behaviours();
     let sender: Sender<Quote> = three.sender().unwrap();
@@ -210,7 +211,12 @@ fn cases(token: &CancellationToken) -> Vec<Case> {
         (LOGGING, Box::new(sending(with("logging"), token.clone()))),
         (TIMEOUT, Box::new(sending(with("timeout"), token.clone()))),
         (TIMEOUT_SOONER, {
-            let mut send = sending(with("timeout"), sooner_token);
+            let hour = Mediator::builder()
+                .layer(TimeoutLayer::new(Duration::from_secs(3600)))
+                .handler(QuoteHandler)
+                .build()
+                .unwrap();
+            let mut send = sending(hour, sooner_token);
             Box::new(move || {
                 let _keep = &sooner;
                 send();
