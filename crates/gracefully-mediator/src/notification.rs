@@ -147,7 +147,8 @@ pub enum PublishStrategy {
     /// publish takes as long as the slowest handler, not the sum. They are polled by the
     /// publishing task, not spawned, so nothing outlives the publish — spawn CPU-heavy work
     /// (or publish detached — `Mediator::publish_detached`, feature `host` — where each
-    /// handler is a task of its own).
+    /// handler is a task of its own). If the publisher's token has fired already, none is
+    /// started (all count as cancelled).
     Concurrent,
 }
 
