@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use gracefully::{CancellationSource, CancellationToken, Reason, ReasonKind};
 use gracefully_fs::{Error, WriteOptions};
-use support::{cancel_at_every_poll, content, no_temp_files_eventually, temp_files};
+use gracefully_test::{Outcome, Run, Walk, cancel_at_every_await};
+use support::{content, no_temp_files_eventually, temp_files};
 use tokio::io::AsyncWriteExt;
 
 const CHUNK: usize = 4096;
@@ -124,89 +125,85 @@ async fn writer_cancelled_at_every_chunk_boundary_keeps_the_old_content_and_no_t
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn write_dropped_at_every_poll_leaves_old_or_complete_new_content_never_a_mix() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("dest");
-    let (old, new) = (content(LEN / 2, 1), content(LEN, 2));
-    std::fs::write(&path, &old).unwrap();
-    let options = WriteOptions::new().chunk_size(CHUNK);
-    let polls = cancel_at_every_poll(
-        || {
-            let (options, path, new) = (options.clone(), path.clone(), new.clone());
-            async move { options.write(&path, new, &CancellationToken::never()).await }
-        },
-        |outcome, _n| {
-            let (dir, path, old, new) = (
-                dir.path().to_path_buf(),
-                path.clone(),
-                old.clone(),
-                new.clone(),
-            );
-            async move {
-                let now = std::fs::read(&path).unwrap();
-                assert!(
-                    now == old || now == new,
-                    "a mix of old and new ({} bytes)",
-                    now.len()
-                );
-                if let Some(result) = outcome {
-                    result.unwrap();
-                    assert_eq!(now, new);
-                }
-                no_temp_files_eventually(&dir).await;
-                // Reset, so every run starts from the old content.
-                std::fs::write(&path, &old).unwrap();
-            }
-        },
-    )
-    .await;
-    assert!(polls >= 2, "the write completed without ever being pending");
+/// After any run: the destination is the old content or the complete new content, and
+/// (once the blocking thread has seen the cancellation) no temporary file is left. Then it
+/// resets the destination for the next run.
+async fn old_or_new_and_no_temp_file<T: std::fmt::Debug>(
+    run: &Run<Result<T, Error>>,
+    dir: &Path,
+    path: &Path,
+    old: &[u8],
+    new: &[u8],
+) {
+    let now = std::fs::read(path).unwrap();
+    assert!(
+        now == old || now == new,
+        "a mix of old and new ({} bytes)",
+        now.len()
+    );
+    match run.outcome() {
+        Outcome::Completed(result) => {
+            assert!(result.is_ok(), "{result:?}");
+            assert_eq!(now, new);
+        }
+        // Cancelled before the rename (old content), or past its last check (new content).
+        Outcome::TokenFired(Ok(_)) => assert_eq!(now, new),
+        Outcome::TokenFired(Err(e)) => {
+            assert!(e.as_cancelled().is_some(), "{e}");
+            assert_eq!(now, old);
+        }
+        Outcome::Dropped => {}
+    }
+    no_temp_files_eventually(dir).await;
+    std::fs::write(path, old).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writer_dropped_at_every_poll_leaves_old_or_complete_new_content_never_a_mix() {
+async fn write_cancelled_at_every_await_leaves_old_or_complete_new_content_never_a_mix() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dest");
     let (old, new) = (content(LEN / 2, 1), content(LEN, 2));
     std::fs::write(&path, &old).unwrap();
     let options = WriteOptions::new().chunk_size(CHUNK);
-    let polls = cancel_at_every_poll(
-        || {
-            let (options, path, new) = (options.clone(), path.clone(), new.clone());
-            async move {
-                let mut writer = options.create(&path, &CancellationToken::never()).await?;
+    for walk in [Walk::dropping(), Walk::cooperative()] {
+        let report = cancel_at_every_await(
+            walk,
+            async |token| options.write(&path, new.clone(), &token).await,
+            async |run| old_or_new_and_no_temp_file(run, dir.path(), &path, &old, &new).await,
+        )
+        .await
+        .unwrap();
+        assert!(report.points() >= 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writer_cancelled_at_every_await_leaves_old_or_complete_new_content_never_a_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dest");
+    let (old, new) = (content(LEN / 2, 1), content(LEN, 2));
+    std::fs::write(&path, &old).unwrap();
+    let options = WriteOptions::new().chunk_size(CHUNK);
+    for walk in [Walk::dropping(), Walk::cooperative()] {
+        let report = cancel_at_every_await(
+            walk,
+            async |token| {
+                let mut writer = options.create(&path, &token).await?;
                 for piece in new.chunks(1000) {
                     writer.write_all(piece).await.map_err(support::fs_error)?;
                 }
                 writer.commit().await
-            }
-        },
-        |outcome, _n| {
-            let (dir, path, old, new) = (
-                dir.path().to_path_buf(),
-                path.clone(),
-                old.clone(),
-                new.clone(),
-            );
-            async move {
-                let now = std::fs::read(&path).unwrap();
-                assert!(
-                    now == old || now == new,
-                    "a mix of old and new ({} bytes)",
-                    now.len()
-                );
-                if let Some(result) = outcome {
-                    assert_eq!(result.unwrap(), LEN as u64);
-                    assert_eq!(now, new);
-                }
-                no_temp_files_eventually(&dir).await;
-                std::fs::write(&path, &old).unwrap();
-            }
-        },
-    )
-    .await;
-    assert!(polls >= 3, "took {polls} polls");
+            },
+            async |run| old_or_new_and_no_temp_file(run, dir.path(), &path, &old, &new).await,
+        )
+        .await
+        .unwrap();
+        assert!(
+            report.points() >= 3,
+            "only {} cancel points",
+            report.points()
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,13 +13,13 @@ use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use gracefully::{CancellationSource, CancellationToken, Reason, ReasonKind};
 use gracefully_fs::object::{self, UploadOptions};
+use gracefully_test::{Outcome, Walk, cancel_at_every_await};
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
     ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
-use support::cancel_at_every_poll;
 use tokio::io::AsyncWriteExt;
 
 /// Called with the part number (1-based) as each part upload starts.
@@ -37,6 +37,8 @@ struct Calls {
     completed: AtomicUsize,
     aborted: AtomicUsize,
     on_part: Mutex<Option<PartHook>>,
+    /// Called while the multipart upload is being started (before the store answers).
+    on_start: Mutex<Option<PartHook>>,
     /// Fail this part number.
     fail_part: AtomicUsize,
 }
@@ -121,7 +123,10 @@ impl ObjectStore for Recording {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.calls.started.fetch_add(1, Ordering::SeqCst);
+        let n = self.calls.started.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(hook) = &*self.calls.on_start.lock().unwrap() {
+            hook(n);
+        }
         let inner = self.inner.put_multipart_opts(location, opts).await?;
         Ok(Box::new(RecordingUpload {
             inner,
@@ -275,6 +280,35 @@ async fn a_put_cancelled_at_every_part_is_aborted_and_leaves_no_object() {
 }
 
 #[tokio::test]
+async fn a_cancellation_during_the_start_request_still_aborts_the_upload() {
+    // The server has created the upload by the time its answer arrives: a cancellation
+    // that lands while we wait for it must still lead to the abort.
+    let (store, calls) = recording();
+    let source = Arc::new(CancellationSource::new());
+    let canceller = source.clone();
+    *calls.on_start.lock().unwrap() = Some(Box::new(move |_| {
+        canceller.cancel();
+    }));
+    let err = options()
+        .put(
+            store.clone(),
+            &Path::from("s"),
+            data(3 * PART),
+            &source.token(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.as_cancelled().is_some(), "{err}");
+    assert_eq!(calls.started.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        calls.aborted.load(Ordering::SeqCst),
+        1,
+        "the started upload was left pending"
+    );
+    assert_eq!(calls.parts.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
 async fn a_put_with_a_cancelled_token_sends_nothing() {
     let (store, calls) = recording();
     let source = CancellationSource::new();
@@ -385,41 +419,55 @@ async fn discard_returns_after_the_upload_is_aborted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_dropped_at_every_poll_leaves_the_complete_object_or_none_and_no_pending_upload() {
-    let location = Path::from("polled");
+async fn a_writer_cancelled_at_every_await_leaves_the_complete_object_or_none_and_no_pending_upload()
+ {
+    let location = Path::from("walked");
     let expected = data(PARTS * PART + 10);
-    let stores: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-    let polls = cancel_at_every_poll(
-        || {
-            let (store, calls) = recording();
-            stores.lock().unwrap().push((store.clone(), calls));
-            let (location, expected) = (location.clone(), expected.clone());
-            async move {
-                let mut writer = options().create(store, &location, &CancellationToken::never())?;
+    for walk in [Walk::dropping(), Walk::cooperative()] {
+        // A fresh store per run; the check looks at the run's own.
+        let stores: Mutex<Vec<Recorded>> = Mutex::default();
+        let report = cancel_at_every_await(
+            walk,
+            async |token| {
+                let (store, calls) = recording();
+                stores.lock().unwrap().push((store.clone(), calls));
+                let mut writer = options().create(store, &location, &token)?;
                 for piece in expected.chunks(700) {
                     writer.write_all(piece).await.map_err(support::fs_error)?;
                 }
                 writer.commit().await
-            }
-        },
-        |outcome, _n| {
-            let (store, calls) = stores.lock().unwrap().last().cloned().unwrap();
-            let (location, expected) = (location.clone(), expected.clone());
-            async move {
+            },
+            async |run| {
+                let (store, calls) = stores.lock().unwrap().last().cloned().unwrap();
                 every_upload_ended(&calls).await;
-                match store.get(&location).await {
-                    Ok(got) => assert_eq!(&got.bytes().await.unwrap()[..], &expected[..]),
-                    Err(object_store::Error::NotFound { .. }) => {
-                        assert!(outcome.is_none(), "completed, yet no object");
-                    }
+                let stored = match store.get(&location).await {
+                    Ok(got) => Some(got.bytes().await.unwrap()),
+                    Err(object_store::Error::NotFound { .. }) => None,
                     Err(e) => panic!("{e}"),
+                };
+                if let Some(bytes) = &stored {
+                    assert_eq!(&bytes[..], &expected[..], "a partial object");
                 }
-                if let Some(result) = outcome {
-                    result.unwrap();
+                match run.outcome() {
+                    Outcome::Completed(result) => {
+                        assert!(result.is_ok(), "{result:?}");
+                        assert!(stored.is_some(), "completed, yet no object");
+                    }
+                    Outcome::TokenFired(Ok(_)) => assert!(stored.is_some()),
+                    Outcome::TokenFired(Err(e)) => {
+                        assert!(e.as_cancelled().is_some(), "{e}");
+                        assert!(stored.is_none(), "cancelled, yet the object is there");
+                    }
+                    Outcome::Dropped => {}
                 }
-            }
-        },
-    )
-    .await;
-    assert!(polls > PARTS, "took {polls} polls");
+            },
+        )
+        .await
+        .unwrap();
+        assert!(
+            report.points() >= 3,
+            "only {} cancel points",
+            report.points()
+        );
+    }
 }

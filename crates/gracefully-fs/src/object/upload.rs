@@ -191,10 +191,12 @@ impl Uploader {
                     .put_multipart_opts(&self.location, self.options.multipart.clone())
                     .await
                     .map_err(|e| Error::store(Step::StartUpload, &self.location, e))?;
-                self.token.check()?;
+                // Recorded before the check, so a cancellation during the start still
+                // aborts it (upload invariant 1).
                 self.upload.insert(started)
             }
         };
+        self.token.check()?;
         self.parts.spawn(upload.put_part(data));
         Ok(())
     }
