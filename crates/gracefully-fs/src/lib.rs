@@ -34,7 +34,8 @@
 //!
 //! A process killed mid-write (SIGKILL, OOM) cannot clean up; its temporary file is
 //! recognisable by name, and [`remove_leftovers`] removes such files at startup — never one a
-//! live writer still holds.
+//! live writer still holds. With the `host` feature, `LeftoverSweep` runs it as the start
+//! step of a host service, its counts in the shutdown report.
 //!
 //! | | this crate | anchor |
 //! |---|---|---|
@@ -86,6 +87,8 @@ mod feed;
 mod job;
 mod local;
 mod options;
+#[cfg(feature = "host")]
+mod sweep;
 
 #[cfg(feature = "object_store")]
 #[cfg_attr(docsrs, doc(cfg(feature = "object_store")))]
@@ -104,6 +107,9 @@ use gracefully::CancellationToken;
 pub use error::{Error, Step};
 pub use local::{FileWriter, Leftovers, remove_leftovers};
 pub use options::{DEFAULT_CHUNK_SIZE, WriteOptions};
+#[cfg(feature = "host")]
+#[cfg_attr(docsrs, doc(cfg(feature = "host")))]
+pub use sweep::LeftoverSweep;
 
 /// Writes `contents` to `path` so that it is either completely written or not at all
 /// (with default [`WriteOptions`]: overwrite, permissions kept, fsync, 1 MiB chunks).

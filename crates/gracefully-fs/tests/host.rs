@@ -137,3 +137,53 @@ async fn a_write_cancelled_at_hard_stop_is_reported_cancelled_and_leaves_nothing
     assert!(!path.exists());
     assert!(support::temp_files(dir.path()).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leftover_sweep_runs_at_host_start_and_counts_in_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let leftover = dir
+        .path()
+        .join(".state.bin.0123456789abcdef.gracefully-fs.tmp");
+    std::fs::write(&leftover, b"left by a crash").unwrap();
+    let missing = dir.path().join("not-created-yet");
+    let host = Host::builder()
+        .handle_signals(false)
+        .service(
+            "fs-sweep",
+            gracefully_fs::LeftoverSweep::new([dir.path().to_path_buf(), missing]),
+        )
+        .build()
+        .unwrap();
+    let lifetime = host.lifetime();
+    let running = tokio::spawn(host.run());
+    lifetime.started().cancelled().await; // the start step has run
+    assert!(
+        !leftover.exists(),
+        "the sweep did not run before the host was ready"
+    );
+    lifetime.stop(Reason::shutdown());
+    let report = running.await.unwrap();
+    let row = report.entry("fs-sweep").expect("in the report");
+    assert_eq!(row.detail("temp files removed"), Some("1"), "{report}");
+    assert_eq!(row.detail("bytes removed"), Some("15"), "{report}");
+    assert_eq!(report.exit_code(), 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_of_an_unreadable_path_fails_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file-not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let host = Host::builder()
+        .handle_signals(false)
+        .service("fs-sweep", gracefully_fs::LeftoverSweep::new([file]))
+        .build()
+        .unwrap();
+    let report = host.run().await;
+    assert_eq!(report.exit_code(), 1, "{report}");
+    let row = report.entry("fs-sweep").expect("in the report");
+    assert!(
+        matches!(row.outcome(), Outcome::Failed(message) if message.contains("a-file-not-a-dir")),
+        "{report}"
+    );
+}
