@@ -1,0 +1,129 @@
+//! [`remove_leftovers`]: startup hygiene after a crash.
+
+use std::fs::{self, File, TryLockError};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Step};
+use crate::local::temp::is_temp_name;
+
+/// What [`remove_leftovers`] found.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Leftovers {
+    /// Temporary files removed: left by a process that died mid-write.
+    pub removed: Vec<PathBuf>,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Temporary files left alone because a live writer holds them (in this process or
+    /// another).
+    pub in_use: Vec<PathBuf>,
+    /// Subdirectories or files that could not be looked at or removed; the sweep went on
+    /// without them.
+    pub errors: Vec<Error>,
+}
+
+/// Removes this crate's temporary files left under `dir` (and its subdirectories; symbolic
+/// links are not followed) by a process that died mid-write — SIGKILL, OOM kill, power
+/// loss. Call it at startup, before the host runs, for each directory the service writes
+/// to.
+///
+/// Only files named like this crate's temporary files are touched
+/// (`.<name>.<16 hex digits>.gracefully-fs.tmp`), and of those only the ones no live writer
+/// holds: every writer keeps an exclusive lock (`flock`) on its temporary file, which the
+/// kernel releases when the process dies, and the sweep removes a file only while it holds
+/// that lock itself. So it is safe while writes run, in this process or in another one
+/// sharing the directory (on network file systems, as far as they honour `flock`).
+///
+/// Blocking: call it before the async runtime starts, or through `spawn_blocking`.
+///
+/// Returns an error only if `dir` itself cannot be read; problems further down are
+/// collected in [`Leftovers::errors`].
+///
+/// ```
+/// # fn main() -> Result<(), gracefully_fs::Error> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// let data_dir = dir.path();
+/// let swept = gracefully_fs::remove_leftovers(data_dir)?;
+/// for path in &swept.removed {
+///     eprintln!("removed a temporary file left by a crash: {}", path.display());
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// *Anchors:* none in .NET, Go or tokio: files left by `tempfile` or by hand-written
+/// write-then-rename code stay until someone notices.
+pub fn remove_leftovers(dir: impl AsRef<Path>) -> Result<Leftovers, Error> {
+    let dir = dir.as_ref();
+    let mut found = Leftovers::default();
+    let mut pending = vec![dir.to_path_buf()];
+    let mut top = true;
+    while let Some(current) = pending.pop() {
+        let entries = match fs::read_dir(&current) {
+            Ok(entries) => entries,
+            Err(e) if top => return Err(Error::io(Step::ScanLeftovers, &current, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => {
+                found
+                    .errors
+                    .push(Error::io(Step::ScanLeftovers, &current, e));
+                continue;
+            }
+        };
+        top = false;
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    found
+                        .errors
+                        .push(Error::io(Step::ScanLeftovers, &current, e));
+                    continue;
+                }
+            };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() && is_temp_name(&entry.file_name()) {
+                remove_one(entry.path(), &mut found);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Removes `path` if no live writer holds its lock (temp invariant 2 in `local/temp.rs`).
+fn remove_one(path: PathBuf, found: &mut Leftovers) {
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return, // its writer finished
+        Err(e) => {
+            found.errors.push(Error::io(Step::RemoveLeftover, &path, e));
+            return;
+        }
+    };
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            found.in_use.push(path);
+            return;
+        }
+        Err(TryLockError::Error(e)) => {
+            found.errors.push(Error::io(Step::RemoveLeftover, &path, e));
+            return;
+        }
+    }
+    let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // Still holding the lock: a writer that created this name cannot have claimed it
+    // (temp invariant 3 makes it start over with a new name).
+    match fs::remove_file(&path) {
+        Ok(()) => {
+            found.bytes += bytes;
+            found.removed.push(path);
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => found.errors.push(Error::io(Step::RemoveLeftover, &path, e)),
+    }
+}

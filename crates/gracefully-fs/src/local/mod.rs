@@ -1,0 +1,289 @@
+//! Local files: [`write()`](crate::write), [`copy()`](crate::copy), [`FileWriter`], and the
+//! blocking sequence they share.
+//!
+//! The sequence, on a blocking thread (`job.rs`), with the token checked at each `check`:
+//!
+//! ```text
+//! check → prepare (destination, directory, permissions, no-clobber pre-check)
+//!       → create + lock the temp file beside the destination (local/temp.rs)
+//!       → { check → write one chunk → progress }*
+//!       → check → fsync file → check
+//!       → rename over the destination (local/commit.rs)        ← the commit point
+//!       → fsync directory
+//! ```
+//!
+//! Everything before the rename leaves the destination untouched, and any exit before it
+//! (cancellation, error, panic) drops the `TempFile`, which removes the temporary file (temp
+//! invariant 4). The rename is atomic, so a reader — or a crash — sees the old content or
+//! the new, never a mix.
+
+mod commit;
+mod leftovers;
+pub(crate) mod temp;
+mod writer;
+
+use std::ffi::OsString;
+use std::fs::{self, File, Permissions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use gracefully::{CancellationToken, Reason};
+
+use crate::error::{Error, Step};
+use crate::job::Spawner;
+use crate::options::WriteOptions;
+use temp::TempFile;
+
+pub use leftovers::{Leftovers, remove_leftovers};
+pub use writer::FileWriter;
+
+/// The reason a dropped future gives its write.
+fn future_dropped() -> Reason {
+    Reason::requested().with_message("the write's future was dropped before it finished")
+}
+
+pub(crate) fn spawner(options: &WriteOptions) -> Spawner {
+    #[cfg(feature = "host")]
+    return Spawner::new(options.lifetime.clone());
+    #[cfg(not(feature = "host"))]
+    {
+        let _ = options;
+        Spawner::new()
+    }
+}
+
+pub(crate) async fn write(
+    options: &WriteOptions,
+    path: &Path,
+    contents: Bytes,
+    token: &CancellationToken,
+) -> Result<(), Error> {
+    options.validate()?;
+    let dest = path.to_path_buf();
+    let name = || format!("fs write {}", path.display());
+    let options = options.clone();
+    let job = spawner(&options).blocking(name, token, future_dropped, move |token| {
+        atomic_write(&dest, &options, &token, None, |chunks| {
+            for chunk in contents.chunks(options.chunk_size) {
+                chunks.write(chunk)?;
+            }
+            Ok(())
+        })
+    });
+    job.await.map(drop)
+}
+
+pub(crate) async fn copy(
+    options: &WriteOptions,
+    from: &Path,
+    to: &Path,
+    token: &CancellationToken,
+) -> Result<u64, Error> {
+    options.validate()?;
+    let (source, dest) = (from.to_path_buf(), to.to_path_buf());
+    let name = || format!("fs copy {} -> {}", from.display(), to.display());
+    let options = options.clone();
+    let job = spawner(&options).blocking(name, token, future_dropped, move |token| {
+        token.check()?;
+        let file = File::open(&source).map_err(|e| Error::io(Step::Read, &source, e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(Step::Read, &source, e))?;
+        if meta.is_dir() {
+            return Err(Error::io(
+                Step::Read,
+                &source,
+                io::Error::new(io::ErrorKind::IsADirectory, "the source is a directory"),
+            ));
+        }
+        atomic_write(
+            &dest,
+            &options,
+            &token,
+            Some(meta.permissions()),
+            |chunks| {
+                while chunks.copy_from(&file, &source)? > 0 {}
+                Ok(())
+            },
+        )
+    });
+    job.await
+}
+
+/// The destination, as found before writing.
+pub(crate) struct Target {
+    pub(crate) dest: PathBuf,
+    pub(crate) dir: PathBuf,
+    name: OsString,
+    permissions: Option<Permissions>,
+}
+
+impl Target {
+    pub(crate) fn name(&self) -> &std::ffi::OsStr {
+        &self.name
+    }
+
+    pub(crate) fn permissions(&self) -> Option<&Permissions> {
+        self.permissions.as_ref()
+    }
+}
+
+/// Looks at the destination: its directory and name, the permissions the new file gets
+/// (explicit, else `inherited` — a copy's source's — else the replaced file's), and the
+/// no-clobber pre-check.
+pub(crate) fn prepare(
+    dest: &Path,
+    options: &WriteOptions,
+    inherited: Option<Permissions>,
+) -> Result<Target, Error> {
+    let invalid = |message: &'static str| {
+        Error::io(
+            Step::Prepare,
+            dest,
+            io::Error::new(io::ErrorKind::InvalidInput, message),
+        )
+    };
+    let name = dest.file_name().ok_or_else(|| {
+        invalid("the destination has no file name (it is a root or ends in `..`)")
+    })?;
+    let dir = match dest.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let existing = match fs::symlink_metadata(dest) {
+        Ok(meta) => Some(meta),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(Step::Prepare, dest, e)),
+    };
+    if let Some(meta) = &existing {
+        if meta.is_dir() {
+            return Err(Error::io(
+                Step::Prepare,
+                dest,
+                io::Error::new(
+                    io::ErrorKind::IsADirectory,
+                    "the destination is a directory",
+                ),
+            ));
+        }
+        if !options.overwrite {
+            return Err(Error::AlreadyExists {
+                path: dest.to_path_buf(),
+            });
+        }
+    }
+    let replaced = existing
+        .filter(|meta| meta.is_file())
+        .map(|meta| meta.permissions());
+    Ok(Target {
+        dest: dest.to_path_buf(),
+        dir,
+        name: name.to_os_string(),
+        permissions: options.permissions.clone().or(inherited).or(replaced),
+    })
+}
+
+/// The blocking sequence of the module docs; `fill` writes the data through [`Chunks`].
+/// Returns the bytes written.
+pub(crate) fn atomic_write(
+    dest: &Path,
+    options: &WriteOptions,
+    token: &CancellationToken,
+    inherited: Option<Permissions>,
+    fill: impl FnOnce(&mut Chunks<'_>) -> Result<(), Error>,
+) -> Result<u64, Error> {
+    token.check()?;
+    let target = prepare(dest, options, inherited)?;
+    let temp = TempFile::create(&target.dir, &target.name, target.permissions.as_ref())?;
+    let written = {
+        let mut chunks = Chunks::new(&temp, options, token);
+        fill(&mut chunks)?;
+        chunks.written
+    };
+    finish(temp, &target, options, token)?;
+    Ok(written)
+}
+
+/// From the last chunk to the end: check, fsync, check, rename, fsync the directory.
+pub(crate) fn finish(
+    temp: TempFile,
+    target: &Target,
+    options: &WriteOptions,
+    token: &CancellationToken,
+) -> Result<(), Error> {
+    token.check()?;
+    if options.fsync {
+        temp.file()
+            .sync_all()
+            .map_err(|e| Error::io(Step::SyncFile, temp.path(), e))?;
+        // The fsync of a large file can take a while: a cancellation during it still wins.
+        token.check()?;
+    }
+    commit::rename(temp, &target.dest, options.overwrite)?;
+    if options.fsync {
+        commit::sync_dir(&target.dir)?;
+    }
+    Ok(())
+}
+
+/// Writes chunks to the temporary file, checking the token before each one and reporting
+/// progress after it.
+pub(crate) struct Chunks<'a> {
+    temp: &'a TempFile,
+    token: &'a CancellationToken,
+    chunk_size: usize,
+    progress: Option<&'a (dyn Fn(u64) + Send + Sync)>,
+    written: u64,
+}
+
+impl<'a> Chunks<'a> {
+    pub(crate) fn new(
+        temp: &'a TempFile,
+        options: &'a WriteOptions,
+        token: &'a CancellationToken,
+    ) -> Self {
+        Chunks {
+            temp,
+            token,
+            chunk_size: options.chunk_size,
+            progress: options.progress.as_deref(),
+            written: 0,
+        }
+    }
+
+    /// Writes one chunk (the caller keeps it at most `chunk_size`).
+    pub(crate) fn write(&mut self, chunk: &[u8]) -> Result<(), Error> {
+        self.token.check()?;
+        let mut file = self.temp.file();
+        file.write_all(chunk)
+            .map_err(|e| Error::io(Step::Write, self.temp.path(), e))?;
+        self.advance(chunk.len() as u64);
+        Ok(())
+    }
+
+    /// Copies up to one chunk from `source` (in the kernel where it can: `io::copy` uses
+    /// `copy_file_range` between files on Linux); returns the bytes copied, 0 at the end.
+    fn copy_from(&mut self, source: &File, path: &Path) -> Result<u64, Error> {
+        self.token.check()?;
+        let mut chunk = source.take(self.chunk_size as u64);
+        let copied = io::copy(&mut chunk, &mut self.temp.file())
+            .map_err(|e| Error::io(Step::Copy, path, e))?;
+        self.advance(copied);
+        Ok(copied)
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        self.written += bytes;
+        if let Some(progress) = self.progress {
+            progress(self.written);
+        }
+    }
+
+    pub(crate) fn written(&self) -> u64 {
+        self.written
+    }
+}
