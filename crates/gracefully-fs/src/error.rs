@@ -222,14 +222,11 @@ impl From<Error> for io::Error {
     /// An `io::Error` wrapping the [`Error`] (so `get_ref` finds it and
     /// [`gracefully::is_cancellation`] recognises a cancellation), of the kind that fits:
     /// `AlreadyExists`, `InvalidInput`, the operating system's kind for I/O errors, and
-    /// `Other` for a cancellation.
-    ///
-    /// Not `Interrupted` for a cancellation (`gracefully`'s own `From<Cancelled>` uses it):
-    /// `Interrupted` means "retry", and tokio's `write_all` and `BufWriter` do retry it —
-    /// forever, on a writer whose token has fired.
+    /// [`Cancelled::io_error_kind`] for a cancellation (`TimedOut` for a deadline, `Other`
+    /// otherwise — never `Interrupted`, which tokio's `write_all` and `BufWriter` retry).
     fn from(error: Error) -> io::Error {
         let kind = match &error {
-            Error::Cancelled(_) => io::ErrorKind::Other,
+            Error::Cancelled(cancelled) => cancelled.io_error_kind(),
             Error::AlreadyExists { .. } => io::ErrorKind::AlreadyExists,
             Error::Io { source, .. } => source.kind(),
             #[cfg(feature = "object_store")]

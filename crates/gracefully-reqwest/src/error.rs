@@ -108,12 +108,14 @@ impl From<ConfigError> for Error {
 }
 
 impl From<Error> for std::io::Error {
-    /// For body readers that speak `io::Error`: a cancellation becomes kind `Interrupted`, a
-    /// timeout `TimedOut`, anything else `Other`; the [`Error`] is kept inside (so
+    /// For body readers that speak `io::Error`: a cancellation becomes kind
+    /// [`Cancelled::io_error_kind`](gracefully::Cancelled::io_error_kind) (`TimedOut` for a
+    /// deadline, `Other` otherwise — never `Interrupted`, which `read_exact` and friends
+    /// retry), reqwest's timeout `TimedOut`, anything else `Other`; the [`Error`] is kept inside (so
     /// [`gracefully::is_cancellation`] still finds a `Cancelled`).
     fn from(error: Error) -> Self {
         let kind = match &error {
-            Error::Cancelled(_) => std::io::ErrorKind::Interrupted,
+            Error::Cancelled(cancelled) => cancelled.io_error_kind(),
             Error::Request(e) if e.is_timeout() => std::io::ErrorKind::TimedOut,
             _ => std::io::ErrorKind::Other,
         };

@@ -95,11 +95,36 @@ impl Error for Cancelled {
     }
 }
 
+impl Cancelled {
+    /// The [`std::io::ErrorKind`] this cancellation becomes as an `io::Error`: `TimedOut` for
+    /// a [`DeadlineExceeded`](ReasonKind::DeadlineExceeded), `Other` for every other reason.
+    ///
+    /// Never `Interrupted`: that kind means "try again" to `std` and tokio, whose
+    /// `write_all`, `read_exact` and buffered writers retry it — forever, on a reader or
+    /// writer whose token has fired. For an I/O adapter that wraps `Cancelled` in an error
+    /// of its own.
+    ///
+    /// ```
+    /// use gracefully::{Cancelled, Reason};
+    /// use std::io::ErrorKind;
+    ///
+    /// assert_eq!(Cancelled::new(Reason::deadline_exceeded()).io_error_kind(), ErrorKind::TimedOut);
+    /// assert_eq!(Cancelled::new(Reason::shutdown()).io_error_kind(), ErrorKind::Other);
+    /// ```
+    pub fn io_error_kind(&self) -> std::io::ErrorKind {
+        match self.kind() {
+            ReasonKind::DeadlineExceeded => std::io::ErrorKind::TimedOut,
+            _ => std::io::ErrorKind::Other,
+        }
+    }
+}
+
 impl From<Cancelled> for std::io::Error {
-    /// An `io::Error` of kind `Interrupted` wrapping the `Cancelled` (which
-    /// [`is_cancellation`] still finds).
+    /// An `io::Error` wrapping the `Cancelled` (which [`is_cancellation`] still finds), of
+    /// kind [`Cancelled::io_error_kind`]: `TimedOut` for a deadline, `Other` otherwise —
+    /// never `Interrupted`, which readers and writers retry.
     fn from(cancelled: Cancelled) -> Self {
-        std::io::Error::new(std::io::ErrorKind::Interrupted, cancelled)
+        std::io::Error::new(cancelled.io_error_kind(), cancelled)
     }
 }
 

@@ -485,7 +485,11 @@ fn is_cancellation_walks_the_source_chain_and_looks_inside_io_errors() {
         ReasonKind::Shutdown
     );
     let io: io::Error = cancelled.clone().into();
-    assert_eq!(io.kind(), io::ErrorKind::Interrupted);
+    // Not `Interrupted`, which `write_all`/`read_exact` would retry for ever.
+    assert_eq!(io.kind(), io::ErrorKind::Other);
+    let deadline: io::Error = Cancelled::new(Reason::deadline_exceeded()).into();
+    assert_eq!(deadline.kind(), io::ErrorKind::TimedOut);
+    assert!(is_cancellation(&deadline));
     assert!(is_cancellation(&io));
     assert!(is_cancellation(&Wrapper(Box::new(io))));
 
