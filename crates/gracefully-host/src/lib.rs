@@ -71,10 +71,11 @@
 //! ## Exit codes
 //!
 //! [`ShutdownReport::exit_code`] (used by [`Host::run_and_exit`]): `0` every service and
-//! tracked task stopped cleanly (completed, or cancelled cooperatively); `1` something
-//! failed (error, panic, start step failed or timed out, restarts exhausted); `2`
-//! stragglers were aborted at the shutdown timeout; `3` a second signal forced the
-//! shutdown. See [`ShutdownReport`] for the precedence.
+//! tracked task stopped cleanly (completed, or cancelled cooperatively); `1` a service or
+//! tracked task failed, at any time (an error, a panic, a start step that failed or timed
+//! out, restarts exhausted); `2` stragglers were aborted at the shutdown timeout; `3` a
+//! second signal forced the shutdown. A panic is always a failure. See
+//! [`ShutdownReport`] for the precedence.
 //!
 //! ## Runtime
 //!

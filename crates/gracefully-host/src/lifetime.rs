@@ -363,8 +363,9 @@ impl Lifetime {
     /// # }
     /// ```
     ///
-    /// Tasks that end before a stop is requested are only counted (failures are logged when
-    /// they happen), so a long-running host does not accumulate memory. Spawned after the
+    /// Tasks that end before a stop is requested are only counted, not listed, so a
+    /// long-running host does not accumulate memory; a failure among them is logged when it
+    /// happens and still makes the exit code 1. Spawned after the
     /// host stopped, the task still runs, untracked, with a warning.
     ///
     /// Must be called from within a tokio runtime.

@@ -144,7 +144,7 @@ pub struct TaskCounts {
     pub completed: u64,
     /// Stopped because they were cancelled.
     pub cancelled: u64,
-    /// Returned an error or panicked.
+    /// Returned an error or panicked (either makes the exit code 1).
     pub failed: u64,
 }
 
@@ -180,19 +180,21 @@ impl TaskCounts {
 /// # Exit codes
 ///
 /// [`exit_code`](Self::exit_code) is 0 only when every service and every tracked task
-/// alive at the stop request stopped cleanly (completed, or cancelled cooperatively). In
-/// order of precedence:
+/// stopped cleanly (completed, or cancelled cooperatively) and none ever failed. In order
+/// of precedence:
 ///
 /// | code | constant | meaning |
 /// |---|---|---|
 /// | 3 | [`EXIT_FORCED`](Self::EXIT_FORCED) | a second signal forced the shutdown (skipped to abort) |
-/// | 1 | [`EXIT_FAILED`](Self::EXIT_FAILED) | a service or task failed: error, panic, start step failed or timed out, restarts exhausted, or a failure under [`FailurePolicy::Ignore`](crate::FailurePolicy::Ignore) |
+/// | 1 | [`EXIT_FAILED`](Self::EXIT_FAILED) | a service or tracked task failed, at any time: an error, a panic, a start step that failed or timed out, restarts exhausted, a failure under [`FailurePolicy::Ignore`](crate::FailurePolicy::Ignore) |
 /// | 2 | [`EXIT_ABORTED`](Self::EXIT_ABORTED) | stragglers were still running at the shutdown timeout and were aborted |
 /// | 0 | [`EXIT_CLEAN`](Self::EXIT_CLEAN) | clean |
 ///
-/// A failure outranks an abort because it is usually the cause. Tracked tasks that ended
-/// *before* the stop request are only counted ([`finished_before_stop`](Self::finished_before_stop))
-/// and do not change the code (their failures were logged when they happened).
+/// A failure outranks an abort because it is usually the cause. A panic is always a
+/// failure. Tracked tasks that ended *before* the stop request are only counted
+/// ([`finished_before_stop`](Self::finished_before_stop)), not listed, so a long-running
+/// host does not accumulate a line per task; their failures (logged with the task's name
+/// when they happened) still make the code 1.
 ///
 /// *Anchors:* .NET logs "Application is shutting down..." and exits 0 even after a
 /// BackgroundService failed (unless `BackgroundServiceExceptionBehavior.StopHost`, which
@@ -322,10 +324,11 @@ impl ShutdownReport {
     pub fn exit_code(&self) -> i32 {
         if self.forced {
             Self::EXIT_FORCED
-        } else if self
-            .entries
-            .iter()
-            .any(|e| matches!(e.outcome, Outcome::Failed(_)))
+        } else if self.before_stop.failed > 0
+            || self
+                .entries
+                .iter()
+                .any(|e| matches!(e.outcome, Outcome::Failed(_)))
         {
             Self::EXIT_FAILED
         } else if self.entries.iter().any(|e| e.outcome == Outcome::Aborted) {
@@ -388,7 +391,8 @@ impl ShutdownReport {
         self.entries.iter().filter(|e| e.kind == EntryKind::Task)
     }
 
-    /// Tracked tasks that ended before the stop request, by outcome.
+    /// Tracked tasks that ended before the stop request, by outcome. Any `failed` among
+    /// them makes the exit code [`EXIT_FAILED`](Self::EXIT_FAILED).
     pub fn finished_before_stop(&self) -> TaskCounts {
         self.before_stop
     }

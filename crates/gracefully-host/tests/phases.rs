@@ -736,3 +736,40 @@ async fn a_stop_requested_before_run_starts_no_service() {
     assert!(!lifetime.started().is_cancelled());
     assert_eq!(report.trigger().kind(), ReasonKind::Shutdown);
 }
+
+// Issue 9, item 7.
+#[tokio::test(start_paused = true)]
+async fn a_tracked_task_that_panics_before_the_stop_makes_the_exit_code_1() {
+    let host = host().service("svc", honouring()).build().unwrap();
+    let lifetime = host.lifetime();
+    let run = tokio::spawn(host.run());
+    lifetime.started().cancelled().await;
+    lifetime.spawn("boom", async {
+        if true {
+            panic!("unexpected state");
+        }
+    });
+    sleep(secs(1.0)).await;
+    lifetime.stop(Reason::shutdown());
+    let report = run.await.unwrap();
+
+    assert_eq!(report.finished_before_stop().failed, 1);
+    assert_eq!(report.exit_code(), ShutdownReport::EXIT_FAILED, "{report}");
+    assert!(!report.is_clean());
+}
+
+// Issue 9, item 7: an error is a failure too, whenever it happens.
+#[tokio::test(start_paused = true)]
+async fn a_tracked_task_that_fails_before_the_stop_makes_the_exit_code_1() {
+    let host = host().service("svc", honouring()).build().unwrap();
+    let lifetime = host.lifetime();
+    let run = tokio::spawn(host.run());
+    lifetime.started().cancelled().await;
+    lifetime.spawn("flush", async { Err::<(), BoxError>("disk full".into()) });
+    sleep(secs(1.0)).await;
+    lifetime.stop(Reason::shutdown());
+    let report = run.await.unwrap();
+
+    assert_eq!(report.finished_before_stop().failed, 1);
+    assert_eq!(report.exit_code(), ShutdownReport::EXIT_FAILED, "{report}");
+}
