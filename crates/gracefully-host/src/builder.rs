@@ -104,6 +104,11 @@ impl HostBuilder {
     /// Turn it off in tests, or when something else owns the signals (then call
     /// [`Lifetime::stop`](crate::Lifetime::stop) yourself).
     ///
+    /// The handlers run on a thread of their own (with a small runtime of their own), so
+    /// they work on any runtime — one without tokio's IO driver too — and a second signal
+    /// gets through even when every worker is busy. If they cannot be installed, `run`
+    /// logs an error and goes on; stop the host with `Lifetime::stop` then.
+    ///
     /// As with any tokio signal handler, once installed the handlers replace the default
     /// action (terminate) for the rest of the process, also after `run` returned: end the
     /// process then, as [`Host::run_and_exit`] does.

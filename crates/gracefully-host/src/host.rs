@@ -105,9 +105,9 @@ impl Host {
     /// the report (also logged through `tracing`: at `INFO` when clean, `ERROR`
     /// otherwise). While it runs, [`Lifetime::current`] returns this host's lifetime.
     ///
-    /// Needs a tokio runtime with the time driver (and, with signal handling on, the IO
-    /// driver): `#[tokio::main]` has both. Use the multi-thread runtime so a service that
-    /// blocks cannot stall the others.
+    /// Needs a tokio runtime with the time driver: `#[tokio::main]` has it. (Signal
+    /// handling runs on a thread of its own and needs nothing from this runtime.) Use the
+    /// multi-thread runtime so a service that blocks cannot stall the others.
     ///
     /// # Cancel safety
     ///

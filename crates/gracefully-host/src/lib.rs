@@ -79,9 +79,10 @@
 //!
 //! ## Runtime
 //!
-//! Needs tokio with the time driver, and the IO driver for signal handling
-//! (`#[tokio::main]` has both). Use the multi-thread runtime: each service runs in its own
-//! task, so a service that blocks holds up only itself.
+//! Needs tokio with the time driver (`#[tokio::main]` has it). Signals are handled on a
+//! thread of the host's own, so the runtime needs no IO driver for them. Use the
+//! multi-thread runtime: each service runs in its own task, so a service that blocks holds
+//! up only itself.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]

@@ -23,7 +23,7 @@ use crate::outcome::{Outcome, panicked};
 use crate::report::{Phase, RawReport, ServiceRecord, ShutdownReport};
 use crate::service::ServiceContext;
 use crate::service_task::{ServiceEnd, ServiceRun};
-use crate::signals::Signals;
+use crate::signals::SignalWatcher;
 
 type Joined = Pin<Box<dyn Future<Output = (usize, Result<ServiceEnd, JoinError>)> + Send>>;
 
@@ -42,8 +42,8 @@ pub(crate) async fn run(host: Host) -> ShutdownReport {
 
     // Handlers first, so that by the time the host is ready a signal cannot be missed.
     let signals = if config.handle_signals {
-        match Signals::install() {
-            Ok(signals) => Some(tokio::spawn(signals.watch(lifetime.clone()))),
+        match SignalWatcher::start(lifetime.clone()) {
+            Ok(watcher) => Some(watcher),
             Err(error) => {
                 tracing::error!(%error, "could not install signal handlers; stop the host with Lifetime::stop");
                 None
@@ -215,9 +215,7 @@ pub(crate) async fn run(host: Host) -> ShutdownReport {
 
     // Whatever descends from hard stop and is still waiting hears it now.
     shared.hard_stop.cancel_with(reason.clone());
-    if let Some(signals) = signals {
-        signals.abort();
-    }
+    drop(signals); // stops the watcher
     let (tasks, before_stop) = shared.tracker.close();
     shared.advance(Stage::Stopped);
     let ended_at = Instant::now();
