@@ -57,7 +57,8 @@ use crate::service::{ErasedService, ServiceOptions};
 /// ```
 ///
 /// A phase ends early once every service and tracked task has ended. A second signal
-/// skips straight to the abort.
+/// skips straight to the abort. However the sequence is cut short, `stopping`,
+/// `hard_stop` and `stopped` all fire, in that order.
 ///
 /// *Anchors:* .NET's Generic Host (`IHost.RunAsync`), which has one stop signal, a single
 /// timeout after which it simply returns, no report, and exits 0 after a failed

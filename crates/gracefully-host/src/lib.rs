@@ -55,6 +55,8 @@
 //! `shutdown_timeout` (default 30 s) is the whole budget, counted from the trigger; the
 //! pre-stop delay and the cancel grace are its first and last parts. A phase ends early
 //! once every service and tracked task has ended. A second signal skips to the abort.
+//! However the sequence is cut short, its tokens (`stopping`, `hard_stop`, `stopped`)
+//! all fire, in order.
 //!
 //! ## Pieces
 //!

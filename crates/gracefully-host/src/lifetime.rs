@@ -169,10 +169,16 @@ impl Shared {
 
     /// `Starting → Running`, unless a stop was requested first.
     pub(crate) fn mark_started(&self) {
-        if !self.stop_requested.is_cancelled() && self.advance(Stage::Running) {
-            self.started
-                .cancel_with(Reason::requested().with_message("host started"));
-            tracing::info!("host started: every start step finished; ready");
+        if self.stop_requested.is_cancelled() || !self.advance(Stage::Running) {
+            return;
+        }
+        self.started
+            .cancel_with(Reason::requested().with_message("host started"));
+        tracing::info!("host started: every start step finished; ready");
+        // A stop requested between the check and the advance: the supervisor may have
+        // found the host still starting and left the stage alone; move on for it.
+        if self.stop_requested.is_cancelled() {
+            self.advance(Stage::PreStop);
         }
     }
 }

@@ -128,22 +128,31 @@ pub(crate) async fn run(host: Host) -> ShutdownReport {
     );
 
     // 0. Pre-stop: readiness already fails (the trigger fired); keep serving a while.
-    shared.advance(Stage::PreStop);
+    // A host stopped while still starting was never `Running` and does not become so now
+    // (`mark_started` covers a start step that finishes meanwhile).
+    if shared.stage() == Stage::Running {
+        shared.advance(Stage::PreStop);
+    }
     phase_starts[0] = Some(Instant::now());
     if !config.pre_stop_delay.is_zero() {
-        tokio::select! {
-            biased;
-            _ = force.cancelled() => forced = true,
-            _ = sleep_until(t0 + config.pre_stop_delay) => {}
+        match board
+            .wait(&lifetime, &mut running, &force, t0 + config.pre_stop_delay)
+            .await
+        {
+            Waited::AllEnded => done = true,
+            Waited::Deadline => {}
+            Waited::Forced => forced = true,
         }
     }
 
     // 1. Drain: `stopping` fires; services are told to stop in reverse dependency order.
-    if !forced {
-        shared.advance(Stage::Drain);
-        phase_starts[1] = Some(Instant::now());
-        shared.stopping.cancel_with(reason.clone());
-        board.begin_drain(&reason);
+    // Entered even when everything has ended or a second signal cut the shutdown short,
+    // so every token of the sequence fires, in order.
+    shared.advance(Stage::Drain);
+    phase_starts[1] = Some(Instant::now());
+    shared.stopping.cancel_with(reason.clone());
+    board.begin_drain(&reason);
+    if !done && !forced {
         match board
             .wait(&lifetime, &mut running, &force, drain_deadline)
             .await
@@ -155,21 +164,25 @@ pub(crate) async fn run(host: Host) -> ShutdownReport {
     }
 
     // 2. Cancel: hard stop fires; every in-flight token below it is cancelled.
-    if !done && !forced {
+    if !done {
         shared.advance(Stage::Cancel);
         phase_starts[2] = Some(Instant::now());
-        tracing::warn!(
-            still_running = %board.still_running(&shared),
-            "drain budget spent; cancelling what still runs"
-        );
+        if !forced {
+            tracing::warn!(
+                still_running = %board.still_running(&shared),
+                "drain budget spent; cancelling what still runs"
+            );
+        }
         shared.hard_stop.cancel_with(reason.clone());
-        match board
-            .wait(&lifetime, &mut running, &force, cancel_deadline)
-            .await
-        {
-            Waited::AllEnded => done = true,
-            Waited::Deadline => {}
-            Waited::Forced => forced = true,
+        if !forced {
+            match board
+                .wait(&lifetime, &mut running, &force, cancel_deadline)
+                .await
+            {
+                Waited::AllEnded => done = true,
+                Waited::Deadline => {}
+                Waited::Forced => forced = true,
+            }
         }
     }
 

@@ -737,6 +737,87 @@ async fn a_stop_requested_before_run_starts_no_service() {
     assert_eq!(report.trigger().kind(), ReasonKind::Shutdown);
 }
 
+// Issue 9, item 3.
+#[tokio::test(start_paused = true)]
+async fn a_host_stopped_while_starting_is_never_running() {
+    struct SlowStart;
+    impl BackgroundService for SlowStart {
+        async fn start(&mut self, _cx: &ServiceContext) -> Result<(), BoxError> {
+            sleep(secs(10.0)).await;
+            Ok(())
+        }
+    }
+    let host = host()
+        .shutdown_timeout(secs(30.0))
+        .pre_stop_delay(secs(5.0))
+        .service("slow", SlowStart)
+        .build()
+        .unwrap();
+    let lifetime = host.lifetime();
+    let run = tokio::spawn(host.run());
+    sleep(secs(1.0)).await;
+    assert_eq!(lifetime.state(), LifecycleState::Starting);
+    lifetime.stop(Reason::shutdown());
+    // Watch the state every 100 ms through the pre-stop delay and the drain.
+    let mut seen = vec![lifetime.state()];
+    while !run.is_finished() {
+        sleep(secs(0.1)).await;
+        let state = lifetime.state();
+        if seen.last() != Some(&state) {
+            seen.push(state);
+        }
+    }
+    let report = run.await.unwrap();
+    assert!(
+        !seen.contains(&LifecycleState::Running),
+        "Running means every start step finished and the host was ready; seen: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&LifecycleState::Stopped), "{seen:?}");
+    assert!(!lifetime.started().is_cancelled());
+    assert_eq!(report.exit_code(), 0, "{report}");
+}
+
+// Issue 9, item 4.
+#[tokio::test(start_paused = true)]
+async fn the_pre_stop_delay_ends_early_once_every_service_and_task_has_ended() {
+    let host = host()
+        .shutdown_timeout(secs(30.0))
+        .pre_stop_delay(secs(10.0))
+        .service("batch", service_fn(|_s, _cx| async {}))
+        .build()
+        .unwrap();
+    let lifetime = host.lifetime();
+    let t0 = Instant::now();
+    let report = host.run().await;
+
+    assert_eq!(
+        report.trigger().message(),
+        Some("every service has finished")
+    );
+    assert_eq!(t0.elapsed(), Duration::ZERO, "{report}");
+    assert_eq!(report.total(), Duration::ZERO, "{report}");
+    assert!(lifetime.stopping().is_cancelled());
+    assert_eq!(report.exit_code(), 0);
+}
+
+// Issue 9, item 4: tracked tasks count too; the delay ends when the last one ends.
+#[tokio::test(start_paused = true)]
+async fn the_pre_stop_delay_ends_when_the_last_tracked_task_ends() {
+    let host = host()
+        .shutdown_timeout(secs(30.0))
+        .pre_stop_delay(secs(10.0))
+        .build()
+        .unwrap();
+    let lifetime = host.lifetime();
+    lifetime.spawn("upload", sleep(secs(3.0)));
+    let report = run_and_stop(host, Reason::shutdown()).await;
+    assert_eq!(report.total(), secs(3.0), "{report}");
+    let upload = report.entry("upload").unwrap();
+    assert_eq!(upload.phase(), Phase::PreStop);
+    assert_eq!(upload.outcome(), &Outcome::Completed);
+    assert_eq!(report.exit_code(), 0);
+}
+
 // Issue 9, item 7.
 #[tokio::test(start_paused = true)]
 async fn a_tracked_task_that_panics_before_the_stop_makes_the_exit_code_1() {

@@ -5,10 +5,10 @@
 
 #![cfg(unix)]
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use gracefully::CancellationToken;
+use gracefully::{CancellationToken, Registration};
 use gracefully_host::{Host, ShutdownReport, service_fn};
 use tokio::task::JoinHandle;
 
@@ -44,6 +44,67 @@ async fn report_of(run: JoinHandle<ShutdownReport>) -> ShutdownReport {
         .await
         .expect("run returns")
         .expect("run does not panic")
+}
+
+// Issue 9, item 2.
+#[test]
+fn a_second_signal_during_the_pre_stop_delay_still_fires_every_token_in_order() {
+    let _serial = serial();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let host = Host::builder()
+            .pre_stop_delay(Duration::from_secs(30))
+            .shutdown_timeout(Duration::from_secs(60))
+            .service("svc", honouring())
+            .build()
+            .unwrap();
+        let lifetime = host.lifetime();
+        let fired = Arc::new(Mutex::new(Vec::new()));
+        // Callbacks run on the thread that fires the token, in firing order.
+        let _registrations: Vec<Registration> = [
+            ("started", lifetime.started()),
+            ("stop requested", lifetime.stop_requested()),
+            ("stopping", lifetime.stopping()),
+            ("hard stop", lifetime.hard_stop()),
+            ("stopped", lifetime.stopped()),
+        ]
+        .into_iter()
+        .map(|(name, token)| {
+            let fired = Arc::clone(&fired);
+            token.on_cancel(move |_| fired.lock().unwrap().push(name))
+        })
+        .collect();
+        let mut run = tokio::spawn(host.run());
+        until_started(lifetime.started(), &mut run).await;
+        // A token's callbacks run after its waiters are woken: wait for ours too, so the
+        // record below is in firing order.
+        while !fired.lock().unwrap().contains(&"started") {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+
+        send_to_self(libc::SIGTERM);
+        lifetime.stop_requested().cancelled().await;
+        send_to_self(libc::SIGTERM); // during the 30 s pre-stop delay
+        let report = report_of(run).await;
+
+        assert_eq!(
+            *fired.lock().unwrap(),
+            [
+                "started",
+                "stop requested",
+                "stopping",
+                "hard stop",
+                "stopped"
+            ],
+            "{report}"
+        );
+        assert!(report.forced(), "{report}");
+        assert_eq!(report.exit_code(), ShutdownReport::EXIT_FORCED);
+    });
 }
 
 // Issue 9, item 6.
