@@ -58,7 +58,9 @@ use crate::service::{ErasedService, ServiceOptions};
 ///
 /// A phase ends early once every service and tracked task has ended. A second signal
 /// skips straight to the abort. However the sequence is cut short, `stopping`,
-/// `hard_stop` and `stopped` all fire, in that order.
+/// `hard_stop` and `stopped` all fire, in that order. The abort phase drops aborted work on
+/// a thread of its own and waits for it at most 200 ms, so a destructor that blocks (or
+/// never returns) cannot hold up `run`; the report names that work as still dropping.
 ///
 /// *Anchors:* .NET's Generic Host (`IHost.RunAsync`), which has one stop signal, a single
 /// timeout after which it simply returns, no report, and exits 0 after a failed

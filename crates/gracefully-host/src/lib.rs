@@ -58,6 +58,10 @@
 //! However the sequence is cut short, its tokens (`stopping`, `hard_stop`, `stopped`)
 //! all fire, in order.
 //!
+//! The abort phase drops aborted work on a thread of its own and waits for it at most
+//! 200 ms, so a destructor that blocks — or never returns — cannot hold up
+//! [`Host::run`]; the report names such work as still dropping.
+//!
 //! ## Pieces
 //!
 //! | piece | what | .NET | tokio-graceful-shutdown |
@@ -90,6 +94,7 @@
 #![deny(unsafe_code)]
 
 mod builder;
+mod dropper;
 mod host;
 mod lifetime;
 mod outcome;

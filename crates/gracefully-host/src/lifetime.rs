@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use gracefully::{CancellationSource, CancellationToken, Reason};
 use tokio::time::Instant;
 
+use crate::dropper::Dropper;
 use crate::outcome::TaskOutput;
 use crate::report::Phase;
 use crate::tracker::{Shielded, Tracker};
@@ -123,6 +124,8 @@ pub(crate) struct Shared {
     pub(crate) starting: AtomicUsize,
     /// Tracked tasks.
     pub(crate) tracker: Tracker,
+    /// Where the abort phase drops what it aborted (see `dropper.rs`).
+    pub(crate) dropper: Arc<Dropper>,
 }
 
 impl Shared {
@@ -239,6 +242,7 @@ impl Lifetime {
                 force: CancellationSource::new(),
                 starting: AtomicUsize::new(service_count),
                 tracker: Tracker::new(),
+                dropper: Dropper::new(),
             }),
         }
     }

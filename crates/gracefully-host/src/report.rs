@@ -80,6 +80,7 @@ pub struct ReportEntry {
     elapsed: Option<Duration>,
     outcome: Outcome,
     restarts: u32,
+    still_dropping: usize,
     details: Vec<(Cow<'static, str>, String)>,
 }
 
@@ -118,6 +119,15 @@ impl ReportEntry {
     /// How often the [restart policy](crate::RestartPolicy) restarted it (services only).
     pub fn restarts(&self) -> u32 {
         self.restarts
+    }
+
+    /// How many of this line's aborted tasks (0 or 1 for a service) had not been dropped
+    /// yet when the report was made: a destructor that blocks its thread (or a poll that
+    /// does) was still running. The host drops aborted work on a thread of its own and
+    /// waits for it only briefly (200 ms), so such a destructor delays neither the host
+    /// nor its report; it finishes, if ever, after `run` returned.
+    pub fn still_dropping(&self) -> usize {
+        self.still_dropping
     }
 
     /// What the service recorded with [`ServiceContext::detail`](crate::ServiceContext::detail)
@@ -218,6 +228,7 @@ pub(crate) struct ServiceRecord {
     pub(crate) at: Instant,
     pub(crate) outcome: Outcome,
     pub(crate) restarts: u32,
+    pub(crate) still_dropping: bool,
     pub(crate) details: Vec<(Cow<'static, str>, String)>,
 }
 
@@ -262,6 +273,7 @@ impl ShutdownReport {
                 elapsed: after(s.phase, s.at),
                 outcome: s.outcome,
                 restarts: s.restarts,
+                still_dropping: usize::from(s.still_dropping),
                 details: s.details,
             });
         }
@@ -271,6 +283,7 @@ impl ShutdownReport {
         let mut last: Option<usize> = None;
         for task in raw.tasks {
             let elapsed = after(task.phase, task.at);
+            let still_dropping = usize::from(task.still_dropping);
             // Fast path: tasks that end alike tend to end together.
             if let Some(i) = last {
                 let entry: &mut ReportEntry = &mut entries[i];
@@ -280,6 +293,7 @@ impl ShutdownReport {
                 {
                     entry.count += 1;
                     entry.elapsed = entry.elapsed.max(elapsed);
+                    entry.still_dropping += still_dropping;
                     continue;
                 }
             }
@@ -289,6 +303,7 @@ impl ShutdownReport {
                     let entry: &mut ReportEntry = &mut entries[i];
                     entry.count += 1;
                     entry.elapsed = entry.elapsed.max(elapsed);
+                    entry.still_dropping += still_dropping;
                     last = Some(i);
                 }
                 None => {
@@ -303,6 +318,7 @@ impl ShutdownReport {
                         elapsed,
                         outcome,
                         restarts: 0,
+                        still_dropping,
                         details: Vec::new(),
                     });
                 }
@@ -448,6 +464,11 @@ impl fmt::Display for ShutdownReport {
                 let mut details: Vec<String> = Vec::new();
                 if e.restarts > 0 {
                     details.push(format!("restarts: {}", e.restarts));
+                }
+                match e.still_dropping {
+                    0 => {}
+                    _ if e.count == 1 => details.push("still dropping".to_string()),
+                    n => details.push(format!("{n} still dropping")),
                 }
                 details.extend(e.details.iter().map(|(k, v)| format!("{k}: {v}")));
                 [

@@ -6,6 +6,7 @@
 //! report their end through their `JoinHandle`s (so even a panic outside the service's own
 //! code, or an abort, is seen); tracked tasks through the tracker.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tokio::task::{AbortHandle, JoinError};
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
+use crate::dropper::{DropElsewhere, Straggler};
 use crate::host::Host;
 use crate::lifetime::{Lifetime, Shared, Stage};
 use crate::outcome::{Outcome, panicked};
@@ -27,7 +29,7 @@ use crate::signals::SignalWatcher;
 
 type Joined = Pin<Box<dyn Future<Output = (usize, Result<ServiceEnd, JoinError>)> + Send>>;
 
-/// How long the abort phase waits for the runtime to drop the aborted services' futures.
+/// How long the abort phase waits for aborted work to be dropped (see `dropper.rs`).
 const ABORT_SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
 
 pub(crate) async fn run(host: Host) -> ShutdownReport {
@@ -81,13 +83,21 @@ pub(crate) async fn run(host: Host) -> ShutdownReport {
             lifetime: lifetime.clone(),
         };
         let span = tracing::info_span!("service", name = %spec.name);
-        let handle = tokio::spawn(task.run().instrument(span));
+        // Boxed so that, if the abort phase drops it unfinished, its destructor runs on the
+        // dropper's thread (see `dropper.rs`).
+        let task = DropElsewhere::new(
+            Box::pin(task.run().instrument(span)),
+            Straggler::Service(i),
+            Arc::clone(&shared.dropper),
+        );
+        let handle = tokio::spawn(task);
         board.slots.push(Slot {
             name: spec.name,
             cx,
             stop,
             abort: handle.abort_handle(),
             end: None,
+            still_dropping: false,
         });
         running.push(Box::pin(async move { (i, handle.await) }));
     }
@@ -187,10 +197,11 @@ pub(crate) async fn run(host: Host) -> ShutdownReport {
     }
 
     // 3. Abort: drop whatever still runs.
+    let mut tasks_still_dropping = HashSet::new();
     if !done {
         shared.advance(Stage::Abort);
-        let now = Instant::now();
-        phase_starts[3] = Some(now);
+        let aborted_at = Instant::now();
+        phase_starts[3] = Some(aborted_at);
         // Take the ends that are already in, so nothing that finished is called aborted.
         while let Some(Some((i, joined))) = running.next().now_or_never() {
             board.record(i, end_of(&lifetime, joined));
@@ -201,35 +212,16 @@ pub(crate) async fn run(host: Host) -> ShutdownReport {
         } else {
             tracing::error!(aborted = %stragglers, "shutdown timeout reached; aborting stragglers");
         }
-        for slot in &mut board.slots {
-            if slot.end.is_none() {
-                slot.abort.abort();
-                slot.end = Some(ServiceEnd {
-                    outcome: Outcome::Aborted,
-                    phase: Phase::Abort,
-                    at: now,
-                    restarts: 0,
-                });
-            }
-        }
-        let tasks = shared.tracker.abort_all(Phase::Abort);
-        // `abort` only asks: the runtime drops the aborted futures a moment later. Wait
-        // (briefly, bounded) until it has, for services and tracked tasks alike, so their
-        // drop code — closing sockets, recording what they were doing in their report rows
-        // — runs before the report is taken.
-        let _ = tokio::time::timeout(ABORT_SETTLE, async {
-            while running.next().await.is_some() {}
-            for task in tasks {
-                let _ = task.await;
-            }
-        })
-        .await;
+        tasks_still_dropping =
+            abort_stragglers(&lifetime, &mut board, &mut running, aborted_at).await;
     }
 
     // Whatever descends from hard stop and is still waiting hears it now.
     shared.hard_stop.cancel_with(reason.clone());
     drop(signals); // stops the watcher
-    let (tasks, before_stop) = shared.tracker.close();
+    let (tasks, before_stop) = shared
+        .tracker
+        .close(Phase::Abort, |id| tasks_still_dropping.contains(&id));
     shared.advance(Stage::Stopped);
     let ended_at = Instant::now();
 
@@ -249,6 +241,7 @@ pub(crate) async fn run(host: Host) -> ShutdownReport {
                 at: end.at,
                 outcome: end.outcome,
                 restarts: end.restarts,
+                still_dropping: slot.still_dropping,
                 details: slot.cx.rendered_details(),
             }
         })
@@ -270,6 +263,113 @@ pub(crate) async fn run(host: Host) -> ShutdownReport {
     }
     shared.stopped.cancel_with(reason);
     report
+}
+
+/// Phase 3 after the log line: asks tokio to abort every service and tracked task still
+/// running, then waits (bounded by [`ABORT_SETTLE`]) until they have been dropped, so
+/// their drop code — closing sockets, recording what they were doing in their report rows
+/// — runs before the report is taken. Records each service's real end: one whose last
+/// poll completed was not aborted. Returns the ids of tracked tasks not yet dropped.
+///
+/// Aborted futures are dropped on the dropper's thread (see `dropper.rs`), so no
+/// destructor can hold up this function past its bound, whatever it does.
+async fn abort_stragglers(
+    lifetime: &Lifetime,
+    board: &mut Board,
+    running: &mut FuturesUnordered<Joined>,
+    aborted_at: Instant,
+) -> HashSet<usize> {
+    let shared = &lifetime.shared;
+    let started = std::time::Instant::now();
+    if let Err(error) = shared.dropper.open() {
+        tracing::error!(
+            %error,
+            "could not start the thread that drops aborted work; dropping it here, where a destructor that blocks holds up the host"
+        );
+    }
+    for slot in board.slots.iter().filter(|slot| slot.end.is_none()) {
+        slot.abort.abort();
+    }
+    let mut tasks = shared.tracker.abort_all();
+
+    // 1. Until tokio has dropped each aborted task (quick: the future itself goes to
+    //    the dropper's thread) or let its last poll finish.
+    let _ = tokio::time::timeout(ABORT_SETTLE, async {
+        while let Some((i, joined)) = running.next().await {
+            let end = match joined {
+                Err(error) if error.is_cancelled() => ServiceEnd {
+                    outcome: Outcome::Aborted,
+                    phase: Phase::Abort,
+                    at: aborted_at,
+                    restarts: 0,
+                },
+                joined => end_of(lifetime, joined),
+            };
+            board.record(i, end);
+        }
+        for (_, task) in &mut tasks {
+            let _ = task.await;
+        }
+    })
+    .await;
+
+    // 2. Until the dropper's thread has run their destructors. A blocking wait on a
+    //    blocking thread: it also keeps a paused test clock from jumping ahead meanwhile.
+    let mut still_dropping: HashSet<Straggler> = HashSet::new();
+    if shared.dropper.is_busy() {
+        let dropper = Arc::clone(&shared.dropper);
+        let left = ABORT_SETTLE.saturating_sub(started.elapsed());
+        let queued = match tokio::task::spawn_blocking(move || dropper.wait_until_empty(left)).await
+        {
+            Ok(queued) => queued,
+            // No blocking thread (the runtime is shutting down): what is queued now.
+            Err(_) => shared.dropper.wait_until_empty(std::time::Duration::ZERO),
+        };
+        still_dropping.extend(queued);
+    }
+
+    // Not dropped yet: still in the dropper's queue, or not even handed to it (its task
+    // is blocked in a poll, or tokio has not got to it).
+    for (i, slot) in board.slots.iter_mut().enumerate() {
+        if slot.end.is_none() {
+            slot.end = Some(ServiceEnd {
+                outcome: Outcome::Aborted,
+                phase: Phase::Abort,
+                at: aborted_at,
+                restarts: 0,
+            });
+            slot.still_dropping = true;
+        } else if still_dropping.contains(&Straggler::Service(i)) {
+            slot.still_dropping = true;
+        }
+    }
+    let mut tasks_still_dropping: HashSet<usize> = still_dropping
+        .iter()
+        .filter_map(|straggler| match straggler {
+            Straggler::Task(id) => Some(*id),
+            Straggler::Service(_) => None,
+        })
+        .collect();
+    tasks_still_dropping.extend(
+        tasks
+            .iter()
+            .filter(|(_, task)| !task.is_finished())
+            .map(|(id, _)| *id),
+    );
+    let services: Vec<&str> = board
+        .slots
+        .iter()
+        .filter(|slot| slot.still_dropping)
+        .map(|slot| slot.name.as_ref())
+        .collect();
+    if !services.is_empty() || !tasks_still_dropping.is_empty() {
+        tracing::error!(
+            services = %services.join(", "),
+            tracked_tasks = tasks_still_dropping.len(),
+            "aborted work not yet dropped after {ABORT_SETTLE:?}: a destructor (or a poll) blocks its thread; the host returns without waiting for it"
+        );
+    }
+    tasks_still_dropping
 }
 
 /// The reason the shutdown tokens fire with: always [`ReasonKind::Shutdown`], so every
@@ -332,6 +432,8 @@ struct Slot {
     stop: CancellationSource,
     abort: AbortHandle,
     end: Option<ServiceEnd>,
+    /// Aborted, and not yet dropped when the report was made.
+    still_dropping: bool,
 }
 
 impl Board {
@@ -401,7 +503,21 @@ impl Board {
                     self.record(i, end_of(lifetime, joined));
                 }
                 _ = tracker.wait_idle(), if self.live == 0 => {}
-                _ = &mut sleep => return Waited::Deadline,
+                _ = &mut sleep => {
+                    // A deadline is honoured only once the work already woken (by the
+                    // token this phase fired, say) has had its turn: with a zero budget
+                    // it would otherwise not have been polled yet, and work that stops the
+                    // moment it is polled would be called a straggler.
+                    tokio::task::yield_now().await;
+                    while let Some(Some((i, joined))) = running.next().now_or_never() {
+                        self.record(i, end_of(lifetime, joined));
+                    }
+                    return if self.live == 0 && tracker.is_idle() {
+                        Waited::AllEnded
+                    } else {
+                        Waited::Deadline
+                    };
+                }
             }
         }
     }

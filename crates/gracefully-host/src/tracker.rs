@@ -4,9 +4,11 @@
 //! Invariants:
 //!
 //! 1. A task is in `slots` from the moment it is spawned until it is *recorded*, exactly
-//!    once: either by its own wrapper when it ends, or by [`Tracker::abort_all`]. Whoever
-//!    takes it out of `slots` (under the lock) records it; the other finds it gone and
-//!    does nothing.
+//!    once: either by its own wrapper when it ends (also after [`Tracker::abort_all`]
+//!    asked tokio to abort it: a task whose last poll completed was not aborted), or by
+//!    [`Tracker::close`], which records whatever is still there as aborted. Whoever takes
+//!    it out of `slots` (under the lock) records it; the other finds it gone and does
+//!    nothing.
 //! 2. The spawner holds the lock while it spawns and inserts, so a task that ends at once
 //!    (on another worker) cannot look for its entry before it is there.
 //! 3. `idle` is notified (`notify_waiters`) every time `running` drops to 0; waiters
@@ -26,6 +28,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::dropper::{DropElsewhere, Straggler};
 use crate::lifetime::Shared;
 use crate::outcome::{BoxError, Outcome, outcome_of, panicked};
 use crate::report::{Phase, TaskCounts};
@@ -51,14 +54,17 @@ struct Inner {
     /// Tasks that ended before the stop request: only counted, so a long-lived host does
     /// not accumulate a record per task.
     before_stop: TaskCounts,
-    /// Set when the host stops: later tasks run untracked.
+    /// Set when the host aborts or stops: later tasks run untracked.
     closed: bool,
+    /// When [`Tracker::abort_all`] ran.
+    aborted_at: Option<Instant>,
 }
 
 struct Running {
     name: Cow<'static, str>,
-    /// To abort it, and then to wait until the runtime has dropped it.
-    handle: JoinHandle<()>,
+    /// To abort it; taken by [`Tracker::abort_all`], to wait until the runtime has
+    /// dropped it.
+    handle: Option<JoinHandle<()>>,
 }
 
 /// A tracked task that ended after the stop request.
@@ -67,6 +73,8 @@ pub(crate) struct TaskEnd {
     pub(crate) phase: Phase,
     pub(crate) at: Instant,
     pub(crate) outcome: Outcome,
+    /// Aborted, and not yet dropped when the report was made.
+    pub(crate) still_dropping: bool,
 }
 
 impl Tracker {
@@ -79,6 +87,7 @@ impl Tracker {
                 ended: Vec::new(),
                 before_stop: TaskCounts::default(),
                 closed: false,
+                aborted_at: None,
             }),
             idle: Notify::new(),
         }
@@ -143,12 +152,22 @@ impl Tracker {
             }
         };
         let owner = Arc::clone(shared);
+        // Boxed so that, if the abort phase drops it unfinished, its destructor runs on
+        // the dropper's thread (see `dropper.rs`).
+        let task = DropElsewhere::new(
+            Box::pin(task),
+            Straggler::Task(id),
+            Arc::clone(&shared.dropper),
+        );
         // Invariant 2: we still hold the lock, so `finish` cannot run before the insert.
         let handle = tokio::spawn(async move {
             let outcome = task.await;
             owner.tracker.finish(&owner, id, outcome);
         });
-        inner.slots[id] = Some(Running { name, handle });
+        inner.slots[id] = Some(Running {
+            name,
+            handle: Some(handle),
+        });
         inner.running += 1;
     }
 
@@ -172,6 +191,7 @@ impl Tracker {
                 phase,
                 at,
                 outcome,
+                still_dropping: false,
             });
         } else {
             inner.before_stop.add(&outcome);
@@ -209,33 +229,50 @@ impl Tracker {
         }
     }
 
-    /// Aborts every running task, recording it as aborted in `phase`, and returns their
-    /// handles, to wait until the runtime has dropped them. Tasks spawned afterwards run
-    /// untracked.
-    pub(crate) fn abort_all(&self, phase: Phase) -> Vec<JoinHandle<()>> {
-        let at = Instant::now();
+    /// Asks tokio to abort every running task, and returns their ids and handles, to wait
+    /// until the runtime has dropped them. Records nothing: a task whose last poll
+    /// completes records its own end; [`close`](Self::close) records the others as
+    /// aborted (invariant 1). Tasks spawned afterwards run untracked.
+    pub(crate) fn abort_all(&self) -> Vec<(usize, JoinHandle<()>)> {
         let mut inner = self.lock();
         inner.closed = true;
-        inner.running = 0;
-        let slots = std::mem::take(&mut inner.slots);
-        let mut handles = Vec::with_capacity(slots.len());
-        for task in slots.into_iter().flatten() {
-            task.handle.abort();
-            handles.push(task.handle);
-            inner.ended.push(TaskEnd {
-                name: task.name,
-                phase,
-                at,
-                outcome: Outcome::Aborted,
-            });
+        inner.aborted_at = Some(Instant::now());
+        let mut handles = Vec::with_capacity(inner.running);
+        for (id, slot) in inner.slots.iter_mut().enumerate() {
+            if let Some(handle) = slot.as_mut().and_then(|task| task.handle.take()) {
+                handle.abort();
+                handles.push((id, handle));
+            }
         }
         handles
     }
 
-    /// Stops tracking (later tasks run untracked) and hands over the records.
-    pub(crate) fn close(&self) -> (Vec<TaskEnd>, TaskCounts) {
+    /// Stops tracking (later tasks run untracked) and hands over the records. After
+    /// [`abort_all`](Self::abort_all), first records every task still in `slots` as aborted
+    /// in `phase` (still being dropped if `still_dropping` says so).
+    pub(crate) fn close(
+        &self,
+        phase: Phase,
+        still_dropping: impl Fn(usize) -> bool,
+    ) -> (Vec<TaskEnd>, TaskCounts) {
         let mut inner = self.lock();
         inner.closed = true;
+        let Some(at) = inner.aborted_at else {
+            return (std::mem::take(&mut inner.ended), inner.before_stop);
+        };
+        inner.running = 0;
+        let slots = std::mem::take(&mut inner.slots);
+        for (id, task) in slots.into_iter().enumerate() {
+            if let Some(task) = task {
+                inner.ended.push(TaskEnd {
+                    name: task.name,
+                    phase,
+                    at,
+                    outcome: Outcome::Aborted,
+                    still_dropping: still_dropping(id),
+                });
+            }
+        }
         (std::mem::take(&mut inner.ended), inner.before_stop)
     }
 }

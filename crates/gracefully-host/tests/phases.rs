@@ -818,6 +818,31 @@ async fn the_pre_stop_delay_ends_when_the_last_tracked_task_ends() {
     assert_eq!(report.exit_code(), 0);
 }
 
+// Issue 9, item 5.
+#[tokio::test(start_paused = true)]
+async fn with_zero_drain_and_cancel_budgets_a_service_that_stops_at_once_is_not_aborted() {
+    let host = host()
+        .shutdown_timeout(secs(1.0))
+        .pre_stop_delay(secs(1.0))
+        .cancel_grace(Duration::ZERO)
+        .service("a", honouring())
+        .service("b", honouring())
+        .build()
+        .unwrap();
+    let lifetime = host.lifetime();
+    let tracked = lifetime.stopping();
+    lifetime.spawn("idle", async move {
+        tracked.cancelled().await;
+    });
+    let report = run_and_stop(host, Reason::shutdown()).await;
+
+    for row in report.entries() {
+        assert_ne!(row.outcome(), &Outcome::Aborted, "{report}");
+    }
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert_eq!(report.phase_started(Phase::Abort), None, "{report}");
+}
+
 // Issue 9, item 7.
 #[tokio::test(start_paused = true)]
 async fn a_tracked_task_that_panics_before_the_stop_makes_the_exit_code_1() {
