@@ -176,30 +176,37 @@ impl Dropper {
 }
 
 /// The boxed future of a service or tracked task, which — if it is dropped before it
-/// finished — has the [`Dropper`] drop it (on its thread once open).
+/// finished — has its host's [`Dropper`] drop it (on the dropper's thread once open).
+/// Holds the host (`H`, whatever owns the dropper) for that, and lends it to the code that
+/// awaits it ([`host`](Self::host)), so a task needs one reference to its host, not two.
 ///
 /// Finished, the future is dropped in place at once, as tokio would.
-pub(crate) struct DropElsewhere<T: 'static> {
+pub(crate) struct DropElsewhere<T: 'static, H: AsRef<Dropper>> {
     future: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
     straggler: Straggler,
-    dropper: Arc<Dropper>,
+    host: Arc<H>,
 }
 
-impl<T: 'static> DropElsewhere<T> {
+impl<T: 'static, H: AsRef<Dropper>> DropElsewhere<T, H> {
     pub(crate) fn new(
         future: Pin<Box<dyn Future<Output = T> + Send>>,
         straggler: Straggler,
-        dropper: Arc<Dropper>,
-    ) -> DropElsewhere<T> {
+        host: Arc<H>,
+    ) -> DropElsewhere<T, H> {
         DropElsewhere {
             future: Some(future),
             straggler,
-            dropper,
+            host,
         }
+    }
+
+    /// The host whose dropper this uses.
+    pub(crate) fn host(&self) -> &Arc<H> {
+        &self.host
     }
 }
 
-impl<T: 'static> Future for DropElsewhere<T> {
+impl<T: 'static, H: AsRef<Dropper>> Future for DropElsewhere<T, H> {
     type Output = T;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
@@ -212,11 +219,11 @@ impl<T: 'static> Future for DropElsewhere<T> {
     }
 }
 
-impl<T: 'static> Drop for DropElsewhere<T> {
+impl<T: 'static, H: AsRef<Dropper>> Drop for DropElsewhere<T, H> {
     fn drop(&mut self) {
         if let Some(future) = self.future.take() {
             let future: Box<dyn Any + Send> = Box::new(future);
-            self.dropper.take(self.straggler, future);
+            AsRef::<Dropper>::as_ref(&*self.host).take(self.straggler, future);
         }
     }
 }

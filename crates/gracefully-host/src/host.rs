@@ -1,13 +1,12 @@
 //! [`Host`]: runs the services and the shutdown sequence.
 
-use std::borrow::Cow;
 use std::fmt;
-use std::time::Duration;
 
 use crate::builder::HostBuilder;
+use crate::config::{Config, ServiceSpec};
 use crate::lifetime::Lifetime;
 use crate::report::ShutdownReport;
-use crate::service::{ErasedService, ServiceOptions};
+use crate::supervisor;
 
 /// Runs background services and tracked tasks, and shuts them down in three phases when a
 /// signal arrives, [`Lifetime::stop`] is called, or a service fails; then returns a
@@ -74,23 +73,6 @@ pub struct Host {
     pub(crate) lifetime: Lifetime,
 }
 
-/// The validated settings.
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) shutdown_timeout: Duration,
-    pub(crate) cancel_grace: Duration,
-    pub(crate) pre_stop_delay: Duration,
-    pub(crate) startup_timeout: Duration,
-    pub(crate) handle_signals: bool,
-}
-
-/// A registered service.
-pub(crate) struct ServiceSpec {
-    pub(crate) name: Cow<'static, str>,
-    pub(crate) service: Box<dyn ErasedService>,
-    pub(crate) options: ServiceOptions,
-}
-
 impl Host {
     /// A builder with the defaults: shutdown timeout 30 s, cancel grace 5 s, no pre-stop
     /// delay, startup timeout 30 s, signals handled.
@@ -117,7 +99,13 @@ impl Host {
     /// Dropping this future before it completes skips the shutdown sequence: services and
     /// tracked tasks keep running detached, and no report is made. Let it complete.
     pub async fn run(self) -> ShutdownReport {
-        crate::supervisor::run(self).await
+        let Host {
+            config,
+            services,
+            dependencies,
+            lifetime,
+        } = self;
+        supervisor::run(config, services, dependencies, lifetime).await
     }
 
     /// [`run`](Self::run), then exits the process with the report's

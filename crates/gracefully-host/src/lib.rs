@@ -69,10 +69,10 @@
 //! | [`Host`], [`HostBuilder`] | runs services, signals, the shutdown sequence | `IHost`, `HostBuilder`, `HostOptions` | `Toplevel` |
 //! | [`BackgroundService`], [`service_fn`] | a long-running unit with optional start/stop steps | `BackgroundService`, `IHostedService` | `IntoSubsystem`, `SubsystemBuilder` |
 //! | [`ServiceContext`] | a service's name, tokens, tracked spawn, report details | — | `SubsystemHandle` |
-//! | [`Lifetime`], [`LifecycleState`] | state, readiness, `started`/`stopping`/`hard_stop` tokens, `stop(reason)` | `IHostApplicationLifetime` | `request_shutdown` |
+//! | [`Lifetime`], [`Phase`] | the phase the host is in, readiness, `started`/`stopping`/`hard_stop` tokens, `stop(reason)` | `IHostApplicationLifetime` | `request_shutdown` |
 //! | [`Lifetime::spawn`], [`Lifetime::shield`] | tracked tasks; cleanup that survives its caller | — | nested subsystems |
 //! | [`FailurePolicy`], [`RestartPolicy`] | stop host / ignore / restart with backoff and an intensity limit | `BackgroundServiceExceptionBehavior` | `ErrorAction` |
-//! | [`ShutdownReport`] | per service and task: phase, time, outcome; exit code | — | `GracefulShutdownError` |
+//! | [`ShutdownReport`] | per service and task: the [`Phase`] it ended in, time, outcome; exit code | — | `GracefulShutdownError` |
 //!
 //! ## Exit codes
 //!
@@ -91,19 +91,29 @@
 //! up only itself.
 
 #![warn(missing_docs)]
-#![deny(unsafe_code)]
+// No unsafe code, and none may be added: everything here is built on std, tokio and the
+// `gracefully` core, which keeps the crate's own unsafe (the token tree) in one audited
+// place. `forbid`, not `deny`, so no module can opt back in with `allow`.
+#![forbid(unsafe_code)]
 
+mod abort;
+mod board;
 mod builder;
+mod config;
+mod context;
 mod dropper;
 mod host;
 mod lifetime;
+mod options;
 mod outcome;
+mod phase;
 mod policy;
 mod report;
 mod service;
 mod service_task;
 mod signals;
 mod supervisor;
+mod timeline;
 mod tracker;
 
 /// The README's examples, compiled as doctests.
@@ -112,10 +122,13 @@ mod tracker;
 struct ReadmeDoctests;
 
 pub use builder::{ConfigError, HostBuilder};
+pub use context::ServiceContext;
 pub use host::Host;
-pub use lifetime::{LifecycleState, Lifetime};
+pub use lifetime::Lifetime;
+pub use options::ServiceOptions;
 pub use outcome::{BoxError, Outcome, TaskOutput, panic_message};
+pub use phase::Phase;
 pub use policy::{FailurePolicy, RestartPolicy};
-pub use report::{EntryKind, Phase, ReportEntry, ShutdownReport, TaskCounts};
-pub use service::{BackgroundService, ServiceContext, ServiceFn, ServiceOptions, service_fn};
+pub use report::{EntryKind, ReportEntry, ShutdownReport, TaskCounts};
+pub use service::{BackgroundService, ServiceFn, service_fn};
 pub use tracker::Shielded;

@@ -143,7 +143,7 @@ impl Signals {
                 // The force token may fire before the trigger is seen; the supervisor
                 // checks it in every phase.
                 lifetime.stop(Reason::shutdown().with_message(name));
-                lifetime.shared.force.cancel_with(
+                lifetime.timeline().force.cancel_with(
                     Reason::shutdown().with_message(format!("second signal ({name})")),
                 );
             }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use gracefully::{CancellationToken, Cancelled, Reason, ReasonKind};
 use gracefully_host::{
-    BackgroundService, BoxError, EntryKind, FailurePolicy, Host, HostBuilder, LifecycleState,
-    Outcome, Phase, RestartPolicy, ServiceContext, ServiceOptions, ShutdownReport, service_fn,
+    BackgroundService, BoxError, EntryKind, FailurePolicy, Host, HostBuilder, Outcome, Phase,
+    RestartPolicy, ServiceContext, ServiceOptions, ShutdownReport, service_fn,
 };
 use tokio::time::{Instant, sleep};
 
@@ -136,13 +136,13 @@ async fn the_pre_stop_delay_fails_readiness_at_once_and_postpones_the_drain() {
     );
     assert!(lifetime.stop_requested().is_cancelled());
     sleep(secs(9.9)).await;
-    assert_eq!(lifetime.state(), LifecycleState::Running);
+    assert_eq!(lifetime.phase(), Phase::PreStop);
     assert!(
         !lifetime.stopping().is_cancelled(),
         "still in the pre-stop delay"
     );
     sleep(secs(0.2)).await;
-    assert_eq!(lifetime.state(), LifecycleState::Draining);
+    assert_eq!(lifetime.phase(), Phase::Drain);
     assert!(lifetime.stopping().is_cancelled());
 
     let report = run.await.unwrap();
@@ -150,7 +150,7 @@ async fn the_pre_stop_delay_fails_readiness_at_once_and_postpones_the_drain() {
     assert_eq!(report.phase_started(Phase::Drain), Some(secs(10.0)));
     assert_eq!(report.phase_started(Phase::Cancel), Some(secs(25.0)));
     assert_eq!(report.phase_started(Phase::Abort), Some(secs(30.0)));
-    assert_eq!(lifetime.state(), LifecycleState::Stopped);
+    assert_eq!(lifetime.phase(), Phase::Stopped);
     assert!(lifetime.stopped().is_cancelled());
 }
 
@@ -163,20 +163,20 @@ async fn lifecycle_states_and_tokens_follow_the_phases() {
         .build()
         .unwrap();
     let lifetime = host.lifetime();
-    assert_eq!(lifetime.state(), LifecycleState::Starting);
+    assert_eq!(lifetime.phase(), Phase::Starting);
     let run = tokio::spawn(host.run());
     lifetime.started().cancelled().await;
-    assert_eq!(lifetime.state(), LifecycleState::Running);
+    assert_eq!(lifetime.phase(), Phase::Running);
     lifetime.stop(Reason::shutdown());
     lifetime.stopping().cancelled().await;
-    assert_eq!(lifetime.state(), LifecycleState::Draining);
+    assert_eq!(lifetime.phase(), Phase::Drain);
     assert!(!lifetime.hard_stop().is_cancelled());
     let at = Instant::now();
     lifetime.hard_stop().cancelled().await;
     assert_eq!(at.elapsed(), secs(6.0));
-    assert_eq!(lifetime.state(), LifecycleState::Stopping);
+    assert_eq!(lifetime.phase(), Phase::Cancel);
     run.await.unwrap();
-    assert_eq!(lifetime.state(), LifecycleState::Stopped);
+    assert_eq!(lifetime.phase(), Phase::Stopped);
 }
 
 /// Records the instant its stopping token fired, then takes `linger` to stop.
@@ -321,11 +321,11 @@ async fn the_host_is_ready_only_when_every_start_step_has_finished() {
     let lifetime = host.lifetime();
     let run = tokio::spawn(host.run());
     sleep(secs(9.0)).await;
-    assert_eq!(lifetime.state(), LifecycleState::Starting);
+    assert_eq!(lifetime.phase(), Phase::Starting);
     assert!(!lifetime.is_ready());
     assert!(!lifetime.started().is_cancelled());
     sleep(secs(1.1)).await;
-    assert_eq!(lifetime.state(), LifecycleState::Running);
+    assert_eq!(lifetime.phase(), Phase::Running);
     assert!(lifetime.is_ready());
     lifetime.stop(Reason::shutdown());
     assert_eq!(run.await.unwrap().exit_code(), 0);
@@ -444,8 +444,8 @@ async fn an_ignored_failure_keeps_the_host_running_but_still_exits_non_zero() {
     let run = tokio::spawn(host.run());
     sleep(secs(60.0)).await;
     assert_eq!(
-        lifetime.state(),
-        LifecycleState::Running,
+        lifetime.phase(),
+        Phase::Running,
         "still running a minute later"
     );
     assert!(lifetime.is_ready());
@@ -524,7 +524,7 @@ async fn failures_spread_wider_than_the_window_never_reach_the_limit() {
     let lifetime = host.lifetime();
     let run = tokio::spawn(host.run());
     sleep(secs(55.0)).await;
-    assert_eq!(lifetime.state(), LifecycleState::Running);
+    assert_eq!(lifetime.phase(), Phase::Running);
     lifetime.stop(Reason::shutdown());
     let report = run.await.unwrap();
     let row = report.entry("flaky").unwrap();
@@ -756,23 +756,23 @@ async fn a_host_stopped_while_starting_is_never_running() {
     let lifetime = host.lifetime();
     let run = tokio::spawn(host.run());
     sleep(secs(1.0)).await;
-    assert_eq!(lifetime.state(), LifecycleState::Starting);
+    assert_eq!(lifetime.phase(), Phase::Starting);
     lifetime.stop(Reason::shutdown());
     // Watch the state every 100 ms through the pre-stop delay and the drain.
-    let mut seen = vec![lifetime.state()];
+    let mut seen = vec![lifetime.phase()];
     while !run.is_finished() {
         sleep(secs(0.1)).await;
-        let state = lifetime.state();
+        let state = lifetime.phase();
         if seen.last() != Some(&state) {
             seen.push(state);
         }
     }
     let report = run.await.unwrap();
     assert!(
-        !seen.contains(&LifecycleState::Running),
+        !seen.contains(&Phase::Running),
         "Running means every start step finished and the host was ready; seen: {seen:?}"
     );
-    assert_eq!(seen.last(), Some(&LifecycleState::Stopped), "{seen:?}");
+    assert_eq!(seen.last(), Some(&Phase::Stopped), "{seen:?}");
     assert!(!lifetime.started().is_cancelled());
     assert_eq!(report.exit_code(), 0, "{report}");
 }
