@@ -6,10 +6,12 @@ use std::error::Error;
 use std::fmt;
 use std::time::Duration;
 
-use crate::host::{Config, Host, ServiceSpec};
+use crate::config::{Config, ServiceSpec};
+use crate::host::Host;
 use crate::lifetime::Lifetime;
+use crate::options::ServiceOptions;
 use crate::policy::FailurePolicy;
-use crate::service::{BackgroundService, ServiceOptions};
+use crate::service::BackgroundService;
 
 /// The longest `shutdown_timeout` accepted: one day.
 const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
@@ -104,6 +106,11 @@ impl HostBuilder {
     /// Turn it off in tests, or when something else owns the signals (then call
     /// [`Lifetime::stop`](crate::Lifetime::stop) yourself).
     ///
+    /// The handlers run on a thread of their own (with a small runtime of their own), so
+    /// they work on any runtime — one without tokio's IO driver too — and a second signal
+    /// gets through even when every worker is busy. If they cannot be installed, `run`
+    /// logs an error and goes on; stop the host with `Lifetime::stop` then.
+    ///
     /// As with any tokio signal handler, once installed the handlers replace the default
     /// action (terminate) for the rest of the process, also after `run` returned: end the
     /// process then, as [`Host::run_and_exit`] does.
@@ -140,105 +147,9 @@ impl HostBuilder {
     /// Checks the configuration and builds the host. Never panics: every problem is a
     /// [`ConfigError`] naming the field and the valid range.
     pub fn build(self) -> Result<Host, ConfigError> {
-        let c = &self.config;
-        if c.shutdown_timeout.is_zero() || c.shutdown_timeout > MAX_SHUTDOWN_TIMEOUT {
-            return Err(ConfigError::new(
-                "shutdown_timeout",
-                format!(
-                    "is {:?}; valid: more than 0 and at most {:?} (default 30 s)",
-                    c.shutdown_timeout, MAX_SHUTDOWN_TIMEOUT
-                ),
-            ));
-        }
-        if c.cancel_grace > c.shutdown_timeout {
-            return Err(ConfigError::new(
-                "cancel_grace",
-                format!(
-                    "({:?}) is longer than shutdown_timeout ({:?}); the cancel phase is the last part of the shutdown timeout, so valid: 0 ..= shutdown_timeout",
-                    c.cancel_grace, c.shutdown_timeout
-                ),
-            ));
-        }
-        if c.pre_stop_delay > c.shutdown_timeout - c.cancel_grace {
-            return Err(ConfigError::new(
-                "pre_stop_delay",
-                format!(
-                    "({:?}) + cancel_grace ({:?}) exceed shutdown_timeout ({:?}); the pre-stop delay counts toward the shutdown timeout, so valid: 0 ..= shutdown_timeout − cancel_grace ({:?})",
-                    c.pre_stop_delay,
-                    c.cancel_grace,
-                    c.shutdown_timeout,
-                    c.shutdown_timeout - c.cancel_grace
-                ),
-            ));
-        }
-        if c.startup_timeout.is_zero() {
-            return Err(ConfigError::new(
-                "startup_timeout",
-                "is 0; valid: more than 0 (default 30 s)",
-            ));
-        }
-
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        for (i, spec) in self.services.iter().enumerate() {
-            if spec.name.is_empty() {
-                return Err(ConfigError::new(
-                    format!("services[{i}]"),
-                    "has an empty name; every service needs a unique, non-empty name (it names the service's row in the report)",
-                ));
-            }
-            if index.insert(&spec.name, i).is_some() {
-                return Err(ConfigError::new(
-                    format!("services[\"{}\"]", spec.name),
-                    "is registered twice; service names must be unique (they name the report's rows)",
-                ));
-            }
-            let options = &spec.options;
-            if options.startup_timeout.is_some_and(|t| t.is_zero()) {
-                return Err(ConfigError::new(
-                    format!("services[\"{}\"].startup_timeout", spec.name),
-                    "is 0; valid: more than 0",
-                ));
-            }
-            if let FailurePolicy::Restart(policy) = &options.failure_policy
-                && let Err((field, message)) = policy.validate()
-            {
-                return Err(ConfigError::new(
-                    format!("services[\"{}\"].on_failure.{field}", spec.name),
-                    message,
-                ));
-            }
-        }
-
-        let mut dependencies: Vec<Vec<usize>> = Vec::with_capacity(self.services.len());
-        for (i, spec) in self.services.iter().enumerate() {
-            let deps = match &spec.options.depends_on {
-                None if i == 0 => Vec::new(),
-                None => vec![i - 1],
-                Some(names) => {
-                    let mut deps = Vec::with_capacity(names.len());
-                    for name in names {
-                        match index.get(name.as_ref()) {
-                            Some(&d) => deps.push(d),
-                            None => {
-                                let known: Vec<&str> =
-                                    self.services.iter().map(|s| s.name.as_ref()).collect();
-                                return Err(ConfigError::new(
-                                    format!("services[\"{}\"].depends_on", spec.name),
-                                    format!(
-                                        "names \"{name}\", which is not a registered service; registered: {}",
-                                        known.join(", ")
-                                    ),
-                                ));
-                            }
-                        }
-                    }
-                    deps.sort_unstable();
-                    deps.dedup();
-                    deps
-                }
-            };
-            dependencies.push(deps);
-        }
+        validate_budgets(&self.config)?;
+        let index = index_services(&self.services)?;
+        let dependencies = resolve_dependencies(&self.services, &index)?;
         if let Some(cycle) = find_cycle(&dependencies) {
             let path: Vec<&str> = cycle
                 .iter()
@@ -252,7 +163,6 @@ impl HostBuilder {
                 ),
             ));
         }
-
         let lifetime = Lifetime::new(self.services.len());
         Ok(Host {
             config: self.config,
@@ -261,6 +171,116 @@ impl HostBuilder {
             lifetime,
         })
     }
+}
+
+/// The shutdown budgets fit together and the startup timeout is positive.
+fn validate_budgets(c: &Config) -> Result<(), ConfigError> {
+    if c.shutdown_timeout.is_zero() || c.shutdown_timeout > MAX_SHUTDOWN_TIMEOUT {
+        return Err(ConfigError::new(
+            "shutdown_timeout",
+            format!(
+                "is {:?}; valid: more than 0 and at most {:?} (default 30 s)",
+                c.shutdown_timeout, MAX_SHUTDOWN_TIMEOUT
+            ),
+        ));
+    }
+    if c.cancel_grace > c.shutdown_timeout {
+        return Err(ConfigError::new(
+            "cancel_grace",
+            format!(
+                "({:?}) is longer than shutdown_timeout ({:?}); the cancel phase is the last part of the shutdown timeout, so valid: 0 ..= shutdown_timeout",
+                c.cancel_grace, c.shutdown_timeout
+            ),
+        ));
+    }
+    if c.pre_stop_delay > c.shutdown_timeout - c.cancel_grace {
+        return Err(ConfigError::new(
+            "pre_stop_delay",
+            format!(
+                "({:?}) + cancel_grace ({:?}) exceed shutdown_timeout ({:?}); the pre-stop delay counts toward the shutdown timeout, so valid: 0 ..= shutdown_timeout − cancel_grace ({:?})",
+                c.pre_stop_delay,
+                c.cancel_grace,
+                c.shutdown_timeout,
+                c.shutdown_timeout - c.cancel_grace
+            ),
+        ));
+    }
+    if c.startup_timeout.is_zero() {
+        return Err(ConfigError::new(
+            "startup_timeout",
+            "is 0; valid: more than 0 (default 30 s)",
+        ));
+    }
+    Ok(())
+}
+
+/// Each service's index by name, once every name is non-empty and unique and every
+/// service's own options are valid.
+fn index_services(services: &[ServiceSpec]) -> Result<HashMap<&str, usize>, ConfigError> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, spec) in services.iter().enumerate() {
+        if spec.name.is_empty() {
+            return Err(ConfigError::new(
+                format!("services[{i}]"),
+                "has an empty name; every service needs a unique, non-empty name (it names the service's row in the report)",
+            ));
+        }
+        if index.insert(&spec.name, i).is_some() {
+            return Err(ConfigError::new(
+                format!("services[\"{}\"]", spec.name),
+                "is registered twice; service names must be unique (they name the report's rows)",
+            ));
+        }
+        let options = &spec.options;
+        if options.startup_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::new(
+                format!("services[\"{}\"].startup_timeout", spec.name),
+                "is 0; valid: more than 0",
+            ));
+        }
+        if let FailurePolicy::Restart(policy) = &options.failure_policy
+            && let Err((field, message)) = policy.validate()
+        {
+            return Err(ConfigError::new(
+                format!("services[\"{}\"].on_failure.{field}", spec.name),
+                message,
+            ));
+        }
+    }
+    Ok(index)
+}
+
+/// `dependencies[i]`: the indexes of the services service `i` depends on — the one
+/// registered before it unless it declared its own, which must be registered names.
+fn resolve_dependencies(
+    services: &[ServiceSpec],
+    index: &HashMap<&str, usize>,
+) -> Result<Vec<Vec<usize>>, ConfigError> {
+    let mut dependencies: Vec<Vec<usize>> = Vec::with_capacity(services.len());
+    for (i, spec) in services.iter().enumerate() {
+        let Some(names) = &spec.options.depends_on else {
+            dependencies.push(i.checked_sub(1).into_iter().collect());
+            continue;
+        };
+        let mut deps = Vec::with_capacity(names.len());
+        for name in names {
+            let Some(&d) = index.get(name.as_ref()) else {
+                let known: Vec<&str> = services.iter().map(|s| s.name.as_ref()).collect();
+                return Err(ConfigError::new(
+                    format!("services[\"{}\"].depends_on", spec.name),
+                    format!(
+                        "names \"{name}\", which is not a registered service; registered: {}",
+                        known.join(", ")
+                    ),
+                ));
+            };
+            deps.push(d);
+        }
+        deps.sort_unstable();
+        deps.dedup();
+        dependencies.push(deps);
+    }
+    Ok(dependencies)
 }
 
 impl fmt::Debug for HostBuilder {

@@ -1,13 +1,12 @@
 //! [`Host`]: runs the services and the shutdown sequence.
 
-use std::borrow::Cow;
 use std::fmt;
-use std::time::Duration;
 
 use crate::builder::HostBuilder;
+use crate::config::{Config, ServiceSpec};
 use crate::lifetime::Lifetime;
 use crate::report::ShutdownReport;
-use crate::service::{ErasedService, ServiceOptions};
+use crate::supervisor;
 
 /// Runs background services and tracked tasks, and shuts them down in three phases when a
 /// signal arrives, [`Lifetime::stop`] is called, or a service fails; then returns a
@@ -57,7 +56,10 @@ use crate::service::{ErasedService, ServiceOptions};
 /// ```
 ///
 /// A phase ends early once every service and tracked task has ended. A second signal
-/// skips straight to the abort.
+/// skips straight to the abort. However the sequence is cut short, `stopping`,
+/// `hard_stop` and `stopped` all fire, in that order. The abort phase drops aborted work on
+/// a thread of its own and waits for it at most 200 ms, so a destructor that blocks (or
+/// never returns) cannot hold up `run`; the report names that work as still dropping.
 ///
 /// *Anchors:* .NET's Generic Host (`IHost.RunAsync`), which has one stop signal, a single
 /// timeout after which it simply returns, no report, and exits 0 after a failed
@@ -69,23 +71,6 @@ pub struct Host {
     /// `dependencies[i]`: the services service `i` depends on (indexes into `services`).
     pub(crate) dependencies: Vec<Vec<usize>>,
     pub(crate) lifetime: Lifetime,
-}
-
-/// The validated settings.
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) shutdown_timeout: Duration,
-    pub(crate) cancel_grace: Duration,
-    pub(crate) pre_stop_delay: Duration,
-    pub(crate) startup_timeout: Duration,
-    pub(crate) handle_signals: bool,
-}
-
-/// A registered service.
-pub(crate) struct ServiceSpec {
-    pub(crate) name: Cow<'static, str>,
-    pub(crate) service: Box<dyn ErasedService>,
-    pub(crate) options: ServiceOptions,
 }
 
 impl Host {
@@ -105,16 +90,22 @@ impl Host {
     /// the report (also logged through `tracing`: at `INFO` when clean, `ERROR`
     /// otherwise). While it runs, [`Lifetime::current`] returns this host's lifetime.
     ///
-    /// Needs a tokio runtime with the time driver (and, with signal handling on, the IO
-    /// driver): `#[tokio::main]` has both. Use the multi-thread runtime so a service that
-    /// blocks cannot stall the others.
+    /// Needs a tokio runtime with the time driver: `#[tokio::main]` has it. (Signal
+    /// handling runs on a thread of its own and needs nothing from this runtime.) Use the
+    /// multi-thread runtime so a service that blocks cannot stall the others.
     ///
     /// # Cancel safety
     ///
     /// Dropping this future before it completes skips the shutdown sequence: services and
     /// tracked tasks keep running detached, and no report is made. Let it complete.
     pub async fn run(self) -> ShutdownReport {
-        crate::supervisor::run(self).await
+        let Host {
+            config,
+            services,
+            dependencies,
+            lifetime,
+        } = self;
+        supervisor::run(config, services, dependencies, lifetime).await
     }
 
     /// [`run`](Self::run), then exits the process with the report's

@@ -55,6 +55,12 @@
 //! `shutdown_timeout` (default 30 s) is the whole budget, counted from the trigger; the
 //! pre-stop delay and the cancel grace are its first and last parts. A phase ends early
 //! once every service and tracked task has ended. A second signal skips to the abort.
+//! However the sequence is cut short, its tokens (`stopping`, `hard_stop`, `stopped`)
+//! all fire, in order.
+//!
+//! The abort phase drops aborted work on a thread of its own and waits for it at most
+//! 200 ms, so a destructor that blocks — or never returns — cannot hold up
+//! [`Host::run`]; the report names such work as still dropping.
 //!
 //! ## Pieces
 //!
@@ -63,38 +69,51 @@
 //! | [`Host`], [`HostBuilder`] | runs services, signals, the shutdown sequence | `IHost`, `HostBuilder`, `HostOptions` | `Toplevel` |
 //! | [`BackgroundService`], [`service_fn`] | a long-running unit with optional start/stop steps | `BackgroundService`, `IHostedService` | `IntoSubsystem`, `SubsystemBuilder` |
 //! | [`ServiceContext`] | a service's name, tokens, tracked spawn, report details | — | `SubsystemHandle` |
-//! | [`Lifetime`], [`LifecycleState`] | state, readiness, `started`/`stopping`/`hard_stop` tokens, `stop(reason)` | `IHostApplicationLifetime` | `request_shutdown` |
+//! | [`Lifetime`], [`Phase`] | the phase the host is in, readiness, `started`/`stopping`/`hard_stop` tokens, `stop(reason)` | `IHostApplicationLifetime` | `request_shutdown` |
 //! | [`Lifetime::spawn`], [`Lifetime::shield`] | tracked tasks; cleanup that survives its caller | — | nested subsystems |
 //! | [`FailurePolicy`], [`RestartPolicy`] | stop host / ignore / restart with backoff and an intensity limit | `BackgroundServiceExceptionBehavior` | `ErrorAction` |
-//! | [`ShutdownReport`] | per service and task: phase, time, outcome; exit code | — | `GracefulShutdownError` |
+//! | [`ShutdownReport`] | per service and task: the [`Phase`] it ended in, time, outcome; exit code | — | `GracefulShutdownError` |
 //!
 //! ## Exit codes
 //!
 //! [`ShutdownReport::exit_code`] (used by [`Host::run_and_exit`]): `0` every service and
-//! tracked task stopped cleanly (completed, or cancelled cooperatively); `1` something
-//! failed (error, panic, start step failed or timed out, restarts exhausted); `2`
-//! stragglers were aborted at the shutdown timeout; `3` a second signal forced the
-//! shutdown. See [`ShutdownReport`] for the precedence.
+//! tracked task stopped cleanly (completed, or cancelled cooperatively); `1` a service or
+//! tracked task failed, at any time (an error, a panic, a start step that failed or timed
+//! out, restarts exhausted); `2` stragglers were aborted at the shutdown timeout; `3` a
+//! second signal forced the shutdown. A panic is always a failure. See
+//! [`ShutdownReport`] for the precedence.
 //!
 //! ## Runtime
 //!
-//! Needs tokio with the time driver, and the IO driver for signal handling
-//! (`#[tokio::main]` has both). Use the multi-thread runtime: each service runs in its own
-//! task, so a service that blocks holds up only itself.
+//! Needs tokio with the time driver (`#[tokio::main]` has it). Signals are handled on a
+//! thread of the host's own, so the runtime needs no IO driver for them. Use the
+//! multi-thread runtime: each service runs in its own task, so a service that blocks holds
+//! up only itself.
 
 #![warn(missing_docs)]
-#![deny(unsafe_code)]
+// No unsafe code, and none may be added: everything here is built on std, tokio and the
+// `gracefully` core, which keeps the crate's own unsafe (the token tree) in one audited
+// place. `forbid`, not `deny`, so no module can opt back in with `allow`.
+#![forbid(unsafe_code)]
 
+mod abort;
+mod board;
 mod builder;
+mod config;
+mod context;
+mod dropper;
 mod host;
 mod lifetime;
+mod options;
 mod outcome;
+mod phase;
 mod policy;
 mod report;
 mod service;
 mod service_task;
 mod signals;
 mod supervisor;
+mod timeline;
 mod tracker;
 
 /// The README's examples, compiled as doctests.
@@ -103,10 +122,13 @@ mod tracker;
 struct ReadmeDoctests;
 
 pub use builder::{ConfigError, HostBuilder};
+pub use context::ServiceContext;
 pub use host::Host;
-pub use lifetime::{LifecycleState, Lifetime};
+pub use lifetime::Lifetime;
+pub use options::ServiceOptions;
 pub use outcome::{BoxError, Outcome, TaskOutput, panic_message};
+pub use phase::Phase;
 pub use policy::{FailurePolicy, RestartPolicy};
-pub use report::{EntryKind, Phase, ReportEntry, ShutdownReport, TaskCounts};
-pub use service::{BackgroundService, ServiceContext, ServiceFn, ServiceOptions, service_fn};
+pub use report::{EntryKind, ReportEntry, ShutdownReport, TaskCounts};
+pub use service::{BackgroundService, ServiceFn, service_fn};
 pub use tracker::Shielded;

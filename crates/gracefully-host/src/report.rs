@@ -9,55 +9,7 @@ use gracefully::Reason;
 use tokio::time::Instant;
 
 use crate::outcome::Outcome;
-use crate::tracker::TaskEnd;
-
-/// The phase of the host's life in which a service or tracked task ended.
-///
-/// `Starting` and `Running` are before the stop request; the others are the steps of the
-/// shutdown sequence (DESIGN.md §4):
-///
-/// ```text
-/// trigger ─► PreStop ─► Drain ─────────────────────────► Cancel ─────────► Abort
-///            (delay)    `stopping` fires                 `hard_stop` fires  dropped
-///                       budget: shutdown_timeout         budget:
-///                               − cancel_grace − delay   cancel_grace
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Phase {
-    /// Before the host was ready (a start step failed or timed out).
-    Starting,
-    /// While the host ran, before any stop request.
-    Running,
-    /// Phase 0: between the stop request and the drain (the pre-stop delay).
-    PreStop,
-    /// Phase 1: after `stopping` fired, before the drain budget ran out.
-    Drain,
-    /// Phase 2: after `hard_stop` fired, before the shutdown timeout.
-    Cancel,
-    /// Phase 3: still running at the shutdown timeout (or at a second signal): dropped.
-    Abort,
-}
-
-impl Phase {
-    /// A short lowercase name: `starting`, `running`, `pre-stop`, `drain`, `cancel`,
-    /// `abort`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Starting => "starting",
-            Phase::Running => "running",
-            Phase::PreStop => "pre-stop",
-            Phase::Drain => "drain",
-            Phase::Cancel => "cancel",
-            Phase::Abort => "abort",
-        }
-    }
-}
-
-impl fmt::Display for Phase {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::phase::Phase;
 
 /// Whether a [`ReportEntry`] is a background service or tracked tasks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -80,6 +32,7 @@ pub struct ReportEntry {
     elapsed: Option<Duration>,
     outcome: Outcome,
     restarts: u32,
+    still_dropping: usize,
     details: Vec<(Cow<'static, str>, String)>,
 }
 
@@ -120,6 +73,15 @@ impl ReportEntry {
         self.restarts
     }
 
+    /// How many of this line's aborted tasks (0 or 1 for a service) had not been dropped
+    /// yet when the report was made: a destructor that blocks its thread (or a poll that
+    /// does) was still running. The host drops aborted work on a thread of its own and
+    /// waits for it only briefly (200 ms), so such a destructor delays neither the host
+    /// nor its report; it finishes, if ever, after `run` returned.
+    pub fn still_dropping(&self) -> usize {
+        self.still_dropping
+    }
+
     /// What the service recorded with [`ServiceContext::detail`](crate::ServiceContext::detail)
     /// and [`ServiceContext::count`](crate::ServiceContext::count), in the order first
     /// recorded, plus notes from the host (a failed restart, a skipped start).
@@ -144,7 +106,7 @@ pub struct TaskCounts {
     pub completed: u64,
     /// Stopped because they were cancelled.
     pub cancelled: u64,
-    /// Returned an error or panicked.
+    /// Returned an error or panicked (either makes the exit code 1).
     pub failed: u64,
 }
 
@@ -180,19 +142,21 @@ impl TaskCounts {
 /// # Exit codes
 ///
 /// [`exit_code`](Self::exit_code) is 0 only when every service and every tracked task
-/// alive at the stop request stopped cleanly (completed, or cancelled cooperatively). In
-/// order of precedence:
+/// stopped cleanly (completed, or cancelled cooperatively) and none ever failed. In order
+/// of precedence:
 ///
 /// | code | constant | meaning |
 /// |---|---|---|
 /// | 3 | [`EXIT_FORCED`](Self::EXIT_FORCED) | a second signal forced the shutdown (skipped to abort) |
-/// | 1 | [`EXIT_FAILED`](Self::EXIT_FAILED) | a service or task failed: error, panic, start step failed or timed out, restarts exhausted, or a failure under [`FailurePolicy::Ignore`](crate::FailurePolicy::Ignore) |
+/// | 1 | [`EXIT_FAILED`](Self::EXIT_FAILED) | a service or tracked task failed, at any time: an error, a panic, a start step that failed or timed out, restarts exhausted, a failure under [`FailurePolicy::Ignore`](crate::FailurePolicy::Ignore) |
 /// | 2 | [`EXIT_ABORTED`](Self::EXIT_ABORTED) | stragglers were still running at the shutdown timeout and were aborted |
 /// | 0 | [`EXIT_CLEAN`](Self::EXIT_CLEAN) | clean |
 ///
-/// A failure outranks an abort because it is usually the cause. Tracked tasks that ended
-/// *before* the stop request are only counted ([`finished_before_stop`](Self::finished_before_stop))
-/// and do not change the code (their failures were logged when they happened).
+/// A failure outranks an abort because it is usually the cause. A panic is always a
+/// failure. Tracked tasks that ended *before* the stop request are only counted
+/// ([`finished_before_stop`](Self::finished_before_stop)), not listed, so a long-running
+/// host does not accumulate a line per task; their failures (logged with the task's name
+/// when they happened) still make the code 1.
 ///
 /// *Anchors:* .NET logs "Application is shutting down..." and exits 0 even after a
 /// BackgroundService failed (unless `BackgroundServiceExceptionBehavior.StopHost`, which
@@ -203,8 +167,9 @@ pub struct ShutdownReport {
     trigger: Reason,
     forced: bool,
     total: Duration,
-    /// When the pre-stop, drain, cancel and abort phases began, after the stop request.
-    phase_starts: [Option<Duration>; 4],
+    /// When each phase began, after the stop request, by `phase as usize` (only the
+    /// shutdown phases, `PreStop` to `Abort`, are ever set).
+    phase_starts: [Option<Duration>; Phase::ALL.len()],
     entries: Vec<ReportEntry>,
     before_stop: TaskCounts,
 }
@@ -216,7 +181,18 @@ pub(crate) struct ServiceRecord {
     pub(crate) at: Instant,
     pub(crate) outcome: Outcome,
     pub(crate) restarts: u32,
+    pub(crate) still_dropping: bool,
     pub(crate) details: Vec<(Cow<'static, str>, String)>,
+}
+
+/// One tracked task's end after the stop request, as the tracker hands it to the report.
+pub(crate) struct TaskRecord {
+    pub(crate) name: Cow<'static, str>,
+    pub(crate) phase: Phase,
+    pub(crate) at: Instant,
+    pub(crate) outcome: Outcome,
+    /// Aborted, and not yet dropped when the report was made.
+    pub(crate) still_dropping: bool,
 }
 
 /// Everything the supervisor gathered, before aggregation.
@@ -225,9 +201,10 @@ pub(crate) struct RawReport {
     pub(crate) forced: bool,
     pub(crate) stop_requested_at: Instant,
     pub(crate) ended_at: Instant,
-    pub(crate) phase_starts: [Option<Instant>; 4],
+    /// When each shutdown phase began, by `phase as usize`.
+    pub(crate) phase_starts: [Option<Instant>; Phase::ALL.len()],
     pub(crate) services: Vec<ServiceRecord>,
-    pub(crate) tasks: Vec<TaskEnd>,
+    pub(crate) tasks: Vec<TaskRecord>,
     pub(crate) before_stop: TaskCounts,
 }
 
@@ -243,76 +220,29 @@ impl ShutdownReport {
 
     pub(crate) fn build(raw: RawReport) -> ShutdownReport {
         let t0 = raw.stop_requested_at;
-        let since = |at: Instant| at.checked_duration_since(t0);
-        // Work that ended before the stop request has no time "after" it, even when the
-        // paused test clock gives both the same instant.
-        let after = |phase: Phase, at: Instant| match phase {
-            Phase::Starting | Phase::Running => None,
-            _ => Some(at.saturating_duration_since(t0)),
-        };
         let mut entries = Vec::with_capacity(raw.services.len() + 4);
-        for s in raw.services {
-            entries.push(ReportEntry {
-                name: s.name,
-                kind: EntryKind::Service,
-                count: 1,
-                phase: s.phase,
-                elapsed: after(s.phase, s.at),
-                outcome: s.outcome,
-                restarts: s.restarts,
-                details: s.details,
-            });
-        }
-        // Aggregate tasks that share name, phase and outcome, keeping first-ended order.
+        entries.extend(raw.services.into_iter().map(|s| ReportEntry {
+            name: s.name,
+            kind: EntryKind::Service,
+            count: 1,
+            phase: s.phase,
+            elapsed: elapsed_since(t0, s.phase, s.at),
+            outcome: s.outcome,
+            restarts: s.restarts,
+            still_dropping: usize::from(s.still_dropping),
+            details: s.details,
+        }));
         let first_task = entries.len();
-        let mut index: HashMap<(Cow<'static, str>, Phase, Outcome), usize> = HashMap::new();
-        let mut last: Option<usize> = None;
-        for task in raw.tasks {
-            let elapsed = after(task.phase, task.at);
-            // Fast path: tasks that end alike tend to end together.
-            if let Some(i) = last {
-                let entry: &mut ReportEntry = &mut entries[i];
-                if entry.name == task.name
-                    && entry.phase == task.phase
-                    && entry.outcome == task.outcome
-                {
-                    entry.count += 1;
-                    entry.elapsed = entry.elapsed.max(elapsed);
-                    continue;
-                }
-            }
-            let key = (task.name, task.phase, task.outcome);
-            match index.get(&key) {
-                Some(&i) => {
-                    let entry: &mut ReportEntry = &mut entries[i];
-                    entry.count += 1;
-                    entry.elapsed = entry.elapsed.max(elapsed);
-                    last = Some(i);
-                }
-                None => {
-                    last = Some(entries.len());
-                    index.insert(key.clone(), entries.len());
-                    let (name, phase, outcome) = key;
-                    entries.push(ReportEntry {
-                        name,
-                        kind: EntryKind::Task,
-                        count: 1,
-                        phase,
-                        elapsed,
-                        outcome,
-                        restarts: 0,
-                        details: Vec::new(),
-                    });
-                }
-            }
-        }
+        aggregate_tasks(&mut entries, raw.tasks, t0);
         // Tasks by phase, so stragglers come last; stable, so ties keep their order.
         entries[first_task..].sort_by_key(|e| e.phase);
         ShutdownReport {
             trigger: raw.trigger,
             forced: raw.forced,
             total: raw.ended_at.saturating_duration_since(t0),
-            phase_starts: raw.phase_starts.map(|p| p.and_then(since)),
+            phase_starts: raw
+                .phase_starts
+                .map(|p| p.and_then(|at| at.checked_duration_since(t0))),
             entries,
             before_stop: raw.before_stop,
         }
@@ -322,10 +252,11 @@ impl ShutdownReport {
     pub fn exit_code(&self) -> i32 {
         if self.forced {
             Self::EXIT_FORCED
-        } else if self
-            .entries
-            .iter()
-            .any(|e| matches!(e.outcome, Outcome::Failed(_)))
+        } else if self.before_stop.failed > 0
+            || self
+                .entries
+                .iter()
+                .any(|e| matches!(e.outcome, Outcome::Failed(_)))
         {
             Self::EXIT_FAILED
         } else if self.entries.iter().any(|e| e.outcome == Outcome::Aborted) {
@@ -357,15 +288,9 @@ impl ShutdownReport {
     }
 
     /// When `phase` began, measured from the stop request; `None` if the shutdown never
-    /// reached it (and for `Starting`/`Running`).
+    /// reached it (and for `Starting`, `Running` and `Stopped`).
     pub fn phase_started(&self, phase: Phase) -> Option<Duration> {
-        match phase {
-            Phase::Starting | Phase::Running => None,
-            Phase::PreStop => self.phase_starts[0],
-            Phase::Drain => self.phase_starts[1],
-            Phase::Cancel => self.phase_starts[2],
-            Phase::Abort => self.phase_starts[3],
-        }
+        self.phase_starts[phase as usize]
     }
 
     /// Every line: services in registration order, then tracked tasks.
@@ -388,7 +313,8 @@ impl ShutdownReport {
         self.entries.iter().filter(|e| e.kind == EntryKind::Task)
     }
 
-    /// Tracked tasks that ended before the stop request, by outcome.
+    /// Tracked tasks that ended before the stop request, by outcome. Any `failed` among
+    /// them makes the exit code [`EXIT_FAILED`](Self::EXIT_FAILED).
     pub fn finished_before_stop(&self) -> TaskCounts {
         self.before_stop
     }
@@ -414,7 +340,7 @@ impl fmt::Display for ShutdownReport {
             self.total
         )?;
         let mut phases = String::new();
-        for phase in [Phase::PreStop, Phase::Drain, Phase::Cancel, Phase::Abort] {
+        for phase in Phase::ALL {
             if let Some(at) = self.phase_started(phase) {
                 if !phases.is_empty() {
                     phases.push_str(", ");
@@ -423,62 +349,12 @@ impl fmt::Display for ShutdownReport {
             }
         }
         writeln!(f, "  phases: {phases}")?;
-
-        let rows: Vec<[String; 6]> = self
-            .entries
-            .iter()
-            .map(|e| {
-                let name = if e.count > 1 {
-                    format!("{} ×{}", e.name, e.count)
-                } else {
-                    e.name.to_string()
-                };
-                let kind = match e.kind {
-                    EntryKind::Service => "service",
-                    EntryKind::Task => "task",
-                };
-                let after = match e.elapsed {
-                    Some(d) => format!("{d:.1?}"),
-                    None => "before stop".to_string(),
-                };
-                let mut details: Vec<String> = Vec::new();
-                if e.restarts > 0 {
-                    details.push(format!("restarts: {}", e.restarts));
-                }
-                details.extend(e.details.iter().map(|(k, v)| format!("{k}: {v}")));
-                [
-                    name,
-                    kind.to_string(),
-                    e.phase.to_string(),
-                    after,
-                    e.outcome.to_string(),
-                    details.join(", "),
-                ]
-            })
-            .collect();
-        let header = ["NAME", "KIND", "PHASE", "AFTER", "OUTCOME", "DETAILS"];
-        let mut widths = header.map(str::len);
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let mut line = |cells: &[&str]| -> fmt::Result {
-            let mut out = String::from(" ");
-            for (i, cell) in cells.iter().enumerate() {
-                out.push(' ');
-                out.push_str(cell);
-                if i + 1 < cells.len() {
-                    let pad = widths[i] - cell.chars().count();
-                    out.extend(std::iter::repeat_n(' ', pad + 1));
-                }
-            }
-            writeln!(f, "{}", out.trim_end())
-        };
-        line(&header)?;
-        for row in &rows {
-            line(&row.each_ref().map(String::as_str))?;
-        }
+        let rows: Vec<[String; 6]> = self.entries.iter().map(ReportEntry::cells).collect();
+        write_table(
+            f,
+            ["NAME", "KIND", "PHASE", "AFTER", "OUTCOME", "DETAILS"],
+            &rows,
+        )?;
         if self.before_stop.total() > 0 {
             let c = self.before_stop;
             writeln!(
@@ -488,5 +364,130 @@ impl fmt::Display for ShutdownReport {
             )?;
         }
         Ok(())
+    }
+}
+
+impl ReportEntry {
+    /// Counts one more task on this line.
+    fn add(&mut self, elapsed: Option<Duration>, still_dropping: usize) {
+        self.count += 1;
+        self.elapsed = self.elapsed.max(elapsed);
+        self.still_dropping += still_dropping;
+    }
+
+    /// This line's cells in the report's table.
+    fn cells(&self) -> [String; 6] {
+        let name = if self.count > 1 {
+            format!("{} ×{}", self.name, self.count)
+        } else {
+            self.name.to_string()
+        };
+        let kind = match self.kind {
+            EntryKind::Service => "service",
+            EntryKind::Task => "task",
+        };
+        let after = match self.elapsed {
+            Some(d) => format!("{d:.1?}"),
+            None => "before stop".to_string(),
+        };
+        let mut details: Vec<String> = Vec::new();
+        if self.restarts > 0 {
+            details.push(format!("restarts: {}", self.restarts));
+        }
+        match self.still_dropping {
+            0 => {}
+            _ if self.count == 1 => details.push("still dropping".to_string()),
+            n => details.push(format!("{n} still dropping")),
+        }
+        details.extend(self.details.iter().map(|(k, v)| format!("{k}: {v}")));
+        [
+            name,
+            kind.to_string(),
+            self.phase.to_string(),
+            after,
+            self.outcome.to_string(),
+            details.join(", "),
+        ]
+    }
+}
+
+/// Writes `header` and `rows` as columns padded to their widest cell, each line indented
+/// by two spaces and without trailing blanks.
+fn write_table<const N: usize>(
+    f: &mut fmt::Formatter<'_>,
+    header: [&str; N],
+    rows: &[[String; N]],
+) -> fmt::Result {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut line = |cells: &[&str]| -> fmt::Result {
+        let mut out = String::from(" ");
+        for (i, cell) in cells.iter().enumerate() {
+            out.push(' ');
+            out.push_str(cell);
+            if i + 1 < cells.len() {
+                let pad = widths[i] - cell.chars().count();
+                out.extend(std::iter::repeat_n(' ', pad + 1));
+            }
+        }
+        writeln!(f, "{}", out.trim_end())
+    };
+    line(&header)?;
+    for row in rows {
+        line(&row.each_ref().map(String::as_str))?;
+    }
+    Ok(())
+}
+
+/// Time from the stop request `t0` to `at`, for work that ended in `phase`; `None` for work
+/// that ended before the stop request, even when the paused test clock gives both the same
+/// instant.
+fn elapsed_since(t0: Instant, phase: Phase, at: Instant) -> Option<Duration> {
+    phase
+        .is_shutdown()
+        .then(|| at.saturating_duration_since(t0))
+}
+
+/// Appends `tasks` to `entries`, one line per name, phase and outcome (counted, the latest
+/// end kept), in the order each line's first task ended.
+fn aggregate_tasks(entries: &mut Vec<ReportEntry>, tasks: Vec<TaskRecord>, t0: Instant) {
+    let mut index: HashMap<(Cow<'static, str>, Phase, Outcome), usize> = HashMap::new();
+    let mut last: Option<usize> = None;
+    for task in tasks {
+        let elapsed = elapsed_since(t0, task.phase, task.at);
+        let still_dropping = usize::from(task.still_dropping);
+        // Fast path: tasks that end alike tend to end together.
+        if let Some(i) = last {
+            let entry: &mut ReportEntry = &mut entries[i];
+            if entry.name == task.name && entry.phase == task.phase && entry.outcome == task.outcome
+            {
+                entry.add(elapsed, still_dropping);
+                continue;
+            }
+        }
+        let key = (task.name, task.phase, task.outcome);
+        if let Some(&i) = index.get(&key) {
+            entries[i].add(elapsed, still_dropping);
+            last = Some(i);
+            continue;
+        }
+        last = Some(entries.len());
+        index.insert(key.clone(), entries.len());
+        let (name, phase, outcome) = key;
+        entries.push(ReportEntry {
+            name,
+            kind: EntryKind::Task,
+            count: 1,
+            phase,
+            elapsed,
+            outcome,
+            restarts: 0,
+            still_dropping,
+            details: Vec::new(),
+        });
     }
 }

@@ -10,11 +10,12 @@ use futures_util::FutureExt;
 use gracefully::{CancellationSource, CancellationToken, Reason, is_cancellation};
 use tokio::time::Instant;
 
+use crate::context::ServiceContext;
 use crate::lifetime::Lifetime;
 use crate::outcome::{Outcome, outcome_of, panicked};
+use crate::phase::Phase;
 use crate::policy::{FailurePolicy, RestartPolicy};
-use crate::report::Phase;
-use crate::service::{ErasedService, ServiceContext};
+use crate::service::ErasedService;
 
 /// Everything one service task needs.
 pub(crate) struct ServiceRun {
@@ -42,7 +43,7 @@ impl ServiceEnd {
     pub(crate) fn now(lifetime: &Lifetime, outcome: Outcome, restarts: u32) -> ServiceEnd {
         ServiceEnd {
             outcome,
-            phase: lifetime.shared.end_phase(),
+            phase: lifetime.timeline().end_phase(),
             at: Instant::now(),
             restarts,
         }
@@ -50,73 +51,76 @@ impl ServiceEnd {
 }
 
 impl ServiceRun {
-    pub(crate) async fn run(self) -> ServiceEnd {
-        let ServiceRun {
-            name,
-            mut service,
-            cx,
-            policy,
-            startup_timeout,
-            dependencies,
-            started,
-            lifetime,
-        } = self;
-        let stop_requested = lifetime.stop_requested();
-
-        // 1. Dependencies first. A stop request before they are up means: do not start.
-        for dependency in &dependencies {
-            tokio::select! {
-                biased;
-                _ = stop_requested.cancelled() => break,
-                _ = dependency.cancelled() => {}
-            }
-        }
-        if stop_requested.is_cancelled() {
-            cx.detail("note", "not started: the host was already stopping");
+    /// The whole life, step by step; each step below says how it can end it early.
+    pub(crate) async fn run(mut self) -> ServiceEnd {
+        if !dependencies_started(&self.lifetime, &self.dependencies).await {
+            self.cx
+                .detail("note", "not started: the host was already stopping");
             tracing::info!("not started: the host was already stopping");
-            return ServiceEnd::now(&lifetime, Outcome::Cancelled, 0);
+            return ServiceEnd::now(&self.lifetime, Outcome::Cancelled, 0);
         }
-
-        // 2. The start step, bounded by the startup timeout. Any failure stops the host.
-        let start = tokio::time::timeout(
-            startup_timeout,
-            AssertUnwindSafe(service.start(&cx)).catch_unwind(),
-        )
-        .await;
-        let start_failure = match start {
-            Ok(Ok(Ok(()))) => None,
-            Ok(Ok(Err(error))) if is_cancellation(&*error) => {
-                cx.detail("note", "start step cancelled");
-                tracing::info!(%error, "start step cancelled");
-                return ServiceEnd::now(&lifetime, Outcome::Cancelled, 0);
-            }
-            Ok(Ok(Err(error))) => Some(format!("start step failed: {error}")),
-            Ok(Err(panic)) => Some(format!("start step {}", panicked(&*panic))),
-            Err(_) => Some(format!("start step timed out after {startup_timeout:?}")),
-        };
-        if let Some(error) = start_failure {
-            tracing::error!(%error, "service could not start; stopping the host");
-            let end = ServiceEnd::now(&lifetime, Outcome::Failed(error.clone()), 0);
-            lifetime.stop(
-                Reason::failed(error).with_message(format!("service '{name}' could not start")),
-            );
+        if let Err(end) = self.start_step().await {
             return end;
         }
-        started.cancel();
-        lifetime.shared.service_started();
+        self.started.cancel();
+        self.lifetime.timeline().service_started();
         tracing::debug!("started");
         // Firing `started` may have woken a dependent into this worker's LIFO slot, which
         // other workers cannot steal; yield so it runs before `execute` can block us.
         tokio::task::yield_now().await;
 
-        // 3. The work, under the failure policy.
+        let executed = self.execute_under_policy().await;
+        let outcome = self.stop_step(executed.outcome).await;
+        match &outcome {
+            Outcome::Failed(_) => {} // logged where it happened
+            other => tracing::info!(outcome = other.as_str(), "stopped"),
+        }
+        match (executed.failed_at, &outcome) {
+            (Some((phase, at)), Outcome::Failed(_)) => ServiceEnd {
+                outcome,
+                phase,
+                at,
+                restarts: executed.restarts,
+            },
+            _ => ServiceEnd::now(&self.lifetime, outcome, executed.restarts),
+        }
+    }
+
+    /// 2. The start step, bounded by the startup timeout. Any failure stops the host,
+    ///    whatever the failure policy; `Err` is how the service ended then.
+    async fn start_step(&mut self) -> Result<(), ServiceEnd> {
+        let startup_timeout = self.startup_timeout;
+        let start = tokio::time::timeout(
+            startup_timeout,
+            AssertUnwindSafe(self.service.start(&self.cx)).catch_unwind(),
+        )
+        .await;
+        let error = match start {
+            Ok(Ok(Ok(()))) => return Ok(()),
+            Ok(Ok(Err(error))) if is_cancellation(&*error) => {
+                self.cx.detail("note", "start step cancelled");
+                tracing::info!(%error, "start step cancelled");
+                return Err(ServiceEnd::now(&self.lifetime, Outcome::Cancelled, 0));
+            }
+            Ok(Ok(Err(error))) => format!("start step failed: {error}"),
+            Ok(Err(panic)) => format!("start step {}", panicked(&*panic)),
+            Err(_) => format!("start step timed out after {startup_timeout:?}"),
+        };
+        tracing::error!(%error, "service could not start; stopping the host");
+        let end = ServiceEnd::now(&self.lifetime, Outcome::Failed(error.clone()), 0);
+        self.lifetime.stop(
+            Reason::failed(error).with_message(format!("service '{}' could not start", self.name)),
+        );
+        Err(end)
+    }
+
+    /// 3. The work, under the failure policy: restarted after a failure while the policy
+    ///    allows, else the failure stops the host (unless ignored).
+    async fn execute_under_policy(&mut self) -> Executed {
         let mut restarts = 0u32;
-        // When and in which phase the service failed: its row reports the failure, not
-        // the stop step that ran after it.
-        let mut failed_at: Option<(Phase, Instant)> = None;
         let mut history: VecDeque<Instant> = VecDeque::new();
-        let mut outcome = loop {
-            let result = AssertUnwindSafe(service.execute(cx.stopping(), &cx))
+        loop {
+            let result = AssertUnwindSafe(self.service.execute(self.cx.stopping(), &self.cx))
                 .catch_unwind()
                 .await;
             let outcome = match result {
@@ -124,81 +128,106 @@ impl ServiceRun {
                 Err(panic) => Outcome::Failed(panicked(&*panic)),
             };
             let Outcome::Failed(error) = &outcome else {
-                break outcome;
+                return Executed::new(outcome, None, restarts);
             };
-            failed_at = Some((lifetime.shared.end_phase(), Instant::now()));
-            match &policy {
+            // The service's row reports the failure, not the stop step that runs after it.
+            let failed_at = Some((self.lifetime.timeline().end_phase(), Instant::now()));
+            let restart = match &self.policy {
+                FailurePolicy::Restart(policy) if !self.cx.stopping().is_cancelled() => {
+                    wait_to_restart(policy, &mut history, &self.name, error, &self.cx).await
+                }
                 FailurePolicy::Ignore => {
                     tracing::error!(%error, "service failed; its failure policy ignores it: the host keeps running without it");
-                    break outcome;
-                }
-                FailurePolicy::Restart(restart) if !cx.stopping().is_cancelled() => {
-                    match wait_to_restart(restart, &mut history, &name, error, &cx).await {
-                        Restart::Now => {
-                            restarts += 1;
-                            tracing::info!(restart = restarts, "restarting");
-                        }
-                        Restart::GiveUp(message) => {
-                            tracing::error!(%error, "{message}; stopping the host");
-                            lifetime.stop(Reason::failed(error.clone()).with_message(message));
-                            break outcome;
-                        }
-                        Restart::Stopping => {
-                            cx.detail(
-                                "note",
-                                format!(
-                                    "restart abandoned, the host is stopping (last error: {error})"
-                                ),
-                            );
-                            break Outcome::Cancelled;
-                        }
-                    }
+                    return Executed::new(outcome, failed_at, restarts);
                 }
                 // `StopHost`, or a restart policy once the host is stopping anyway.
                 _ => {
                     tracing::error!(%error, "service failed; stopping the host");
-                    lifetime.stop(
+                    self.lifetime.stop(
                         Reason::failed(error.clone())
-                            .with_message(format!("service '{name}' failed")),
+                            .with_message(format!("service '{}' failed", self.name)),
                     );
-                    break outcome;
+                    return Executed::new(outcome, failed_at, restarts);
+                }
+            };
+            match restart {
+                Restart::Now => {
+                    restarts += 1;
+                    tracing::info!(restart = restarts, "restarting");
+                }
+                Restart::GiveUp(message) => {
+                    tracing::error!(%error, "{message}; stopping the host");
+                    self.lifetime
+                        .stop(Reason::failed(error.clone()).with_message(message));
+                    return Executed::new(outcome, failed_at, restarts);
+                }
+                Restart::Stopping => {
+                    self.cx.detail(
+                        "note",
+                        format!("restart abandoned, the host is stopping (last error: {error})"),
+                    );
+                    return Executed::new(Outcome::Cancelled, failed_at, restarts);
                 }
             }
-        };
+        }
+    }
 
-        // 4. The stop step.
-        let stop = AssertUnwindSafe(service.stop(&cx)).catch_unwind().await;
-        let stop_failure = match stop {
-            Ok(Ok(())) => None,
-            Ok(Err(error)) if is_cancellation(&*error) => None,
-            Ok(Err(error)) => Some(format!("stop step failed: {error}")),
-            Err(panic) => Some(format!("stop step {}", panicked(&*panic))),
+    /// 4. The stop step, after `execute` returned whatever it returned. A failure here is
+    ///    the service's outcome if it had ended cleanly, else a detail of its row.
+    async fn stop_step(&mut self, outcome: Outcome) -> Outcome {
+        let stop = AssertUnwindSafe(self.service.stop(&self.cx))
+            .catch_unwind()
+            .await;
+        let error = match stop {
+            Ok(Ok(())) => return outcome,
+            Ok(Err(error)) if is_cancellation(&*error) => return outcome,
+            Ok(Err(error)) => format!("stop step failed: {error}"),
+            Err(panic) => format!("stop step {}", panicked(&*panic)),
         };
-        if let Some(error) = stop_failure {
-            tracing::error!(%error, "stop step failed");
-            if policy != FailurePolicy::Ignore {
-                lifetime.stop(
-                    Reason::failed(error.clone()).with_message(format!("service '{name}' failed")),
-                );
-            }
-            if outcome.is_clean() {
-                outcome = Outcome::Failed(error);
-            } else {
-                cx.detail("stop step", error);
-            }
+        tracing::error!(%error, "stop step failed");
+        if self.policy != FailurePolicy::Ignore {
+            self.lifetime.stop(
+                Reason::failed(error.clone())
+                    .with_message(format!("service '{}' failed", self.name)),
+            );
         }
-        match &outcome {
-            Outcome::Failed(_) => {} // logged where it happened
-            other => tracing::info!(outcome = other.as_str(), "stopped"),
+        if outcome.is_clean() {
+            Outcome::Failed(error)
+        } else {
+            self.cx.detail("stop step", error);
+            outcome
         }
-        match (failed_at, &outcome) {
-            (Some((phase, at)), Outcome::Failed(_)) => ServiceEnd {
-                outcome,
-                phase,
-                at,
-                restarts,
-            },
-            _ => ServiceEnd::now(&lifetime, outcome, restarts),
+    }
+}
+
+/// 1. Waits for the services this one depends on to finish their start steps. `false` if
+///    a stop was requested first: then this one does not start.
+async fn dependencies_started(lifetime: &Lifetime, dependencies: &[CancellationToken]) -> bool {
+    let stop_requested = lifetime.stop_requested();
+    for dependency in dependencies {
+        tokio::select! {
+            biased;
+            _ = stop_requested.cancelled() => return false,
+            _ = dependency.cancelled() => {}
+        }
+    }
+    !stop_requested.is_cancelled()
+}
+
+/// How `execute` ended under the failure policy.
+struct Executed {
+    outcome: Outcome,
+    /// When and in which phase it last failed.
+    failed_at: Option<(Phase, Instant)>,
+    restarts: u32,
+}
+
+impl Executed {
+    fn new(outcome: Outcome, failed_at: Option<(Phase, Instant)>, restarts: u32) -> Executed {
+        Executed {
+            outcome,
+            failed_at,
+            restarts,
         }
     }
 }

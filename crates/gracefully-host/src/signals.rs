@@ -1,14 +1,81 @@
 //! OS signals: the first starts a graceful shutdown, the second forces the abort.
+//!
+//! The handlers live on a thread of their own, with a small current-thread runtime of its
+//! own, not on the host's runtime: tokio's signal handling needs the runtime's IO driver,
+//! which the host's runtime may not have (a runtime built with `enable_time` only), and a
+//! second signal must get through even when every worker of the host's runtime is busy.
 
 use std::io;
+use std::sync::mpsc;
 
-use gracefully::Reason;
+use gracefully::{CancellationSource, Reason};
 
 use crate::lifetime::Lifetime;
 
-/// The installed handlers. Installing them replaces the default action (terminate) for
-/// the life of the process, as with any tokio signal handler.
-pub(crate) struct Signals {
+/// The signal thread, watching. Dropping it stops the watching (the thread ends soon after;
+/// nobody waits for it). The handlers stay installed: installing them replaced the default
+/// action (terminate) for the life of the process, as with any tokio signal handler.
+pub(crate) struct SignalWatcher {
+    done: CancellationSource,
+}
+
+impl SignalWatcher {
+    /// Starts the thread and returns once the handlers are installed, so a signal that
+    /// arrives from then on is not lost. Logs go to the caller's `tracing` dispatcher.
+    pub(crate) fn start(lifetime: Lifetime) -> io::Result<SignalWatcher> {
+        let done = CancellationSource::new();
+        let stop_watching = done.token();
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let (installed_tx, installed) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("gracefully-host-signals".into())
+            .spawn(move || {
+                let _dispatch = tracing::dispatcher::set_default(&dispatch);
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = installed_tx.send(Err(error));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let signals = match Signals::install() {
+                        Ok(signals) => {
+                            let _ = installed_tx.send(Ok(()));
+                            signals
+                        }
+                        Err(error) => {
+                            let _ = installed_tx.send(Err(error));
+                            return;
+                        }
+                    };
+                    let _ = stop_watching
+                        .run_until_cancelled(signals.watch(lifetime))
+                        .await;
+                });
+            })?;
+        // A short blocking wait (a thread start and three `sigaction`s), once per `run`,
+        // before any service starts.
+        installed.recv().unwrap_or_else(|_| {
+            Err(io::Error::other(
+                "the signal thread ended before installing the handlers",
+            ))
+        })?;
+        Ok(SignalWatcher { done })
+    }
+}
+
+impl Drop for SignalWatcher {
+    fn drop(&mut self) {
+        self.done.cancel();
+    }
+}
+
+/// The installed handlers.
+struct Signals {
     #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
     #[cfg(unix)]
@@ -19,9 +86,9 @@ pub(crate) struct Signals {
 
 impl Signals {
     /// Installs the handlers now, so a signal that arrives before the watcher first runs
-    /// is not lost.
+    /// is not lost. Needs a runtime with the IO driver.
     #[cfg(unix)]
-    pub(crate) fn install() -> io::Result<Signals> {
+    fn install() -> io::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt())?,
@@ -31,7 +98,7 @@ impl Signals {
     }
 
     #[cfg(not(unix))]
-    pub(crate) fn install() -> io::Result<Signals> {
+    fn install() -> io::Result<Signals> {
         Ok(Signals {})
     }
 
@@ -57,7 +124,7 @@ impl Signals {
     /// `Lifetime::stop`) is under way counts as the first: it does not abort. Only a second
     /// *signal* does, so a SIGTERM from the orchestrator cannot cut short a shutdown the
     /// process began by itself.
-    pub(crate) async fn watch(mut self, lifetime: Lifetime) {
+    async fn watch(mut self, lifetime: Lifetime) {
         let mut received = 0u32;
         while let Some(name) = self.next().await {
             received += 1;
@@ -76,7 +143,7 @@ impl Signals {
                 // The force token may fire before the trigger is seen; the supervisor
                 // checks it in every phase.
                 lifetime.stop(Reason::shutdown().with_message(name));
-                lifetime.shared.force.cancel_with(
+                lifetime.timeline().force.cancel_with(
                     Reason::shutdown().with_message(format!("second signal ({name})")),
                 );
             }

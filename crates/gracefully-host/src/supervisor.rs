@@ -1,68 +1,93 @@
 //! The host's supervisor: starts the service tasks, waits for a trigger, and walks the
-//! shutdown sequence of DESIGN.md §4 (pre-stop → drain → cancel → abort).
+//! shutdown sequence of `docs/architecture.md`, "The shutdown contract" (pre-stop → drain
+//! → cancel → abort), then makes the report.
 //!
-//! The supervisor is the only writer of the stages after `Running` and the only one that
+//! The supervisor is the only writer of the phase from `PreStop` on and the only one that
 //! fires `stopping`, `hard_stop`, the per-service stop tokens and `stopped`. Service tasks
 //! report their end through their `JoinHandle`s (so even a panic outside the service's own
 //! code, or an abort, is seen); tracked tasks through the tracker.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use futures_util::FutureExt;
-use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::stream::StreamExt;
 use gracefully::{CancellationSource, CancellationToken, Reason, ReasonKind};
-use tokio::task::{AbortHandle, JoinError};
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::host::Host;
-use crate::lifetime::{Lifetime, Shared, Stage};
-use crate::outcome::{Outcome, panicked};
-use crate::report::{Phase, RawReport, ServiceRecord, ShutdownReport};
-use crate::service::ServiceContext;
+use crate::abort::abort_stragglers;
+use crate::board::{Board, Slot, Waited, end_of};
+use crate::config::{Config, ServiceSpec};
+use crate::context::ServiceContext;
+use crate::dropper::{DropElsewhere, Straggler};
+use crate::lifetime::Lifetime;
+use crate::outcome::Outcome;
+use crate::phase::Phase;
+use crate::report::{RawReport, ServiceRecord, ShutdownReport};
 use crate::service_task::{ServiceEnd, ServiceRun};
-use crate::signals::Signals;
+use crate::signals::SignalWatcher;
+use crate::timeline::Timeline;
 
-type Joined = Pin<Box<dyn Future<Output = (usize, Result<ServiceEnd, JoinError>)> + Send>>;
-
-/// How long the abort phase waits for the runtime to drop the aborted services' futures.
-const ABORT_SETTLE: std::time::Duration = std::time::Duration::from_millis(200);
-
-pub(crate) async fn run(host: Host) -> ShutdownReport {
-    let Host {
-        config,
-        services,
-        dependencies,
-        lifetime,
-    } = host;
-    let shared = Arc::clone(&lifetime.shared);
+/// [`Host::run`](crate::Host::run): the whole life of a host, in order.
+pub(crate) async fn run(
+    config: Config,
+    services: Vec<ServiceSpec>,
+    dependencies: Vec<Vec<usize>>,
+    lifetime: Lifetime,
+) -> ShutdownReport {
     let _current = lifetime.make_current();
-
     // Handlers first, so that by the time the host is ready a signal cannot be missed.
-    let signals = if config.handle_signals {
-        match Signals::install() {
-            Ok(signals) => Some(tokio::spawn(signals.watch(lifetime.clone()))),
-            Err(error) => {
-                tracing::error!(%error, "could not install signal handlers; stop the host with Lifetime::stop");
-                None
-            }
-        }
-    } else {
-        None
+    let signals = config
+        .handle_signals
+        .then(|| watch_signals(&lifetime))
+        .flatten();
+    let board = start_services(&config, services, &dependencies, &lifetime);
+    let mut supervisor = Supervisor {
+        config,
+        lifetime,
+        board,
     };
+    let trigger = supervisor.wait_for_trigger().await;
 
-    // Spawn every service task at once; each waits for its own dependencies.
-    let n = services.len();
-    let started: Vec<CancellationSource> = (0..n).map(|_| CancellationSource::new()).collect();
+    let mut shutdown = supervisor.begin_shutdown(trigger);
+    supervisor.pre_stop(&mut shutdown).await;
+    supervisor.drain(&mut shutdown).await;
+    supervisor.cancel(&mut shutdown).await;
+    let tasks_still_dropping = supervisor.abort(&mut shutdown).await;
+
+    // Whatever descends from hard stop and is still waiting hears it now.
+    let reason = shutdown.reason.clone();
+    supervisor.timeline().hard_stop.cancel_with(reason);
+    drop(signals); // stops the watcher
+    supervisor.report(shutdown, &tasks_still_dropping)
+}
+
+/// Starts the signal watcher; logs (and goes on without it) if it cannot.
+fn watch_signals(lifetime: &Lifetime) -> Option<SignalWatcher> {
+    match SignalWatcher::start(lifetime.clone()) {
+        Ok(watcher) => Some(watcher),
+        Err(error) => {
+            tracing::error!(%error, "could not install signal handlers; stop the host with Lifetime::stop");
+            None
+        }
+    }
+}
+
+/// Spawns every service task at once; each waits for its own dependencies.
+fn start_services(
+    config: &Config,
+    services: Vec<ServiceSpec>,
+    dependencies: &[Vec<usize>],
+    lifetime: &Lifetime,
+) -> Board {
+    let started: Vec<CancellationSource> = dependencies
+        .iter()
+        .map(|_| CancellationSource::new())
+        .collect();
     let started_tokens: Vec<CancellationToken> = started.iter().map(|s| s.token()).collect();
-    let mut board = Board::new(n, &dependencies);
-    let mut running: FuturesUnordered<Joined> = FuturesUnordered::new();
+    let mut board = Board::new(dependencies);
     for (i, (spec, started)) in services.into_iter().zip(started).enumerate() {
-        // Each service's own stop token: a child of hard stop, fired earlier in the drain
-        // once every service that depends on it has ended.
-        let stop = shared.hard_stop.token().child();
+        let stop = lifetime.timeline().hard_stop.token().child();
         let cx = ServiceContext::new(spec.name.clone(), lifetime.clone(), stop.token());
         let task = ServiceRun {
             name: spec.name.clone(),
@@ -81,184 +106,243 @@ pub(crate) async fn run(host: Host) -> ShutdownReport {
             lifetime: lifetime.clone(),
         };
         let span = tracing::info_span!("service", name = %spec.name);
-        let handle = tokio::spawn(task.run().instrument(span));
-        board.slots.push(Slot {
+        // Boxed so that, if the abort phase drops it unfinished, its destructor runs on the
+        // dropper's thread (see `dropper.rs`).
+        let task = DropElsewhere::new(
+            Box::pin(task.run().instrument(span)),
+            Straggler::Service(i),
+            Arc::clone(&lifetime.state),
+        );
+        let handle = tokio::spawn(task);
+        let slot = Slot {
             name: spec.name,
             cx,
             stop,
             abort: handle.abort_handle(),
             end: None,
-        });
-        running.push(Box::pin(async move { (i, handle.await) }));
+            still_dropping: false,
+        };
+        board.add(slot, handle);
     }
-    if n == 0 {
-        shared.mark_started();
+    if dependencies.is_empty() {
+        lifetime.timeline().mark_started();
+    }
+    board
+}
+
+struct Supervisor {
+    config: Config,
+    lifetime: Lifetime,
+    board: Board,
+}
+
+/// The shutdown under way.
+struct Shutdown {
+    trigger: Reason,
+    /// What the shutdown tokens fire with (see [`shutdown_reason`]).
+    reason: Reason,
+    /// When the stop was requested: the budgets count from here.
+    t0: Instant,
+    /// Fires at a second signal.
+    force: CancellationToken,
+    /// When each phase began, by `phase as usize`.
+    phase_starts: [Option<Instant>; Phase::ALL.len()],
+    /// A second signal cut the sequence short: later phases are entered, not waited in.
+    forced: bool,
+    /// Every service and tracked task has ended: later phases are not needed.
+    done: bool,
+}
+
+impl Shutdown {
+    fn waited(&mut self, waited: Waited) {
+        match waited {
+            Waited::AllEnded => self.done = true,
+            Waited::Deadline => {}
+            Waited::Forced => self.forced = true,
+        }
     }
 
-    // Running: wait for the trigger. A host whose services have all ended stops itself.
-    let trigger_token = lifetime.stop_requested();
-    loop {
-        tokio::select! {
-            biased;
-            _ = trigger_token.cancelled() => break,
-            Some((i, joined)) = running.next(), if board.live > 0 => {
-                board.record(i, end_of(&lifetime, joined));
-                if board.live == 0 {
-                    lifetime.stop(Reason::requested().with_message("every service has finished"));
+    /// Whether a phase still waits for its budget: nothing has cut the sequence short.
+    fn waits(&self) -> bool {
+        !self.done && !self.forced
+    }
+}
+
+impl Supervisor {
+    fn timeline(&self) -> &Timeline {
+        self.lifetime.timeline()
+    }
+
+    /// Running: waits for the trigger and returns it. A host whose services have all
+    /// ended stops itself.
+    async fn wait_for_trigger(&mut self) -> Reason {
+        let trigger = self.lifetime.stop_requested();
+        loop {
+            tokio::select! {
+                biased;
+                _ = trigger.cancelled() => break,
+                Some((i, joined)) = self.board.running.next(), if self.board.live > 0 => {
+                    self.board.record(i, end_of(&self.lifetime, joined));
+                    if self.board.live == 0 {
+                        self.lifetime
+                            .stop(Reason::requested().with_message("every service has finished"));
+                    }
                 }
             }
         }
+        trigger.reason().unwrap_or_else(Reason::shutdown)
     }
 
-    let trigger = trigger_token.reason().unwrap_or_else(Reason::shutdown);
-    let t0 = *shared.stop_requested_at.get_or_init(Instant::now);
-    let reason = shutdown_reason(&trigger);
-    let drain_deadline = t0 + (config.shutdown_timeout - config.cancel_grace);
-    let cancel_deadline = t0 + config.shutdown_timeout;
-    let force = shared.force.token();
-    let mut phase_starts = [None; 4];
-    let mut forced = false;
-    let mut done = false;
-    tracing::info!(
-        %trigger,
-        "shutdown requested; pre-stop {:?}, then drain until {:?}, cancel until {:?} after the request",
-        config.pre_stop_delay,
-        config.shutdown_timeout - config.cancel_grace,
-        config.shutdown_timeout
-    );
-
-    // 0. Pre-stop: readiness already fails (the trigger fired); keep serving a while.
-    shared.advance(Stage::PreStop);
-    phase_starts[0] = Some(Instant::now());
-    if !config.pre_stop_delay.is_zero() {
-        tokio::select! {
-            biased;
-            _ = force.cancelled() => forced = true,
-            _ = sleep_until(t0 + config.pre_stop_delay) => {}
-        }
-    }
-
-    // 1. Drain: `stopping` fires; services are told to stop in reverse dependency order.
-    if !forced {
-        shared.advance(Stage::Drain);
-        phase_starts[1] = Some(Instant::now());
-        shared.stopping.cancel_with(reason.clone());
-        board.begin_drain(&reason);
-        match board
-            .wait(&lifetime, &mut running, &force, drain_deadline)
-            .await
-        {
-            Waited::AllEnded => done = true,
-            Waited::Deadline => {}
-            Waited::Forced => forced = true,
-        }
-    }
-
-    // 2. Cancel: hard stop fires; every in-flight token below it is cancelled.
-    if !done && !forced {
-        shared.advance(Stage::Cancel);
-        phase_starts[2] = Some(Instant::now());
-        tracing::warn!(
-            still_running = %board.still_running(&shared),
-            "drain budget spent; cancelling what still runs"
+    fn begin_shutdown(&self, trigger: Reason) -> Shutdown {
+        let config = &self.config;
+        tracing::info!(
+            %trigger,
+            "shutdown requested; pre-stop {:?}, then drain until {:?}, cancel until {:?} after the request",
+            config.pre_stop_delay,
+            config.shutdown_timeout - config.cancel_grace,
+            config.shutdown_timeout
         );
-        shared.hard_stop.cancel_with(reason.clone());
-        match board
-            .wait(&lifetime, &mut running, &force, cancel_deadline)
-            .await
-        {
-            Waited::AllEnded => done = true,
-            Waited::Deadline => {}
-            Waited::Forced => forced = true,
+        Shutdown {
+            reason: shutdown_reason(&trigger),
+            trigger,
+            t0: *self.timeline().stop_requested_at.get_or_init(Instant::now),
+            force: self.timeline().force.token(),
+            phase_starts: [None; Phase::ALL.len()],
+            forced: false,
+            done: false,
         }
     }
 
-    // 3. Abort: drop whatever still runs.
-    if !done {
-        shared.advance(Stage::Abort);
-        let now = Instant::now();
-        phase_starts[3] = Some(now);
-        // Take the ends that are already in, so nothing that finished is called aborted.
-        while let Some(Some((i, joined))) = running.next().now_or_never() {
-            board.record(i, end_of(&lifetime, joined));
+    /// Moves the host into `phase` and notes when.
+    fn enter(&self, shutdown: &mut Shutdown, phase: Phase) {
+        self.timeline().advance(phase);
+        shutdown.phase_starts[phase as usize] = Some(Instant::now());
+    }
+
+    /// Waits in the current phase until `deadline`, or until everything has ended or a
+    /// second signal arrives (which cut the rest of the sequence short).
+    async fn wait_until(&mut self, shutdown: &mut Shutdown, deadline: Instant) {
+        let waited = self
+            .board
+            .wait(&self.lifetime, &shutdown.force, deadline)
+            .await;
+        shutdown.waited(waited);
+    }
+
+    /// Phase 0, pre-stop: readiness already fails (the trigger fired); keep serving a
+    /// while. A host stopped while still starting comes here straight from `Starting`.
+    async fn pre_stop(&mut self, shutdown: &mut Shutdown) {
+        self.enter(shutdown, Phase::PreStop);
+        if !self.config.pre_stop_delay.is_zero() {
+            let deadline = shutdown.t0 + self.config.pre_stop_delay;
+            self.wait_until(shutdown, deadline).await;
         }
-        let stragglers = board.still_running(&shared);
-        if forced {
+    }
+
+    /// Phase 1, drain: `stopping` fires; services are told to stop in reverse dependency
+    /// order. Entered even when everything has ended or a second signal cut the shutdown
+    /// short, so every token of the sequence fires, in order.
+    async fn drain(&mut self, shutdown: &mut Shutdown) {
+        self.enter(shutdown, Phase::Drain);
+        self.timeline()
+            .stopping
+            .cancel_with(shutdown.reason.clone());
+        self.board.begin_drain(&shutdown.reason);
+        if shutdown.waits() {
+            let deadline = shutdown.t0 + (self.config.shutdown_timeout - self.config.cancel_grace);
+            self.wait_until(shutdown, deadline).await;
+        }
+    }
+
+    /// Phase 2, cancel: hard stop fires; every in-flight token below it is cancelled.
+    async fn cancel(&mut self, shutdown: &mut Shutdown) {
+        if shutdown.done {
+            return;
+        }
+        self.enter(shutdown, Phase::Cancel);
+        if !shutdown.forced {
+            tracing::warn!(
+                still_running = %self.board.still_running(&self.lifetime),
+                "drain budget spent; cancelling what still runs"
+            );
+        }
+        self.timeline()
+            .hard_stop
+            .cancel_with(shutdown.reason.clone());
+        if shutdown.waits() {
+            let deadline = shutdown.t0 + self.config.shutdown_timeout;
+            self.wait_until(shutdown, deadline).await;
+        }
+    }
+
+    /// Phase 3, abort: drop whatever still runs. Returns the tracked tasks not yet dropped.
+    async fn abort(&mut self, shutdown: &mut Shutdown) -> HashSet<usize> {
+        if shutdown.done {
+            return HashSet::new();
+        }
+        self.enter(shutdown, Phase::Abort);
+        let aborted_at = Instant::now();
+        // Take the ends that are already in, so nothing that finished is called aborted.
+        self.board.sweep(&self.lifetime);
+        let stragglers = self.board.still_running(&self.lifetime);
+        if shutdown.forced {
             tracing::error!(aborted = %stragglers, "second signal: aborting now");
         } else {
             tracing::error!(aborted = %stragglers, "shutdown timeout reached; aborting stragglers");
         }
-        for slot in &mut board.slots {
-            if slot.end.is_none() {
-                slot.abort.abort();
-                slot.end = Some(ServiceEnd {
+        abort_stragglers(&self.lifetime, &mut self.board, aborted_at).await
+    }
+
+    /// Stopped: gathers every end into the report, logs it, fires `stopped`.
+    fn report(self, shutdown: Shutdown, tasks_still_dropping: &HashSet<usize>) -> ShutdownReport {
+        let timeline = self.lifetime.timeline();
+        let (tasks, before_stop) = self
+            .lifetime
+            .state
+            .tracker
+            .close(Phase::Abort, |id| tasks_still_dropping.contains(&id));
+        timeline.advance(Phase::Stopped);
+        let ended_at = Instant::now();
+        let services = self
+            .board
+            .slots
+            .into_iter()
+            .map(|slot| {
+                let end = slot.end.unwrap_or(ServiceEnd {
                     outcome: Outcome::Aborted,
                     phase: Phase::Abort,
-                    at: now,
+                    at: ended_at,
                     restarts: 0,
                 });
-            }
+                ServiceRecord {
+                    name: slot.name,
+                    phase: end.phase,
+                    at: end.at,
+                    outcome: end.outcome,
+                    restarts: end.restarts,
+                    still_dropping: slot.still_dropping,
+                    details: slot.cx.rendered_details(),
+                }
+            })
+            .collect();
+        let report = ShutdownReport::build(RawReport {
+            trigger: shutdown.trigger,
+            forced: shutdown.forced,
+            stop_requested_at: shutdown.t0,
+            ended_at,
+            phase_starts: shutdown.phase_starts,
+            services,
+            tasks,
+            before_stop,
+        });
+        if report.is_clean() {
+            tracing::info!("{report}");
+        } else {
+            tracing::error!("{report}");
         }
-        let tasks = shared.tracker.abort_all(Phase::Abort);
-        // `abort` only asks: the runtime drops the aborted futures a moment later. Wait
-        // (briefly, bounded) until it has, for services and tracked tasks alike, so their
-        // drop code — closing sockets, recording what they were doing in their report rows
-        // — runs before the report is taken.
-        let _ = tokio::time::timeout(ABORT_SETTLE, async {
-            while running.next().await.is_some() {}
-            for task in tasks {
-                let _ = task.await;
-            }
-        })
-        .await;
+        timeline.stopped.cancel_with(shutdown.reason);
+        report
     }
-
-    // Whatever descends from hard stop and is still waiting hears it now.
-    shared.hard_stop.cancel_with(reason.clone());
-    if let Some(signals) = signals {
-        signals.abort();
-    }
-    let (tasks, before_stop) = shared.tracker.close();
-    shared.advance(Stage::Stopped);
-    let ended_at = Instant::now();
-
-    let services = board
-        .slots
-        .into_iter()
-        .map(|slot| {
-            let end = slot.end.unwrap_or(ServiceEnd {
-                outcome: Outcome::Aborted,
-                phase: Phase::Abort,
-                at: ended_at,
-                restarts: 0,
-            });
-            ServiceRecord {
-                name: slot.name,
-                phase: end.phase,
-                at: end.at,
-                outcome: end.outcome,
-                restarts: end.restarts,
-                details: slot.cx.rendered_details(),
-            }
-        })
-        .collect();
-    let report = ShutdownReport::build(RawReport {
-        trigger,
-        forced,
-        stop_requested_at: t0,
-        ended_at,
-        phase_starts,
-        services,
-        tasks,
-        before_stop,
-    });
-    if report.is_clean() {
-        tracing::info!("{report}");
-    } else {
-        tracing::error!("{report}");
-    }
-    shared.stopped.cancel_with(reason);
-    report
 }
 
 /// The reason the shutdown tokens fire with: always [`ReasonKind::Shutdown`], so every
@@ -278,136 +362,4 @@ fn shutdown_reason(trigger: &Reason) -> Reason {
         message.push_str(&source.to_string());
     }
     Reason::shutdown().with_message(message)
-}
-
-/// A service task's end from its join result.
-fn end_of(lifetime: &Lifetime, joined: Result<ServiceEnd, JoinError>) -> ServiceEnd {
-    match joined {
-        Ok(end) => end,
-        // Our own code caught every panic of the service; this one escaped it (a panicking
-        // `Drop`, say). Still a failure, still named.
-        Err(error) if error.is_panic() => {
-            let message = panicked(&*error.into_panic());
-            tracing::error!(error = %message, "service task panicked");
-            lifetime.stop(Reason::failed(message.clone()).with_message("a service task panicked"));
-            ServiceEnd::now(lifetime, Outcome::Failed(message), 0)
-        }
-        Err(_) => ServiceEnd::now(lifetime, Outcome::Aborted, 0),
-    }
-}
-
-enum Waited {
-    AllEnded,
-    Deadline,
-    Forced,
-}
-
-/// The supervisor's view of the services.
-struct Board {
-    slots: Vec<Slot>,
-    /// Services whose task has not ended.
-    live: usize,
-    /// `waiting_on[d]`: how many of `d`'s dependents have not ended. `d` is told to stop
-    /// when this reaches 0 during the drain.
-    waiting_on: Vec<usize>,
-    /// `dependencies[i]`: what `i` depends on.
-    dependencies: Vec<Vec<usize>>,
-    draining: Option<Reason>,
-}
-
-struct Slot {
-    name: std::borrow::Cow<'static, str>,
-    cx: ServiceContext,
-    stop: CancellationSource,
-    abort: AbortHandle,
-    end: Option<ServiceEnd>,
-}
-
-impl Board {
-    fn new(n: usize, dependencies: &[Vec<usize>]) -> Board {
-        let mut dependents = vec![Vec::new(); n];
-        for (i, deps) in dependencies.iter().enumerate() {
-            for &d in deps {
-                dependents[d].push(i);
-            }
-        }
-        Board {
-            slots: Vec::with_capacity(n),
-            live: n,
-            waiting_on: dependents.iter().map(Vec::len).collect(),
-            dependencies: dependencies.to_vec(),
-            draining: None,
-        }
-    }
-
-    fn record(&mut self, i: usize, end: ServiceEnd) {
-        if self.slots[i].end.is_some() {
-            return;
-        }
-        self.slots[i].end = Some(end);
-        self.live -= 1;
-        for k in 0..self.dependencies[i].len() {
-            let d = self.dependencies[i][k];
-            self.waiting_on[d] -= 1;
-            if self.waiting_on[d] == 0
-                && let Some(reason) = &self.draining
-            {
-                self.slots[d].stop.cancel_with(reason.clone());
-            }
-        }
-    }
-
-    /// Tells every service that no other service waits on to stop.
-    fn begin_drain(&mut self, reason: &Reason) {
-        self.draining = Some(reason.clone());
-        for (slot, waiting) in self.slots.iter().zip(&self.waiting_on) {
-            if *waiting == 0 {
-                slot.stop.cancel_with(reason.clone());
-            }
-        }
-    }
-
-    /// Waits until every service and tracked task has ended, the deadline passes, or a
-    /// second signal forces the abort.
-    async fn wait(
-        &mut self,
-        lifetime: &Lifetime,
-        running: &mut FuturesUnordered<Joined>,
-        force: &CancellationToken,
-        deadline: Instant,
-    ) -> Waited {
-        let tracker = &lifetime.shared.tracker;
-        let sleep = sleep_until(deadline);
-        let mut sleep = std::pin::pin!(sleep);
-        loop {
-            if self.live == 0 && tracker.is_idle() {
-                return Waited::AllEnded;
-            }
-            tokio::select! {
-                biased;
-                _ = force.cancelled() => return Waited::Forced,
-                Some((i, joined)) = running.next(), if self.live > 0 => {
-                    self.record(i, end_of(lifetime, joined));
-                }
-                _ = tracker.wait_idle(), if self.live == 0 => {}
-                _ = &mut sleep => return Waited::Deadline,
-            }
-        }
-    }
-
-    /// The names of what still runs, for the log.
-    fn still_running(&self, shared: &Shared) -> String {
-        let mut names: Vec<&str> = self
-            .slots
-            .iter()
-            .filter(|s| s.end.is_none())
-            .map(|s| s.name.as_ref())
-            .collect();
-        let tasks = shared.tracker.running_count();
-        let tasks_note = format!("{tasks} tracked task(s)");
-        if tasks > 0 {
-            names.push(&tasks_note);
-        }
-        names.join(", ")
-    }
 }

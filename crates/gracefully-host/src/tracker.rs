@@ -1,10 +1,16 @@
 //! Tracked tasks: [`Lifetime::spawn`](crate::Lifetime::spawn) and
-//! [`Lifetime::shield`](crate::Lifetime::shield).
+//! [`Lifetime::shield`](crate::Lifetime::shield), and the [`TaskTracker`] that records how
+//! each ended.
+//!
+//! A task reaches its host through the [`TaskHost`] trait, which the host's state
+//! implements: this module needs only the tracker, the phase, and the dropper from it.
 //!
 //! Invariants:
 //!
 //! 1. A task is in `slots` from the moment it is spawned until it is *recorded*, exactly
-//!    once: either by its own wrapper when it ends, or by [`Tracker::abort_all`]. Whoever
+//!    once: either by its own wrapper when it ends (also after [`TaskTracker::abort_all`]
+//!    asked tokio to abort it: a task whose last poll completed was not aborted), or by
+//!    [`TaskTracker::close`], which records whatever is still there as aborted. Whoever
 //!    takes it out of `slots` (under the lock) records it; the other finds it gone and
 //!    does nothing.
 //! 2. The spawner holds the lock while it spawns and inserts, so a task that ends at once
@@ -26,12 +32,24 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::lifetime::Shared;
+use crate::dropper::{DropElsewhere, Dropper, Straggler};
 use crate::outcome::{BoxError, Outcome, outcome_of, panicked};
-use crate::report::{Phase, TaskCounts};
+use crate::phase::Phase;
+use crate::report::{TaskCounts, TaskRecord};
+
+/// What a tracked task needs from the host that runs it. The host's state implements it;
+/// a trait, so that this module does not depend on that state (which holds the tracker).
+pub(crate) trait TaskHost: AsRef<Dropper> + Send + Sync + 'static {
+    /// The host's tracked tasks.
+    fn tracker(&self) -> &TaskTracker;
+
+    /// The phase in which work ending now ended, and whether a stop had been requested
+    /// (work ending before that is only counted).
+    fn end_of_task(&self) -> (Phase, bool);
+}
 
 /// The tracked tasks of one host.
-pub(crate) struct Tracker {
+pub(crate) struct TaskTracker {
     inner: Mutex<Inner>,
     /// Notified whenever `running` drops to 0 (invariant 3).
     idle: Notify,
@@ -47,31 +65,26 @@ struct Inner {
     /// Occupied slots.
     running: usize,
     /// Tasks that ended after the stop request, in the order they ended.
-    ended: Vec<TaskEnd>,
+    ended: Vec<TaskRecord>,
     /// Tasks that ended before the stop request: only counted, so a long-lived host does
     /// not accumulate a record per task.
     before_stop: TaskCounts,
-    /// Set when the host stops: later tasks run untracked.
+    /// Set when the host aborts or stops: later tasks run untracked.
     closed: bool,
+    /// When [`TaskTracker::abort_all`] ran.
+    aborted_at: Option<Instant>,
 }
 
 struct Running {
     name: Cow<'static, str>,
-    /// To abort it, and then to wait until the runtime has dropped it.
-    handle: JoinHandle<()>,
+    /// To abort it; taken by [`TaskTracker::abort_all`], to wait until the runtime has
+    /// dropped it.
+    handle: Option<JoinHandle<()>>,
 }
 
-/// A tracked task that ended after the stop request.
-pub(crate) struct TaskEnd {
-    pub(crate) name: Cow<'static, str>,
-    pub(crate) phase: Phase,
-    pub(crate) at: Instant,
-    pub(crate) outcome: Outcome,
-}
-
-impl Tracker {
-    pub(crate) fn new() -> Tracker {
-        Tracker {
+impl TaskTracker {
+    pub(crate) fn new() -> TaskTracker {
+        TaskTracker {
             inner: Mutex::new(Inner {
                 slots: Vec::new(),
                 free: Vec::new(),
@@ -79,6 +92,7 @@ impl Tracker {
                 ended: Vec::new(),
                 before_stop: TaskCounts::default(),
                 closed: false,
+                aborted_at: None,
             }),
             idle: Notify::new(),
         }
@@ -89,51 +103,18 @@ impl Tracker {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Spawns `task`, catching its panics, and tracks it under `name`.
-    pub(crate) fn spawn<F>(shared: &Arc<Shared>, name: Cow<'static, str>, task: F)
-    where
-        F: Future<Output = Result<(), BoxError>> + Send + 'static,
-    {
-        Tracker::track(shared, name, async move {
-            match AssertUnwindSafe(task).catch_unwind().await {
-                Ok(result) => outcome_of(result),
-                Err(panic) => Outcome::Failed(panicked(&*panic)),
-            }
-        });
-    }
-
-    /// Spawns `cleanup` as a tracked task whose output goes to the returned [`Shielded`].
-    pub(crate) fn shield<F>(shared: &Arc<Shared>, name: String, cleanup: F) -> Shielded<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        Tracker::track(shared, Cow::Owned(name), async move {
-            let result = AssertUnwindSafe(cleanup).catch_unwind().await;
-            let outcome = match &result {
-                Ok(_) => Outcome::Completed,
-                Err(panic) => Outcome::Failed(panicked(&**panic)),
-            };
-            // The caller may have stopped waiting: that is the point of shielding.
-            let _ = tx.send(result);
-            outcome
-        });
-        Shielded { rx }
-    }
-
-    /// Spawns `task` (which never panics: callers catch) and records it when it ends.
-    fn track<F>(shared: &Arc<Shared>, name: Cow<'static, str>, task: F)
-    where
-        F: Future<Output = Outcome> + Send + 'static,
-    {
-        let tracker = &shared.tracker;
-        let mut inner = tracker.lock();
+    /// Reserves a slot and calls `spawn` with its id and `task`, under the lock (invariant
+    /// 2), to start it. Once closed, hands both back instead: the caller runs the task
+    /// untracked.
+    fn insert<F>(
+        &self,
+        name: Cow<'static, str>,
+        task: F,
+        spawn: impl FnOnce(usize, F) -> JoinHandle<()>,
+    ) -> Result<(), (Cow<'static, str>, F)> {
+        let mut inner = self.lock();
         if inner.closed {
-            drop(inner);
-            tracing::warn!(task = %name, "task spawned after the host stopped; it runs untracked");
-            tokio::spawn(task);
-            return;
+            return Err((name, task));
         }
         let id = match inner.free.pop() {
             Some(id) => id,
@@ -142,21 +123,19 @@ impl Tracker {
                 inner.slots.len() - 1
             }
         };
-        let owner = Arc::clone(shared);
-        // Invariant 2: we still hold the lock, so `finish` cannot run before the insert.
-        let handle = tokio::spawn(async move {
-            let outcome = task.await;
-            owner.tracker.finish(&owner, id, outcome);
+        let handle = spawn(id, task);
+        inner.slots[id] = Some(Running {
+            name,
+            handle: Some(handle),
         });
-        inner.slots[id] = Some(Running { name, handle });
         inner.running += 1;
+        Ok(())
     }
 
-    /// Records the end of task `id` (invariant 1).
-    fn finish(&self, shared: &Shared, id: usize, outcome: Outcome) {
+    /// Records the end of task `id` (invariant 1), which ended in `phase`, after the stop
+    /// request or before it.
+    fn finish(&self, id: usize, outcome: Outcome, phase: Phase, after_stop: bool) {
         let at = Instant::now();
-        let after_stop = shared.stop_requested.is_cancelled();
-        let phase = shared.end_phase();
         let mut inner = self.lock();
         let Some(running) = inner.slots.get_mut(id).and_then(Option::take) else {
             return; // already recorded as aborted
@@ -167,11 +146,12 @@ impl Tracker {
             tracing::error!(task = %running.name, %error, "tracked task failed");
         }
         if after_stop {
-            inner.ended.push(TaskEnd {
+            inner.ended.push(TaskRecord {
                 name: running.name,
                 phase,
                 at,
                 outcome,
+                still_dropping: false,
             });
         } else {
             inner.before_stop.add(&outcome);
@@ -209,34 +189,111 @@ impl Tracker {
         }
     }
 
-    /// Aborts every running task, recording it as aborted in `phase`, and returns their
-    /// handles, to wait until the runtime has dropped them. Tasks spawned afterwards run
-    /// untracked.
-    pub(crate) fn abort_all(&self, phase: Phase) -> Vec<JoinHandle<()>> {
-        let at = Instant::now();
+    /// Asks tokio to abort every running task, and returns their ids and handles, to wait
+    /// until the runtime has dropped them. Records nothing: a task whose last poll
+    /// completes records its own end; [`close`](Self::close) records the others as
+    /// aborted (invariant 1). Tasks spawned afterwards run untracked.
+    pub(crate) fn abort_all(&self) -> Vec<(usize, JoinHandle<()>)> {
         let mut inner = self.lock();
         inner.closed = true;
-        inner.running = 0;
-        let slots = std::mem::take(&mut inner.slots);
-        let mut handles = Vec::with_capacity(slots.len());
-        for task in slots.into_iter().flatten() {
-            task.handle.abort();
-            handles.push(task.handle);
-            inner.ended.push(TaskEnd {
-                name: task.name,
-                phase,
-                at,
-                outcome: Outcome::Aborted,
-            });
+        inner.aborted_at = Some(Instant::now());
+        let mut handles = Vec::with_capacity(inner.running);
+        for (id, slot) in inner.slots.iter_mut().enumerate() {
+            if let Some(handle) = slot.as_mut().and_then(|task| task.handle.take()) {
+                handle.abort();
+                handles.push((id, handle));
+            }
         }
         handles
     }
 
-    /// Stops tracking (later tasks run untracked) and hands over the records.
-    pub(crate) fn close(&self) -> (Vec<TaskEnd>, TaskCounts) {
+    /// Stops tracking (later tasks run untracked) and hands over the records. After
+    /// [`abort_all`](Self::abort_all), first records every task still in `slots` as aborted
+    /// in `phase` (still being dropped if `still_dropping` says so).
+    pub(crate) fn close(
+        &self,
+        phase: Phase,
+        still_dropping: impl Fn(usize) -> bool,
+    ) -> (Vec<TaskRecord>, TaskCounts) {
         let mut inner = self.lock();
         inner.closed = true;
+        let Some(at) = inner.aborted_at else {
+            return (std::mem::take(&mut inner.ended), inner.before_stop);
+        };
+        inner.running = 0;
+        let slots = std::mem::take(&mut inner.slots);
+        for (id, task) in slots.into_iter().enumerate() {
+            if let Some(task) = task {
+                inner.ended.push(TaskRecord {
+                    name: task.name,
+                    phase,
+                    at,
+                    outcome: Outcome::Aborted,
+                    still_dropping: still_dropping(id),
+                });
+            }
+        }
         (std::mem::take(&mut inner.ended), inner.before_stop)
+    }
+}
+
+/// Spawns `task` on `host`, catching its panics, and tracks it under `name`.
+pub(crate) fn spawn<H, F>(host: &Arc<H>, name: Cow<'static, str>, task: F)
+where
+    H: TaskHost,
+    F: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    track(host, name, async move {
+        match AssertUnwindSafe(task).catch_unwind().await {
+            Ok(result) => outcome_of(result),
+            Err(panic) => Outcome::Failed(panicked(&*panic)),
+        }
+    });
+}
+
+/// Spawns `cleanup` on `host` as a tracked task whose output goes to the returned
+/// [`Shielded`].
+pub(crate) fn shield<H, F>(host: &Arc<H>, name: String, cleanup: F) -> Shielded<F::Output>
+where
+    H: TaskHost,
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let (tx, rx) = oneshot::channel();
+    track(host, Cow::Owned(name), async move {
+        let result = AssertUnwindSafe(cleanup).catch_unwind().await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Completed,
+            Err(panic) => Outcome::Failed(panicked(&**panic)),
+        };
+        // The caller may have stopped waiting: that is the point of shielding.
+        let _ = tx.send(result);
+        outcome
+    });
+    Shielded { rx }
+}
+
+/// Spawns `task` (which never panics: callers catch) and records it when it ends.
+fn track<H, F>(host: &Arc<H>, name: Cow<'static, str>, task: F)
+where
+    H: TaskHost,
+    F: Future<Output = Outcome> + Send + 'static,
+{
+    let tracked = host.tracker().insert(name, task, |id, task| {
+        // Boxed so that, if the abort phase drops it unfinished, its destructor runs on
+        // the dropper's thread (see `dropper.rs`). The wrapper's reference to the host
+        // is the one `finish` uses.
+        let mut task = DropElsewhere::new(Box::pin(task), Straggler::Task(id), Arc::clone(host));
+        tokio::spawn(async move {
+            let outcome = (&mut task).await;
+            let host = task.host();
+            let (phase, after_stop) = host.end_of_task();
+            host.tracker().finish(id, outcome, phase, after_stop);
+        })
+    });
+    if let Err((name, task)) = tracked {
+        tracing::warn!(task = %name, "task spawned after the host stopped; it runs untracked");
+        tokio::spawn(task);
     }
 }
 

@@ -2,7 +2,7 @@
 //! binary: the current lifetime is process-wide, and other tests run hosts in parallel.)
 
 use gracefully::Reason;
-use gracefully_host::{Host, LifecycleState, Lifetime, service_fn};
+use gracefully_host::{Host, Lifetime, Phase, service_fn};
 
 /// Library code far from `main`, with no handle passed in.
 fn request_shutdown_from_anywhere() -> bool {
@@ -31,7 +31,7 @@ async fn lifetime_current_is_the_running_host_and_only_while_it_runs() {
     lifetime.started().cancelled().await;
 
     let current = Lifetime::current().expect("set while the host runs");
-    assert_eq!(current.state(), LifecycleState::Running);
+    assert_eq!(current.phase(), Phase::Running);
     assert!(request_shutdown_from_anywhere());
     let report = run.await.unwrap();
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use gracefully::{CancellationToken, Cancelled, Reason, ReasonKind};
 use gracefully_host::{
-    BackgroundService, BoxError, EntryKind, FailurePolicy, Host, HostBuilder, LifecycleState,
-    Outcome, Phase, RestartPolicy, ServiceContext, ServiceOptions, ShutdownReport, service_fn,
+    BackgroundService, BoxError, EntryKind, FailurePolicy, Host, HostBuilder, Outcome, Phase,
+    RestartPolicy, ServiceContext, ServiceOptions, ShutdownReport, service_fn,
 };
 use tokio::time::{Instant, sleep};
 
@@ -136,13 +136,13 @@ async fn the_pre_stop_delay_fails_readiness_at_once_and_postpones_the_drain() {
     );
     assert!(lifetime.stop_requested().is_cancelled());
     sleep(secs(9.9)).await;
-    assert_eq!(lifetime.state(), LifecycleState::Running);
+    assert_eq!(lifetime.phase(), Phase::PreStop);
     assert!(
         !lifetime.stopping().is_cancelled(),
         "still in the pre-stop delay"
     );
     sleep(secs(0.2)).await;
-    assert_eq!(lifetime.state(), LifecycleState::Draining);
+    assert_eq!(lifetime.phase(), Phase::Drain);
     assert!(lifetime.stopping().is_cancelled());
 
     let report = run.await.unwrap();
@@ -150,7 +150,7 @@ async fn the_pre_stop_delay_fails_readiness_at_once_and_postpones_the_drain() {
     assert_eq!(report.phase_started(Phase::Drain), Some(secs(10.0)));
     assert_eq!(report.phase_started(Phase::Cancel), Some(secs(25.0)));
     assert_eq!(report.phase_started(Phase::Abort), Some(secs(30.0)));
-    assert_eq!(lifetime.state(), LifecycleState::Stopped);
+    assert_eq!(lifetime.phase(), Phase::Stopped);
     assert!(lifetime.stopped().is_cancelled());
 }
 
@@ -163,20 +163,20 @@ async fn lifecycle_states_and_tokens_follow_the_phases() {
         .build()
         .unwrap();
     let lifetime = host.lifetime();
-    assert_eq!(lifetime.state(), LifecycleState::Starting);
+    assert_eq!(lifetime.phase(), Phase::Starting);
     let run = tokio::spawn(host.run());
     lifetime.started().cancelled().await;
-    assert_eq!(lifetime.state(), LifecycleState::Running);
+    assert_eq!(lifetime.phase(), Phase::Running);
     lifetime.stop(Reason::shutdown());
     lifetime.stopping().cancelled().await;
-    assert_eq!(lifetime.state(), LifecycleState::Draining);
+    assert_eq!(lifetime.phase(), Phase::Drain);
     assert!(!lifetime.hard_stop().is_cancelled());
     let at = Instant::now();
     lifetime.hard_stop().cancelled().await;
     assert_eq!(at.elapsed(), secs(6.0));
-    assert_eq!(lifetime.state(), LifecycleState::Stopping);
+    assert_eq!(lifetime.phase(), Phase::Cancel);
     run.await.unwrap();
-    assert_eq!(lifetime.state(), LifecycleState::Stopped);
+    assert_eq!(lifetime.phase(), Phase::Stopped);
 }
 
 /// Records the instant its stopping token fired, then takes `linger` to stop.
@@ -321,11 +321,11 @@ async fn the_host_is_ready_only_when_every_start_step_has_finished() {
     let lifetime = host.lifetime();
     let run = tokio::spawn(host.run());
     sleep(secs(9.0)).await;
-    assert_eq!(lifetime.state(), LifecycleState::Starting);
+    assert_eq!(lifetime.phase(), Phase::Starting);
     assert!(!lifetime.is_ready());
     assert!(!lifetime.started().is_cancelled());
     sleep(secs(1.1)).await;
-    assert_eq!(lifetime.state(), LifecycleState::Running);
+    assert_eq!(lifetime.phase(), Phase::Running);
     assert!(lifetime.is_ready());
     lifetime.stop(Reason::shutdown());
     assert_eq!(run.await.unwrap().exit_code(), 0);
@@ -444,8 +444,8 @@ async fn an_ignored_failure_keeps_the_host_running_but_still_exits_non_zero() {
     let run = tokio::spawn(host.run());
     sleep(secs(60.0)).await;
     assert_eq!(
-        lifetime.state(),
-        LifecycleState::Running,
+        lifetime.phase(),
+        Phase::Running,
         "still running a minute later"
     );
     assert!(lifetime.is_ready());
@@ -524,7 +524,7 @@ async fn failures_spread_wider_than_the_window_never_reach_the_limit() {
     let lifetime = host.lifetime();
     let run = tokio::spawn(host.run());
     sleep(secs(55.0)).await;
-    assert_eq!(lifetime.state(), LifecycleState::Running);
+    assert_eq!(lifetime.phase(), Phase::Running);
     lifetime.stop(Reason::shutdown());
     let report = run.await.unwrap();
     let row = report.entry("flaky").unwrap();
@@ -735,4 +735,147 @@ async fn a_stop_requested_before_run_starts_no_service() {
     assert_eq!(report.entry("a").unwrap().outcome(), &Outcome::Cancelled);
     assert!(!lifetime.started().is_cancelled());
     assert_eq!(report.trigger().kind(), ReasonKind::Shutdown);
+}
+
+// Issue 9, item 3.
+#[tokio::test(start_paused = true)]
+async fn a_host_stopped_while_starting_is_never_running() {
+    struct SlowStart;
+    impl BackgroundService for SlowStart {
+        async fn start(&mut self, _cx: &ServiceContext) -> Result<(), BoxError> {
+            sleep(secs(10.0)).await;
+            Ok(())
+        }
+    }
+    let host = host()
+        .shutdown_timeout(secs(30.0))
+        .pre_stop_delay(secs(5.0))
+        .service("slow", SlowStart)
+        .build()
+        .unwrap();
+    let lifetime = host.lifetime();
+    let run = tokio::spawn(host.run());
+    sleep(secs(1.0)).await;
+    assert_eq!(lifetime.phase(), Phase::Starting);
+    lifetime.stop(Reason::shutdown());
+    // Watch the state every 100 ms through the pre-stop delay and the drain.
+    let mut seen = vec![lifetime.phase()];
+    while !run.is_finished() {
+        sleep(secs(0.1)).await;
+        let state = lifetime.phase();
+        if seen.last() != Some(&state) {
+            seen.push(state);
+        }
+    }
+    let report = run.await.unwrap();
+    assert!(
+        !seen.contains(&Phase::Running),
+        "Running means every start step finished and the host was ready; seen: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&Phase::Stopped), "{seen:?}");
+    assert!(!lifetime.started().is_cancelled());
+    assert_eq!(report.exit_code(), 0, "{report}");
+}
+
+// Issue 9, item 4.
+#[tokio::test(start_paused = true)]
+async fn the_pre_stop_delay_ends_early_once_every_service_and_task_has_ended() {
+    let host = host()
+        .shutdown_timeout(secs(30.0))
+        .pre_stop_delay(secs(10.0))
+        .service("batch", service_fn(|_s, _cx| async {}))
+        .build()
+        .unwrap();
+    let lifetime = host.lifetime();
+    let t0 = Instant::now();
+    let report = host.run().await;
+
+    assert_eq!(
+        report.trigger().message(),
+        Some("every service has finished")
+    );
+    assert_eq!(t0.elapsed(), Duration::ZERO, "{report}");
+    assert_eq!(report.total(), Duration::ZERO, "{report}");
+    assert!(lifetime.stopping().is_cancelled());
+    assert_eq!(report.exit_code(), 0);
+}
+
+// Issue 9, item 4: tracked tasks count too; the delay ends when the last one ends.
+#[tokio::test(start_paused = true)]
+async fn the_pre_stop_delay_ends_when_the_last_tracked_task_ends() {
+    let host = host()
+        .shutdown_timeout(secs(30.0))
+        .pre_stop_delay(secs(10.0))
+        .build()
+        .unwrap();
+    let lifetime = host.lifetime();
+    lifetime.spawn("upload", sleep(secs(3.0)));
+    let report = run_and_stop(host, Reason::shutdown()).await;
+    assert_eq!(report.total(), secs(3.0), "{report}");
+    let upload = report.entry("upload").unwrap();
+    assert_eq!(upload.phase(), Phase::PreStop);
+    assert_eq!(upload.outcome(), &Outcome::Completed);
+    assert_eq!(report.exit_code(), 0);
+}
+
+// Issue 9, item 5.
+#[tokio::test(start_paused = true)]
+async fn with_zero_drain_and_cancel_budgets_a_service_that_stops_at_once_is_not_aborted() {
+    let host = host()
+        .shutdown_timeout(secs(1.0))
+        .pre_stop_delay(secs(1.0))
+        .cancel_grace(Duration::ZERO)
+        .service("a", honouring())
+        .service("b", honouring())
+        .build()
+        .unwrap();
+    let lifetime = host.lifetime();
+    let tracked = lifetime.stopping();
+    lifetime.spawn("idle", async move {
+        tracked.cancelled().await;
+    });
+    let report = run_and_stop(host, Reason::shutdown()).await;
+
+    for row in report.entries() {
+        assert_ne!(row.outcome(), &Outcome::Aborted, "{report}");
+    }
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert_eq!(report.phase_started(Phase::Abort), None, "{report}");
+}
+
+// Issue 9, item 7.
+#[tokio::test(start_paused = true)]
+async fn a_tracked_task_that_panics_before_the_stop_makes_the_exit_code_1() {
+    let host = host().service("svc", honouring()).build().unwrap();
+    let lifetime = host.lifetime();
+    let run = tokio::spawn(host.run());
+    lifetime.started().cancelled().await;
+    lifetime.spawn("boom", async {
+        if true {
+            panic!("unexpected state");
+        }
+    });
+    sleep(secs(1.0)).await;
+    lifetime.stop(Reason::shutdown());
+    let report = run.await.unwrap();
+
+    assert_eq!(report.finished_before_stop().failed, 1);
+    assert_eq!(report.exit_code(), ShutdownReport::EXIT_FAILED, "{report}");
+    assert!(!report.is_clean());
+}
+
+// Issue 9, item 7: an error is a failure too, whenever it happens.
+#[tokio::test(start_paused = true)]
+async fn a_tracked_task_that_fails_before_the_stop_makes_the_exit_code_1() {
+    let host = host().service("svc", honouring()).build().unwrap();
+    let lifetime = host.lifetime();
+    let run = tokio::spawn(host.run());
+    lifetime.started().cancelled().await;
+    lifetime.spawn("flush", async { Err::<(), BoxError>("disk full".into()) });
+    sleep(secs(1.0)).await;
+    lifetime.stop(Reason::shutdown());
+    let report = run.await.unwrap();
+
+    assert_eq!(report.finished_before_stop().failed, 1);
+    assert_eq!(report.exit_code(), ShutdownReport::EXIT_FAILED, "{report}");
 }
