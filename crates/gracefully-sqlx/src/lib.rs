@@ -157,6 +157,7 @@ mod error;
 mod ops;
 mod pool;
 mod recover;
+mod target;
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

@@ -30,8 +30,9 @@ use tokio::sync::Notify;
 
 use crate::backend::sealed::Sealed;
 use crate::backend::{Backend, ConnectOptionsOf};
-use crate::error::{Error, redact};
+use crate::error::Error;
 use crate::recover::{Cleanups, Recovery, recover};
+use crate::target::{redact, wrong_scheme};
 
 /// How long the pool waits, after cancelling a statement, for the server to confirm it
 /// stopped before it gives up on the connection (Npgsql's default `CancellationTimeout`).
@@ -164,42 +165,25 @@ impl<DB: Backend> GracefulPoolOptions<DB> {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if `url` does not parse (the message shows it with its password
-    /// redacted), and the errors of [`connect_with`](Self::connect_with).
+    /// [`Error::Config`] if `url` is for another database (PostgreSQL takes `postgres:` and
+    /// `postgresql:` URLs; SQLite `sqlite:` URLs and plain file names) or does not parse
+    /// (the message shows it with its password redacted), and the errors of
+    /// [`connect_with`](Self::connect_with). Never panics, whatever the string.
     ///
     /// # Cancel safety
     ///
     /// Dropping the future before it completes drops the validating connection (its socket
     /// closes); nothing else was created.
     pub async fn connect(self, url: &str) -> Result<GracefulPool<DB>, Error> {
-        // sqlx's SQLite options take any string as a file name: a PostgreSQL URL handed to
-        // a SQLite pool would become a file path (with its password in it). Reject a URL
-        // for another database by its scheme first.
-        if let Some((scheme, _)) = url.split_once(':')
-            && url[scheme.len()..].starts_with("://")
-            && !DB::SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme))
-        {
-            return Err(Error::Config {
-                target: redact(url),
-                source: sqlx::Error::Configuration(
-                    format!(
-                        "a `{scheme}:` URL for a {} pool; expected {}",
-                        DB::NAME,
-                        DB::SCHEMES
-                            .iter()
-                            .map(|s| format!("`{s}:`"))
-                            .collect::<Vec<_>>()
-                            .join(" or ")
-                    )
-                    .into(),
-                ),
-            });
+        let target = redact(url);
+        if let Some(wrong) = wrong_scheme::<DB>(url) {
+            let source = sqlx::Error::Configuration(wrong.into());
+            return Err(Error::Config { target, source });
         }
-        let options: ConnectOptionsOf<DB> = url.parse().map_err(|source| Error::Config {
-            target: redact(url),
-            source,
-        })?;
-        self.connect_with(options).await
+        match url.parse::<ConnectOptionsOf<DB>>() {
+            Ok(options) => self.open(options, target).await,
+            Err(source) => Err(Error::Config { target, source }),
+        }
     }
 
     /// Opens one connection to validate `options` (bounded by the pool's
@@ -221,7 +205,16 @@ impl<DB: Backend> GracefulPoolOptions<DB> {
         self,
         options: ConnectOptionsOf<DB>,
     ) -> Result<GracefulPool<DB>, Error> {
-        let target = redact(options.to_url_lossy().as_str());
+        let target = DB::describe(&options);
+        self.open(options, target).await
+    }
+
+    /// [`connect_with`](Self::connect_with), with the target shown in messages.
+    async fn open(
+        self,
+        options: ConnectOptionsOf<DB>,
+        target: String,
+    ) -> Result<GracefulPool<DB>, Error> {
         let acquire_timeout = self.pool.get_acquire_timeout();
         let first = match tokio::time::timeout(acquire_timeout, options.connect()).await {
             Ok(Ok(conn)) => conn,

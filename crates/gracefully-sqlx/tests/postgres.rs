@@ -756,3 +756,77 @@ async fn a_bad_url_is_a_clear_error_with_the_password_redacted() {
     assert!(message.contains("invalid connection options"), "{message}");
     assert!(!message.contains("s3cretpw"), "{message}");
 }
+
+/// The first directory the server listens on for Unix-socket connections.
+async fn socket_directory(monitor: &mut PgConnection) -> String {
+    let dirs: String = sqlx::query_scalar("SELECT current_setting('unix_socket_directories')")
+        .fetch_one(monitor)
+        .await
+        .expect("read unix_socket_directories");
+    dirs.split(',')
+        .map(str::trim)
+        .find(|d| !d.is_empty())
+        .expect("the server listens on a Unix socket")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn postgres_urls_of_every_ordinary_form_connect_as_plain_sqlx_does() {
+    let _serial = support::serial().await;
+    let url = database_url();
+    let options = PgConnectOptions::from_str(&url).expect("DATABASE_URL parses");
+    let (user, port) = (options.get_username().to_owned(), options.get_port());
+    let database = options.get_database().unwrap_or("postgres").to_owned();
+    let host = options.get_host().to_owned();
+    let mut monitor = monitor().await;
+    let socket = socket_directory(&mut monitor).await;
+    let app = unique("url_forms");
+    let urls = [
+        format!("postgresql://{user}@{host}:{port}/{database}?application_name={app}"),
+        format!("POSTGRES://{user}@{host}:{port}/{database}?application_name={app}"),
+        // Unix socket, named in the query and percent-encoded in the host.
+        format!(
+            "postgres:///{database}?host={socket}&port={port}&user={user}&application_name={app}"
+        ),
+        format!(
+            "postgres://{user}@{}:{port}/{database}?application_name={app}",
+            socket.replace('/', "%2F")
+        ),
+        // No host at all: libpq's default (the socket if there is one, else localhost).
+        format!("postgres:///{database}?user={user}&port={port}&application_name={app}"),
+    ];
+    for url in &urls {
+        let plain = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await
+            .unwrap_or_else(|error| panic!("plain sqlx: {url}: {error}"));
+        plain.close().await;
+        let pool = GracefulPoolOptions::new()
+            .pool_options(PgPoolOptions::new().max_connections(1))
+            .connect(url)
+            .await
+            .unwrap_or_else(|error| panic!("{url}: {error}"));
+        let one: i32 = pool
+            .run(&CancellationToken::never(), |conn| {
+                Box::pin(async move {
+                    Ok::<_, Error>(sqlx::query_scalar("SELECT 1").fetch_one(&mut *conn).await?)
+                })
+            })
+            .await
+            .unwrap_or_else(|error| panic!("{url}: {error}"));
+        assert_eq!(one, 1, "{url}");
+        pool.close().await;
+    }
+    // The same, built in code: a socket path in the options.
+    let built = PgConnectOptions::new()
+        .socket(&socket)
+        .port(port)
+        .username(&user)
+        .database(&database)
+        .application_name(&app);
+    let pool = pool_with(built, 1).await;
+    assert_next_borrower_clean(&pool).await;
+    pool.close().await;
+}

@@ -431,3 +431,164 @@ async fn a_closed_pool_closes_its_connections_and_refuses_new_operations() {
         "{result:?}"
     );
 }
+
+/// Creates a table, writes a row in one operation and reads it back in the next: the URL
+/// reached a working database that keeps what it was given.
+async fn assert_usable(pool: &SqliteGracefulPool, url: &str) {
+    pool.run(&CancellationToken::never(), |conn| {
+        Box::pin(async move {
+            sqlx::raw_sql("CREATE TABLE IF NOT EXISTS t (x INTEGER); INSERT INTO t VALUES (7)")
+                .execute(&mut *conn)
+                .await?;
+            Ok::<_, Error>(())
+        })
+    })
+    .await
+    .unwrap_or_else(|error| panic!("{url}: write: {error}"));
+    let x: i64 = pool
+        .run(&CancellationToken::never(), |conn| {
+            Box::pin(async move {
+                Ok::<_, Error>(
+                    sqlx::query_scalar("SELECT x FROM t")
+                        .fetch_one(&mut *conn)
+                        .await?,
+                )
+            })
+        })
+        .await
+        .unwrap_or_else(|error| panic!("{url}: read: {error}"));
+    assert_eq!(x, 7, "{url}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_urls_of_every_ordinary_form_connect_as_plain_sqlx_does() {
+    let _serial = support::serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().display().to_string();
+    let urls = [
+        "sqlite::memory:".to_owned(),
+        "sqlite://:memory:".to_owned(),
+        format!("sqlite:{path}/no_slashes.db?mode=rwc"),
+        format!("sqlite://{path}/slashes.db?mode=rwc"),
+        format!("sqlite://{path}/with:colon.db?mode=rwc"),
+        format!("sqlite:{path}/a:b:c.db?mode=rwc"),
+        format!("sqlite://{path}/with%20space.db?mode=rwc"),
+        format!("{path}/no_scheme.db?mode=rwc"),
+    ];
+    for url in &urls {
+        // Plain sqlx takes it: so must we.
+        let plain = sqlx::SqlitePool::connect(url)
+            .await
+            .unwrap_or_else(|error| panic!("plain sqlx: {url}: {error}"));
+        plain.close().await;
+        let pool = SqliteGracefulPool::connect(url)
+            .await
+            .unwrap_or_else(|error| panic!("{url}: {error}"));
+        assert_usable(&pool, url).await;
+        pool.close().await;
+    }
+    // The same options built in code, not parsed from a URL.
+    for options in [
+        SqliteConnectOptions::new().in_memory(true),
+        SqliteConnectOptions::new()
+            .filename(dir.path().join("built:with:colons.db"))
+            .create_if_missing(true),
+    ] {
+        let shown = format!("{options:?}");
+        let pool = SqliteGracefulPool::connect_with(options)
+            .await
+            .unwrap_or_else(|error| panic!("{shown}: {error}"));
+        assert_usable(&pool, &shown).await;
+        pool.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_for_another_database_is_a_config_error_with_or_without_slashes() {
+    let _serial = support::serial().await;
+    // `sqlite:` without `//` is still SQLite: a PostgreSQL pool must not connect with it.
+    for url in [
+        "sqlite:test?host=127.0.0.1&port=5432&user=postgres",
+        "sqlite::memory:",
+        "SQLite://x.db",
+        "mysql://root@127.0.0.1/app",
+        "http://127.0.0.1:5432/app",
+        "127.0.0.1:5432/app",
+        "",
+    ] {
+        let error = gracefully_sqlx::PgGracefulPool::connect(url)
+            .await
+            .expect_err(url);
+        assert!(matches!(error, Error::Config { .. }), "{url}: {error:?}");
+        let message = error.to_string();
+        assert!(
+            message.contains("expected `postgres:` or `postgresql:`"),
+            "{url}: {message}"
+        );
+    }
+    // A URL of another database is not a SQLite file name, with or without `//`.
+    for url in [
+        "postgres://alice:s3cret@127.0.0.1:1/app",
+        "postgresql:app?host=127.0.0.1",
+        "POSTGRES:app",
+        "mysql://root@127.0.0.1/app",
+        "mariadb:app",
+    ] {
+        let error = SqliteGracefulPool::connect(url).await.expect_err(url);
+        assert!(matches!(error, Error::Config { .. }), "{url}: {error:?}");
+        let message = error.to_string();
+        assert!(message.contains("expected `sqlite:`"), "{url}: {message}");
+        assert!(!message.contains("s3cret"), "{url}: {message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_urls_are_errors_never_panics() {
+    let _serial = support::serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let odd = [
+        format!("sqlite://{}/db?mode=ro", missing.display()),
+        format!("sqlite:{}/x:y/z.db", missing.display()),
+        "sqlite://?mode=bogus".to_owned(),
+        "sqlite://%ff%fe.db".to_owned(),
+        "sqlite:".to_owned(),
+        "sqlite://".to_owned(),
+        ":".to_owned(),
+        "://".to_owned(),
+        "?".to_owned(),
+    ];
+    for url in &odd {
+        // Each returns (Ok or a clear error): a panic fails the test.
+        let result = tokio::spawn({
+            let url = url.clone();
+            async move {
+                SqliteGracefulPool::connect(&url)
+                    .await
+                    .map(|pool| pool.size())
+            }
+        })
+        .await;
+        assert!(result.is_ok(), "{url}: panicked");
+    }
+    for url in [
+        "postgres://",
+        "postgres:///",
+        "postgres://[::1",
+        "postgres://u:p@h:99999/db",
+        "postgres://%ff@h/db",
+        "postgres://h/db?sslmode=sideways",
+        "postgres:///db?host=/nonexistent/socket/dir&port=1",
+        "postgresql://@:0",
+    ] {
+        let result = tokio::spawn(async move {
+            let connect = gracefully_sqlx::PgGracefulPool::connect(url);
+            // Bounded: a URL that names a reachable default host may try to connect.
+            tokio::time::timeout(Duration::from_secs(10), connect)
+                .await
+                .map(|r| r.map(|pool| pool.size()))
+        })
+        .await;
+        assert!(result.is_ok(), "{url}: panicked");
+    }
+}

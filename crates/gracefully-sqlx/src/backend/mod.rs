@@ -60,8 +60,18 @@ pub(crate) mod sealed {
         const PROBE: &'static str = "SELECT 1";
 
         /// URL schemes this backend connects with (checked before parsing, so a URL for
-        /// another database is an error, not a file name).
+        /// another database is an error, not a file name): see `crate::target`.
         const SCHEMES: &'static [&'static str];
+
+        /// Whether a string without a scheme is a target too (SQLite: a file name).
+        const FILE_NAMES: bool;
+
+        /// Examples of valid targets, for error messages.
+        const URL_EXAMPLES: &'static str;
+
+        /// The target of `options`, for messages, without its password. Built from the
+        /// options' fields; never through `to_url_lossy` (see `crate::target`).
+        fn describe(options: &ConnectOptionsOf<Self>) -> String;
 
         /// A statement that also restores the session's `statement_timeout` while probing,
         /// for connections whose timeout an operation set.

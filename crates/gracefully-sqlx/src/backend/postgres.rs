@@ -131,6 +131,21 @@ impl Sealed for Postgres {
 
     const PROBE_AND_RESET_TIMEOUT: &'static str = "RESET statement_timeout";
     const SCHEMES: &'static [&'static str] = &["postgres", "postgresql"];
+    const FILE_NAMES: bool = false;
+    const URL_EXAMPLES: &'static str =
+        "postgres://user@host:5432/database, or postgres:///database?host=/var/run/postgresql";
+
+    fn describe(options: &PgConnectOptions) -> String {
+        let (user, port) = (options.get_username(), options.get_port());
+        let database = options.get_database().unwrap_or_default();
+        match options.get_socket() {
+            Some(socket) => format!(
+                "postgres://{user}@/{database}?host={}&port={port}",
+                socket.display()
+            ),
+            None => format!("postgres://{user}@{}:{port}/{database}", options.get_host()),
+        }
+    }
     const SERVER_TIMEOUT: bool = true;
 
     fn canceller(

@@ -77,6 +77,13 @@ impl Sealed for Sqlite {
 
     const PROBE_AND_RESET_TIMEOUT: &'static str = "SELECT 1";
     const SCHEMES: &'static [&'static str] = &["sqlite"];
+    const FILE_NAMES: bool = true;
+    const URL_EXAMPLES: &'static str =
+        "sqlite://path/to/file.db, sqlite:file.db, sqlite::memory:, or a file name";
+
+    fn describe(options: &SqliteConnectOptions) -> String {
+        format!("sqlite://{}", options.get_filename().display())
+    }
     const SERVER_TIMEOUT: bool = false;
 
     async fn canceller(_: &SqliteConnectOptions, first: SqliteConnection) -> NoCanceller {
