@@ -372,8 +372,13 @@ impl<DB: Backend> GracefulPool<DB> {
     /// The pool is marked closed at the first poll; dropping the future early leaves the
     /// remaining connections to be closed as their operations end.
     pub async fn close(&self) {
-        self.shared.closed.store(true, Ordering::Release);
-        let idle = std::mem::take(&mut *self.shared.lock_idle());
+        // Marked closed under the idle list's lock: a check-in either came before (its
+        // connection is in the list taken here) or sees the mark (see `Shared::checkin`).
+        let idle = {
+            let mut idle = self.shared.lock_idle();
+            self.shared.closed.store(true, Ordering::Release);
+            std::mem::take(&mut *idle)
+        };
         for tracked in idle {
             let _ = tracked.conn.close().await;
         }
@@ -431,6 +436,9 @@ pub(crate) struct Shared<DB: Backend> {
     pub(crate) canceller: DB::Canceller,
     pub(crate) settings: Settings,
     pub(crate) cleanups: Cleanups,
+    /// Set once by `close`, while holding the `idle` lock; `checkin` reads it under the same
+    /// lock (elsewhere it is only a hint: a checkout that misses it fails in sqlx's closed
+    /// pool, or returns its connection to a closed pool, which closes it).
     closed: AtomicBool,
     /// The connection target, password redacted: for messages.
     target: String,
@@ -546,17 +554,24 @@ impl<DB: Backend> Shared<DB> {
         Some(tracked)
     }
 
-    /// Puts a verified connection back, waking one waiting checkout.
+    /// Puts a verified connection back, waking one waiting checkout; closes it instead if
+    /// the pool is closed.
     pub(crate) fn checkin(&self, mut tracked: Tracked<DB>) {
-        if self.closed.load(Ordering::Acquire) {
-            // Closed pool: the connection closes as sqlx returns it to a closed pool.
-            drop(tracked);
-            return;
-        }
         if self.settings.idle_timeout.is_some() {
             tracked.idle_since = Instant::now();
         }
-        self.lock_idle().push(tracked);
+        let mut idle = self.lock_idle();
+        // Read under the lock `close` marks it under: a connection pushed here after
+        // `close` took the list would be stranded, holding a sqlx permit, and the sqlx
+        // pool's `close` would wait for it for ever.
+        if self.closed.load(Ordering::Acquire) {
+            drop(idle);
+            // The connection closes as sqlx takes it back into a closed pool.
+            drop(tracked);
+            return;
+        }
+        idle.push(tracked);
+        drop(idle);
         self.released.notify_one();
     }
 }

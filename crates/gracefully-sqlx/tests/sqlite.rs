@@ -592,3 +592,52 @@ async fn odd_urls_are_errors_never_panics() {
         assert!(result.is_ok(), "{url}: panicked");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn close_while_operations_return_connections_never_hangs() {
+    let _serial = support::serial().await;
+    // Before the fix: a connection checked in between `close` marking the pool closed and
+    // taking the idle list stayed in that list holding a sqlx permit, and sqlx's
+    // `Pool::close` waited for it for ever. Each round, the pool's connections are held by
+    // operations that each occupy a runtime thread (blocking, then spinning on a flag), so
+    // that once released they check in at once, in parallel with this task, which closes
+    // the pool after a pause swept in small steps from round to round across that moment.
+    const ROUNDS: usize = 3000;
+    const CONNECTIONS: usize = 2;
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..ROUNDS {
+        let pool = pool(&dir, CONNECTIONS as u32).await;
+        let go = Arc::new(AtomicBool::new(false));
+        let holding = Arc::new(std::sync::Barrier::new(CONNECTIONS + 1));
+        let operations: Vec<_> = (0..CONNECTIONS)
+            .map(|_| {
+                let (pool, holding, go) = (pool.clone(), Arc::clone(&holding), Arc::clone(&go));
+                tokio::spawn(async move {
+                    pool.run(&CancellationToken::never(), |conn| {
+                        Box::pin(async move {
+                            sqlx::query("SELECT 1").execute(&mut *conn).await?;
+                            holding.wait(); // blocks this runtime thread: one per operation
+                            while !go.load(Ordering::Acquire) {
+                                std::hint::spin_loop();
+                            }
+                            Ok::<_, Error>(())
+                        })
+                    })
+                    .await
+                })
+            })
+            .collect();
+        holding.wait(); // every connection is checked out ...
+        go.store(true, Ordering::Release); // ... and now they come back, while we close
+        for _ in 0..(round % 64) * 2 {
+            std::hint::spin_loop();
+        }
+        let closed = tokio::time::timeout(Duration::from_secs(10), pool.close()).await;
+        assert!(closed.is_ok(), "close() hung in round {round}");
+        for operation in operations {
+            operation.await.unwrap().expect("the operation completed");
+        }
+        assert_eq!(pool.size(), 0, "round {round}: every connection closed");
+        assert_eq!(pool.num_idle(), 0, "round {round}");
+    }
+}
