@@ -364,8 +364,9 @@ impl<DB: Backend> GracefulPool<DB> {
     }
 
     /// Closes the pool: new operations fail with `PoolClosed`, idle connections are closed,
-    /// pending cleanups complete, and then the sqlx pool closes (it waits for connections
-    /// still in use to come back).
+    /// pending cleanups complete, PostgreSQL's canceller connections are closed, and then
+    /// the sqlx pool closes (it waits for connections still in use to come back). Once it
+    /// returns, every connection the pool opened is closed.
     ///
     /// # Cancel safety
     ///
@@ -383,6 +384,9 @@ impl<DB: Backend> GracefulPool<DB> {
             let _ = tracked.conn.close().await;
         }
         self.shared.cleanups.wait().await;
+        // Cleanups that still start (operations in flight end after this) close any
+        // canceller connection they open once they used it.
+        DB::close_canceller(&self.shared.canceller).await;
         self.shared.pool.close().await;
     }
 

@@ -830,3 +830,69 @@ async fn postgres_urls_of_every_ordinary_form_connect_as_plain_sqlx_does() {
     assert_next_borrower_clean(&pool).await;
     pool.close().await;
 }
+
+/// Backends of `app` connected at all (any state).
+async fn backends(monitor: &mut PgConnection, app: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+        .bind(app)
+        .fetch_one(monitor)
+        .await
+        .expect("query pg_stat_activity")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn closing_the_pool_closes_every_connection_it_opened_the_cancellers_too() {
+    let _serial = support::serial().await;
+    let app = unique("close_all");
+    let pool = pool(&app, 3).await;
+    let mut monitor = monitor().await;
+    // Three statements cancelled at once: the canceller opens connections beyond the one
+    // it keeps from `connect` (it keeps at most two idle).
+    let source = CancellationSource::new();
+    let operations: Vec<_> = (0..3)
+        .map(|_| {
+            let (pool, token) = (pool.clone(), source.token());
+            tokio::spawn(async move {
+                pool.run(&token, |conn| {
+                    Box::pin(async move {
+                        sqlx::query("SELECT pg_sleep(30)")
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok::<_, Error>(())
+                    })
+                })
+                .await
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while running(&mut monitor, &app, "pg_sleep").await < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the sleeps never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    source.cancel();
+    for operation in operations {
+        assert!(operation.await.unwrap().unwrap_err().is_cancelled());
+    }
+    assert!(
+        backends(&mut monitor, &app).await >= 4,
+        "pool connections and a canceller"
+    );
+
+    pool.close().await;
+    // A closed socket ends its backend within milliseconds; allow for a loaded machine.
+    let closed_at = Instant::now();
+    let mut left = backends(&mut monitor, &app).await;
+    while left > 0 && closed_at.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        left = backends(&mut monitor, &app).await;
+    }
+    assert_eq!(
+        left, 0,
+        "backends of the pool still connected 5 s after close() returned"
+    );
+}

@@ -84,6 +84,10 @@ pub(crate) mod sealed {
             first: Self::Connection,
         ) -> impl Future<Output = Self::Canceller> + Send;
 
+        /// Closes what the canceller keeps open, and keeps nothing open from now on (the
+        /// pool is closing).
+        fn close_canceller(canceller: &Self::Canceller) -> impl Future<Output = ()> + Send;
+
         /// Learns what is needed to stop this connection's statements later. Runs once per
         /// connection, the first time the pool sees it.
         fn adopt(

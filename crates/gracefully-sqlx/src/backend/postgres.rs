@@ -67,7 +67,16 @@ pub struct BackendPid {
 #[derive(Debug)]
 pub struct Canceller {
     options: PgConnectOptions,
-    idle: Mutex<Vec<PgConnection>>,
+    idle: Mutex<Idle>,
+}
+
+/// The canceller's idle connections.
+#[derive(Debug)]
+struct Idle {
+    conns: Vec<PgConnection>,
+    /// Set by [`Canceller::close`]: connections are no longer kept, so nothing the pool
+    /// opened outlives its `close`.
+    closed: bool,
 }
 
 /// The signal to send a backend.
@@ -78,22 +87,44 @@ enum Signal {
 }
 
 impl Canceller {
-    fn take(&self) -> Option<PgConnection> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
+        // A panic while holding this lock cannot leave the Vec inconsistent.
         self.idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop()
     }
 
-    fn put(&self, conn: PgConnection) {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if idle.len() < CANCELLER_IDLE {
-            idle.push(conn);
+    fn take(&self) -> Option<PgConnection> {
+        self.lock().conns.pop()
+    }
+
+    /// Keeps `conn` for the next cancel, or closes it (a goodbye, not a dropped socket)
+    /// if enough are kept or the pool is closed.
+    async fn put(&self, conn: PgConnection) {
+        let surplus = {
+            let mut idle = self.lock();
+            if idle.closed || idle.conns.len() >= CANCELLER_IDLE {
+                Some(conn)
+            } else {
+                idle.conns.push(conn);
+                None
+            }
+        };
+        if let Some(conn) = surplus {
+            let _ = conn.close().await;
         }
-        // Otherwise `conn` drops here, closing the socket.
+    }
+
+    /// Closes the kept connections and keeps none from now on.
+    async fn close(&self) {
+        let conns = {
+            let mut idle = self.lock();
+            idle.closed = true;
+            std::mem::take(&mut idle.conns)
+        };
+        for conn in conns {
+            let _ = conn.close().await;
+        }
     }
 
     /// Signals backend `pid`; returns once the server has sent the signal (`kill` returned).
@@ -114,7 +145,7 @@ impl Canceller {
                 .await
             {
                 Ok(sent) => {
-                    self.put(conn);
+                    self.put(conn).await;
                     return Ok(sent);
                 }
                 // A kept connection may have died while idle: try a fresh one.
@@ -154,9 +185,16 @@ impl Sealed for Postgres {
     ) -> impl Future<Output = Canceller> + Send {
         let canceller = Canceller {
             options: options.clone(),
-            idle: Mutex::new(vec![first]),
+            idle: Mutex::new(Idle {
+                conns: vec![first],
+                closed: false,
+            }),
         };
         std::future::ready(canceller)
+    }
+
+    async fn close_canceller(canceller: &Canceller) {
+        canceller.close().await;
     }
 
     async fn adopt(conn: &mut PgConnection) -> Result<BackendPid, sqlx::Error> {

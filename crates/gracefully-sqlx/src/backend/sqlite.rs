@@ -92,6 +92,8 @@ impl Sealed for Sqlite {
         NoCanceller
     }
 
+    async fn close_canceller(_: &NoCanceller) {}
+
     async fn adopt(conn: &mut SqliteConnection) -> Result<Interrupt, sqlx::Error> {
         let interrupt = Interrupt {
             raised: Arc::new(AtomicBool::new(false)),
