@@ -111,6 +111,18 @@
 //! completes normally with sqlx reporting a clean connection goes back without a round trip
 //! (set [`GracefulPoolOptions::verify_on_release`] to probe always).
 //!
+//! ### A statement the body gave up on
+//!
+//! A body may drop a query future itself (a `tokio::time::timeout` around it, a `select!`)
+//! and still return. sqlx leaves that statement running, and the next borrower of the
+//! connection would wait for it. So before a connection is lent again, the pool asks
+//! whether a statement may still run — without a round trip: PostgreSQL, whether sqlx still
+//! owes the statement's replies; SQLite, whether its progress handler ran during the
+//! operation — and if so stops it as for a cancellation (cancel or interrupt, then drain).
+//! [`GracefulPoolOptions::verify_on_release`] says what this cannot see. (Inside a
+//! [`transaction`](GracefulPool::transaction) whose body returns `Ok`, such a statement is
+//! part of the transaction: `COMMIT` waits for it, as in sqlx.)
+//!
 //! ### Deadlines on the server
 //!
 //! The token's [`deadline`](gracefully::CancellationToken::deadline) becomes PostgreSQL's

@@ -19,7 +19,7 @@
 //! idle connection sits in ours), and the token.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ use sqlx::{ConnectOptions, Connection};
 use tokio::sync::Notify;
 
 use crate::backend::sealed::Sealed;
-use crate::backend::{Backend, ConnectOptionsOf};
+use crate::backend::{Backend, ConnectOptionsOf, Running};
 use crate::error::Error;
 use crate::recover::{Cleanups, Recovery, recover};
 use crate::target::{redact, wrong_scheme};
@@ -151,11 +151,21 @@ impl<DB: Backend> GracefulPoolOptions<DB> {
     /// By default a connection is verified (idle and outside any transaction, read from the
     /// server) after every cancellation, dropped operation, failed body or commit, and
     /// whenever sqlx's own state is in doubt (a transaction depth above zero, queued bytes).
-    /// A body that completes normally with sqlx reporting a clean connection goes back
-    /// without a round trip. The one case that misses: raw SQL `BEGIN` executed inside a
-    /// successful [`run`](GracefulPool::run) body and never ended (use
-    /// [`transaction`](GracefulPool::transaction) instead). Turn this on to close that gap at
-    /// the price of one round trip per operation.
+    /// A statement the body gave up on (its own `timeout` or `select!` dropped the query
+    /// future) and that may still run is stopped and drained before the connection is lent
+    /// again, also when the body returned `Ok`: PostgreSQL tells at no cost (sqlx still
+    /// owes the statement's replies) and gets a cancel; SQLite tells by its progress
+    /// handler having run during the operation and gets an interrupt and one worker round
+    /// trip. A body that completes normally with sqlx reporting a clean connection goes
+    /// back without a round trip.
+    ///
+    /// Two cases miss by default: raw SQL `BEGIN` executed inside a successful
+    /// [`run`](GracefulPool::run) body and never ended (use
+    /// [`transaction`](GracefulPool::transaction) instead); and on SQLite, a statement whose
+    /// future the body dropped within its first few thousand VM instructions, before the
+    /// progress handler ever saw it run (the next borrower then waits for it). Turn this on
+    /// to close both at the price of one round trip per operation (SQLite: two, interrupt
+    /// and drain first, so no release ever waits for a statement still running).
     pub fn verify_on_release(mut self, on: bool) -> Self {
         self.verify_on_release = on;
         self
@@ -400,8 +410,9 @@ impl<DB: Backend> GracefulPool<DB> {
         let tracked = self.shared.checkout(token).await?;
         Ok(Lease {
             shared: Arc::clone(&self.shared),
+            since: DB::progress(&tracked.handle),
             tracked: Some(tracked),
-            unsent_hint: None,
+            hint: None,
         })
     }
 }
@@ -578,6 +589,16 @@ impl<DB: Backend> Shared<DB> {
         drop(idle);
         self.released.notify_one();
     }
+
+    /// Whether a connection must be verified with the server before reuse even though
+    /// nothing runs on it: its session timeout must be reset, the pool verifies every
+    /// release, or sqlx reports a transaction or bytes to send.
+    pub(crate) fn in_doubt(&self, tracked: &Tracked<DB>) -> bool {
+        tracked.session_timeout
+            || self.settings.verify_on_release
+            || tracked.conn.is_in_transaction()
+            || tracked.conn.should_flush()
+    }
 }
 
 /// One operation's hold on a connection. Dropped while still holding it (the operation's
@@ -586,10 +607,58 @@ impl<DB: Backend> Shared<DB> {
 pub(crate) struct Lease<DB: Backend> {
     shared: Arc<Shared<DB>>,
     tracked: Option<Tracked<DB>>,
-    /// Whether bytes of an abandoned statement were left unsent, recorded by a
-    /// [`crate::ops`] transaction guard before sqlx's `Transaction` queued its `ROLLBACK`
-    /// (which would also show as unsent bytes).
-    pub(crate) unsent_hint: Option<Arc<AtomicBool>>,
+    /// `Backend::progress` when the operation started.
+    since: u64,
+    /// What a [`crate::ops`] transaction guard recorded when the body's transaction was
+    /// dropped, before sqlx's `Transaction` queued its `ROLLBACK` (which shows as bytes to
+    /// send, and which a look at the connection afterwards would send).
+    pub(crate) hint: Option<Arc<DropHint>>,
+}
+
+/// How an operation ended, for [`Lease::release`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ended {
+    /// The body returned (`doubt`: with an error): a statement it gave up on may still run.
+    Returned { doubt: bool },
+    /// The last statement sent completed (`COMMIT`, or a failed `BEGIN`/`COMMIT`/`SET`):
+    /// nothing sent before it can still run.
+    Completed { doubt: bool },
+}
+
+/// See [`Lease::hint`]. Written once, by the transaction guard's `drop`.
+#[derive(Debug, Default)]
+pub(crate) struct DropHint {
+    /// Bytes of an abandoned statement were never (fully) sent.
+    unsent: AtomicBool,
+    /// `Running` as recorded (0: nothing recorded).
+    running: AtomicU8,
+}
+
+impl DropHint {
+    /// Records what the transaction guard saw; `Relaxed`: read after the guard's future
+    /// completed or was dropped, which orders it.
+    pub(crate) fn record(&self, unsent: bool, running: Running) {
+        self.unsent.store(unsent, Ordering::Relaxed);
+        let running = match running {
+            Running::No => 1,
+            Running::Maybe => 2,
+            Running::Unknown => 3,
+        };
+        self.running.store(running, Ordering::Relaxed);
+    }
+
+    fn unsent(&self) -> bool {
+        self.unsent.load(Ordering::Relaxed)
+    }
+
+    fn running(&self) -> Option<Running> {
+        match self.running.load(Ordering::Relaxed) {
+            1 => Some(Running::No),
+            2 => Some(Running::Maybe),
+            3 => Some(Running::Unknown),
+            _ => None,
+        }
+    }
 }
 
 impl<DB: Backend> Lease<DB> {
@@ -608,14 +677,19 @@ impl<DB: Backend> Lease<DB> {
         &self.tracked().handle
     }
 
+    /// `Backend::progress` when the operation started.
+    pub(crate) fn since(&self) -> u64 {
+        self.since
+    }
+
     /// Marks the session's `statement_timeout` as set by us.
     pub(crate) fn set_session_timeout(&mut self) {
         self.tracked().session_timeout = true;
     }
 
     fn unsent(&self, tracked: &Tracked<DB>) -> bool {
-        match &self.unsent_hint {
-            Some(hint) => hint.load(Ordering::Relaxed),
+        match &self.hint {
+            Some(hint) => hint.unsent(),
             None => tracked.conn.should_flush(),
         }
     }
@@ -634,30 +708,46 @@ impl<DB: Backend> Lease<DB> {
         Error::Cancelled(cancelled)
     }
 
-    /// The operation ended. Back to the idle list at once if nothing is in doubt; otherwise
-    /// (`doubt`, a raised interrupt, a session timeout to reset, sqlx reporting a
-    /// transaction or queued bytes, or `verify_on_release`) verified first.
-    pub(crate) async fn release(mut self, doubt: bool) {
-        let Some(tracked) = self.tracked.take() else {
+    /// The operation ended. Back to the idle list at once if nothing runs and nothing is
+    /// in doubt; otherwise stopped and drained first if a statement may still run, and
+    /// verified if in doubt (`doubt`, a raised interrupt, a session timeout to reset, sqlx
+    /// reporting a transaction or queued bytes, or `verify_on_release`).
+    pub(crate) async fn release(mut self, ended: Ended) {
+        let Some(mut tracked) = self.tracked.take() else {
             return;
         };
+        let hint = self.hint.as_deref();
+        let (doubt, running) = match ended {
+            Ended::Completed { doubt } => (doubt, Running::No),
+            Ended::Returned { doubt } => {
+                let recorded = hint.and_then(DropHint::running);
+                let running = recorded.unwrap_or_else(|| {
+                    DB::still_running(&mut tracked.conn, &tracked.handle, self.since)
+                });
+                (doubt, running)
+            }
+        };
+        let unsent = hint.is_some_and(DropHint::unsent);
         let raised = DB::raised(&tracked.handle);
-        let clean = !doubt
-            && !raised
-            && !tracked.session_timeout
-            && !self.shared.settings.verify_on_release
-            && !tracked.conn.is_in_transaction()
-            && !tracked.conn.should_flush();
-        if clean {
+        let in_doubt = doubt || self.shared.in_doubt(&tracked);
+        let how = if unsent {
+            // The rest of an abandoned statement is queued: never send it.
+            Recovery::Stop { unsent: true }
+        } else if raised || running == Running::Maybe || (running == Running::Unknown && in_doubt) {
+            // A statement may still run (or a cancel raced with the end, and SQLite's
+            // interrupt must be lowered only after the worker drained): stop it first, so
+            // verification does not wait behind it. With nothing else in doubt, a drained
+            // connection goes back without a probe, as a clean one does.
+            if raised || in_doubt {
+                Recovery::Stop { unsent: false }
+            } else {
+                Recovery::Drain
+            }
+        } else if in_doubt {
+            Recovery::Verify
+        } else {
             self.shared.checkin(tracked);
             return;
-        }
-        let how = if raised {
-            // A cancel raced with the end of the operation: the interrupt must be lowered
-            // only after the worker drained.
-            Recovery::Stop { unsent: false }
-        } else {
-            Recovery::Verify
         };
         let shared = Arc::clone(&self.shared);
         // Boxed: kept out of every operation's future (see `Shared::checkout`).

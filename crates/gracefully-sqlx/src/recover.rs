@@ -18,9 +18,12 @@ use crate::pool::{Shared, Tracked};
 /// What a recovery starts with.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Recovery {
-    /// A statement may still be running: stop it first. `unsent`: bytes of it were never
-    /// (fully) sent.
+    /// A statement may still be running: stop it first, then verify. `unsent`: bytes of it
+    /// were never (fully) sent.
     Stop { unsent: bool },
+    /// The body returned, but a statement it gave up on may still run: stop it; then
+    /// verify only if the connection is in doubt otherwise (`Shared::in_doubt`).
+    Drain,
     /// Nothing runs that we know of: verify (and roll back) only.
     Verify,
 }
@@ -57,7 +60,12 @@ async fn recover_inner<DB: Backend>(
     how: Recovery,
 ) {
     let until = Instant::now() + shared.settings.cancel_grace;
-    if let Recovery::Stop { unsent } = how {
+    let stop = match how {
+        Recovery::Stop { unsent } => Some(unsent),
+        Recovery::Drain => Some(false),
+        Recovery::Verify => None,
+    };
+    if let Some(unsent) = stop {
         match DB::stop(&shared.canceller, &mut tracked, unsent, until).await {
             Stopped::Drained => {}
             Stopped::Close => {
@@ -66,6 +74,10 @@ async fn recover_inner<DB: Backend>(
                 return;
             }
         }
+    }
+    if matches!(how, Recovery::Drain) && !shared.in_doubt(&tracked) {
+        shared.checkin(tracked);
+        return;
     }
     match verify(&mut tracked, until).await {
         Verdict::Clean => shared.checkin(tracked),

@@ -896,3 +896,96 @@ async fn closing_the_pool_closes_every_connection_it_opened_the_cancellers_too()
         "backends of the pool still connected 5 s after close() returned"
     );
 }
+
+/// How a body leaves the statement it abandoned (its own `timeout` around it).
+#[derive(Debug, Clone, Copy)]
+enum Abandon {
+    /// `run`; the body returns `Ok`.
+    RunOk,
+    /// `run`; the body returns the timeout as its error.
+    RunErr,
+    /// `transaction`; the body returns the timeout as its error (rolled back).
+    TransactionErr,
+}
+
+/// Runs `pg_sleep(30)` inside a body that gives up on it after 100 ms, the way `abandon`
+/// says; returns how long the operation took.
+async fn abandon_pg_sleep(pool: &PgGracefulPool, abandon: Abandon) -> Duration {
+    async fn sleep(conn: &mut PgConnection) -> Result<(), Error> {
+        let query = sqlx::query("SELECT pg_sleep(30)").execute(conn);
+        match tokio::time::timeout(Duration::from_millis(100), query).await {
+            Ok(done) => done.map(drop).map_err(Error::from),
+            Err(_) => Err(Error::Database(sqlx::Error::PoolTimedOut)), // "gave up"
+        }
+    }
+    let started = Instant::now();
+    let never = CancellationToken::never();
+    match abandon {
+        Abandon::RunOk => pool
+            .run(&never, |conn| {
+                Box::pin(async move {
+                    let _ = sleep(conn).await; // swallowed: the body returns Ok
+                    Ok::<_, Error>(())
+                })
+            })
+            .await
+            .expect("the body returned Ok"),
+        Abandon::RunErr => {
+            let result = pool
+                .run(&never, |conn| Box::pin(async move { sleep(conn).await }))
+                .await;
+            assert!(matches!(
+                result,
+                Err(Error::Database(sqlx::Error::PoolTimedOut))
+            ));
+        }
+        Abandon::TransactionErr => {
+            let result = pool
+                .transaction(&never, |tx, _| Box::pin(async move { sleep(tx).await }))
+                .await;
+            assert!(matches!(
+                result,
+                Err(Error::Database(sqlx::Error::PoolTimedOut))
+            ));
+        }
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn a_statement_the_body_abandoned_is_stopped_before_its_connection_is_lent_again() {
+    let _serial = support::serial().await;
+    let mut monitor = monitor().await;
+    for (abandon, verify_on_release) in [
+        (Abandon::RunOk, false),
+        (Abandon::RunOk, true),
+        (Abandon::RunErr, false),
+        (Abandon::TransactionErr, false),
+    ] {
+        let case = format!("{abandon:?}, verify_on_release({verify_on_release})");
+        let app = unique(&format!("abandoned_{verify_on_release}_{abandon:?}"));
+        let options = PgConnectOptions::from_str(&database_url())
+            .expect("DATABASE_URL parses")
+            .application_name(&app);
+        let pool: PgGracefulPool = GracefulPoolOptions::new()
+            .pool_options(PgPoolOptions::new().max_connections(1))
+            .verify_on_release(verify_on_release)
+            .connect_with(options)
+            .await
+            .expect("connect");
+        let took = abandon_pg_sleep(&pool, abandon).await;
+        // Stopped (cancelled and drained) before the operation returned, not after the
+        // 2 s grace nor at the end of the 30 s sleep.
+        assert!(
+            took < Duration::from_millis(1500),
+            "{case}: the operation took {took:?}"
+        );
+        assert_eq!(running(&mut monitor, &app, "pg_sleep").await, 0, "{case}");
+        // The pool of one lends its connection again at once, idle and outside any
+        // transaction.
+        let next = tokio::time::timeout(Duration::from_secs(5), assert_next_borrower_clean(&pool));
+        assert!(next.await.is_ok(), "{case}: the next borrower waited");
+        pool.close().await;
+    }
+}

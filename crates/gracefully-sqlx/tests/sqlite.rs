@@ -641,3 +641,68 @@ async fn close_while_operations_return_connections_never_hangs() {
         assert_eq!(pool.num_idle(), 0, "round {round}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_the_body_abandoned_is_stopped_before_its_connection_is_lent_again() {
+    let _serial = support::serial().await;
+    let dir = tempfile::tempdir().unwrap();
+    for (case, verify_on_release) in [
+        ("run, Ok", false),
+        ("run, Ok", true),
+        ("run, Err", false),
+        ("transaction, Err", false),
+    ] {
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("abandoned.db"))
+            .create_if_missing(true);
+        let pool: SqliteGracefulPool = GracefulPoolOptions::new()
+            .pool_options(SqlitePoolOptions::new().max_connections(1))
+            .verify_on_release(verify_on_release)
+            .connect_with(options)
+            .await
+            .expect("open the SQLite pool");
+        let case = format!("{case}, verify_on_release({verify_on_release})");
+        // The body gives up on a statement of minutes after 100 ms.
+        async fn endless(conn: &mut sqlx::SqliteConnection) -> Result<(), Error> {
+            let query = sqlx::query_scalar::<_, i64>(ENDLESS).fetch_one(conn);
+            match tokio::time::timeout(Duration::from_millis(100), query).await {
+                Ok(done) => done.map(drop).map_err(Error::from),
+                Err(_) => Err(Error::Database(sqlx::Error::PoolTimedOut)),
+            }
+        }
+        let never = CancellationToken::never();
+        let started = Instant::now();
+        let result = match case.as_str() {
+            c if c.starts_with("run, Ok") => {
+                pool.run(&never, |conn| {
+                    Box::pin(async move {
+                        let _ = endless(conn).await;
+                        Ok::<_, Error>(())
+                    })
+                })
+                .await
+            }
+            c if c.starts_with("run, Err") => {
+                pool.run(&never, |conn| Box::pin(async move { endless(conn).await }))
+                    .await
+            }
+            _ => {
+                pool.transaction(&never, |tx, _| Box::pin(async move { endless(tx).await }))
+                    .await
+            }
+        };
+        let took = started.elapsed();
+        assert_eq!(result.is_ok(), case.contains("Ok"), "{case}: {result:?}");
+        assert!(
+            took < Duration::from_millis(1500),
+            "{case}: the operation took {took:?}"
+        );
+        // The pool of one lends its connection again at once.
+        let next = tokio::time::timeout(Duration::from_secs(5), assert_next_borrower_clean(&pool));
+        assert!(
+            next.await.is_ok(),
+            "{case}: the next borrower waited for the statement"
+        );
+        pool.close().await;
+    }
+}

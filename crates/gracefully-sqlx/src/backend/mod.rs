@@ -44,6 +44,19 @@ pub enum Stopped {
     Close,
 }
 
+/// Whether a statement sent during an operation may still be running on its connection once
+/// the operation's body ended (the body dropped a query future before the statement
+/// finished: its own `timeout`, a `select!`), as far as can be told without a round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Running {
+    /// Nothing runs: every reply the connection owed has been read.
+    No,
+    /// A statement may still run: stop and drain it before the connection is lent again.
+    Maybe,
+    /// Cannot be told without a round trip (see `still_running` of the backend).
+    Unknown,
+}
+
 pub(crate) mod sealed {
     use super::*;
 
@@ -51,7 +64,7 @@ pub(crate) mod sealed {
     pub trait Sealed: Database + Sized {
         /// What it takes to stop this connection's statement from outside the operation:
         /// PostgreSQL's backend pid, SQLite's interrupt flag.
-        type Handle: Send + Sync + 'static;
+        type Handle: Clone + Send + Sync + 'static;
         /// Per-pool state used to stop statements: PostgreSQL's canceller connections.
         type Canceller: Send + Sync + 'static;
 
@@ -101,6 +114,16 @@ pub(crate) mod sealed {
         /// Whether an interrupt was raised on this connection and must be lowered (after the
         /// worker drained) before anyone else uses it.
         fn raised(handle: &Self::Handle) -> bool;
+
+        /// A mark of the connection's progress, taken when an operation starts, for
+        /// [`still_running`](Self::still_running).
+        fn progress(handle: &Self::Handle) -> u64;
+
+        /// After an operation's body ended (and before anything new is sent): whether a
+        /// statement it sent may still be running, judged without a round trip. `since` is
+        /// [`progress`](Self::progress) at the operation's start.
+        fn still_running(conn: &mut Self::Connection, handle: &Self::Handle, since: u64)
+        -> Running;
 
         /// Stops whatever the connection may still be running and drains its replies, giving
         /// up at `until`. `unsent`: bytes of an abandoned statement were never (fully) sent.

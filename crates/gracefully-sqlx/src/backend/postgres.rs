@@ -43,14 +43,16 @@
 //! anyway and hold it until then — and then close.
 
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use gracefully::{CancellationToken, Registration};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Postgres};
 
-use super::{Stopped, sealed::Sealed};
+use super::{Running, Stopped, sealed::Sealed};
 use crate::pool::Tracked;
 
 /// How many idle canceller connections a pool keeps (more are opened under a burst of
@@ -212,6 +214,33 @@ impl Sealed for Postgres {
 
     fn raised(_: &BackendPid) -> bool {
         false
+    }
+
+    fn progress(_: &BackendPid) -> u64 {
+        0
+    }
+
+    fn still_running(conn: &mut PgConnection, _: &BackendPid, _: u64) -> Running {
+        if conn.should_flush() {
+            // Bytes are queued (a dropped sqlx `Transaction`'s ROLLBACK, or the unsent rest
+            // of an abandoned statement): polling below would send them. Verification sends
+            // them and waits for their replies, as sqlx would.
+            return Running::No;
+        }
+        // sqlx counts the `ReadyForQuery` replies it still expects (one per statement sent)
+        // but does not expose the count. Its `flush` (the wait before every statement) is
+        // ready at its first poll exactly when there are none, and sends nothing when the
+        // write buffer is empty. So one poll, with a waker that does nothing, tells whether
+        // a statement's replies are still owed — the statement may still run — at no cost.
+        // Replies already in the socket are read by that poll; what it leaves half read
+        // stays buffered in sqlx (its reads are cancel safe), for the drain.
+        let mut flush = pin!(conn.flush());
+        match flush.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Running::No,
+            // An error reply of the abandoned statement, or a broken connection: drain it
+            // (a broken connection is then closed).
+            Poll::Ready(Err(_)) | Poll::Pending => Running::Maybe,
+        }
     }
 
     async fn stop<'a>(

@@ -33,14 +33,14 @@
 //! connection is closed; its worker thread ends once the wait does.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use gracefully::{CancellationToken, Registration};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, Sqlite};
 
-use super::{Stopped, sealed::Sealed};
+use super::{Running, Stopped, sealed::Sealed};
 use crate::pool::Tracked;
 
 /// Virtual-machine instructions between two calls of the progress handler: small enough
@@ -51,19 +51,38 @@ pub(crate) const PROGRESS_OPS: i32 = 1_000;
 /// A connection's interrupt flag, read by its progress handler.
 #[derive(Debug, Clone)]
 pub struct Interrupt {
+    state: Arc<InterruptState>,
+}
+
+#[derive(Debug, Default)]
+struct InterruptState {
     /// Raised: the progress handler interrupts every statement until it is lowered.
-    raised: Arc<AtomicBool>,
+    raised: AtomicBool,
+    /// How often the progress handler was called: it is called only while a statement
+    /// runs, so a count that moved during an operation says a statement ran at length.
+    /// Written only by the connection's worker thread (the handler), read by the pool.
+    calls: AtomicU64,
 }
 
 impl Interrupt {
     fn raise(&self) {
         // Relaxed: the flag carries no other data; the handler needs only to see it
         // eventually, and every later check of the flag is on the same atomic.
-        self.raised.store(true, Ordering::Relaxed);
+        self.state.raised.store(true, Ordering::Relaxed);
     }
 
     fn lower(&self) {
-        self.raised.store(false, Ordering::Relaxed);
+        self.state.raised.store(false, Ordering::Relaxed);
+    }
+
+    /// The progress handler: counts the call, and says whether to go on.
+    fn progress(&self) -> bool {
+        // One writer (the worker thread): a load and a store, no read-modify-write.
+        let calls = self.state.calls.load(Ordering::Relaxed);
+        self.state
+            .calls
+            .store(calls.wrapping_add(1), Ordering::Relaxed);
+        !self.state.raised.load(Ordering::Relaxed)
     }
 }
 
@@ -96,12 +115,12 @@ impl Sealed for Sqlite {
 
     async fn adopt(conn: &mut SqliteConnection) -> Result<Interrupt, sqlx::Error> {
         let interrupt = Interrupt {
-            raised: Arc::new(AtomicBool::new(false)),
+            state: Arc::default(),
         };
-        let raised = Arc::clone(&interrupt.raised);
+        let handler = interrupt.clone();
         let mut handle = conn.lock_handle().await?;
         // `true` continues the statement, `false` interrupts it.
-        handle.set_progress_handler(PROGRESS_OPS, move || !raised.load(Ordering::Relaxed));
+        handle.set_progress_handler(PROGRESS_OPS, move || handler.progress());
         Ok(interrupt)
     }
 
@@ -113,7 +132,30 @@ impl Sealed for Sqlite {
     }
 
     fn raised(handle: &Interrupt) -> bool {
-        handle.raised.load(Ordering::Relaxed)
+        handle.state.raised.load(Ordering::Relaxed)
+    }
+
+    fn progress(handle: &Interrupt) -> u64 {
+        handle.state.calls.load(Ordering::Relaxed)
+    }
+
+    fn still_running(_: &mut SqliteConnection, handle: &Interrupt, since: u64) -> Running {
+        // The worker thread runs commands in order and tells nobody when one ends; only a
+        // round trip (a ping) proves it idle, and that would double the cost of a short
+        // query. What costs nothing: the progress handler, called every `PROGRESS_OPS`
+        // VM instructions of a running statement. SQLite counts those instructions per
+        // prepared statement across its executions, so a short statement run often calls
+        // it now and then too; two calls or more during one operation say a statement ran
+        // at length — a statement the body gave up on after even a millisecond calls it
+        // many times — and the connection is drained (interrupt, ping) before reuse, at
+        // the price of one worker round trip for operations that ran long statements.
+        // Fewer calls: a statement dropped within its first few thousand instructions may
+        // still run, and only a round trip could tell (see `Running::Unknown`).
+        if Self::progress(handle).wrapping_sub(since) >= 2 {
+            Running::Maybe
+        } else {
+            Running::Unknown
+        }
     }
 
     async fn stop<'a>(
