@@ -45,6 +45,15 @@ pub enum Error {
     /// The database or the pool reported an error (a failed statement, a lost connection,
     /// a pool timeout).
     Database(sqlx::Error),
+    /// A [`transaction`](crate::GracefulPool::transaction)'s body returned `Ok`, but the
+    /// database had already aborted the transaction — a statement in it failed and the body
+    /// went on (PostgreSQL `25P02`) — so it was rolled back and nothing was committed.
+    /// PostgreSQL would answer the `COMMIT` of such a transaction with `ROLLBACK` and no
+    /// error; pgx (`ErrTxCommitRollback`), lib/pq and pgjdbc report it as an error, as we do.
+    RolledBack {
+        /// What the database answered when asked before `COMMIT`.
+        source: sqlx::Error,
+    },
 }
 
 impl Error {
@@ -71,7 +80,7 @@ impl Error {
         match self {
             Error::Cancelled(_) => None,
             Error::Config { source, .. } | Error::Connect { source, .. } => Some(source),
-            Error::Database(source) => Some(source),
+            Error::Database(source) | Error::RolledBack { source } => Some(source),
         }
     }
 }
@@ -87,6 +96,11 @@ impl fmt::Display for Error {
                 write!(f, "cannot connect to `{target}`: {source}")
             }
             Error::Database(source) => write!(f, "database error: {source}"),
+            Error::RolledBack { source } => write!(
+                f,
+                "transaction rolled back, nothing was committed: a statement in it had failed \
+                 and the body returned Ok anyway ({source})"
+            ),
         }
     }
 }
@@ -96,7 +110,7 @@ impl std::error::Error for Error {
         match self {
             Error::Cancelled(cancelled) => Some(cancelled),
             Error::Config { source, .. } | Error::Connect { source, .. } => Some(source),
-            Error::Database(source) => Some(source),
+            Error::Database(source) | Error::RolledBack { source } => Some(source),
         }
     }
 }

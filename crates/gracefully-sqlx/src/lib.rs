@@ -95,6 +95,11 @@
 //! * **Cancel during `COMMIT`.** A `COMMIT` once sent is not cancelled by the token: its
 //!   outcome is reported as it is. If the whole future is dropped during it, the cleanup may
 //!   cancel it, and the server decides atomically: all the body's writes, or none.
+//! * **A `COMMIT` that is a `ROLLBACK`.** PostgreSQL aborts a transaction at its first
+//!   failed statement; a body that swallows that error and returns `Ok` would get its
+//!   `COMMIT` answered with `ROLLBACK` and no error. One statement before `COMMIT` asks (it
+//!   fails with `25P02` in an aborted transaction), and the caller gets
+//!   [`Error::RolledBack`], not `Ok`.
 //! * **Cancel racing with completion.** A body that completes as the token fires returns its
 //!   value (`run`) or rolls back (`transaction`: it commits only if the token is not
 //!   cancelled once the body is done and the interrupt disarmed); SQLite's flag, if raised, is

@@ -149,8 +149,15 @@ impl<DB: Backend> GracefulPool<DB> {
     /// * body `Err(e)`: rolled back; `Err(e)`, or `Cancelled` if the token had fired;
     /// * the token fires before the body ends: the body is dropped, its statement stopped on
     ///   the server, rolled back, `Cancelled`;
+    /// * body `Ok(v)`, but a statement in the transaction had failed and the body went on
+    ///   (PostgreSQL aborts the transaction; its `COMMIT` would silently roll back): rolled
+    ///   back, [`Error::RolledBack`];
     /// * `COMMIT` fails (a serialization failure, a deferred constraint): `Err` with the
     ///   database error; the server has rolled back.
+    ///
+    /// On PostgreSQL, telling a live transaction from an aborted one costs one round trip
+    /// before `COMMIT` (sqlx does not expose `COMMIT`'s command tag, which would tell for
+    /// free).
     ///
     /// With [`ServerDeadline::Transactions`](crate::ServerDeadline::Transactions) (the
     /// default) and a token with a deadline, a PostgreSQL transaction starts with `BEGIN; SET
@@ -228,6 +235,15 @@ impl<DB: Backend> GracefulPool<DB> {
                 lease.release(Ended::Completed { doubt: false }).await;
                 Ok(value)
             }
+            TxEnd::Aborted(source) => {
+                // The ROLLBACK was queued; verification sends it.
+                lease.release(Ended::Completed { doubt: true }).await;
+                match settle(token, deadline_applied).await {
+                    // A statement the server's deadline stopped: the deadline is the cause.
+                    Some(reason) => Err(E::from(Error::cancelled(reason))),
+                    None => Err(E::from(Error::RolledBack { source })),
+                }
+            }
             TxEnd::RolledBack(result) => {
                 // The ROLLBACK was queued when the transaction was dropped; verification
                 // sends it, waits for it and reads the server's state after it (after
@@ -265,8 +281,12 @@ enum TxEnd<T, E> {
     BeginFailed(sqlx::Error),
     /// `COMMIT` succeeded.
     Committed(T),
-    /// `COMMIT` failed; the server rolled back.
+    /// `COMMIT` (or the check before it) failed; the server rolled back.
     CommitFailed(sqlx::Error),
+    /// The transaction was aborted by a statement that failed in the body (which returned
+    /// `Ok` anyway); its `COMMIT` would have been a silent `ROLLBACK`. Dropped, queueing the
+    /// `ROLLBACK`.
+    Aborted(sqlx::Error),
     /// The body failed, or the token fired as it succeeded: the transaction was dropped,
     /// queueing its `ROLLBACK`.
     RolledBack(Result<T, E>),
@@ -316,6 +336,23 @@ where
             TxEnd::Cancelled(cancelled)
         }
         Ok(Ok(value)) if !token.is_cancelled() => {
+            let tx = guard.tx.as_mut().expect("set above");
+            // Still cancellable: nothing is committed until COMMIT is sent.
+            match token.run_until_cancelled(DB::check_not_aborted(tx)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    drop(guard);
+                    return if DB::is_failed_transaction(&error) {
+                        TxEnd::Aborted(error)
+                    } else {
+                        TxEnd::CommitFailed(error)
+                    };
+                }
+                Err(cancelled) => {
+                    drop(guard);
+                    return TxEnd::Cancelled(cancelled);
+                }
+            }
             let tx = guard.tx.take().expect("set above");
             drop(guard);
             match tx.commit().await {

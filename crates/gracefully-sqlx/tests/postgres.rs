@@ -989,3 +989,50 @@ async fn a_statement_the_body_abandoned_is_stopped_before_its_connection_is_lent
         pool.close().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn a_commit_the_server_turns_into_a_rollback_is_an_error_not_ok() {
+    let _serial = support::serial().await;
+    let app = unique("silent_rollback");
+    let table = unique("silent_rollback");
+    let pool = pool(&app, 1).await;
+    create_table(&pool, &table).await;
+    let insert = format!("INSERT INTO {table} (batch, n) VALUES (1, 1)");
+    // The body writes a row, swallows a failing statement (which aborts the transaction
+    // on PostgreSQL) and returns Ok: PostgreSQL answers the COMMIT with ROLLBACK.
+    let result: Result<(), Error> = pool
+        .transaction(&CancellationToken::never(), move |tx, _| {
+            Box::pin(async move {
+                sqlx::query(sqlx::AssertSqlSafe(insert))
+                    .execute(&mut **tx)
+                    .await?;
+                let failed = sqlx::query("SELECT 1/0").execute(&mut **tx).await;
+                assert!(failed.is_err(), "division by zero");
+                Ok(())
+            })
+        })
+        .await;
+    let error = result.expect_err("nothing was committed: the outcome must not be Ok");
+    assert!(!error.is_cancelled(), "{error}");
+    assert!(matches!(error, Error::RolledBack { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("rolled back"), "{message}");
+    assert!(message.contains("nothing was committed"), "{message}");
+    assert_eq!(rows_in_batch(&pool, &table, 1).await, 0);
+    assert_next_borrower_clean(&pool).await;
+    // A healthy transaction on the same connection still commits.
+    let insert = format!("INSERT INTO {table} (batch, n) VALUES (2, 1)");
+    pool.transaction(&CancellationToken::never(), move |tx, _| {
+        Box::pin(async move {
+            sqlx::query(sqlx::AssertSqlSafe(insert))
+                .execute(&mut **tx)
+                .await?;
+            Ok::<_, Error>(())
+        })
+    })
+    .await
+    .expect("committed");
+    assert_eq!(rows_in_batch(&pool, &table, 2).await, 1);
+    drop_table(&pool, &table).await;
+}

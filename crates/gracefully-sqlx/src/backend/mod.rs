@@ -167,5 +167,14 @@ pub(crate) mod sealed {
         /// Whether `error` says the connection is inside a failed transaction (PostgreSQL
         /// `25P02`), which only a `ROLLBACK` ends.
         fn is_failed_transaction(error: &sqlx::Error) -> bool;
+
+        /// Before `COMMIT`: fails (with an error [`is_failed_transaction`] recognises) if the
+        /// transaction was aborted, whose `COMMIT` would silently roll back. PostgreSQL: one
+        /// round trip; SQLite: nothing (its `COMMIT` reports a transaction that is gone).
+        ///
+        /// [`is_failed_transaction`]: Self::is_failed_transaction
+        fn check_not_aborted(
+            conn: &mut Self::Connection,
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_;
     }
 }

@@ -309,4 +309,14 @@ impl Sealed for Postgres {
     fn is_failed_transaction(error: &sqlx::Error) -> bool {
         matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("25P02"))
     }
+
+    async fn check_not_aborted(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        // PostgreSQL answers the COMMIT of an aborted transaction with the command tag
+        // `ROLLBACK` and no error; pgx and lib/pq read that tag, but sqlx 0.9 keeps both the
+        // tag and the `ReadyForQuery` status (`E`) private. So ask: in an aborted
+        // transaction every statement but ROLLBACK fails with `25P02`. Simple-query
+        // protocol: one message, nothing in the statement cache.
+        sqlx::raw_sql("SELECT 1").execute(&mut *conn).await?;
+        Ok(())
+    }
 }

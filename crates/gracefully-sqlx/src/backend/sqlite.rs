@@ -198,4 +198,11 @@ impl Sealed for Sqlite {
     fn is_failed_transaction(_: &sqlx::Error) -> bool {
         false
     }
+
+    async fn check_not_aborted(_: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        // A SQLite transaction is not left aborted: an error that ends it (SQLITE_FULL,
+        // SQLITE_IOERR, …) rolls it back at once, and the COMMIT then fails with "no
+        // transaction is active", which sqlx reports.
+        Ok(())
+    }
 }
