@@ -11,7 +11,8 @@
 //! an idle list of its own, on top of a `sqlx::Pool` that opens connections, runs your
 //! `after_connect` hook and enforces `max_connections` (an adopted connection counts as
 //! checked out of the sqlx pool while it sits in our list). `max_lifetime`, `idle_timeout`
-//! and `test_before_acquire` of your [`PoolOptions`] are applied to our list at checkout.
+//! and `test_before_acquire` of your [`PoolOptions`] are applied to our list at checkout
+//! (`test_before_acquire` only to connections idle for `ALIVE_BYPASS_WINDOW`).
 //!
 //! A checkout takes an adopted connection from the list, or else races three things: the
 //! sqlx pool handing out a connection (adopted on the spot), a connection being returned to
@@ -37,6 +38,16 @@ use crate::target::{redact, wrong_scheme};
 /// How long the pool waits, after cancelling a statement, for the server to confirm it
 /// stopped before it gives up on the connection (Npgsql's default `CancellationTimeout`).
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a connection may have sat in the pool's idle list and still be handed out
+/// without the ping of `test_before_acquire`: HikariCP's `aliveBypassWindowMs` default.
+///
+/// A connection that went back less than this ago was just used, and its release was
+/// checked (see [`GracefulPoolOptions::verify_on_release`]); what the ping finds — a server
+/// that restarted, a proxy or firewall that dropped an idle connection — happens to
+/// connections that sat idle. Measured with the crate's overhead measurement (the crate
+/// README), the ping on every checkout cost a round trip per operation: see the README.
+const ALIVE_BYPASS_WINDOW: Duration = Duration::from_millis(500);
 
 /// Settings for building a [`GracefulPool`]: sqlx's [`PoolOptions`] plus what this crate adds.
 ///
@@ -122,8 +133,11 @@ impl<DB: Backend> GracefulPoolOptions<DB> {
 
     /// The sqlx pool options: `max_connections`, `acquire_timeout`, `after_connect`, … .
     ///
-    /// `test_before_acquire`, `max_lifetime` and `idle_timeout` apply to the connections this
-    /// pool keeps idle too. `after_release` and `before_acquire` run only when a connection
+    /// `max_lifetime` and `idle_timeout` apply to the connections this pool keeps idle too;
+    /// so does `test_before_acquire` (sqlx's default: on), but only to a connection that sat
+    /// idle for 500 ms or more (HikariCP's `aliveBypassWindowMs`): pinging one returned a
+    /// moment ago would cost a round trip per operation and find nothing its release had
+    /// not checked. `after_release` and `before_acquire` run only when a connection
     /// passes through the sqlx pool (when it is first opened and handed to us, and when this
     /// pool is dropped), not on every operation: use `after_connect` for per-connection setup.
     pub fn pool_options(mut self, options: PoolOptions<DB>) -> Self {
@@ -435,7 +449,8 @@ pub struct Tracked<DB: Sealed> {
     pub(crate) handle: DB::Handle,
     /// When the pool adopted it (about when it was opened): for `max_lifetime`.
     adopted: Instant,
-    /// When it last went idle: for `idle_timeout` (kept only when one is set).
+    /// When it last went idle: for `idle_timeout` and `test_before_acquire` (kept only when
+    /// one of them is set).
     idle_since: Instant,
     /// An operation set the session's `statement_timeout`: reset it before reuse.
     pub(crate) session_timeout: bool,
@@ -540,16 +555,24 @@ impl<DB: Backend> Shared<DB> {
 
     /// Applies `max_lifetime`, `idle_timeout` and `test_before_acquire` to an idle
     /// connection; `None` if it was closed instead.
-    async fn revalidate(&self, mut tracked: Tracked<DB>) -> Option<Tracked<DB>> {
+    async fn revalidate(&self, tracked: Tracked<DB>) -> Option<Tracked<DB>> {
         let settings = &self.settings;
-        // One clock read for both limits (none if neither is set).
-        let expired = (settings.max_lifetime.is_some() || settings.idle_timeout.is_some()) && {
+        // One clock read for the three (none if none is set).
+        let (expired, test) = if settings.max_lifetime.is_some()
+            || settings.idle_timeout.is_some()
+            || settings.test_before_acquire
+        {
             let now = Instant::now();
             let outlived = |since: Instant, max: Option<Duration>| {
                 max.is_some_and(|max| now.saturating_duration_since(since) >= max)
             };
-            outlived(tracked.adopted, settings.max_lifetime)
-                || outlived(tracked.idle_since, settings.idle_timeout)
+            let expired = outlived(tracked.adopted, settings.max_lifetime)
+                || outlived(tracked.idle_since, settings.idle_timeout);
+            let test = settings.test_before_acquire
+                && outlived(tracked.idle_since, Some(ALIVE_BYPASS_WINDOW));
+            (expired, test)
+        } else {
+            (false, false)
         };
         if expired {
             // Boxed, as every path that is not the common one (see `checkout`).
@@ -559,12 +582,16 @@ impl<DB: Backend> Shared<DB> {
             .await;
             return None;
         }
-        if self.settings.test_before_acquire && tracked.conn.ping().await.is_err() {
-            Box::pin(async move {
+        if test {
+            return Box::pin(async move {
+                let mut tracked = tracked;
+                if tracked.conn.ping().await.is_ok() {
+                    return Some(tracked);
+                }
                 let _ = tracked.conn.detach().close_hard().await;
+                None
             })
             .await;
-            return None;
         }
         Some(tracked)
     }
@@ -572,7 +599,7 @@ impl<DB: Backend> Shared<DB> {
     /// Puts a verified connection back, waking one waiting checkout; closes it instead if
     /// the pool is closed.
     pub(crate) fn checkin(&self, mut tracked: Tracked<DB>) {
-        if self.settings.idle_timeout.is_some() {
+        if self.settings.idle_timeout.is_some() || self.settings.test_before_acquire {
             tracked.idle_since = Instant::now();
         }
         let mut idle = self.lock_idle();

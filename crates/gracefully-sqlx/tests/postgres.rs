@@ -1036,3 +1036,39 @@ async fn a_commit_the_server_turns_into_a_rollback_is_an_error_not_ok() {
     assert_eq!(rows_in_batch(&pool, &table, 2).await, 1);
     drop_table(&pool, &table).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn a_connection_that_died_while_idle_is_replaced_not_lent() {
+    let _serial = support::serial().await;
+    let app = unique("died_idle");
+    let pool = pool(&app, 1).await; // sqlx's default: test_before_acquire on
+    let mut monitor = monitor().await;
+    let pid = |pool: PgGracefulPool| async move {
+        pool.run(&CancellationToken::never(), |conn| {
+            Box::pin(async move {
+                Ok::<i32, Error>(
+                    sqlx::query_scalar("SELECT pg_backend_pid()")
+                        .fetch_one(&mut *conn)
+                        .await?,
+                )
+            })
+        })
+        .await
+    };
+    let first = pid(pool.clone()).await.expect("first backend");
+    // The server ends the idle connection's backend (a restart, an idle timeout).
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .fetch_one(&mut monitor)
+        .await
+        .unwrap();
+    assert!(ended);
+    // Idle longer than the window in which a just-used connection is lent unpinged.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let second = pid(pool.clone())
+        .await
+        .expect("the dead connection was found by the ping and replaced");
+    assert_ne!(first, second);
+    pool.close().await;
+}
