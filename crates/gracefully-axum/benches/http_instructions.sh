@@ -25,7 +25,7 @@ for tool in valgrind wrk; do
     fi
 done
 cargo build --release -q -p gracefully-axum --example hello
-BIN=target/release/examples/hello
+BIN=${CARGO_TARGET_DIR:-target}/release/examples/hello
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 

@@ -24,7 +24,7 @@ if ! command -v wrk >/dev/null; then
     (apt-get install -y -qq wrk || (apt-get update -qq && apt-get install -y -qq wrk)) >/dev/null
 fi
 cargo build --release -q -p gracefully-axum --example hello
-BIN=target/release/examples/hello
+BIN=${CARGO_TARGET_DIR:-target}/release/examples/hello
 CPUS=$(nproc)
 pin_server=(); pin_load=()
 if [ "$CPUS" -ge 2 ] && command -v taskset >/dev/null; then

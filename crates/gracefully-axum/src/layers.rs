@@ -5,7 +5,52 @@ use std::time::Duration;
 
 use tower::{Layer, Service};
 
-use crate::request::{DisconnectPolicy, with_current};
+use crate::policy::DisconnectPolicy;
+use crate::request::with_current;
+
+/// A layer that applies one per-route setting to the current request's context (on the
+/// server's task, in `call`) and then calls the service it wraps: the same shape for every
+/// route setting, written once. Makes `$service<S>` and the `Layer` impl of `$layer`, whose
+/// `setting` field holds the value.
+macro_rules! route_setting {
+    ($(#[$doc:meta])* $layer:ident => $service:ident: $value:ty, |$ctx:ident, $setting:ident| $apply:expr) => {
+        impl<S> Layer<S> for $layer {
+            type Service = $service<S>;
+            fn layer(&self, inner: S) -> $service<S> {
+                $service {
+                    inner,
+                    setting: self.setting,
+                }
+            }
+        }
+
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $service<S> {
+            inner: S,
+            setting: $value,
+        }
+
+        impl<S, B> Service<http::Request<B>> for $service<S>
+        where
+            S: Service<http::Request<B>>,
+        {
+            type Response = S::Response;
+            type Error = S::Error;
+            type Future = S::Future;
+
+            fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+                self.inner.poll_ready(cx)
+            }
+
+            fn call(&mut self, request: http::Request<B>) -> S::Future {
+                let $setting = self.setting;
+                with_current(|$ctx| $apply);
+                self.inner.call(request)
+            }
+        }
+    };
+}
 
 /// A cooperative timeout for the routes it wraps: the request token fires with
 /// [`DeadlineExceeded`](gracefully::ReasonKind::DeadlineExceeded) once `timeout` has passed,
@@ -37,49 +82,19 @@ use crate::request::{DisconnectPolicy, with_current};
 /// handler and answers 408 — nothing of the handler's cleanup runs.
 #[derive(Debug, Clone, Copy)]
 pub struct TimeoutLayer {
-    timeout: Duration,
+    setting: Duration,
 }
 
 impl TimeoutLayer {
     /// A timeout of `timeout` from the moment the request reaches this layer.
     pub fn new(timeout: Duration) -> Self {
-        TimeoutLayer { timeout }
+        TimeoutLayer { setting: timeout }
     }
 }
 
-impl<S> Layer<S> for TimeoutLayer {
-    type Service = Timeout<S>;
-    fn layer(&self, inner: S) -> Timeout<S> {
-        Timeout {
-            inner,
-            timeout: self.timeout,
-        }
-    }
-}
-
-/// The service made by [`TimeoutLayer`].
-#[derive(Debug, Clone)]
-pub struct Timeout<S> {
-    inner: S,
-    timeout: Duration,
-}
-
-impl<S, B> Service<http::Request<B>> for Timeout<S>
-where
-    S: Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> S::Future {
-        with_current(|ctx| ctx.cancel_after(self.timeout));
-        self.inner.call(request)
-    }
+route_setting! {
+    /// The service made by [`TimeoutLayer`].
+    TimeoutLayer => Timeout: Duration, |ctx, timeout| ctx.cancel_after(timeout)
 }
 
 /// Sets the [`DisconnectPolicy`] of the routes it wraps.
@@ -97,47 +112,17 @@ where
 /// ```
 #[derive(Debug, Clone, Copy)]
 pub struct DisconnectPolicyLayer {
-    policy: DisconnectPolicy,
+    setting: DisconnectPolicy,
 }
 
 impl DisconnectPolicyLayer {
     /// Applies `policy` to the wrapped routes.
     pub fn new(policy: DisconnectPolicy) -> Self {
-        DisconnectPolicyLayer { policy }
+        DisconnectPolicyLayer { setting: policy }
     }
 }
 
-impl<S> Layer<S> for DisconnectPolicyLayer {
-    type Service = WithDisconnectPolicy<S>;
-    fn layer(&self, inner: S) -> WithDisconnectPolicy<S> {
-        WithDisconnectPolicy {
-            inner,
-            policy: self.policy,
-        }
-    }
-}
-
-/// The service made by [`DisconnectPolicyLayer`].
-#[derive(Debug, Clone)]
-pub struct WithDisconnectPolicy<S> {
-    inner: S,
-    policy: DisconnectPolicy,
-}
-
-impl<S, B> Service<http::Request<B>> for WithDisconnectPolicy<S>
-where
-    S: Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> S::Future {
-        with_current(|ctx| ctx.set_policy(self.policy));
-        self.inner.call(request)
-    }
+route_setting! {
+    /// The service made by [`DisconnectPolicyLayer`].
+    DisconnectPolicyLayer => WithDisconnectPolicy: DisconnectPolicy, |ctx, policy| ctx.set_policy(policy)
 }

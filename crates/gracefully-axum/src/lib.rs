@@ -45,18 +45,26 @@
 //! ## Shutdown
 //!
 //! The server is a participant in the shutdown contract of `gracefully-host`
-//! (DESIGN.md §4), given as a [`Shutdown`] pair of tokens:
+//! (the repository's `docs/architecture.md`, "The shutdown contract"), given as a
+//! [`Shutdown`] pair of tokens:
 //!
 //! ```text
-//!  stopping fires ─► stop accepting (new connections refused)
-//!                    close idle keep-alive connections
-//!                    busy HTTP/1.1 connections: the current answer carries Connection: close
-//!                    HTTP/2: GOAWAY; streams in flight finish
+//!  stopping fires ─► stop accepting: connections already in the kernel's backlog are
+//!                      accepted and served, new ones are refused
+//!                    HTTP/1.1: every connection answers its next request with
+//!                      Connection: close; one that stays idle for the idle grace (1 s)
+//!                      is closed — not at once, since a request may be on its way
+//!                    HTTP/2: GOAWAY (RFC 9113 §6.8); streams the client opened are served
 //!                    SSE streams end, WebSockets get close code 1001   (see Drain)
 //!                    requests in flight run on, their tokens untouched
-//!  hard stop fires ─► every request token fires with Shutdown; handlers wind down
+//!  hard stop fires ─► every request token fires with Shutdown; handlers wind down;
+//!                    idle connections close; WebSockets stuck in send are cut
 //!  (host aborts)  ─► whatever still runs is dropped with the server's future
 //! ```
+//!
+//! No request that reached an accepted connection goes unanswered: `axum::serve`, hyper
+//! and Go's `Server.Shutdown` close a keep-alive connection that looks idle at drain start,
+//! and lose the request a client was sending on it at that instant.
 //!
 //! [`HttpServer::run`] returns a [`ServerReport`] with the counts of each step. Health
 //! routes ([`health_routes`]) answer readiness 503 from the instant shutdown is triggered,
@@ -65,9 +73,16 @@
 //! ## Robustness
 //!
 //! Malformed requests are answered 400 by hyper and closed; oversized heads are rejected;
-//! a client must send its headers within [`HttpServer::header_read_timeout`] (slowloris);
-//! a panicking handler answers 500 and the server keeps serving. None of it affects other
-//! connections or holds up a shutdown.
+//! a client must send its headers within [`HttpServer::header_read_timeout`] (slowloris),
+//! and a new connection its first request; a panicking handler answers 500 and the server
+//! keeps serving; an HTTP/2 client that opens and resets streams in a loop (rapid reset,
+//! CVE-2023-44487) cannot run more handlers on a connection than its stream limit — handlers
+//! that outlive their reset stream count — and gets its streams refused, then GOAWAY. None
+//! of it affects other connections or holds up a shutdown.
+//!
+//! A client that closes (or half-closes) its side while its handler runs has left, as Go
+//! and nginx count it: the token fires with `Disconnected`, and no answer is sent — 499
+//! appears in logs and counts, never on the wire.
 //!
 //! *Anchors:* ASP.NET Core's `HttpContext.RequestAborted`, request-timeout middleware and
 //! Kestrel's drain; Go's `http.Server.Shutdown` and `r.Context()`; `axum::serve` with
@@ -75,20 +90,41 @@
 //! (#2673), does not track WebSockets (#3003) and never tells handlers.
 
 #![warn(missing_docs)]
+// Unsafe policy: denied in the whole crate except `socket`, which must borrow the socket
+// hyper owns by its descriptor number to peek at it (the reason is written there). `deny`
+// rather than `forbid`, because `forbid` would not let that one module opt out.
+#![deny(unsafe_code)]
 
-mod conn;
+// From the top down: the server accepts; each connection runs hyper over a counting
+// stream; `dispatch` gives each request its context and account and runs its handler in an
+// `InRequest`. Nothing below imports from above.
+mod accounting;
+mod app;
+mod config;
+mod conn_state;
+mod connection;
+mod counting_io;
+mod dispatch;
+mod header_guard;
 mod health;
 mod layers;
+mod policy;
 mod request;
+mod request_future;
 mod response;
 mod server;
+#[allow(unsafe_code)]
+mod socket;
+mod state;
 mod stats;
 mod streams;
-mod watch;
 
+pub use app::HttpApp;
+pub use config::ConfigError;
 pub use health::health_routes;
 pub use layers::{DisconnectPolicyLayer, Timeout, TimeoutLayer, WithDisconnectPolicy};
-pub use request::{DisconnectPolicy, RequestToken, request_token};
+pub use policy::DisconnectPolicy;
+pub use request::{RequestToken, request_token};
 pub use response::{CLIENT_CLOSED_REQUEST, HttpCancelled, cancelled_response};
 pub use server::{HttpServer, Shutdown};
 pub use stats::{DrainReport, ServerReport};

@@ -1,10 +1,9 @@
 //! Per-request cancellation: the token, how handlers reach it, and what a departed client
 //! does to it.
 
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 use std::time::Instant;
@@ -13,60 +12,21 @@ use axum::extract::FromRequestParts;
 use gracefully::{CancellationSource, CancellationToken};
 use http::request::Parts;
 
-/// What happens to a request when its client disconnects while the handler runs.
-///
-/// Set per route with [`DisconnectPolicyLayer`](crate::DisconnectPolicyLayer) (or for the
-/// whole server with [`HttpServer::disconnect_policy`](crate::HttpServer::disconnect_policy)).
-///
-/// *Anchors:* ASP.NET Core always behaves like [`Cooperative`](Self::Cooperative)
-/// (`HttpContext.RequestAborted` fires, the action runs on); Go's `net/http` too (the
-/// request context is cancelled). axum on hyper behaves like [`Drop`](Self::Drop) on
-/// HTTP/2 and, on HTTP/1, drops the handler once hyper notices the closed socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum DisconnectPolicy {
-    /// The request token fires with [`Disconnected`](gracefully::ReasonKind::Disconnected);
-    /// the handler keeps running to its end, so its cleanup runs, and it stays tracked for
-    /// shutdown. The default.
-    #[default]
-    Cooperative,
-    /// The handler's future is dropped at once (axum's usual behaviour). Cleanup that needs
-    /// to `.await` does not run.
-    Drop,
-    /// Nothing happens: the token does not fire, and the handler runs to completion. For
-    /// work that must finish even if nobody reads the answer (a payment, a write the client
-    /// will retry idempotently).
-    Detached,
-}
-
-impl DisconnectPolicy {
-    fn to_u8(self) -> u8 {
-        match self {
-            DisconnectPolicy::Cooperative => 0,
-            DisconnectPolicy::Drop => 1,
-            DisconnectPolicy::Detached => 2,
-        }
-    }
-
-    fn from_u8(v: u8) -> Self {
-        match v {
-            1 => DisconnectPolicy::Drop,
-            2 => DisconnectPolicy::Detached,
-            _ => DisconnectPolicy::Cooperative,
-        }
-    }
-}
+use crate::policy::DisconnectPolicy;
+use crate::state::ServerState;
 
 /// The server's per-request state. Layers change it (policy, deadline); extractors read it;
-/// the server reads it when the client leaves.
+/// the server reads it when the client leaves. Code names a value of it `ctx` throughout
+/// (`cx` is always a task's `Context`).
 ///
-/// Reached through a thread-local pointer that is set only while the server polls the
+/// Reached through a scoped thread-local that is set only while the server polls the
 /// request's future (the handler, its extractors, and every layer's `call` run then), rather
 /// than through the request's extensions: inserting one more extension forced axum's map
-/// into a rehash on every request, and the context needed an `Arc`. The pointer is valid
-/// while set: the context lives in the pinned request future (HTTP/1) or behind an `Arc`
-/// the polling task holds (HTTP/2).
-pub(crate) struct RequestInner {
-    /// The request's cancellation, made on first need ([`RequestInner::source`]): when the
+/// into a rehash on every request, and the context would have needed an `Arc`. The context
+/// lives in the pinned request future (HTTP/1) or behind an `Arc` the polling task holds
+/// (HTTP/2).
+pub(crate) struct RequestContext {
+    /// The request's cancellation, made on first need ([`RequestContext::source`]): when the
     /// handler asks for the token, or first returns `Pending`. A request answered within its
     /// first poll never needs one, and then costs no tree node and no timer.
     source: OnceLock<CancellationSource>,
@@ -74,8 +34,11 @@ pub(crate) struct RequestInner {
     /// layer that set it was made. Applied (minus the time since) when `source` is made.
     pending_timeout: Mutex<Option<PendingTimeout>>,
     policy: AtomicU8,
+    /// Set when an HTTP/2 handler is aborted because its stream was reset on a `Drop` route
+    /// (counted as dropped on disconnect, not as lost).
+    dropped_on_disconnect: AtomicBool,
     /// The server, for long-lived responses that must end at drain.
-    pub(crate) server: Arc<crate::server::Shared>,
+    pub(crate) server: Arc<ServerState>,
 }
 
 #[derive(Clone, Copy)]
@@ -84,12 +47,13 @@ struct PendingTimeout {
     set_at: Instant,
 }
 
-impl RequestInner {
-    pub(crate) fn new(policy: DisconnectPolicy, server: Arc<crate::server::Shared>) -> Self {
-        RequestInner {
+impl RequestContext {
+    pub(crate) fn new(policy: DisconnectPolicy, server: Arc<ServerState>) -> Self {
+        RequestContext {
             source: OnceLock::new(),
             pending_timeout: Mutex::new(None),
             policy: AtomicU8::new(policy.to_u8()),
+            dropped_on_disconnect: AtomicBool::new(false),
             server,
         }
     }
@@ -124,6 +88,14 @@ impl RequestInner {
         self.policy.store(policy.to_u8(), Ordering::Relaxed);
     }
 
+    pub(crate) fn mark_dropped_on_disconnect(&self) {
+        self.dropped_on_disconnect.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn dropped_on_disconnect(&self) -> bool {
+        self.dropped_on_disconnect.load(Ordering::Acquire)
+    }
+
     pub(crate) fn token(&self) -> CancellationToken {
         self.source().token()
     }
@@ -155,38 +127,20 @@ impl RequestInner {
     }
 }
 
-std::thread_local! {
-    /// The request whose future this thread is polling, if any.
-    static CURRENT: Cell<*const RequestInner> = const { Cell::new(std::ptr::null()) };
+scoped_tls::scoped_thread_local! {
+    /// The request whose future this thread is polling, if any. (A request future polled
+    /// from within another's poll sees its own; the outer one is restored after.)
+    static CURRENT: RequestContext
 }
 
-/// Marks `inner` as the current request until dropped (restoring the previous one, so a
-/// request future polled from within another's poll is handled).
-pub(crate) struct Entered {
-    previous: *const RequestInner,
-}
-
-/// Makes `inner` the current request while the returned guard lives.
-pub(crate) fn enter(inner: &RequestInner) -> Entered {
-    Entered {
-        previous: CURRENT.with(|c| c.replace(inner)),
-    }
-}
-
-impl Drop for Entered {
-    fn drop(&mut self) {
-        CURRENT.with(|c| c.set(self.previous));
-    }
+/// Polls with `ctx` as the current request: what `with_current` finds meanwhile.
+pub(crate) fn in_request<R>(ctx: &RequestContext, poll: impl FnOnce() -> R) -> R {
+    CURRENT.set(ctx, poll)
 }
 
 /// Calls `f` with the current request, if the server is polling one on this thread.
-pub(crate) fn with_current<R>(f: impl FnOnce(&RequestInner) -> R) -> Option<R> {
-    let current = CURRENT.with(|c| c.get());
-    // SAFETY: the pointer is set only by `enter`, whose guard lives on the stack of the
-    // poll of the future (or task) that owns the pointee, and restores the previous value
-    // before that poll returns; so a non-null value here points to a live `RequestInner`
-    // owned by a future this thread is polling right now.
-    unsafe { current.as_ref() }.map(f)
+pub(crate) fn with_current<R>(f: impl FnOnce(&RequestContext) -> R) -> Option<R> {
+    CURRENT.is_set().then(|| CURRENT.with(f))
 }
 
 /// The request's [`CancellationToken`], as an axum extractor.
@@ -255,7 +209,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestToken {
 }
 
 fn current_token() -> CancellationToken {
-    with_current(RequestInner::token).unwrap_or_default()
+    with_current(RequestContext::token).unwrap_or_default()
 }
 
 /// The token of the request being served, for tower middleware (see [`RequestToken`]).

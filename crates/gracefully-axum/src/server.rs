@@ -1,6 +1,5 @@
 //! The HTTP server: accepting, serving, and the server's part of the shutdown contract.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,24 +7,23 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
-use axum::response::Response;
 use gracefully::CancellationToken;
-use http::Request;
-use hyper_util::rt::TokioExecutor;
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-use tower::Service;
 
-use crate::request::DisconnectPolicy;
+use crate::app::HttpApp;
+use crate::config::{Config, ConfigError, check_duration, check_header_bytes};
+use crate::policy::DisconnectPolicy;
+use crate::state::ServerState;
 use crate::stats::{DrainReport, ServerReport, Stats};
 
 /// The signals the server obeys, from the host (see `gracefully-host`) or made by hand.
 ///
-/// * `stopping` — drain begins: stop accepting, close idle keep-alive connections, answer
-///   the next request on busy ones with `Connection: close` (HTTP/2: GOAWAY), end SSE
-///   streams and close WebSockets with 1001, let requests in flight finish.
+/// * `stopping` — drain begins: stop accepting (connections already waiting in the
+///   kernel's backlog are still accepted), answer the next request on every keep-alive
+///   connection with `Connection: close` (HTTP/2: GOAWAY), close connections that stay
+///   idle for the idle grace, end SSE streams and close WebSockets with 1001, let requests
+///   in flight finish.
 /// * `hard_stop` — cancel begins: every request token (a child of it) fires with
 ///   [`Shutdown`](gracefully::ReasonKind::Shutdown).
 ///
@@ -37,43 +35,6 @@ pub struct Shutdown {
     pub stopping: CancellationToken,
     /// Fires when in-flight work must be cancelled.
     pub hard_stop: CancellationToken,
-}
-
-/// Configuration, validated when the server is built.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) header_read_timeout: Duration,
-    pub(crate) request_timeout: Option<Duration>,
-    pub(crate) disconnect_policy: DisconnectPolicy,
-    pub(crate) max_header_bytes: usize,
-    pub(crate) token_in_extensions: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            header_read_timeout: Duration::from_secs(10),
-            request_timeout: None,
-            disconnect_policy: DisconnectPolicy::Cooperative,
-            max_header_bytes: 64 * 1024,
-            token_in_extensions: false,
-        }
-    }
-}
-
-/// What every connection and request of one server shares.
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) builder: auto::Builder<TokioExecutor>,
-    pub(crate) stopping: CancellationToken,
-    pub(crate) hard_stop: CancellationToken,
-    pub(crate) stats: Stats,
-    /// Fires when `run`'s future is dropped (the abort phase): ends long-lived streams that
-    /// run in tasks of their own (WebSockets).
-    pub(crate) aborted: CancellationToken,
-    /// Fires when readiness ends: the host's `stop_requested` (before the pre-stop delay),
-    /// or `stopping` for a server run by hand.
-    pub(crate) not_ready: CancellationToken,
 }
 
 /// An HTTP/1.1 + HTTP/2 server for an axum `Router` (or any tower service), with request
@@ -108,24 +69,32 @@ pub struct HttpServer<S = Router> {
     listener: Option<TcpListener>,
     app: S,
     config: Config,
+    /// The first setting a setter found out of range (reported when the server starts).
+    invalid: Option<ConfigError>,
 }
 
-impl<S> HttpServer<S>
-where
-    S: Service<Request<Body>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: HttpApp> HttpServer<S> {
     /// A server for `app` on `listener`.
     pub fn new(listener: TcpListener, app: S) -> Self {
         HttpServer {
             listener: Some(listener),
             app,
             config: Config::default(),
+            invalid: None,
         }
+    }
+
+    /// The first setting given out of its valid range, if any (see [`ConfigError`]).
+    pub fn config_error(&self) -> Option<&ConfigError> {
+        self.invalid.as_ref()
+    }
+
+    /// Keeps the first problem a setter found.
+    fn checked(mut self, check: Result<(), ConfigError>) -> Self {
+        if let Err(error) = check {
+            self.invalid.get_or_insert(error);
+        }
+        self
     }
 
     /// The address the server listens on.
@@ -139,19 +108,47 @@ where
         }
     }
 
-    /// How long a client may take to send a request's headers (default 10 s). Slow
-    /// clients (slowloris) are disconnected after it, without holding up others or the
-    /// shutdown.
+    /// How long a client may take to send a request's headers (default 10 s), counted from
+    /// the first byte of the head — or, on a new connection, from the accept, so a
+    /// connection that sends nothing is closed too. Slow clients (slowloris) are
+    /// disconnected after it, without holding up others or the shutdown. An HTTP/2
+    /// connection is timed until its preface has arrived; idle after that, it stays open
+    /// (pooled gRPC and HTTP/2 clients keep connections idle by design).
+    ///
+    /// Valid: more than 0, at most a day (see [`ConfigError`]).
     pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
         self.config.header_read_timeout = timeout;
-        self
+        self.checked(check_duration(
+            "header_read_timeout",
+            timeout,
+            false,
+            "10 s",
+        ))
+    }
+
+    /// How long a keep-alive connection that is idle during the drain stays open
+    /// (default 1 s; the hard stop ends it sooner).
+    ///
+    /// A connection idle on the server's side when the drain begins may have a request on
+    /// its way at that instant; closing it at once (as `axum::serve`, hyper and Go's
+    /// `Server.Shutdown` do) loses that request. So the connection keeps reading: a request
+    /// that arrives is answered with `Connection: close`, and a connection that stays idle
+    /// for this grace — no byte arrived and none is waiting in the socket — is closed. Make
+    /// it longer than a request's trip from your clients (or load balancer) to the server.
+    /// HTTP/2 needs no grace: it gets GOAWAY, which tells the client which streams will
+    /// be served.
+    ///
+    /// Valid: 0 (close idle connections at once, as `axum::serve` does) to a day.
+    pub fn idle_grace(mut self, grace: Duration) -> Self {
+        self.config.idle_grace = grace;
+        self.checked(check_duration("idle_grace", grace, true, "1 s"))
     }
 
     /// A cooperative timeout for every request (default: none); routes can shorten it with
-    /// [`TimeoutLayer`](crate::TimeoutLayer).
+    /// [`TimeoutLayer`](crate::TimeoutLayer). Valid: more than 0, at most a day.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.config.request_timeout = Some(timeout);
-        self
+        self.checked(check_duration("request_timeout", timeout, false, "none"))
     }
 
     /// The disconnect policy of routes that do not set one (default
@@ -200,22 +197,31 @@ where
     }
 
     /// The largest request head accepted (default 64 KiB); larger ones are answered
-    /// `431`/closed by hyper.
+    /// `431`/closed by hyper. Valid: 1 KiB to 4 GiB − 1 (HTTP/2's limit).
     pub fn max_header_bytes(mut self, bytes: usize) -> Self {
         self.config.max_header_bytes = bytes;
-        self
+        self.checked(check_header_bytes(bytes))
     }
 
     /// Serves until `shutdown.stopping` fires, then drains: stops accepting (new
-    /// connections are refused), closes idle connections, lets requests in flight finish
-    /// (their tokens fire when `shutdown.hard_stop` does), and returns once every
-    /// connection has closed.
+    /// connections are refused; those already waiting in the backlog are served), answers
+    /// each connection's next request with `Connection: close` (HTTP/2: GOAWAY), closes
+    /// connections that stay idle for the [idle grace](Self::idle_grace), lets requests in
+    /// flight finish (their tokens fire when `shutdown.hard_stop` does), and returns once
+    /// every connection has closed.
+    ///
+    /// A setting out of range ([`config_error`](Self::config_error)) is logged as an error
+    /// and nothing is served: the listener is closed and an empty report returned.
     ///
     /// # Cancel safety
     ///
     /// Dropping the future aborts every connection and handler at once: that is the
     /// abort phase of a shutdown.
     pub async fn run(mut self, shutdown: Shutdown) -> ServerReport {
+        if let Some(error) = &self.invalid {
+            tracing::error!(%error, "HTTP server not started");
+            return ServerReport::default();
+        }
         match self.listener.take() {
             Some(listener) => serve(listener, self.app, self.config, shutdown, None).await,
             None => ServerReport::default(),
@@ -246,39 +252,35 @@ where
 /// ```
 ///
 /// A server serves once: if the service is restarted (a [`RestartPolicy`]), the second
-/// run fails with an error saying so.
+/// run fails with an error saying so. A setting out of range fails the service with its
+/// [`ConfigError`] before anything is served.
 ///
 /// [`RestartPolicy`]: gracefully_host::RestartPolicy
-impl<S> gracefully_host::BackgroundService for HttpServer<S>
-where
-    S: Service<Request<Body>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl<S: HttpApp> gracefully_host::BackgroundService for HttpServer<S> {
     async fn execute(
         &mut self,
         stopping: CancellationToken,
-        cx: &gracefully_host::ServiceContext,
+        service: &gracefully_host::ServiceContext,
     ) -> Result<(), gracefully_host::BoxError> {
+        if let Some(error) = &self.invalid {
+            return Err(error.clone().into());
+        }
         let listener = self.listener.take().ok_or(
             "the HTTP server's listener was used by an earlier run; an HttpServer serves once",
         )?;
         if let Ok(addr) = listener.local_addr() {
-            cx.detail("listening on", addr);
+            service.detail("listening on", addr);
         }
         let shutdown = Shutdown {
             stopping,
-            hard_stop: cx.hard_stop(),
+            hard_stop: service.hard_stop(),
         };
         serve(
             listener,
             self.app.clone(),
             self.config.clone(),
             shutdown,
-            Some(cx.clone()),
+            Some(service.clone()),
         )
         .await;
         Ok(())
@@ -288,30 +290,36 @@ where
 /// Writes the server's counts into its host report row when `serve` ends — normally or by
 /// being dropped in the abort phase.
 struct RecordOnExit {
-    shared: Arc<Shared>,
-    cx: Option<gracefully_host::ServiceContext>,
+    state: Arc<ServerState>,
+    service: Option<gracefully_host::ServiceContext>,
     drain_started: Option<Instant>,
 }
 
 impl Drop for RecordOnExit {
     fn drop(&mut self) {
-        let Some(cx) = &self.cx else { return };
-        let report = report_of(&self.shared.stats);
-        let stats = &self.shared.stats;
+        let Some(service) = &self.service else { return };
+        let report = report_of(&self.state.stats);
+        let stats = &self.state.stats;
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        cx.detail("requests", report.requests);
+        service.detail("requests", report.requests);
         if self.drain_started.is_some() {
-            cx.detail("connections open at drain", load(&stats.open_at_drain));
-            cx.detail("idle connections closed", load(&stats.idle_at_drain));
-            cx.detail(
+            service.detail("connections open at drain", load(&stats.open_at_drain));
+            service.detail("accepted from the backlog", load(&stats.backlog_accepted));
+            service.detail(
                 "requests in flight at drain",
                 load(&stats.in_flight_at_drain),
             );
+            service.detail(
+                "answered with Connection: close",
+                load(&stats.answered_with_close),
+            );
+            service.detail("HTTP/2 GOAWAY sent", load(&stats.goaway_sent));
+            service.detail("idle connections closed", load(&stats.idle_closed));
         }
-        cx.detail("requests completed", report.completed);
+        service.detail("requests completed", report.completed);
         let optional = |key: &'static str, n: u64| {
             if n > 0 {
-                cx.detail(key, n);
+                service.detail(key, n);
             }
         };
         optional("SSE streams ended", load(&stats.sse_streams_ended));
@@ -328,10 +336,11 @@ impl Drop for RecordOnExit {
         optional("clients left (499)", report.client_left);
         optional("dropped on disconnect", report.dropped_on_disconnect);
         optional("panicked (500)", report.panicked);
-        let still_open = self.shared.stats.busy() as u64;
+        optional("HTTP/2 streams refused", report.streams_refused);
+        let still_open = self.state.stats.busy() as u64;
         optional("lost (aborted)", report.lost + still_open);
         if let Some(started) = self.drain_started {
-            cx.detail(
+            service.detail(
                 "drain took",
                 format!("{} ms", started.elapsed().as_millis()),
             );
@@ -339,41 +348,33 @@ impl Drop for RecordOnExit {
     }
 }
 
-async fn serve<S>(
+async fn serve<S: HttpApp>(
     listener: TcpListener,
     app: S,
     config: Config,
     shutdown: Shutdown,
-    cx: Option<gracefully_host::ServiceContext>,
-) -> ServerReport
-where
-    S: Service<Request<Body>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+    service: Option<gracefully_host::ServiceContext>,
+) -> ServerReport {
     let abort = gracefully::CancellationSource::new();
     let aborted = abort.token();
     // Cancels `aborted` if this future is dropped before it finishes.
     let _abort_on_drop = abort.drop_guard();
-    let builder = crate::conn::builder(config.max_header_bytes);
-    let shared = Arc::new(Shared {
+    let builder = crate::dispatch::builder(config.max_header_bytes);
+    let state = Arc::new(ServerState {
         config,
         builder,
         stopping: shutdown.stopping.clone(),
         hard_stop: shutdown.hard_stop.clone(),
         stats: Stats::default(),
         aborted,
-        not_ready: cx
+        not_ready: service
             .as_ref()
-            .map(|cx| cx.lifetime().stop_requested())
+            .map(|service| service.lifetime().stop_requested())
             .unwrap_or_else(|| shutdown.stopping.clone()),
     });
     let mut record = RecordOnExit {
-        shared: shared.clone(),
-        cx,
+        state: state.clone(),
+        service,
         drain_started: None,
     };
     let mut connections = JoinSet::new();
@@ -386,8 +387,8 @@ where
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
-                    crate::stats::inc(&shared.stats.connections_accepted);
-                    connections.spawn(crate::conn::serve(stream, shared.clone(), app.clone()));
+                    crate::stats::inc(&state.stats.connections_accepted);
+                    connections.spawn(crate::connection::serve(stream, state.clone(), app.clone()));
                 }
                 Err(error) => accept_error(error).await,
             },
@@ -395,26 +396,31 @@ where
         }
     }
 
-    // Drain. Dropping the listener refuses new connections at once; each connection
-    // sees `stopping` itself (and counts itself in the drain report).
-    drop(listener);
+    // Drain. Connections the kernel completed before now are served; closing the listener
+    // refuses new ones. Each connection sees `stopping` itself (and counts itself in the
+    // drain report).
+    for stream in accept_backlog(listener) {
+        crate::stats::inc(&state.stats.connections_accepted);
+        crate::stats::inc(&state.stats.backlog_accepted);
+        connections.spawn(crate::connection::serve(stream, state.clone(), app.clone()));
+    }
     let started = Instant::now();
     record.drain_started = Some(started);
     tracing::info!(
-        connections = shared.stats.connections_open.load(Ordering::Relaxed),
+        connections = state.stats.connections_open.load(Ordering::Relaxed),
         "HTTP server draining: stopped accepting"
     );
     let hard_stop = shutdown.hard_stop.clone();
     let mut hard_stop_seen = false;
     // See `Stats::wake_drain`.
-    shared.stats.draining.store(true, Ordering::SeqCst);
+    state.stats.draining.store(true, Ordering::SeqCst);
     loop {
-        let quiet = shared.stats.quiet.notified();
+        let quiet = state.stats.quiet.notified();
         let mut quiet = std::pin::pin!(quiet);
         quiet.as_mut().enable();
         // Reap finished connections.
         while connections.try_join_next().is_some() {}
-        if connections.is_empty() && shared.stats.busy() == 0 {
+        if connections.is_empty() && state.stats.busy() == 0 {
             break;
         }
         tokio::select! {
@@ -423,17 +429,20 @@ where
             _ = hard_stop.cancelled(), if !hard_stop_seen => {
                 hard_stop_seen = true;
                 tracing::info!(
-                    requests = shared.stats.busy(),
+                    requests = state.stats.busy(),
                     "HTTP server: hard stop, request tokens cancelled"
                 );
             }
         }
     }
-    let stats = &shared.stats;
+    let stats = &state.stats;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let drain = DrainReport {
         connections_open: load(&stats.open_at_drain),
-        idle_closed: load(&stats.idle_at_drain),
+        idle_closed: load(&stats.idle_closed),
+        answered_with_close: load(&stats.answered_with_close),
+        backlog_accepted: load(&stats.backlog_accepted),
+        goaway_sent: load(&stats.goaway_sent),
         requests_in_flight: load(&stats.in_flight_at_drain),
         websockets_closed: load(&stats.websockets_closed_going_away),
         sse_ended: load(&stats.sse_streams_ended),
@@ -441,7 +450,7 @@ where
         cancelled_at_hard_stop: load(&stats.cancelled_at_hard_stop),
         took: started.elapsed(),
     };
-    let mut report = report_of(&shared.stats);
+    let mut report = report_of(&state.stats);
     report.drain = Some(drain);
     tracing::info!(%report, "HTTP server stopped");
     report
@@ -460,8 +469,43 @@ fn report_of(stats: &Stats) -> ServerReport {
         dropped_on_disconnect: load(&stats.dropped_on_disconnect),
         lost: load(&stats.lost),
         panicked: load(&stats.panicked),
+        streams_refused: load(&stats.streams_refused),
         drain: None,
     }
+}
+
+/// Accepts every connection waiting in the kernel's backlog, then closes the listener.
+///
+/// A client whose handshake the kernel completed has connected as far as it can tell, and
+/// may have written its request already: dropping the listener would reset it. Accepting
+/// goes on (without waiting) until the backlog is empty; the listener is closed right after,
+/// so a connection can slip in only between those two system calls.
+fn accept_backlog(listener: TcpListener) -> Vec<tokio::net::TcpStream> {
+    let mut accepted = Vec::new();
+    // Out of the runtime's hands: a plain non-blocking accept sees the backlog as it is now,
+    // whether or not the runtime has been told it is readable.
+    let Ok(listener) = listener.into_std() else {
+        return accepted;
+    };
+    loop {
+        match listener.accept() {
+            Ok((stream, _peer)) => {
+                let ready = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpStream::from_std(stream));
+                if let Ok(stream) = ready {
+                    let _ = stream.set_nodelay(true);
+                    accepted.push(stream);
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) if error.kind() == io::ErrorKind::ConnectionAborted => {}
+            // `WouldBlock`: the backlog is empty. Anything else (out of descriptors): stop.
+            Err(_) => break,
+        }
+    }
+    drop(listener);
+    accepted
 }
 
 /// Accept errors are usually transient (the process ran out of file descriptors, a

@@ -27,8 +27,18 @@ pub(crate) struct Stats {
     pub(crate) sse_streams_ended: AtomicU64,
     /// Connections open when the drain began (each counts itself when it sees `stopping`).
     pub(crate) open_at_drain: AtomicU64,
-    /// Of those, idle ones (closed at once).
-    pub(crate) idle_at_drain: AtomicU64,
+    /// Connections closed during the drain because they stayed idle for the idle grace
+    /// (or were idle when the hard stop came).
+    pub(crate) idle_closed: AtomicU64,
+    /// HTTP/1 answers given with `Connection: close` during the drain.
+    pub(crate) answered_with_close: AtomicU64,
+    /// Connections accepted from the kernel's backlog after accepting stopped.
+    pub(crate) backlog_accepted: AtomicU64,
+    /// HTTP/2 connections sent GOAWAY (drain, or a reset flood).
+    pub(crate) goaway_sent: AtomicU64,
+    /// HTTP/2 streams refused (`REFUSED_STREAM`) because the connection already ran as many
+    /// handlers as its stream limit (handlers outliving reset streams count).
+    pub(crate) streams_refused: AtomicU64,
     /// Requests in flight on those connections when they saw `stopping`.
     pub(crate) in_flight_at_drain: AtomicU64,
     /// Requests whose tokens the hard stop cancelled (their reason is the hard stop's).
@@ -98,6 +108,10 @@ pub struct ServerReport {
     pub lost: u64,
     /// Handlers that panicked (answered 500).
     pub panicked: u64,
+    /// HTTP/2 streams refused with `REFUSED_STREAM` because the connection already ran as
+    /// many handlers as its stream limit allows — handlers that outlive their reset stream
+    /// count (the HTTP/2 rapid-reset bound, CVE-2023-44487). Nothing of them ran.
+    pub streams_refused: u64,
     /// The drain, if shutdown began.
     pub drain: Option<DrainReport>,
 }
@@ -108,8 +122,20 @@ pub struct ServerReport {
 pub struct DrainReport {
     /// Connections open when the server stopped accepting.
     pub connections_open: u64,
-    /// Of those, idle keep-alive connections, closed at once.
+    /// Keep-alive connections closed because they stayed idle for the idle grace
+    /// ([`HttpServer::idle_grace`](crate::HttpServer::idle_grace)), or were idle when the
+    /// hard stop came. (A connection idle at drain start is not closed at once: a request
+    /// may be on its way.)
     pub idle_closed: u64,
+    /// HTTP/1 answers given with `Connection: close` during the drain (each closed its
+    /// connection once written).
+    pub answered_with_close: u64,
+    /// Connections that were waiting in the kernel's accept backlog when accepting
+    /// stopped: accepted and served rather than reset.
+    pub backlog_accepted: u64,
+    /// HTTP/2 connections sent GOAWAY (RFC 9113 §6.8: streams the client opened before it
+    /// saw it are served).
+    pub goaway_sent: u64,
     /// Requests in flight when the drain began (they were let finish).
     pub requests_in_flight: u64,
     /// WebSockets closed with code 1001 (going away).
@@ -128,7 +154,7 @@ impl fmt::Display for ServerReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} connections, {} requests: {} completed, {} timed out (504), {} cancelled by shutdown (503), {} other cancellations, {} clients left (499), {} dropped on disconnect, {} lost, {} panicked",
+            "{} connections, {} requests: {} completed, {} timed out (504), {} cancelled by shutdown (503), {} other cancellations, {} clients left (499), {} dropped on disconnect, {} lost, {} panicked, {} HTTP/2 streams refused",
             self.connections_accepted,
             self.requests,
             self.completed,
@@ -139,6 +165,7 @@ impl fmt::Display for ServerReport {
             self.dropped_on_disconnect,
             self.lost,
             self.panicked,
+            self.streams_refused,
         )?;
         if let Some(drain) = &self.drain {
             write!(f, "; drain: {drain}")?;
@@ -151,8 +178,13 @@ impl fmt::Display for DrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "stopped accepting with {} connections open; closed {} idle at once; let {} requests in flight finish",
-            self.connections_open, self.idle_closed, self.requests_in_flight
+            "stopped accepting with {} connections open and accepted {} more from the backlog; let {} requests in flight finish; answered {} with Connection: close; sent {} GOAWAY; closed {} idle after the grace",
+            self.connections_open,
+            self.backlog_accepted,
+            self.requests_in_flight,
+            self.answered_with_close,
+            self.goaway_sent,
+            self.idle_closed
         )?;
         if self.websockets_closed > 0 || self.sse_ended > 0 {
             write!(

@@ -18,7 +18,7 @@ use gracefully::CancellationToken;
 use http::request::Parts;
 
 use crate::request::with_current;
-use crate::server::Shared;
+use crate::state::ServerState;
 use crate::stats::inc;
 
 /// The server's drain, as an axum extractor: for responses that outlive an ordinary
@@ -44,7 +44,7 @@ use crate::stats::inc;
 /// Outside [`HttpServer`](crate::HttpServer) the drain never begins.
 #[derive(Clone)]
 pub struct Drain {
-    server: Option<Arc<Shared>>,
+    server: Option<Arc<ServerState>>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Drain {
@@ -91,8 +91,10 @@ impl Drain {
 
     /// Accepts a WebSocket and runs `handler` with a [`GracefulWebSocket`]: once the drain
     /// begins, its `recv` and `send` close the socket with code 1001 (going away) and report
-    /// the end, so the handler returns. The session is tracked by the server's drain, and
-    /// ended by force if the server is aborted.
+    /// the end, so the handler returns. At the hard stop — the cut every request gets —
+    /// `recv` and `send` give up even if they are stuck (a client that stopped reading), so
+    /// the session ends without waiting for the host to abort the server. The session is
+    /// tracked by the server's drain, and ended by force if the server is aborted.
     pub fn websocket<F, Fut>(&self, upgrade: WebSocketUpgrade, handler: F) -> Response
     where
         F: FnOnce(GracefulWebSocket) -> Fut + Send + 'static,
@@ -100,6 +102,10 @@ impl Drain {
     {
         let server = self.server.clone();
         let stopping = self.stopping();
+        let hard_stop = server
+            .as_ref()
+            .map(|s| s.hard_stop.clone())
+            .unwrap_or_default();
         let aborted = server
             .as_ref()
             .map(|s| s.aborted.clone())
@@ -113,6 +119,7 @@ impl Drain {
                 let session = GracefulWebSocket {
                     socket,
                     stopping,
+                    hard_stop,
                     server,
                     closed: false,
                 };
@@ -125,10 +132,10 @@ impl Drain {
 }
 
 /// Counts a long-lived stream while it is open, so the drain waits for it.
-struct LongLived(Option<Arc<Shared>>);
+struct LongLived(Option<Arc<ServerState>>);
 
 impl LongLived {
-    fn new(server: Option<Arc<Shared>>) -> Self {
+    fn new(server: Option<Arc<ServerState>>) -> Self {
         if let Some(server) = &server {
             server.stats.long_lived_open.fetch_add(1, Ordering::AcqRel);
         }
@@ -184,7 +191,9 @@ impl<S: Stream> Stream for DrainingStream<S> {
 pub struct GracefulWebSocket {
     socket: WebSocket,
     stopping: CancellationToken,
-    server: Option<Arc<Shared>>,
+    /// The hard stop: cuts a `recv` or `send` that would otherwise hold the drain.
+    hard_stop: CancellationToken,
+    server: Option<Arc<ServerState>>,
     closed: bool,
 }
 
@@ -197,8 +206,8 @@ impl std::fmt::Debug for GracefulWebSocket {
 }
 
 impl GracefulWebSocket {
-    /// The next message; `None` when the client closed the socket, or when the drain began
-    /// (after sending the 1001 close frame).
+    /// The next message; `None` when the client closed the socket, when the drain began
+    /// (after sending the 1001 close frame), or at the hard stop.
     ///
     /// # Cancel safety
     ///
@@ -208,8 +217,13 @@ impl GracefulWebSocket {
             return None;
         }
         let stopping = self.stopping.clone();
+        let hard_stop = self.hard_stop.clone();
         tokio::select! {
             biased;
+            _ = hard_stop.cancelled() => {
+                self.cut();
+                None
+            }
             _ = stopping.cancelled() => {
                 self.going_away().await;
                 None
@@ -224,7 +238,13 @@ impl GracefulWebSocket {
     }
 
     /// Sends a message, unless the drain began: then the socket is closed with 1001 and an
-    /// error is returned.
+    /// error is returned. At the hard stop a send still waiting (the client does not read)
+    /// gives up with an error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe, as `WebSocket::send`: a send dropped (or cut at the hard stop)
+    /// midway may have written part of the message.
     pub async fn send(&mut self, message: Message) -> Result<(), axum::Error> {
         if self.stopping.is_cancelled() || self.closed {
             self.going_away().await;
@@ -233,7 +253,28 @@ impl GracefulWebSocket {
                 "the server is shutting down; the WebSocket was closed (1001)",
             )));
         }
-        self.socket.send(message).await
+        let hard_stop = self.hard_stop.clone();
+        tokio::select! {
+            biased;
+            _ = hard_stop.cancelled() => {
+                self.cut();
+                Err(axum::Error::new(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the server's drain budget is spent; the WebSocket was cut",
+                )))
+            }
+            sent = self.socket.send(message) => sent,
+        }
+    }
+
+    /// The hard stop ended the session: nothing more is sent (the socket may be stuck).
+    fn cut(&mut self) {
+        if !self.closed {
+            self.closed = true;
+            if let Some(server) = &self.server {
+                inc(&server.stats.cancelled_at_hard_stop);
+            }
+        }
     }
 
     /// Fires when the drain begins (for handlers that select on it themselves).
@@ -250,10 +291,19 @@ impl GracefulWebSocket {
             code: close_code::AWAY,
             reason: "server shutting down".into(),
         };
-        if self.socket.send(Message::Close(Some(frame))).await.is_ok()
-            && let Some(server) = &self.server
-        {
-            inc(&server.stats.websockets_closed_going_away);
+        // The close frame too may wait on a client that does not read: the hard stop cuts it.
+        let hard_stop = self.hard_stop.clone();
+        let sent = tokio::select! {
+            biased;
+            _ = hard_stop.cancelled() => false,
+            sent = self.socket.send(Message::Close(Some(frame))) => sent.is_ok(),
+        };
+        if let Some(server) = &self.server {
+            if sent {
+                inc(&server.stats.websockets_closed_going_away);
+            } else if hard_stop.is_cancelled() {
+                inc(&server.stats.cancelled_at_hard_stop);
+            }
         }
     }
 }

@@ -250,3 +250,98 @@ async fn a_broken_http2_connection_with_a_handler_still_running_does_not_hold_a_
     let report = server.stop().await;
     assert!(stopping.elapsed() < Duration::from_secs(2), "{report}");
 }
+
+/// Issue 11, defect 3: a client may half-close its write side after a complete request
+/// (legal in HTTP/1.1). We treat the end of its stream as departure, as Go and nginx do
+/// (the token fires with `Disconnected`), but 499 is a status for logs only. Before the
+/// fix the client received `HTTP/1.1 499` (body "cancelled" on a `Cooperative` route, empty
+/// on `Drop`).
+#[tokio::test]
+async fn a_half_closed_client_never_receives_a_499_on_the_wire() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for policy in [DisconnectPolicy::Cooperative, DisconnectPolicy::Drop] {
+        let app = Router::new()
+            .route(
+                "/wait",
+                get(|RequestToken(token): RequestToken| async move {
+                    token
+                        .run_until_cancelled(tokio::time::sleep(Duration::from_secs(30)))
+                        .await?;
+                    Ok::<_, gracefully_axum::HttpCancelled>("late")
+                }),
+            )
+            .layer(DisconnectPolicyLayer::new(policy));
+        let server = TestServer::start(app).await;
+        let mut client = send_raw(server.addr, b"GET /wait HTTP/1.1\r\nhost: test\r\n\r\n").await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.shutdown().await.unwrap(); // FIN: the write side is closed, reading goes on
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(SOON, client.read_to_end(&mut received)).await;
+        assert!(read.is_ok(), "{policy:?}: the server ends the exchange");
+        let text = String::from_utf8_lossy(&received);
+        assert!(
+            !text.contains(" 499"),
+            "{policy:?}: a 499 was put on the wire: {text:?}"
+        );
+        let report = server.stop().await;
+        assert_eq!(
+            report.client_left + report.dropped_on_disconnect,
+            1,
+            "{policy:?}: {report}"
+        );
+    }
+}
+
+/// Issue 11, defect 4: Linux returns queued bytes before a reset's ECONNRESET, so a
+/// watcher that only peeks sees "data" forever. Before the fix the token never fired and
+/// the handler ran its full time when a client reset the connection while a pipelined
+/// request sat unread in the socket.
+#[tokio::test]
+async fn a_reset_behind_an_unread_pipelined_request_fires_the_token() {
+    use tokio::io::AsyncWriteExt;
+    let (tx, mut events) = mpsc::unbounded_channel();
+    // The handler works 2 s whatever its token says: the token must fire before that.
+    let server = TestServer::start(app(Duration::from_secs(2), tx)).await;
+    let mut client = send_raw(server.addr, b"GET /work HTTP/1.1\r\nhost: test\r\n\r\n").await;
+    assert!(matches!(next(&mut events).await, Event::Started));
+    // A pipelined request that hyper does not read while the first one runs.
+    client
+        .write_all(b"GET /work HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Reset, not close: SO_LINGER 0 makes the drop send RST.
+    client.set_zero_linger().unwrap();
+    drop(client);
+    match next(&mut events).await {
+        Event::TokenFired(kind, _) => assert_eq!(kind, ReasonKind::Disconnected),
+        other => panic!("expected the token to fire, got {other:?}"),
+    }
+    let stopped = tokio::spawn(server.stop());
+    assert!(matches!(next(&mut events).await, Event::Finished(_)));
+    let report = stopped.await.unwrap();
+    assert_eq!(report.client_left, 1, "{report}");
+}
+
+/// Issue 11, defect 5: an HTTP/2 stream reset on a `Drop` route is the same event as an
+/// HTTP/1.1 client leaving a `Drop` route, and is counted the same way. Before the fix it
+/// was counted as lost ("lost (aborted)" in the host report).
+#[tokio::test]
+async fn an_http2_reset_on_a_drop_route_counts_as_dropped_on_disconnect() {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let app =
+        app(Duration::from_secs(30), tx).layer(DisconnectPolicyLayer::new(DisconnectPolicy::Drop));
+    let server = TestServer::start(app).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let request = tokio::spawn(client.get(server.url("/work")).send());
+    assert!(matches!(next(&mut events).await, Event::Started));
+    request.abort();
+    assert!(matches!(next(&mut events).await, Event::Dropped));
+    drop(client);
+    let report = server.stop().await;
+    assert_eq!(report.dropped_on_disconnect, 1, "{report}");
+    assert_eq!(report.lost, 0, "{report}");
+}

@@ -1,5 +1,5 @@
-//! The server's part of a shutdown: stop accepting, close idle connections, let requests
-//! in flight finish, cancel them at hard stop.
+//! The server's part of a shutdown: stop accepting, close connections that stay idle, let
+//! requests in flight finish, cancel them at hard stop.
 
 mod support;
 
@@ -69,7 +69,7 @@ async fn during_drain_an_in_flight_request_completes_with_200_while_a_new_connec
 }
 
 #[tokio::test]
-async fn idle_keep_alive_connections_are_closed_when_the_drain_begins() {
+async fn idle_keep_alive_connections_are_closed_after_the_idle_grace() {
     let (tx, _started) = mpsc::unbounded_channel();
     let server = TestServer::start(slow_app(tx, Duration::ZERO)).await;
     let mut idle = Vec::new();

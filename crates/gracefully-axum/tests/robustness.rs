@@ -120,3 +120,132 @@ async fn an_idle_keep_alive_connection_outlives_the_header_timeout() {
     assert_eq!(status_of(&read_response(&mut stream).await), 200);
     server.stop().await;
 }
+
+/// Issue 11, defect 2: hyper's HTTP/2 connection that finished its handshake but has not
+/// sent a request yet is not a slow request head. Before the fix the preface started the
+/// slowloris clock (the flag that turns it off was set only at the first request) and the
+/// first request, sent after the timeout, failed with a broken pipe.
+#[tokio::test]
+async fn an_idle_http2_connection_outlives_the_header_timeout() {
+    let server =
+        TestServer::start_with(app(), |s| s.header_read_timeout(Duration::from_millis(200))).await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    // Idle after the handshake (a pooled gRPC or HTTP/2 connection) for several timeouts.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let mut client = tokio::time::timeout(SOON, client.ready())
+        .await
+        .unwrap()
+        .expect("the idle connection is still open");
+    let request = http::Request::get(format!("http://{}/", server.addr))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(SOON, response)
+        .await
+        .unwrap()
+        .expect("the first request on the idle connection is answered");
+    assert_eq!(response.status(), 200);
+    drop(client);
+    server.stop().await;
+    connection.abort();
+}
+
+/// Issue 11, defect 2 (the other half): a connection that never sends a byte is the
+/// cheapest way to hold a server's connections; before the fix it was never timed out.
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+    let server =
+        TestServer::start_with(app(), |s| s.header_read_timeout(Duration::from_millis(200))).await;
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5)).await,
+        "a silent connection is closed"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    server.stop().await;
+}
+
+/// Issue 11, defect 1 (CVE-2023-44487, HTTP/2 rapid reset): a client that opens a stream
+/// and resets it, again and again, must not get more handlers running on one connection
+/// than the connection's stream limit. Before the fix, with the default `Cooperative`
+/// policy, every reset handler ran on uncounted: 600 streams opened and reset left 600
+/// handlers running.
+#[tokio::test]
+async fn http2_rapid_reset_cannot_run_more_handlers_than_the_stream_limit() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const STREAM_LIMIT: usize = 200;
+    const ATTEMPTS: usize = 600;
+
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let release = gracefully::CancellationSource::new();
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let (r, m, gate) = (running.clone(), most.clone(), release.token());
+    let app = Router::new().route(
+        "/hold",
+        get(move || {
+            let (r, m, gate, started_tx) = (r.clone(), m.clone(), gate.clone(), started_tx.clone());
+            async move {
+                struct Running(Arc<AtomicUsize>);
+                impl Drop for Running {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                let _running = Running(r.clone());
+                m.fetch_max(now, Ordering::SeqCst);
+                let _ = started_tx.send(());
+                // Runs on after its stream is reset (until the test lets it go).
+                gate.cancelled().await;
+                "released"
+            }
+        }),
+    );
+    let server = TestServer::start(app).await;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut refused = 0;
+    let mut connection_closed = false;
+    for _ in 0..ATTEMPTS {
+        let Ok(mut ready) = client.clone().ready().await else {
+            connection_closed = true;
+            break;
+        };
+        let request = http::Request::get(format!("http://{}/hold", server.addr))
+            .body(())
+            .unwrap();
+        let Ok((mut response, _)) = ready.send_request(request, true) else {
+            connection_closed = true;
+            break;
+        };
+        tokio::select! {
+            _ = started.recv() => {
+                // The handler runs: reset the stream (RST_STREAM CANCEL) and go again.
+                drop(response);
+            }
+            answer = &mut response => match answer {
+                Err(_) => refused += 1,
+                Ok(answer) => panic!("unexpected answer {}", answer.status()),
+            },
+        }
+    }
+    let most_running = most.load(Ordering::SeqCst);
+    release.cancel();
+    drop(client);
+    connection.abort();
+    assert!(
+        most_running <= STREAM_LIMIT,
+        "{most_running} handlers ran at once on one connection whose stream limit is {STREAM_LIMIT}"
+    );
+    assert!(
+        refused > 0 || connection_closed,
+        "past the bound, new streams are refused or the connection is closed"
+    );
+    server.stop().await;
+}

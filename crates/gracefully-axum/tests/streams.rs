@@ -149,3 +149,56 @@ async fn the_drain_waits_for_an_open_websocket_session_to_end() {
         "the drain waited for the session"
     );
 }
+
+/// Issue 11, defect 6: a WebSocket session stuck in `send` (its client stopped reading)
+/// gets the same hard-stop cut as any request: at the hard stop its `send` gives up and
+/// the session ends, so the server stops without being aborted. Before the fix the session
+/// held the drain until the host aborted the server.
+#[tokio::test]
+async fn a_websocket_stuck_in_send_is_cut_at_the_hard_stop() {
+    let (stuck_tx, mut stuck) = tokio::sync::mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/flood",
+        get(move |drain: Drain, upgrade: WebSocketUpgrade| {
+            let stuck_tx = stuck_tx.clone();
+            async move {
+                drain.websocket(upgrade, move |mut socket| async move {
+                    let mut sent = 0usize;
+                    loop {
+                        let send = socket.send(Message::Binary(vec![7u8; 64 * 1024].into()));
+                        match tokio::time::timeout(Duration::from_millis(500), send).await {
+                            Ok(Ok(())) => sent += 1,
+                            Ok(Err(_)) => return,
+                            Err(_) => {
+                                // The client does not read: the send is stuck. Wait in it.
+                                let _ = stuck_tx.send(sent);
+                                let _ = socket
+                                    .send(Message::Binary(vec![7u8; 64 * 1024].into()))
+                                    .await;
+                                return;
+                            }
+                        }
+                    }
+                })
+            }
+        }),
+    );
+    let server = TestServer::start(app).await;
+    // Connects and never reads.
+    let (_socket, _) = tokio_tungstenite::connect_async(format!("ws://{}/flood", server.addr))
+        .await
+        .unwrap();
+    tokio::time::timeout(SOON, stuck.recv())
+        .await
+        .expect("the session's send gets stuck")
+        .unwrap();
+    server.stopping.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.hard_stop.cancel();
+    let report = tokio::time::timeout(SOON, server.task)
+        .await
+        .expect("the hard stop ends the stuck session, and the server stops")
+        .unwrap();
+    let drain = report.drain.unwrap();
+    assert!(drain.hard_stop_reached, "{drain}");
+}

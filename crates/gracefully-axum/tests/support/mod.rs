@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod loader;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,6 +1,13 @@
 //! Watching a connection's socket for a departed client while a handler runs, without
 //! touching hyper's reads.
 //!
+//! **The crate's one module with `unsafe`** (the crate denies it everywhere else). hyper
+//! owns the connection's `TcpStream`; to look at the socket while hyper owns it, this
+//! module borrows the descriptor by number (`BorrowedFd::borrow_raw`), which the compiler
+//! cannot check: the SAFETY comments say why the descriptor is open and is that socket. No
+//! crate does this for us: tokio's `TcpStream` lends its descriptor only to whoever holds
+//! the stream, and hyper holds it.
+//!
 //! hyper owns the `TcpStream` (exactly as under `axum::serve`). When an HTTP/1 handler is
 //! first pending, the connection duplicates the socket's descriptor once (`dup`) and
 //! registers the duplicate with the runtime separately: its readiness is its own, so
@@ -89,11 +96,39 @@ mod imp {
                     // `try_io` clears the duplicate's readiness if the peek would block.
                     match ready.try_io(|socket| socket.get_ref().peek(&mut byte)) {
                         Ok(Ok(0)) | Ok(Err(_)) => return Peek::Gone,
-                        Ok(Ok(_)) => return Peek::Data,
+                        // Linux hands out queued bytes before a reset's ECONNRESET (and
+                        // before a FIN's end of stream): a peek alone would see "data" for
+                        // ever. The readiness the runtime recorded for the socket tells: a
+                        // reset or a FIN marks it read-closed (EPOLLHUP/EPOLLRDHUP), an
+                        // error (EPOLLERR), and neither mark is ever cleared.
+                        Ok(Ok(_)) => {
+                            let seen = ready.ready();
+                            return if seen.is_read_closed() || seen.is_error() {
+                                Peek::Gone
+                            } else {
+                                Peek::Data
+                            };
+                        }
                         Err(_would_block) => continue,
                     }
                 }
             })
+        }
+
+        /// Whether bytes wait in the socket that hyper has not read (a request on its
+        /// way): a non-blocking peek at hyper's own socket. `false` once closed.
+        pub(crate) fn bytes_waiting(&self) -> bool {
+            let dup = self.dup.lock().unwrap_or_else(PoisonError::into_inner);
+            if dup.is_err() {
+                return false;
+            }
+            // SAFETY: as in `watch`: `fd` is the socket of the `TcpStream` hyper owns, and
+            // `close` (called once the connection is dropped) has not run — we hold its lock
+            // and it is not closed — so the descriptor is open and is that socket.
+            let borrowed = unsafe { BorrowedFd::borrow_raw(self.fd) };
+            let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+            // hyper's socket is non-blocking: nothing waiting is `WouldBlock`.
+            matches!(socket2::SockRef::from(&borrowed).peek(&mut byte), Ok(n) if n > 0)
         }
 
         /// Closes the duplicate (so it does not keep the socket open once hyper closed
@@ -126,6 +161,10 @@ mod imp {
 
         pub(crate) fn watch(&self) -> Option<std::future::Ready<Peek>> {
             None
+        }
+
+        pub(crate) fn bytes_waiting(&self) -> bool {
+            false
         }
 
         pub(crate) fn close(&self) {}

@@ -1,0 +1,196 @@
+//! One connection's life: hyper serves it; the header guard times slow heads; at drain it
+//! answers with `Connection: close` (HTTP/2: GOAWAY) and closes once idle for the grace;
+//! and it ends only when its last handler has.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::app::HttpApp;
+use crate::conn_state::{ConnState, VERSION_HTTP2};
+use crate::counting_io::CountingStream;
+use crate::dispatch::HyperService;
+use crate::header_guard::guard_headers;
+use crate::state::ServerState;
+use crate::stats::inc;
+
+/// Serves one accepted connection until it closes, draining it when `stopping` fires.
+pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>, app: S) {
+    let _open = OpenConnection::new(&state);
+    let conn = Arc::new(ConnState::new(&stream));
+    let service = HyperService {
+        app,
+        state: state.clone(),
+        conn: conn.clone(),
+    };
+    // If this task is aborted (the server's abort phase), the handlers that run as tasks
+    // of their own go with it.
+    let _abort_handlers = AbortHandlersOnDrop(conn.clone());
+
+    // In a block of its own: the connection future must be *dropped* (not just finished)
+    // before we wait below. hyper can end a connection with a request future still inside
+    // it (it read EOF mid-message before polling the handler, or the client reset the
+    // connection while the handler ran); that future holds its request's place in
+    // `conn.in_flight`, and only its drop releases it.
+    {
+        // hyper reads and writes the `TcpStream` through a byte counter (no buffering layer,
+        // as with `axum::serve`).
+        let stream = CountingStream::new(stream, conn.clone());
+        let connection = state
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let mut connection = std::pin::pin!(connection);
+        let stopping = state.stopping.clone();
+        let hard_stop = state.hard_stop.clone();
+        let header_timeout = state.config.header_read_timeout;
+        // One guard for the connection's whole life: the drain does not restart a slow
+        // client's clock.
+        let guard = guard_headers(&conn, header_timeout);
+        let mut guard = std::pin::pin!(guard);
+        // The drain's idle grace (armed when the drain begins; see `HttpServer::idle_grace`).
+        let grace = state.config.idle_grace;
+        let idle_timer = tokio::time::sleep(grace);
+        let mut idle_timer = std::pin::pin!(idle_timer);
+        let mut draining: Option<IdleWatch> = None;
+        // Whether hyper was told to shut the connection down (GOAWAY, or close when idle).
+        let mut shutting_down = false;
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    log_connection_end(result);
+                    break;
+                }
+                () = guard.as_mut() => {
+                    tracing::debug!("client too slow sending request headers; closing");
+                    break;
+                }
+                _ = stopping.cancelled(), if draining.is_none() => {
+                    let busy = conn.in_flight.load(Ordering::Acquire);
+                    inc(&state.stats.open_at_drain);
+                    state
+                        .stats
+                        .in_flight_at_drain
+                        .fetch_add(busy as u64, Ordering::Relaxed);
+                    // HTTP/2: GOAWAY now; the client learns which streams are served. HTTP/1
+                    // (or not known yet): nothing is closed now; answers carry
+                    // `Connection: close` (see `RequestAccount::finish_http1`) and an idle
+                    // connection is closed after the grace.
+                    if conn.version.load(Ordering::Acquire) == VERSION_HTTP2 && !shutting_down {
+                        shutting_down = true;
+                        inc(&state.stats.goaway_sent);
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    draining = Some(IdleWatch::observe(&conn));
+                    idle_timer.as_mut().reset(tokio::time::Instant::now() + grace);
+                }
+                () = conn.events.notified() => {
+                    let http2 = conn.version.load(Ordering::Acquire) == VERSION_HTTP2;
+                    let goaway = conn.goaway_wanted.load(Ordering::Acquire)
+                        || (http2 && draining.is_some());
+                    if goaway && !shutting_down {
+                        shutting_down = true;
+                        inc(&state.stats.goaway_sent);
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+                () = idle_timer.as_mut(), if draining.is_some() && !shutting_down => {
+                    let now = IdleWatch::observe(&conn);
+                    let before = draining.replace(now);
+                    if before.is_some_and(|before| before.idle && now.idle && before.bytes == now.bytes) {
+                        // Idle for a whole grace, and nothing waits in the socket: hyper
+                        // closes an idle connection at once.
+                        shutting_down = true;
+                        inc(&state.stats.idle_closed);
+                        connection.as_mut().graceful_shutdown();
+                    } else {
+                        idle_timer.as_mut().reset(tokio::time::Instant::now() + grace);
+                    }
+                }
+                _ = hard_stop.cancelled(), if draining.is_some() && !shutting_down => {
+                    // The drain budget is spent: the grace ends too. An idle connection
+                    // closes now; a busy one after its answer (which carries
+                    // `Connection: close`).
+                    shutting_down = true;
+                    if IdleWatch::observe(&conn).idle {
+                        inc(&state.stats.idle_closed);
+                    }
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+    // Our duplicate of the socket (if one was made) must not keep it open now that hyper
+    // has closed its own.
+    conn.monitor.close();
+
+    // Handlers that outlived their HTTP/2 stream still count as this connection's work.
+    // (Woken by this connection's requests, whether or not a shutdown is under way.)
+    conn.tail_waiting.store(true, Ordering::SeqCst);
+    loop {
+        let ended = conn.ended.notified();
+        let mut ended = std::pin::pin!(ended);
+        ended.as_mut().enable();
+        // Store buffering with `RequestAccount::drop` (its SeqCst decrement, then its SeqCst load
+        // of `tail_waiting`; our SeqCst store above, then this SeqCst load): in the single
+        // order of SeqCst operations one of us sees the other's write, so we never sleep
+        // on a count that already reached zero.
+        if conn.in_flight.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        ended.await;
+    }
+}
+
+/// One look at a draining connection, for the idle grace: closed only after two looks a
+/// grace apart that both found it idle with no byte read in between.
+#[derive(Clone, Copy)]
+struct IdleWatch {
+    bytes: u64,
+    idle: bool,
+}
+
+impl IdleWatch {
+    fn observe(conn: &ConnState) -> IdleWatch {
+        let bytes = conn.bytes_read.load(Ordering::Relaxed);
+        let idle = conn.in_flight.load(Ordering::Acquire) == 0
+            && bytes == conn.bytes_accounted.load(Ordering::Relaxed)
+            // A request hyper has not read yet.
+            && !conn.monitor.bytes_waiting();
+        IdleWatch { bytes, idle }
+    }
+}
+
+struct AbortHandlersOnDrop(Arc<ConnState>);
+
+impl Drop for AbortHandlersOnDrop {
+    fn drop(&mut self) {
+        self.0.handlers().abort_all();
+        self.0.monitor.close();
+    }
+}
+
+fn log_connection_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(error) = result {
+        // Malformed requests, resets and timeouts (header read) end up here: the client's
+        // problem, not the server's.
+        tracing::debug!(%error, "connection ended with an error");
+    }
+}
+
+struct OpenConnection<'a>(&'a ServerState);
+
+impl<'a> OpenConnection<'a> {
+    fn new(state: &'a ServerState) -> Self {
+        state.stats.connections_open.fetch_add(1, Ordering::AcqRel);
+        OpenConnection(state)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.stats.connections_open.fetch_sub(1, Ordering::SeqCst);
+        self.0.stats.wake_drain();
+    }
+}

@@ -1,0 +1,216 @@
+//! hyper's view of the app: [`HyperService`] gives each request its context and account
+//! and runs its handler — inline for HTTP/1, as a task for HTTP/2 — and [`builder`] sets up
+//! how hyper serves a connection.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use futures_util::future::Map;
+use gracefully::Reason;
+use http::{Request, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+use tokio::sync::oneshot;
+use tower::ServiceExt;
+use tower::util::Oneshot;
+
+use crate::accounting::RequestAccount;
+use crate::app::HttpApp;
+use crate::conn_state::ConnState;
+use crate::policy::DisconnectPolicy;
+use crate::request::RequestContext;
+use crate::request_future::{Answer, InRequest, NoAnswer};
+use crate::socket::Monitor;
+use crate::state::ServerState;
+use crate::stats::inc;
+
+/// The most streams an HTTP/2 client may have open at once on one connection (hyper's
+/// default, set explicitly because the rapid-reset bound below is tied to it).
+pub(crate) const HTTP2_MAX_STREAMS: u32 = 200;
+
+/// Handlers allowed to run at once on one HTTP/2 connection, counting those whose stream the
+/// client already reset (a `Cooperative` or `Detached` handler runs on). Past it new streams
+/// are refused with `REFUSED_STREAM` (RFC 9113 §8.7: not processed, safe to retry), and a
+/// client that keeps opening streams into the refusals gets GOAWAY. Without it a client that
+/// opens and resets streams in a loop (CVE-2023-44487) runs unbounded handlers on one
+/// connection whose stream limit is 200.
+const HTTP2_MAX_HANDLERS: usize = HTTP2_MAX_STREAMS as usize;
+
+/// The builder every connection is served with.
+pub(crate) fn builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // Where we can watch the socket ourselves while a handler runs (the disconnect
+        // policy decides), hyper must not drop the handler on EOF.
+        .half_close(Monitor::SUPPORTED)
+        // Slowloris protection is ours (`header_guard`: one timer per connection instead of
+        // one per request); hyper's would also apply if it had a timer.
+        .header_read_timeout(None)
+        .max_buf_size(max_header_bytes.max(8192));
+    builder
+        .http2()
+        .max_concurrent_streams(HTTP2_MAX_STREAMS)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// hyper's view of our app, for one connection.
+pub(crate) struct HyperService<S> {
+    pub(crate) app: S,
+    pub(crate) state: Arc<ServerState>,
+    pub(crate) conn: Arc<ConnState>,
+}
+
+/// The app's answer, its `Infallible` error unwrapped.
+type AppFuture<S> = Map<Oneshot<S, Request<Body>>, fn(Result<Response, Infallible>) -> Response>;
+
+fn infallible(result: Result<Response, Infallible>) -> Response {
+    match result {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> {
+    type Response = Response;
+    type Error = NoAnswer;
+    type Future = RequestFuture<S>;
+
+    fn call(&self, request: Request<Incoming>) -> RequestFuture<S> {
+        let state = &self.state;
+        let version = request.version();
+        if version == Version::HTTP_2
+            && self.conn.in_flight.load(Ordering::Acquire) >= HTTP2_MAX_HANDLERS
+        {
+            // Handlers of reset streams still run here: refuse (nothing runs). A client
+            // that keeps pushing gets GOAWAY.
+            inc(&state.stats.streams_refused);
+            let refused = self.conn.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if refused >= HTTP2_MAX_HANDLERS {
+                self.conn.goaway_wanted.store(true, Ordering::Release);
+                self.conn.events.notify_one();
+            }
+            return RequestFuture::Refused;
+        }
+        let ctx = RequestContext::new(state.config.disconnect_policy, state.clone());
+        if let Some(timeout) = state.config.request_timeout {
+            ctx.cancel_after(timeout);
+        }
+        // The head arrived: the bytes read so far are this request's, not a slow head's.
+        self.conn.account_bytes();
+        let mut request = request.map(Body::new);
+        if state.config.token_in_extensions {
+            request
+                .extensions_mut()
+                .insert(crate::RequestToken(ctx.token()));
+        }
+        let account = RequestAccount::start(state.clone(), self.conn.clone());
+        let future: AppFuture<S> = self.app.clone().oneshot(request).map(infallible);
+
+        if version == Version::HTTP_2 {
+            // hyper drops an HTTP/2 stream's future when the client resets the stream;
+            // run the handler as a task so the policy decides what happens to it.
+            let ctx = Arc::new(ctx);
+            let (tx, rx) = oneshot::channel();
+            let task = InRequest::new(future, ctx.clone(), account, false);
+            let abort = {
+                let mut handlers = self.conn.handlers();
+                // Reap finished tasks so a long-lived HTTP/2 connection does not pile them up.
+                while handlers.try_join_next().is_some() {}
+                handlers.spawn(async move {
+                    let _ = tx.send(task.await);
+                })
+            };
+            RequestFuture::Spawned {
+                handler: SpawnedHandler {
+                    rx,
+                    abort,
+                    ctx,
+                    done: false,
+                },
+            }
+        } else {
+            RequestFuture::Inline {
+                handler: InRequest::new(future, ctx, account, true),
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future hyper drives for one request.
+    // The HTTP/1 variant is deliberately unboxed: hyper pins this future in place once per
+    // request, and boxing it would cost an allocation on every request.
+    #[project = RequestFutureProj]
+    pub(crate) enum RequestFuture<S: HttpApp> {
+        /// HTTP/1: the handler runs inside this future; the socket is watched while it is
+        /// pending.
+        Inline { #[pin] handler: InRequest<AppFuture<S>, RequestContext> },
+        /// HTTP/2, past the handler bound: refused at once.
+        Refused,
+        /// HTTP/2: the handler runs as a task of its connection.
+        Spawned { handler: SpawnedHandler },
+    }
+}
+
+/// An HTTP/2 handler's task, as its stream sees it.
+pub(crate) struct SpawnedHandler {
+    rx: oneshot::Receiver<Answer>,
+    abort: tokio::task::AbortHandle,
+    ctx: Arc<RequestContext>,
+    done: bool,
+}
+
+impl<S: HttpApp> Future for RequestFuture<S> {
+    type Output = Answer;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
+        match self.project() {
+            RequestFutureProj::Inline { handler } => handler.poll(cx),
+            RequestFutureProj::Refused => Poll::Ready(Err(NoAnswer::refused())),
+            RequestFutureProj::Spawned { handler } => match Pin::new(&mut handler.rx).poll(cx) {
+                Poll::Ready(Ok(answer)) => {
+                    handler.done = true;
+                    Poll::Ready(answer)
+                }
+                // The task was aborted (server abort): nothing to send.
+                Poll::Ready(Err(_)) => {
+                    handler.done = true;
+                    Poll::Ready(Ok(StatusCode::SERVICE_UNAVAILABLE.into_response()))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl Drop for SpawnedHandler {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // hyper dropped the stream before the answer: the client reset it or the
+        // connection broke.
+        match self.ctx.policy() {
+            DisconnectPolicy::Cooperative => {
+                self.ctx.source().cancel_with(Reason::disconnected());
+            }
+            DisconnectPolicy::Drop => {
+                // Counted as dropped on disconnect (as over HTTP/1), not lost.
+                self.ctx.mark_dropped_on_disconnect();
+                self.abort.abort();
+            }
+            DisconnectPolicy::Detached => {}
+        }
+    }
+}
