@@ -58,7 +58,8 @@
 //!    already raised by a token callback on the cancelling thread; the statement returns
 //!    `SQLITE_INTERRUPT`.
 //! 3. **Drain.** Read every reply still due (PostgreSQL: until the last `ReadyForQuery`;
-//!    SQLite: a worker round trip), within the pool's *cancel grace* (2 s by default).
+//!    SQLite: a worker round trip), within the pool's *cancellation timeout* (2 s by
+//!    default, as Npgsql's).
 //! 4. **Verify and restore.** One probe reads the transaction state from the server (see
 //!    below); a transaction still open or aborted is rolled back and probed again.
 //! 5. **Return or close.** Verified idle: back to the idle list. Anything else — the grace
@@ -142,7 +143,7 @@
 //! | | .NET (Npgsql / EF Core) | Go (`database/sql`) | gracefully-sqlx |
 //! |---|---|---|---|
 //! | query with a token | `cmd.ExecuteReaderAsync(token)` | `db.QueryContext(ctx, …)` | `pool.run(&token, \|conn\| Box::pin(async move { … }))` |
-//! | what reaches the server | CancelRequest, then break after `CancellationTimeout` | driver-specific (lib/pq, pgx: cancel request) | `pg_cancel_backend`, then terminate + close after [`cancel_grace`](GracefulPoolOptions::cancel_grace); SQLite interrupt |
+//! | what reaches the server | CancelRequest, then break after `CancellationTimeout` | driver-specific (lib/pq, pgx: cancel request) | `pg_cancel_backend`, then terminate + close after [`cancellation_timeout`](GracefulPoolOptions::cancellation_timeout); SQLite interrupt |
 //! | the error | `OperationCanceledException` | `ctx.Err()` | [`Error::Cancelled`] with the [`Reason`](gracefully::Reason) |
 //! | transaction | `BeginTransactionAsync(token)` … `CommitAsync(token)` | `db.BeginTx(ctx, …)` (rolls back when ctx is done) | [`pool.transaction(&token, …)`](GracefulPool::transaction) |
 //! | connection after a cancel | reused after the cancel completes | returned to the pool | reused only if verified idle, else closed |
@@ -170,11 +171,17 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod cleanups;
 mod error;
+mod lease;
 mod ops;
+mod options;
 mod pool;
+mod pool_core;
 mod recover;
+mod settings;
 mod target;
+mod tracked;
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]
@@ -184,7 +191,9 @@ struct ReadmeDoctests;
 pub use backend::Backend;
 pub use error::Error;
 pub use ops::BoxFuture;
-pub use pool::{DEFAULT_CANCEL_GRACE, GracefulPool, GracefulPoolOptions, ServerDeadline};
+pub use options::GracefulPoolOptions;
+pub use pool::GracefulPool;
+pub use settings::{DEFAULT_CANCELLATION_TIMEOUT, ServerDeadline};
 
 /// A [`GracefulPool`] for PostgreSQL.
 pub type PgGracefulPool = GracefulPool<sqlx::Postgres>;

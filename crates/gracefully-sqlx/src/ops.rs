@@ -9,7 +9,9 @@ use sqlx::{Connection, Transaction};
 
 use crate::backend::Backend;
 use crate::error::Error;
-use crate::pool::{DropHint, Ended, GracefulPool, ServerDeadline};
+use crate::lease::{DropHint, Ended};
+use crate::pool::GracefulPool;
+use crate::settings::ServerDeadline;
 
 /// A boxed, `Send` future borrowing for `'a`: what an operation's body returns (the same
 /// shape as sqlx's `Connection::transaction` and `futures::future::BoxFuture`).
@@ -75,7 +77,7 @@ impl<DB: Backend> GracefulPool<DB> {
     ///
     /// *Anchors:* Npgsql's `ExecuteReaderAsync(token)` and Go's `db.QueryContext(ctx, …)`
     /// also cancel on the server. Differences: the caller's `Err` waits until the server
-    /// stopped (bounded by the cancel grace); and a connection is verified before reuse.
+    /// stopped (bounded by the cancellation timeout); and a connection is verified before reuse.
     pub async fn run<T, E, F>(&self, token: &CancellationToken, body: F) -> Result<T, E>
     where
         F: for<'c> FnOnce(&'c mut DB::Connection) -> BoxFuture<'c, Result<T, E>>,
@@ -86,7 +88,7 @@ impl<DB: Backend> GracefulPool<DB> {
         let armed = DB::arm(lease.handle(), token);
 
         let mut deadline_applied = false;
-        let timeout = match self.shared.settings.server_deadline {
+        let timeout = match self.core.settings.server_deadline {
             ServerDeadline::Always => self.timeout_millis(token),
             ServerDeadline::Off | ServerDeadline::Transactions => None,
         };
@@ -210,7 +212,7 @@ impl<DB: Backend> GracefulPool<DB> {
         lease.hint = Some(Arc::clone(&hint));
         let (handle, since) = (lease.handle().clone(), lease.since());
         let armed = DB::arm(&handle, token);
-        let timeout = match self.shared.settings.server_deadline {
+        let timeout = match self.core.settings.server_deadline {
             ServerDeadline::Transactions | ServerDeadline::Always => self.timeout_millis(token),
             ServerDeadline::Off => None,
         };

@@ -17,8 +17,6 @@ use std::time::Instant;
 use gracefully::{CancellationToken, Registration};
 use sqlx::{Connection, Database};
 
-use crate::pool::Tracked;
-
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
@@ -125,11 +123,12 @@ pub(crate) mod sealed {
         fn still_running(conn: &mut Self::Connection, handle: &Self::Handle, since: u64)
         -> Running;
 
-        /// Stops whatever the connection may still be running and drains its replies, giving
-        /// up at `until`. `unsent`: bytes of an abandoned statement were never (fully) sent.
+        /// Stops whatever `conn` may still be running and drains its replies, giving up at
+        /// `until`. `unsent`: bytes of an abandoned statement were never (fully) sent.
         fn stop<'a>(
             canceller: &'a Self::Canceller,
-            tracked: &'a mut Tracked<Self>,
+            conn: &'a mut Self::Connection,
+            handle: &'a Self::Handle,
             unsent: bool,
             until: Instant,
         ) -> impl Future<Output = Stopped> + Send + 'a;

@@ -36,7 +36,8 @@
 //!
 //! # Npgsql's sequence, and the step after it
 //!
-//! If the statement has not ended `cancel_grace` (2 s) after the cancel, the server is
+//! If the statement has not ended within the pool's cancellation timeout (2 s, as Npgsql's
+//! `Cancellation Timeout`) after the cancel, the server is
 //! unresponsive or the statement ignores interrupts; Npgsql closes the connection then. A
 //! closed socket alone does not stop a statement that never writes to it (`pg_sleep`), so we
 //! first `pg_terminate_backend(pid)` — safe to aim, since we are about to close this backend
@@ -53,7 +54,6 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Postgres};
 
 use super::{Running, Stopped, sealed::Sealed};
-use crate::pool::Tracked;
 
 /// How many idle canceller connections a pool keeps (more are opened under a burst of
 /// simultaneous cancels, and closed afterwards).
@@ -245,11 +245,12 @@ impl Sealed for Postgres {
 
     async fn stop<'a>(
         canceller: &'a Canceller,
-        tracked: &'a mut Tracked<Postgres>,
+        conn: &'a mut PgConnection,
+        handle: &'a BackendPid,
         unsent: bool,
         until: Instant,
     ) -> Stopped {
-        let pid = tracked.handle.pid;
+        let pid = handle.pid;
         // Step 2 of the module docs: the signal is pending on the backend before we send
         // the connection anything else.
         let sent =
@@ -267,7 +268,7 @@ impl Sealed for Postgres {
         // any error before it) surfaces as an `Err` of `ping`, after which we ping again
         // until every `ReadyForQuery` arrived.
         for _ in 0..16 {
-            match tokio::time::timeout_at(until.into(), tracked.conn.ping()).await {
+            match tokio::time::timeout_at(until.into(), conn.ping()).await {
                 Ok(Ok(())) => return Stopped::Drained,
                 Ok(Err(sqlx::Error::Database(_))) => continue,
                 Ok(Err(_)) | Err(_) => return Stopped::Close,

@@ -41,7 +41,6 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, Sqlite};
 
 use super::{Running, Stopped, sealed::Sealed};
-use crate::pool::Tracked;
 
 /// Virtual-machine instructions between two calls of the progress handler: small enough
 /// that an interrupt lands within microseconds, large enough that the call (one relaxed
@@ -160,16 +159,17 @@ impl Sealed for Sqlite {
 
     async fn stop<'a>(
         _: &'a NoCanceller,
-        tracked: &'a mut Tracked<Sqlite>,
+        conn: &'a mut SqliteConnection,
+        handle: &'a Interrupt,
         _unsent: bool,
         until: Instant,
     ) -> Stopped {
-        tracked.handle.raise();
+        handle.raise();
         // The worker runs commands in order: its answer to the ping means the abandoned
         // statement (and whatever was queued behind it) has finished.
-        match tokio::time::timeout_at(until.into(), tracked.conn.ping()).await {
+        match tokio::time::timeout_at(until.into(), conn.ping()).await {
             Ok(Ok(())) => {
-                tracked.handle.lower();
+                handle.lower();
                 Stopped::Drained
             }
             // The flag stays raised: the worker interrupts the statement when it next checks,
