@@ -8,8 +8,13 @@ use std::time::{Duration, Instant};
 
 use gracefully::{CancellationSource, CancellationToken, ReasonKind};
 use gracefully_sqlx::{Error, GracefulPoolOptions, SqliteGracefulPool};
+use gracefully_test::Walk;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-use support::{AtPoll, Hook};
+use sqlx::{Postgres, Sqlite};
+use support::{
+    Bad, assert_connect_fails, execute, execute_in_transaction, integer, rows_in_batch,
+    spawn_execute,
+};
 
 /// Counts to 10^9 through a recursive CTE: minutes of pure VM work, no rows until the end.
 const ENDLESS: &str = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
@@ -27,18 +32,11 @@ async fn pool(dir: &tempfile::TempDir, max: u32) -> SqliteGracefulPool {
 }
 
 async fn create_table(pool: &SqliteGracefulPool) {
-    pool.run(&CancellationToken::never(), |conn| {
-        Box::pin(async move {
-            sqlx::raw_sql(
-                "CREATE TABLE IF NOT EXISTS items (batch INTEGER NOT NULL, n INTEGER NOT NULL)",
-            )
-            .execute(&mut *conn)
-            .await?;
-            Ok::<_, Error>(())
-        })
-    })
-    .await
-    .expect("create table");
+    execute(
+        pool,
+        "CREATE TABLE IF NOT EXISTS items (batch INTEGER NOT NULL, n INTEGER NOT NULL)",
+    )
+    .await;
 }
 
 /// The next borrower is idle and outside any transaction: a plain `BEGIN` succeeds (it fails
@@ -60,38 +58,13 @@ async fn assert_next_borrower_clean(pool: &SqliteGracefulPool) {
     .expect("the next borrower could BEGIN: it was not inside a transaction");
 }
 
-async fn rows_in_batch(pool: &SqliteGracefulPool, batch: i64) -> i64 {
-    pool.run(&CancellationToken::never(), |conn| {
-        Box::pin(async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM items WHERE batch = ?")
-                .bind(batch)
-                .fetch_one(&mut *conn)
-                .await?;
-            Ok::<_, Error>(n)
-        })
-    })
-    .await
-    .expect("count rows")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_recursive_cte_is_interrupted_within_50ms_of_the_cancel() {
     let _serial = support::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let pool = pool(&dir, 1).await;
     let source = CancellationSource::new();
-    let token = source.token();
-    let runner = pool.clone();
-    let query = tokio::spawn(async move {
-        runner
-            .run(&token, |conn| {
-                Box::pin(async move {
-                    let n: i64 = sqlx::query_scalar(ENDLESS).fetch_one(&mut *conn).await?;
-                    Ok::<_, Error>(n)
-                })
-            })
-            .await
-    });
+    let query = spawn_execute(&pool, source.token(), ENDLESS);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!query.is_finished(), "the CTE should still be running");
 
@@ -113,18 +86,7 @@ async fn a_long_recursive_cte_is_interrupted_within_50ms_of_the_cancel() {
     );
     // The single connection is free at once (a running statement would block this).
     let started = Instant::now();
-    assert_eq!(
-        pool.run(&CancellationToken::never(), |conn| Box::pin(async move {
-            Ok::<i64, Error>(
-                sqlx::query_scalar("SELECT 41 + 1")
-                    .fetch_one(&mut *conn)
-                    .await?,
-            )
-        }))
-        .await
-        .unwrap(),
-        42
-    );
+    assert_eq!(integer(&pool, "SELECT 41 + 1").await, 42);
     assert!(started.elapsed() < Duration::from_millis(50));
     assert_next_borrower_clean(&pool).await;
 }
@@ -158,97 +120,34 @@ async fn plain_sqlx_runs_the_cte_on_after_the_future_is_dropped() {
     );
 }
 
-/// Walks every poll of a transaction (checkout, BEGIN, three INSERTs, COMMIT), firing `hook`
-/// at the k-th for k = 1, 2, … up to the most polls any run took. After each: the
-/// batch has all its rows or none — none if the body had not finished, all only if the
-/// outcome was `Ok` or the operation was dropped with its COMMIT in flight — and the next
-/// borrower is idle and outside any transaction.
-async fn walk_transaction(make_hook: impl Fn(&Arc<CancellationSource>) -> Hook) {
+/// Walks every await point of a transaction (checkout, BEGIN, three INSERTs, COMMIT)
+/// through the shared walk (`support::walk_transaction`), and after each run checks that the
+/// next borrower is idle and outside any transaction.
+async fn walk_transaction(walk: Walk) {
     let dir = tempfile::tempdir().unwrap();
     let pool = pool(&dir, 1).await;
     create_table(&pool).await;
-    let mut interrupted = 0;
-    // The number of polls varies from run to run (a reply already there needs no wait): walk
-    // k up to the most polls any run took, retrying a k (up to 3 runs) whose run completed
-    // before its k-th poll, so every await point of the longest run is hit.
-    let mut most_polls = 1;
-    let mut k = 1;
-    let mut misses = 0;
-    let mut batch = 0i64;
-    while k <= most_polls {
-        batch += 1;
-        assert!(batch <= 1_000, "the walk did not end within 1000 runs");
-        let source = Arc::new(CancellationSource::new());
-        let token = source.token();
-        let body_done = Arc::new(AtomicBool::new(false));
-        let done = Arc::clone(&body_done);
-        let operation = pool.transaction(&token, move |tx, token| {
-            Box::pin(async move {
-                for n in 0..3i64 {
-                    token.check()?;
-                    sqlx::query("INSERT INTO items (batch, n) VALUES (?, ?)")
-                        .bind(batch)
-                        .bind(n)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                done.store(true, Ordering::SeqCst);
-                Ok::<_, Error>(())
-            })
-        });
-        let polled = AtPoll::new(operation, k, make_hook(&source)).await;
-        let (outcome, fired) = (polled.output, polled.fired);
-        pool.wait_for_cleanups().await;
-        assert_eq!(pool.pending_cleanups(), 0);
-
-        let rows = rows_in_batch(&pool, batch).await;
-        let body_finished = body_done.load(Ordering::SeqCst);
-        match &outcome {
-            Some(Ok(())) => assert_eq!(rows, 3, "committed at k={k}"),
-            Some(Err(error)) => {
-                assert!(error.is_cancelled(), "k={k}: {error}");
-                assert_eq!(rows, 0, "rolled back at k={k}");
-            }
-            // Dropped mid-body: rolled back. Dropped during COMMIT: atomic either way.
-            None if !body_finished => assert_eq!(rows, 0, "dropped mid-body at k={k}"),
-            None => assert!(
-                rows == 0 || rows == 3,
-                "dropped in COMMIT at k={k}: {rows} rows"
-            ),
-        }
-        assert_next_borrower_clean(&pool).await;
-        if fired {
-            interrupted += 1;
-            most_polls = most_polls.max(k + 1);
-            k += 1;
-            misses = 0;
-        } else {
-            assert!(matches!(outcome, Some(Ok(()))), "k={k}");
-            most_polls = most_polls.max(polled.polls);
-            misses += 1;
-            if misses == 3 {
-                k += 1;
-                misses = 0;
-            }
-        }
-    }
+    let report = support::walk_transaction(&pool, "items", walk, async |_| {
+        assert_next_borrower_clean(&pool).await
+    })
+    .await;
     assert!(
-        interrupted >= 5,
-        "only {interrupted} await points were hit (BEGIN, 3 INSERTs, COMMIT)"
+        report.points() >= 5,
+        "only {} await points were hit (BEGIN, 3 INSERTs, COMMIT)",
+        report.points()
     );
-    eprintln!("walked {interrupted} await points of at most {most_polls} polls");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_cancelled_at_every_await_point_leaves_no_rows_and_a_clean_connection() {
     let _serial = support::serial().await;
-    walk_transaction(|source| Hook::Cancel(Arc::clone(source))).await;
+    walk_transaction(Walk::cooperative()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_dropped_at_every_await_point_is_rolled_back_by_a_tracked_cleanup() {
     let _serial = support::serial().await;
-    walk_transaction(|_| Hook::Drop).await;
+    walk_transaction(Walk::dropping()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,24 +156,15 @@ async fn a_failing_body_rolls_back_and_returns_its_error() {
     let dir = tempfile::tempdir().unwrap();
     let pool = pool(&dir, 1).await;
     create_table(&pool).await;
-    let token = CancellationToken::never();
-    let result: Result<(), Error> = pool
-        .transaction(&token, |tx, _| {
-            Box::pin(async move {
-                sqlx::query("INSERT INTO items (batch, n) VALUES (7, 1)")
-                    .execute(&mut **tx)
-                    .await?;
-                sqlx::query("INSERT INTO no_such_table VALUES (1)")
-                    .execute(&mut **tx)
-                    .await?;
-                Ok(())
-            })
-        })
-        .await;
+    let statements = [
+        "INSERT INTO items (batch, n) VALUES (7, 1)",
+        "INSERT INTO no_such_table VALUES (1)",
+    ];
+    let result = execute_in_transaction(&pool, &CancellationToken::never(), &statements).await;
     let error = result.unwrap_err();
     assert!(!error.is_cancelled());
     assert!(error.to_string().contains("no_such_table"), "{error}");
-    assert_eq!(rows_in_batch(&pool, 7).await, 0);
+    assert_eq!(rows_in_batch(&pool, "items", 7).await, 0);
     assert_next_borrower_clean(&pool).await;
 }
 
@@ -297,7 +187,7 @@ async fn a_token_that_fires_as_the_body_succeeds_rolls_back() {
         })
         .await;
     assert!(result.unwrap_err().is_cancelled());
-    assert_eq!(rows_in_batch(&pool, 8).await, 0);
+    assert_eq!(rows_in_batch(&pool, "items", 8).await, 0);
     assert_next_borrower_clean(&pool).await;
 }
 
@@ -306,34 +196,8 @@ async fn a_pool_of_one_keeps_working_after_200_cancelled_queries() {
     let _serial = support::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let pool = pool(&dir, 1).await;
-    for i in 0..200u64 {
-        let source = CancellationSource::new();
-        let token = source.token();
-        // Cancel after 0 to 2 ms: before, while and after the statement starts.
-        source.cancel_after(Duration::from_micros(500 * (i % 5)));
-        let result = pool
-            .run(&token, |conn| {
-                Box::pin(async move {
-                    Ok::<i64, Error>(sqlx::query_scalar(ENDLESS).fetch_one(&mut *conn).await?)
-                })
-            })
-            .await;
-        assert!(result.unwrap_err().is_cancelled(), "iteration {i}");
-    }
-    assert_eq!(pool.pending_cleanups(), 0);
-    assert!(pool.size() <= 1);
-    assert_eq!(
-        pool.run(&CancellationToken::never(), |conn| Box::pin(async move {
-            Ok::<i64, Error>(
-                sqlx::query_scalar("SELECT 6 * 7")
-                    .fetch_one(&mut *conn)
-                    .await?,
-            )
-        }))
-        .await
-        .unwrap(),
-        42
-    );
+    support::cancel_repeatedly(&pool, ENDLESS, 200).await;
+    assert_eq!(integer(&pool, "SELECT 6 * 7").await, 42);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,53 +222,30 @@ async fn an_already_cancelled_token_never_touches_the_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unopenable_database_is_a_clear_connect_error() {
     let _serial = support::serial().await;
-    let error = SqliteGracefulPool::connect("sqlite:///no/such/directory/db.sqlite")
-        .await
-        .unwrap_err();
-    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
-    let message = error.to_string();
-    assert!(
-        message.contains("/no/such/directory/db.sqlite"),
-        "{message}"
-    );
+    let url = "sqlite:///no/such/directory/db.sqlite";
+    let message =
+        assert_connect_fails::<Sqlite>(url, Bad::Connect, &["/no/such/directory/db.sqlite"], None)
+            .await;
     assert!(message.starts_with("cannot connect to"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_url_is_a_clear_config_error() {
     let _serial = support::serial().await;
-    let error = SqliteGracefulPool::connect("sqlite://x.db?mode=sideways")
-        .await
-        .unwrap_err();
-    assert!(matches!(error, Error::Config { .. }), "{error:?}");
-    assert!(
-        error.to_string().contains("invalid connection options"),
-        "{error}"
-    );
+    let url = "sqlite://x.db?mode=sideways";
+    assert_connect_fails::<Sqlite>(url, Bad::Config, &["invalid connection options"], None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_url_for_another_database_is_a_config_error_with_its_password_redacted() {
     let _serial = support::serial().await;
     // sqlx's SQLite options would take this for a file name (with the password in it).
-    let error = SqliteGracefulPool::connect("postgres://alice:s3cret@127.0.0.1:1/app")
-        .await
-        .unwrap_err();
-    assert!(matches!(error, Error::Config { .. }), "{error:?}");
-    let message = error.to_string();
-    assert!(message.contains("expected `sqlite:`"), "{message}");
-    assert!(message.contains("alice:***@"), "{message}");
-    assert!(!message.contains("s3cret"), "{message}");
+    let url = "postgres://alice:s3cret@127.0.0.1:1/app";
+    let shown = ["expected `sqlite:`", "alice:***@"];
+    assert_connect_fails::<Sqlite>(url, Bad::Config, &shown, Some("s3cret")).await;
     // And the other way round.
-    let error = gracefully_sqlx::PgGracefulPool::connect("sqlite://x.db")
-        .await
-        .unwrap_err();
-    assert!(
-        error
-            .to_string()
-            .contains("expected `postgres:` or `postgresql:`"),
-        "{error}"
-    );
+    let shown = ["expected `postgres:` or `postgresql:`"];
+    assert_connect_fails::<Postgres>("sqlite://x.db", Bad::Config, &shown, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,29 +276,12 @@ async fn a_closed_pool_closes_its_connections_and_refuses_new_operations() {
 /// Creates a table, writes a row in one operation and reads it back in the next: the URL
 /// reached a working database that keeps what it was given.
 async fn assert_usable(pool: &SqliteGracefulPool, url: &str) {
-    pool.run(&CancellationToken::never(), |conn| {
-        Box::pin(async move {
-            sqlx::raw_sql("CREATE TABLE IF NOT EXISTS t (x INTEGER); INSERT INTO t VALUES (7)")
-                .execute(&mut *conn)
-                .await?;
-            Ok::<_, Error>(())
-        })
-    })
-    .await
-    .unwrap_or_else(|error| panic!("{url}: write: {error}"));
-    let x: i64 = pool
-        .run(&CancellationToken::never(), |conn| {
-            Box::pin(async move {
-                Ok::<_, Error>(
-                    sqlx::query_scalar("SELECT x FROM t")
-                        .fetch_one(&mut *conn)
-                        .await?,
-                )
-            })
-        })
-        .await
-        .unwrap_or_else(|error| panic!("{url}: read: {error}"));
-    assert_eq!(x, 7, "{url}");
+    execute(
+        pool,
+        "CREATE TABLE IF NOT EXISTS t (x INTEGER); INSERT INTO t VALUES (7)",
+    )
+    .await;
+    assert_eq!(integer(pool, "SELECT x FROM t").await, 7, "{url}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -646,63 +470,20 @@ async fn close_while_operations_return_connections_never_hangs() {
 async fn a_statement_the_body_abandoned_is_stopped_before_its_connection_is_lent_again() {
     let _serial = support::serial().await;
     let dir = tempfile::tempdir().unwrap();
-    for (case, verify_on_release) in [
-        ("run, Ok", false),
-        ("run, Ok", true),
-        ("run, Err", false),
-        ("transaction, Err", false),
-    ] {
-        let options = SqliteConnectOptions::new()
-            .filename(dir.path().join("abandoned.db"))
-            .create_if_missing(true);
-        let pool: SqliteGracefulPool = GracefulPoolOptions::new()
-            .pool_options(SqlitePoolOptions::new().max_connections(1))
-            .verify_on_release(verify_on_release)
-            .connect_with(options)
-            .await
-            .expect("open the SQLite pool");
-        let case = format!("{case}, verify_on_release({verify_on_release})");
-        // The body gives up on a statement of minutes after 100 ms.
-        async fn endless(conn: &mut sqlx::SqliteConnection) -> Result<(), Error> {
-            let query = sqlx::query_scalar::<_, i64>(ENDLESS).fetch_one(conn);
-            match tokio::time::timeout(Duration::from_millis(100), query).await {
-                Ok(done) => done.map(drop).map_err(Error::from),
-                Err(_) => Err(Error::Database(sqlx::Error::PoolTimedOut)),
-            }
-        }
-        let never = CancellationToken::never();
-        let started = Instant::now();
-        let result = match case.as_str() {
-            c if c.starts_with("run, Ok") => {
-                pool.run(&never, |conn| {
-                    Box::pin(async move {
-                        let _ = endless(conn).await;
-                        Ok::<_, Error>(())
-                    })
-                })
+    support::abandoned_statements_are_stopped(
+        ENDLESS,
+        async |_, verify_on_release| {
+            let options = SqliteConnectOptions::new()
+                .filename(dir.path().join("abandoned.db"))
+                .create_if_missing(true);
+            GracefulPoolOptions::new()
+                .pool_options(SqlitePoolOptions::new().max_connections(1))
+                .verify_on_release(verify_on_release)
+                .connect_with(options)
                 .await
-            }
-            c if c.starts_with("run, Err") => {
-                pool.run(&never, |conn| Box::pin(async move { endless(conn).await }))
-                    .await
-            }
-            _ => {
-                pool.transaction(&never, |tx, _| Box::pin(async move { endless(tx).await }))
-                    .await
-            }
-        };
-        let took = started.elapsed();
-        assert_eq!(result.is_ok(), case.contains("Ok"), "{case}: {result:?}");
-        assert!(
-            took < Duration::from_millis(1500),
-            "{case}: the operation took {took:?}"
-        );
-        // The pool of one lends its connection again at once.
-        let next = tokio::time::timeout(Duration::from_secs(5), assert_next_borrower_clean(&pool));
-        assert!(
-            next.await.is_ok(),
-            "{case}: the next borrower waited for the statement"
-        );
-        pool.close().await;
-    }
+                .expect("open the SQLite pool")
+        },
+        async |_, pool| assert_next_borrower_clean(pool).await,
+    )
+    .await;
 }
