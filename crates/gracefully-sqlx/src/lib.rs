@@ -168,8 +168,27 @@
 //! spawns is tracked; it contains no `unsafe` code.
 
 #![warn(missing_docs)]
+// No `unsafe`, and none may be added without changing this line. Nothing here needs it:
+// PostgreSQL's statements are cancelled with `pg_cancel_backend` (SQL on a second
+// connection) instead of a CancelRequest, whose secret key sqlx keeps private; SQLite's are
+// interrupted through sqlx's safe progress-handler API (`LockedSqliteHandle`), not
+// `sqlite3_interrupt` on a raw handle (`backend/sqlite.rs` says why that is also the
+// better aim). What sqlx does not expose is read through its safe API instead (see
+// `still_running` in `backend/postgres.rs`).
 #![forbid(unsafe_code)]
 
+// For maintainers: how the files depend on each other (each imports only files below it,
+// but for the builder and its type). The design is summarised in the repository's
+// `docs/architecture.md`, "Data: cancelling on the server".
+//
+//   ops.rs         run, transaction: the operations on a pool
+//   options.rs  <-> pool.rs       the builder (connect) and the handle users hold
+//   lease.rs       one operation's hold on a connection; how it ends
+//   recover.rs     stop, roll back, verify — or close — after a cancel, drop or failure
+//   pool_core.rs   the pool itself: idle list over the sqlx pool, checkout, check-in, close
+//   tracked.rs     an adopted connection      cleanups.rs   the count of cleanup tasks
+//   target.rs      which URLs a pool takes    settings.rs   settings and defaults
+//   backend/       the sealed per-database steps (PostgreSQL, SQLite)   error.rs   Error
 mod backend;
 mod cleanups;
 mod error;
