@@ -24,8 +24,8 @@ use gracefully::{Cancelled, Reason};
 pub enum Error {
     /// The token fired (or was already cancelled) and the operation stopped. Whatever the
     /// operation was running on the server was stopped before this was returned (or, if the
-    /// server did not confirm within the pool's cancellation timeout, the connection was closed), and
-    /// a transaction it had open was rolled back.
+    /// server did not confirm within the pool's cancellation timeout, the connection was
+    /// closed), and a transaction it had open was rolled back.
     Cancelled(Cancelled),
     /// The connection options could not be parsed (a bad URL, an unknown parameter).
     Config {

@@ -62,7 +62,7 @@
 //!    default, as Npgsql's).
 //! 4. **Verify and restore.** One probe reads the transaction state from the server (see
 //!    below); a transaction still open or aborted is rolled back and probed again.
-//! 5. **Return or close.** Verified idle: back to the idle list. Anything else — the grace
+//! 5. **Return or close.** Verified idle: back to the idle list. Anything else — the timeout
 //!    expired, the canceller was unreachable, the probe failed — PostgreSQL:
 //!    `pg_terminate_backend(pid)` then close; SQLite: close with the flag left raised.
 //!    This is Npgsql's sequence (cancel, wait a short window, then break the connection) with
@@ -153,8 +153,9 @@
 //!
 //! * PostgreSQL's canceller needs the right to signal the backend: the same role, or
 //!   membership in `pg_signal_backend`. Without it the statement cannot be cancelled and the
-//!   connection is closed after the grace (the server then runs the statement to its end).
-//! * SQLite cannot interrupt a statement waiting in its busy handler for a lock; the grace
+//!   connection is closed after the cancellation timeout (the server then runs the statement
+//!   to its end).
+//! * SQLite cannot interrupt a statement waiting in its busy handler for a lock; the timeout
 //!   expires and the connection is closed.
 //! * A progress handler you install on a pooled SQLite connection yourself replaces ours.
 //! * The pool keeps adopted connections in its own idle list (sqlx's pool cannot attach the

@@ -279,8 +279,8 @@ impl Sealed for Postgres {
 
     async fn abort<'a>(canceller: &'a Canceller, handle: &'a BackendPid, until: Instant) {
         // We still hold the connection, so the backend (and its pid) is ours. Give the
-        // terminate a moment even if the grace is spent: it is what stops a statement that
-        // never notices a closed socket.
+        // terminate a moment even if the cancellation timeout is spent: it is what stops a
+        // statement that never notices a closed socket.
         let until = until.max(Instant::now() + Duration::from_millis(500));
         let terminate = canceller.signal(handle.pid, Signal::Terminate);
         let _ = tokio::time::timeout_at(until.into(), terminate).await;

@@ -29,7 +29,7 @@
 //! state (`sqlite3_get_autocommit`, through sqlx's `begin_with` check) either way.
 //!
 //! Not interruptible this way: a statement waiting in SQLite's busy handler for a lock (the
-//! progress handler is not called while it sleeps). The grace then expires and the
+//! progress handler is not called while it sleeps). The cancellation timeout then expires and the
 //! connection is closed; its worker thread ends once the wait does.
 
 use std::sync::Arc;
