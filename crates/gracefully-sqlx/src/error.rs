@@ -24,8 +24,8 @@ use gracefully::{Cancelled, Reason};
 pub enum Error {
     /// The token fired (or was already cancelled) and the operation stopped. Whatever the
     /// operation was running on the server was stopped before this was returned (or, if the
-    /// server did not confirm within the pool's cancel grace, the connection was closed), and
-    /// a transaction it had open was rolled back.
+    /// server did not confirm within the pool's cancellation timeout, the connection was
+    /// closed), and a transaction it had open was rolled back.
     Cancelled(Cancelled),
     /// The connection options could not be parsed (a bad URL, an unknown parameter).
     Config {
@@ -45,6 +45,15 @@ pub enum Error {
     /// The database or the pool reported an error (a failed statement, a lost connection,
     /// a pool timeout).
     Database(sqlx::Error),
+    /// A [`transaction`](crate::GracefulPool::transaction)'s body returned `Ok`, but the
+    /// database had already aborted the transaction — a statement in it failed and the body
+    /// went on (PostgreSQL `25P02`) — so it was rolled back and nothing was committed.
+    /// PostgreSQL would answer the `COMMIT` of such a transaction with `ROLLBACK` and no
+    /// error; pgx (`ErrTxCommitRollback`), lib/pq and pgjdbc report it as an error, as we do.
+    RolledBack {
+        /// What the database answered when asked before `COMMIT`.
+        source: sqlx::Error,
+    },
 }
 
 impl Error {
@@ -71,7 +80,7 @@ impl Error {
         match self {
             Error::Cancelled(_) => None,
             Error::Config { source, .. } | Error::Connect { source, .. } => Some(source),
-            Error::Database(source) => Some(source),
+            Error::Database(source) | Error::RolledBack { source } => Some(source),
         }
     }
 }
@@ -87,6 +96,11 @@ impl fmt::Display for Error {
                 write!(f, "cannot connect to `{target}`: {source}")
             }
             Error::Database(source) => write!(f, "database error: {source}"),
+            Error::RolledBack { source } => write!(
+                f,
+                "transaction rolled back, nothing was committed: a statement in it had failed \
+                 and the body returned Ok anyway ({source})"
+            ),
         }
     }
 }
@@ -96,7 +110,7 @@ impl std::error::Error for Error {
         match self {
             Error::Cancelled(cancelled) => Some(cancelled),
             Error::Config { source, .. } | Error::Connect { source, .. } => Some(source),
-            Error::Database(source) => Some(source),
+            Error::Database(source) | Error::RolledBack { source } => Some(source),
         }
     }
 }
@@ -118,84 +132,9 @@ impl From<sqlx::Error> for Error {
     }
 }
 
-/// `url` with any password replaced by `***`: the user-info password and `password=` query
-/// parameters. A string that does not parse as a URL keeps only what cannot be a secret.
-pub(crate) fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                // Cannot fail: a URL with a password has a host.
-                let _ = parsed.set_password(Some("***"));
-            }
-            if parsed.query().is_some() {
-                let pairs: Vec<(String, String)> = parsed
-                    .query_pairs()
-                    .map(|(k, v)| {
-                        let secret = k.eq_ignore_ascii_case("password")
-                            || k.eq_ignore_ascii_case("sslpassword");
-                        (
-                            k.into_owned(),
-                            if secret { "***".into() } else { v.into_owned() },
-                        )
-                    })
-                    .collect();
-                parsed.query_pairs_mut().clear().extend_pairs(pairs);
-            }
-            parsed.to_string()
-        }
-        // Not a URL: keep what is before `://` and after the last `@`, and nothing of a
-        // `password=` parameter.
-        Err(_) => {
-            let mut out = match (url.find("://"), url.rfind('@')) {
-                (Some(scheme), Some(at)) if at > scheme => {
-                    format!("{}://***@{}", &url[..scheme], &url[at + 1..])
-                }
-                _ => url.to_owned(),
-            };
-            if let Some(start) = out.to_ascii_lowercase().find("password=") {
-                let value = start + "password=".len();
-                let end = out[value..].find('&').map_or(out.len(), |e| value + e);
-                out.replace_range(value..end, "***");
-            }
-            out
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redact_hides_the_user_info_password() {
-        let shown = redact("postgres://alice:s3cret@db.example:5432/app");
-        assert_eq!(shown, "postgres://alice:***@db.example:5432/app");
-    }
-
-    #[test]
-    fn redact_hides_a_password_parameter() {
-        let shown = redact("postgres://db.example/app?user=alice&password=s3cret&sslmode=disable");
-        assert!(!shown.contains("s3cret"), "{shown}");
-        assert!(shown.contains("password=***"), "{shown}");
-        assert!(shown.contains("sslmode=disable"), "{shown}");
-    }
-
-    #[test]
-    fn redact_keeps_urls_without_secrets() {
-        assert_eq!(
-            redact("postgres://alice@db.example/app"),
-            "postgres://alice@db.example/app"
-        );
-        assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
-    }
-
-    #[test]
-    fn redact_handles_strings_that_are_not_urls() {
-        let shown = redact("postgres://alice:s3:cr@t@[bad/app");
-        assert!(!shown.contains("s3"), "{shown}");
-        let shown = redact("host=db password=s3cret");
-        assert!(!shown.contains("s3cret"), "{shown}");
-    }
 
     #[test]
     fn a_cancelled_error_is_recognised_as_cancellation() {

@@ -58,10 +58,11 @@
 //!    already raised by a token callback on the cancelling thread; the statement returns
 //!    `SQLITE_INTERRUPT`.
 //! 3. **Drain.** Read every reply still due (PostgreSQL: until the last `ReadyForQuery`;
-//!    SQLite: a worker round trip), within the pool's *cancel grace* (2 s by default).
+//!    SQLite: a worker round trip), within the pool's *cancellation timeout* (2 s by
+//!    default, as Npgsql's).
 //! 4. **Verify and restore.** One probe reads the transaction state from the server (see
 //!    below); a transaction still open or aborted is rolled back and probed again.
-//! 5. **Return or close.** Verified idle: back to the idle list. Anything else — the grace
+//! 5. **Return or close.** Verified idle: back to the idle list. Anything else — the timeout
 //!    expired, the canceller was unreachable, the probe failed — PostgreSQL:
 //!    `pg_terminate_backend(pid)` then close; SQLite: close with the flag left raised.
 //!    This is Npgsql's sequence (cancel, wait a short window, then break the connection) with
@@ -95,6 +96,11 @@
 //! * **Cancel during `COMMIT`.** A `COMMIT` once sent is not cancelled by the token: its
 //!   outcome is reported as it is. If the whole future is dropped during it, the cleanup may
 //!   cancel it, and the server decides atomically: all the body's writes, or none.
+//! * **A `COMMIT` that is a `ROLLBACK`.** PostgreSQL aborts a transaction at its first
+//!   failed statement; a body that swallows that error and returns `Ok` would get its
+//!   `COMMIT` answered with `ROLLBACK` and no error. One statement before `COMMIT` asks (it
+//!   fails with `25P02` in an aborted transaction), and the caller gets
+//!   [`Error::RolledBack`], not `Ok`.
 //! * **Cancel racing with completion.** A body that completes as the token fires returns its
 //!   value (`run`) or rolls back (`transaction`: it commits only if the token is not
 //!   cancelled once the body is done and the interrupt disarmed); SQLite's flag, if raised, is
@@ -111,6 +117,18 @@
 //! completes normally with sqlx reporting a clean connection goes back without a round trip
 //! (set [`GracefulPoolOptions::verify_on_release`] to probe always).
 //!
+//! ### A statement the body gave up on
+//!
+//! A body may drop a query future itself (a `tokio::time::timeout` around it, a `select!`)
+//! and still return. sqlx leaves that statement running, and the next borrower of the
+//! connection would wait for it. So before a connection is lent again, the pool asks
+//! whether a statement may still run — without a round trip: PostgreSQL, whether sqlx still
+//! owes the statement's replies; SQLite, whether its progress handler ran during the
+//! operation — and if so stops it as for a cancellation (cancel or interrupt, then drain).
+//! [`GracefulPoolOptions::verify_on_release`] says what this cannot see. (Inside a
+//! [`transaction`](GracefulPool::transaction) whose body returns `Ok`, such a statement is
+//! part of the transaction: `COMMIT` waits for it, as in sqlx.)
+//!
 //! ### Deadlines on the server
 //!
 //! The token's [`deadline`](gracefully::CancellationToken::deadline) becomes PostgreSQL's
@@ -125,7 +143,7 @@
 //! | | .NET (Npgsql / EF Core) | Go (`database/sql`) | gracefully-sqlx |
 //! |---|---|---|---|
 //! | query with a token | `cmd.ExecuteReaderAsync(token)` | `db.QueryContext(ctx, …)` | `pool.run(&token, \|conn\| Box::pin(async move { … }))` |
-//! | what reaches the server | CancelRequest, then break after `CancellationTimeout` | driver-specific (lib/pq, pgx: cancel request) | `pg_cancel_backend`, then terminate + close after [`cancel_grace`](GracefulPoolOptions::cancel_grace); SQLite interrupt |
+//! | what reaches the server | CancelRequest, then break after `CancellationTimeout` | driver-specific (lib/pq, pgx: cancel request) | `pg_cancel_backend`, then terminate + close after [`cancellation_timeout`](GracefulPoolOptions::cancellation_timeout); SQLite interrupt |
 //! | the error | `OperationCanceledException` | `ctx.Err()` | [`Error::Cancelled`] with the [`Reason`](gracefully::Reason) |
 //! | transaction | `BeginTransactionAsync(token)` … `CommitAsync(token)` | `db.BeginTx(ctx, …)` (rolls back when ctx is done) | [`pool.transaction(&token, …)`](GracefulPool::transaction) |
 //! | connection after a cancel | reused after the cancel completes | returned to the pool | reused only if verified idle, else closed |
@@ -135,8 +153,9 @@
 //!
 //! * PostgreSQL's canceller needs the right to signal the backend: the same role, or
 //!   membership in `pg_signal_backend`. Without it the statement cannot be cancelled and the
-//!   connection is closed after the grace (the server then runs the statement to its end).
-//! * SQLite cannot interrupt a statement waiting in its busy handler for a lock; the grace
+//!   connection is closed after the cancellation timeout (the server then runs the statement
+//!   to its end).
+//! * SQLite cannot interrupt a statement waiting in its busy handler for a lock; the timeout
 //!   expires and the connection is closed.
 //! * A progress handler you install on a pooled SQLite connection yourself replaces ours.
 //! * The pool keeps adopted connections in its own idle list (sqlx's pool cannot attach the
@@ -150,13 +169,39 @@
 //! spawns is tracked; it contains no `unsafe` code.
 
 #![warn(missing_docs)]
+// No `unsafe`, and none may be added without changing this line. Nothing here needs it:
+// PostgreSQL's statements are cancelled with `pg_cancel_backend` (SQL on a second
+// connection) instead of a CancelRequest, whose secret key sqlx keeps private; SQLite's are
+// interrupted through sqlx's safe progress-handler API (`LockedSqliteHandle`), not
+// `sqlite3_interrupt` on a raw handle (`backend/sqlite.rs` says why that is also the
+// better aim). What sqlx does not expose is read through its safe API instead (see
+// `still_running` in `backend/postgres.rs`).
 #![forbid(unsafe_code)]
 
+// For maintainers: how the files depend on each other (each imports only files below it,
+// but for the builder and its type). The design is summarised in the repository's
+// `docs/architecture.md`, "Data: cancelling on the server".
+//
+//   ops.rs         run, transaction: the operations on a pool
+//   options.rs  <-> pool.rs       the builder (connect) and the handle users hold
+//   lease.rs       one operation's hold on a connection; how it ends
+//   recover.rs     stop, roll back, verify — or close — after a cancel, drop or failure
+//   pool_core.rs   the pool itself: idle list over the sqlx pool, checkout, check-in, close
+//   tracked.rs     an adopted connection      cleanups.rs   the count of cleanup tasks
+//   target.rs      which URLs a pool takes    settings.rs   settings and defaults
+//   backend/       the sealed per-database steps (PostgreSQL, SQLite)   error.rs   Error
 mod backend;
+mod cleanups;
 mod error;
+mod lease;
 mod ops;
+mod options;
 mod pool;
+mod pool_core;
 mod recover;
+mod settings;
+mod target;
+mod tracked;
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]
@@ -166,7 +211,9 @@ struct ReadmeDoctests;
 pub use backend::Backend;
 pub use error::Error;
 pub use ops::BoxFuture;
-pub use pool::{DEFAULT_CANCEL_GRACE, GracefulPool, GracefulPoolOptions, ServerDeadline};
+pub use options::GracefulPoolOptions;
+pub use pool::GracefulPool;
+pub use settings::{DEFAULT_CANCELLATION_TIMEOUT, ServerDeadline};
 
 /// A [`GracefulPool`] for PostgreSQL.
 pub type PgGracefulPool = GracefulPool<sqlx::Postgres>;

@@ -2,7 +2,6 @@
 //! [`GracefulPool::transaction`] for transactions that commit only when they should.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gracefully::{CancellationToken, Reason};
@@ -10,7 +9,9 @@ use sqlx::{Connection, Transaction};
 
 use crate::backend::Backend;
 use crate::error::Error;
-use crate::pool::{GracefulPool, ServerDeadline};
+use crate::lease::{DropHint, Ended};
+use crate::pool::GracefulPool;
+use crate::settings::ServerDeadline;
 
 /// A boxed, `Send` future borrowing for `'a`: what an operation's body returns (the same
 /// shape as sqlx's `Connection::transaction` and `futures::future::BoxFuture`).
@@ -76,7 +77,7 @@ impl<DB: Backend> GracefulPool<DB> {
     ///
     /// *Anchors:* Npgsql's `ExecuteReaderAsync(token)` and Go's `db.QueryContext(ctx, …)`
     /// also cancel on the server. Differences: the caller's `Err` waits until the server
-    /// stopped (bounded by the cancel grace); and a connection is verified before reuse.
+    /// stopped (bounded by the cancellation timeout); and a connection is verified before reuse.
     pub async fn run<T, E, F>(&self, token: &CancellationToken, body: F) -> Result<T, E>
     where
         F: for<'c> FnOnce(&'c mut DB::Connection) -> BoxFuture<'c, Result<T, E>>,
@@ -87,7 +88,7 @@ impl<DB: Backend> GracefulPool<DB> {
         let armed = DB::arm(lease.handle(), token);
 
         let mut deadline_applied = false;
-        let timeout = match self.shared.settings.server_deadline {
+        let timeout = match self.core.settings.server_deadline {
             ServerDeadline::Always => self.timeout_millis(token),
             ServerDeadline::Off | ServerDeadline::Transactions => None,
         };
@@ -105,7 +106,7 @@ impl<DB: Backend> GracefulPool<DB> {
                 Ok(Ok(applied)) => deadline_applied = applied,
                 Ok(Err(error)) => {
                     drop(armed);
-                    Box::pin(lease.release(true)).await;
+                    Box::pin(lease.release(Ended::Completed { doubt: true })).await;
                     return Err(E::from(Error::from(error)));
                 }
             }
@@ -117,12 +118,12 @@ impl<DB: Backend> GracefulPool<DB> {
         match outcome {
             Err(cancelled) => Err(E::from(Box::pin(lease.abandon(cancelled)).await)),
             Ok(Ok(value)) => {
-                lease.release(false).await;
+                lease.release(Ended::Returned { doubt: false }).await;
                 Ok(value)
             }
             Ok(Err(error)) => {
                 let reason = Box::pin(async move {
-                    lease.release(true).await;
+                    lease.release(Ended::Returned { doubt: true }).await;
                     settle(token, deadline_applied).await
                 })
                 .await;
@@ -150,8 +151,15 @@ impl<DB: Backend> GracefulPool<DB> {
     /// * body `Err(e)`: rolled back; `Err(e)`, or `Cancelled` if the token had fired;
     /// * the token fires before the body ends: the body is dropped, its statement stopped on
     ///   the server, rolled back, `Cancelled`;
+    /// * body `Ok(v)`, but a statement in the transaction had failed and the body went on
+    ///   (PostgreSQL aborts the transaction; its `COMMIT` would silently roll back): rolled
+    ///   back, [`Error::RolledBack`];
     /// * `COMMIT` fails (a serialization failure, a deferred constraint): `Err` with the
     ///   database error; the server has rolled back.
+    ///
+    /// On PostgreSQL, telling a live transaction from an aborted one costs one round trip
+    /// before `COMMIT` (sqlx does not expose `COMMIT`'s command tag, which would tell for
+    /// free).
     ///
     /// With [`ServerDeadline::Transactions`](crate::ServerDeadline::Transactions) (the
     /// default) and a token with a deadline, a PostgreSQL transaction starts with `BEGIN; SET
@@ -200,10 +208,11 @@ impl<DB: Backend> GracefulPool<DB> {
     {
         token.check().map_err(|c| E::from(Error::from(c)))?;
         let mut lease = self.lease(token).await.map_err(E::from)?;
-        let unsent = Arc::new(AtomicBool::new(false));
-        lease.unsent_hint = Some(Arc::clone(&unsent));
-        let armed = DB::arm(lease.handle(), token);
-        let timeout = match self.shared.settings.server_deadline {
+        let hint = Arc::new(DropHint::default());
+        lease.hint = Some(Arc::clone(&hint));
+        let (handle, since) = (lease.handle().clone(), lease.since());
+        let armed = DB::arm(&handle, token);
+        let timeout = match self.core.settings.server_deadline {
             ServerDeadline::Transactions | ServerDeadline::Always => self.timeout_millis(token),
             ServerDeadline::Off => None,
         };
@@ -212,21 +221,36 @@ impl<DB: Backend> GracefulPool<DB> {
 
         // Everything that borrows the connection happens in `transact`; what it returns
         // borrows nothing, so the lease can be consumed here.
-        let end = transact(lease.conn(), token, armed, begin_sql, unsent, body).await;
+        let watch = TxWatch {
+            hint,
+            handle,
+            since,
+        };
+        let end = transact(lease.conn(), token, armed, begin_sql, watch, body).await;
         match end {
             TxEnd::Cancelled(cancelled) => Err(E::from(lease.abandon(cancelled).await)),
             TxEnd::BeginFailed(error) | TxEnd::CommitFailed(error) => {
-                lease.release(true).await;
+                lease.release(Ended::Completed { doubt: true }).await;
                 Err(E::from(Error::from(error)))
             }
             TxEnd::Committed(value) => {
-                lease.release(false).await;
+                lease.release(Ended::Completed { doubt: false }).await;
                 Ok(value)
+            }
+            TxEnd::Aborted(source) => {
+                // The ROLLBACK was queued; verification sends it.
+                lease.release(Ended::Completed { doubt: true }).await;
+                match settle(token, deadline_applied).await {
+                    // A statement the server's deadline stopped: the deadline is the cause.
+                    Some(reason) => Err(E::from(Error::cancelled(reason))),
+                    None => Err(E::from(Error::RolledBack { source })),
+                }
             }
             TxEnd::RolledBack(result) => {
                 // The ROLLBACK was queued when the transaction was dropped; verification
-                // sends it, waits for it and reads the server's state after it.
-                lease.release(true).await;
+                // sends it, waits for it and reads the server's state after it (after
+                // stopping a statement the body gave up on, as the guard recorded).
+                lease.release(Ended::Returned { doubt: true }).await;
                 match (settle(token, deadline_applied).await, result) {
                     (Some(reason), _) => Err(E::from(Error::cancelled(reason))),
                     (None, Err(error)) => Err(error),
@@ -259,8 +283,12 @@ enum TxEnd<T, E> {
     BeginFailed(sqlx::Error),
     /// `COMMIT` succeeded.
     Committed(T),
-    /// `COMMIT` failed; the server rolled back.
+    /// `COMMIT` (or the check before it) failed; the server rolled back.
     CommitFailed(sqlx::Error),
+    /// The transaction was aborted by a statement that failed in the body (which returned
+    /// `Ok` anyway); its `COMMIT` would have been a silent `ROLLBACK`. Dropped, queueing the
+    /// `ROLLBACK`.
+    Aborted(sqlx::Error),
     /// The body failed, or the token fired as it succeeded: the transaction was dropped,
     /// queueing its `ROLLBACK`.
     RolledBack(Result<T, E>),
@@ -272,7 +300,7 @@ async fn transact<DB, T, E, F>(
     token: &CancellationToken,
     armed: Option<gracefully::Registration>,
     begin_sql: Option<String>,
-    unsent: Arc<AtomicBool>,
+    watch: TxWatch<DB>,
     body: F,
 ) -> TxEnd<T, E>
 where
@@ -295,7 +323,7 @@ where
     };
     let mut guard = TxGuard {
         tx: Some(tx),
-        unsent,
+        watch,
     };
     let outcome = {
         let tx = guard.tx.as_mut().expect("set above");
@@ -310,6 +338,23 @@ where
             TxEnd::Cancelled(cancelled)
         }
         Ok(Ok(value)) if !token.is_cancelled() => {
+            let tx = guard.tx.as_mut().expect("set above");
+            // Still cancellable: nothing is committed until COMMIT is sent.
+            match token.run_until_cancelled(DB::check_not_aborted(tx)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    drop(guard);
+                    return if DB::is_failed_transaction(&error) {
+                        TxEnd::Aborted(error)
+                    } else {
+                        TxEnd::CommitFailed(error)
+                    };
+                }
+                Err(cancelled) => {
+                    drop(guard);
+                    return TxEnd::Cancelled(cancelled);
+                }
+            }
             let tx = guard.tx.take().expect("set above");
             drop(guard);
             match tx.commit().await {
@@ -325,18 +370,30 @@ where
 }
 
 /// Holds the body's transaction. Dropped with the transaction still in it (the operation's
-/// future was dropped, or the token fired), it records whether bytes of an abandoned
-/// statement were never sent *before* sqlx's `Transaction` queues its `ROLLBACK` (which also
-/// shows as bytes to send).
+/// future was dropped, the token fired, or the body failed), it records — *before* sqlx's
+/// `Transaction` queues its `ROLLBACK`, which also shows as bytes to send and which a look
+/// at the connection afterwards would send — whether bytes of an abandoned statement were
+/// never sent, and whether a statement the body gave up on may still run.
 struct TxGuard<'c, DB: Backend> {
     tx: Option<Transaction<'c, DB>>,
-    unsent: Arc<AtomicBool>,
+    watch: TxWatch<DB>,
+}
+
+/// What [`TxGuard`] needs to judge the connection, and where it records its findings.
+struct TxWatch<DB: Backend> {
+    hint: Arc<DropHint>,
+    handle: DB::Handle,
+    /// `Backend::progress` when the operation started.
+    since: u64,
 }
 
 impl<DB: Backend> Drop for TxGuard<'_, DB> {
     fn drop(&mut self) {
-        if let Some(tx) = &self.tx {
-            self.unsent.store(tx.should_flush(), Ordering::Relaxed);
+        if let Some(tx) = &mut self.tx {
+            let watch = &self.watch;
+            let unsent = tx.should_flush();
+            let running = DB::still_running(&mut **tx, &watch.handle, watch.since);
+            watch.hint.record(unsent, running);
         }
         // `self.tx` drops after this, queueing the ROLLBACK.
     }

@@ -12,15 +12,17 @@
 mod support;
 
 use std::str::FromStr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use gracefully::{CancellationSource, CancellationToken, ReasonKind};
 use gracefully_sqlx::{Error, GracefulPoolOptions, PgGracefulPool, ServerDeadline};
-use sqlx::Connection;
+use gracefully_test::Walk;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
-use support::{AtPoll, Hook};
+use sqlx::{Connection, Postgres};
+use support::{
+    Bad, assert_connect_fails, execute, execute_in_transaction, integer, integer_in_transaction,
+    integer_on, rows_in_batch, spawn_execute,
+};
 
 fn database_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| {
@@ -197,45 +199,11 @@ async fn create_table(pool: &PgGracefulPool, table: &str) {
          CREATE TABLE {table} (batch bigint NOT NULL, n bigint NOT NULL, \
          UNIQUE (batch, n) DEFERRABLE INITIALLY DEFERRED)"
     );
-    pool.run(&CancellationToken::never(), |conn| {
-        Box::pin(async move {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&mut *conn)
-                .await?;
-            Ok::<_, Error>(())
-        })
-    })
-    .await
-    .expect("create the table");
+    execute(pool, sql).await;
 }
 
 async fn drop_table(pool: &PgGracefulPool, table: &str) {
-    let sql = format!("DROP TABLE IF EXISTS {table}");
-    let _ = pool
-        .run(&CancellationToken::never(), |conn| {
-            Box::pin(async move {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut *conn)
-                    .await?;
-                Ok::<_, Error>(())
-            })
-        })
-        .await;
-}
-
-async fn rows_in_batch(pool: &PgGracefulPool, table: &str, batch: i64) -> i64 {
-    let sql = format!("SELECT count(*) FROM {table} WHERE batch = $1");
-    pool.run(&CancellationToken::never(), |conn| {
-        Box::pin(async move {
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .bind(batch)
-                .fetch_one(&mut *conn)
-                .await?;
-            Ok::<_, Error>(n)
-        })
-    })
-    .await
-    .expect("count rows")
+    execute(pool, format!("DROP TABLE IF EXISTS {table}")).await;
 }
 
 /// Starts `sql` through the pool on a fresh token, waits until the server runs it, cancels
@@ -250,18 +218,7 @@ async fn cancel_on_server(
     let pool = pool(&app, 1).await;
     let mut monitor = monitor().await;
     let source = CancellationSource::new();
-    let token = source.token();
-    let runner = pool.clone();
-    let operation = tokio::spawn(async move {
-        runner
-            .run(&token, |conn| {
-                Box::pin(async move {
-                    sqlx::query(sql).execute(&mut *conn).await?;
-                    Ok::<_, Error>(())
-                })
-            })
-            .await
-    });
+    let operation = spawn_execute(&pool, source.token(), sql);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         running(&mut monitor, &app, needle).await,
@@ -342,19 +299,7 @@ async fn a_dropped_run_future_still_stops_the_statement_on_the_server() {
     let app = unique("dropped_run");
     let pool = pool(&app, 1).await;
     let mut monitor = monitor().await;
-    let runner = pool.clone();
-    let operation = tokio::spawn(async move {
-        runner
-            .run(&CancellationToken::never(), |conn| {
-                Box::pin(async move {
-                    sqlx::query("SELECT pg_sleep(30)")
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok::<_, Error>(())
-                })
-            })
-            .await
-    });
+    let operation = spawn_execute(&pool, CancellationToken::never(), "SELECT pg_sleep(30)");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(running(&mut monitor, &app, "pg_sleep").await, 1);
     let dropped_at = Instant::now();
@@ -370,12 +315,11 @@ async fn a_dropped_run_future_still_stops_the_statement_on_the_server() {
     assert_next_borrower_clean(&pool).await;
 }
 
-/// Walks every poll of a transaction (checkout, BEGIN, three INSERTs, COMMIT), firing `hook`
-/// at the k-th for k = 1, 2, … up to the most polls any run took. After each: the
-/// batch has all its rows or none — none if the body had not finished, all only if the
-/// outcome was `Ok` or the operation was dropped with its COMMIT in flight — no backend of
-/// the pool is left in a transaction, and the next borrower is idle and outside any.
-async fn walk_transaction(test: &str, make_hook: impl Fn(&Arc<CancellationSource>) -> Hook) {
+/// Walks every await point of a transaction (checkout, BEGIN, three INSERTs, the check
+/// before COMMIT, COMMIT) through the shared walk (`support::walk_transaction`), over a proxy
+/// that makes every round trip a real suspension; after each run, no backend of the pool is
+/// left in a transaction, and the next borrower is idle and outside any.
+async fn walk_transaction(test: &str, walk: Walk) {
     let app = unique(test);
     let table = unique(test);
     let options = PgConnectOptions::from_str(&database_url())
@@ -384,77 +328,20 @@ async fn walk_transaction(test: &str, make_hook: impl Fn(&Arc<CancellationSource
     let pool = pool_with(delayed(options, Duration::from_millis(1)).await, 1).await;
     let mut monitor = monitor().await;
     create_table(&pool, &table).await;
-    let mut interrupted = 0;
-    // The number of polls varies from run to run (a reply already there needs no wait): walk
-    // k up to the most polls any run took, retrying a k (up to 3 runs) whose run completed
-    // before its k-th poll, so every await point of the longest run is hit.
-    let mut most_polls = 1;
-    let mut k = 1;
-    let mut misses = 0;
-    let mut batch = 0i64;
-    while k <= most_polls {
-        batch += 1;
-        assert!(batch <= 1_000, "the walk did not end within 1000 runs");
-        let source = Arc::new(CancellationSource::new());
-        let token = source.token();
-        let insert = format!("INSERT INTO {table} (batch, n) VALUES ($1, $2)");
-        let body_done = Arc::new(AtomicBool::new(false));
-        let done = Arc::clone(&body_done);
-        let operation = pool.transaction(&token, move |tx, token| {
-            Box::pin(async move {
-                for n in 0..3i64 {
-                    token.check()?;
-                    sqlx::query(sqlx::AssertSqlSafe(insert.clone()))
-                        .bind(batch)
-                        .bind(n)
-                        .execute(&mut **tx)
-                        .await?;
-                }
-                done.store(true, Ordering::SeqCst);
-                Ok::<_, Error>(())
-            })
-        });
-        let polled = AtPoll::new(operation, k, make_hook(&source)).await;
-        let (outcome, fired) = (polled.output, polled.fired);
-        pool.wait_for_cleanups().await;
-        assert_eq!(pool.pending_cleanups(), 0);
-        assert_eq!(idle_in_transaction(&mut monitor, &app).await, 0, "k={k}");
-
-        let rows = rows_in_batch(&pool, &table, batch).await;
-        let body_finished = body_done.load(Ordering::SeqCst);
-        match &outcome {
-            Some(Ok(())) => assert_eq!(rows, 3, "committed at k={k}"),
-            Some(Err(error)) => {
-                assert!(error.is_cancelled(), "k={k}: {error}");
-                assert_eq!(rows, 0, "rolled back at k={k}");
-            }
-            None if !body_finished => assert_eq!(rows, 0, "dropped mid-body at k={k}"),
-            None => assert!(
-                rows == 0 || rows == 3,
-                "dropped in COMMIT at k={k}: {rows} rows"
-            ),
-        }
+    let report = support::walk_transaction(&pool, &table, walk, async |point| {
+        assert_eq!(
+            idle_in_transaction(&mut monitor, &app).await,
+            0,
+            "point {point}"
+        );
         assert_next_borrower_clean(&pool).await;
-        if fired {
-            interrupted += 1;
-            most_polls = most_polls.max(k + 1);
-            k += 1;
-            misses = 0;
-        } else {
-            assert!(matches!(outcome, Some(Ok(()))), "k={k}");
-            most_polls = most_polls.max(polled.polls);
-            misses += 1;
-            if misses == 3 {
-                k += 1;
-                misses = 0;
-            }
-        }
-    }
+    })
+    .await;
     assert!(
-        interrupted >= 6,
-        "only {interrupted} await points were hit (checkout, BEGIN, 3 INSERTs, COMMIT)"
+        report.points() >= 6,
+        "only {} await points were hit (BEGIN, 3 INSERTs, the check before COMMIT, COMMIT)",
+        report.points()
     );
-    eprintln!("{test}: walked {interrupted} await points of at most {most_polls} polls");
     drop_table(&pool, &table).await;
 }
 
@@ -462,14 +349,14 @@ async fn walk_transaction(test: &str, make_hook: impl Fn(&Arc<CancellationSource
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
 async fn a_transaction_cancelled_at_every_await_point_leaves_no_rows_and_a_clean_connection() {
     let _serial = support::serial().await;
-    walk_transaction("walk_cancel", |source| Hook::Cancel(Arc::clone(source))).await;
+    walk_transaction("walk_cancel", Walk::cooperative()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
 async fn a_transaction_dropped_at_every_await_point_is_rolled_back_by_a_tracked_cleanup() {
     let _serial = support::serial().await;
-    walk_transaction("walk_drop", |_| Hook::Drop).await;
+    walk_transaction("walk_drop", Walk::dropping()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,40 +366,10 @@ async fn a_pool_of_one_keeps_working_after_1000_cancelled_queries() {
     let app = unique("thousand");
     let pool = pool(&app, 1).await;
     let mut monitor = monitor().await;
-    let backend_pid = async |pool: &PgGracefulPool| -> i32 {
-        pool.run(&CancellationToken::never(), |conn| {
-            Box::pin(async move {
-                Ok::<_, Error>(
-                    sqlx::query_scalar("SELECT pg_backend_pid()")
-                        .fetch_one(&mut *conn)
-                        .await?,
-                )
-            })
-        })
-        .await
-        .unwrap()
-    };
-    let first_pid = backend_pid(&pool).await;
-    let started = Instant::now();
-    for i in 0..1000u64 {
-        let source = CancellationSource::new();
-        let token = source.token();
-        // Cancel after 0 to 2 ms: before the statement is sent, while it runs, in between.
-        source.cancel_after(Duration::from_micros(500 * (i % 5)));
-        let result = pool
-            .run(&token, |conn| {
-                Box::pin(async move {
-                    sqlx::query("SELECT pg_sleep(10)")
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok::<_, Error>(())
-                })
-            })
-            .await;
-        assert!(result.unwrap_err().is_cancelled(), "iteration {i}");
-    }
-    let took = started.elapsed();
-    let last_pid = backend_pid(&pool).await;
+    const PID: &str = "SELECT pg_backend_pid()::bigint";
+    let first_pid = integer(&pool, PID).await;
+    let took = support::cancel_repeatedly(&pool, "SELECT pg_sleep(10)", 1000).await;
+    let last_pid = integer(&pool, PID).await;
     // Informational: a connection is closed only when it cannot be verified (for example
     // when the cancel caught a statement still in the write buffer), so usually the very
     // same backend served all 1000.
@@ -520,28 +377,30 @@ async fn a_pool_of_one_keeps_working_after_1000_cancelled_queries() {
         "1000 cancelled queries in {took:?}; same backend before and after: {}",
         first_pid == last_pid
     );
-    assert_eq!(pool.pending_cleanups(), 0);
-    assert!(pool.size() <= 1, "size {}", pool.size());
     assert_eq!(running(&mut monitor, &app, "pg_sleep").await, 0);
     assert_eq!(idle_in_transaction(&mut monitor, &app).await, 0);
-    let answer: i32 = pool
-        .run(&CancellationToken::never(), |conn| {
-            Box::pin(async move {
-                Ok::<_, Error>(
-                    sqlx::query_scalar("SELECT 6 * 7")
-                        .fetch_one(&mut *conn)
-                        .await?,
-                )
-            })
-        })
-        .await
-        .unwrap();
-    assert_eq!(answer, 42);
+    assert_eq!(integer(&pool, "SELECT (6 * 7)::bigint").await, 42);
     assert_next_borrower_clean(&pool).await;
 }
 
 /// The session's `statement_timeout` in milliseconds.
 const TIMEOUT_MS: &str = "SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout'";
+
+/// Reads `statement_timeout` in a transaction and then in a `run`, both on a token with 5 s
+/// left: the transaction's is the deadline (`SET LOCAL` travels in its `BEGIN`); returns the
+/// `run`'s.
+async fn timeout_in_run_after_a_transaction_with_5s_left(pool: &PgGracefulPool) -> i64 {
+    let source = CancellationSource::with_timeout(Duration::from_secs(5));
+    let token = source.token();
+    let in_transaction = integer_in_transaction(pool, &token, TIMEOUT_MS)
+        .await
+        .unwrap();
+    assert!(
+        (4_000..=5_001).contains(&in_transaction),
+        "SET LOCAL gave {in_transaction} ms"
+    );
+    integer_on(pool, &token, TIMEOUT_MS).await.unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL (set DATABASE_URL)"]
@@ -557,41 +416,11 @@ async fn the_tokens_deadline_becomes_the_statement_timeout_and_is_reset_afterwar
         .connect_with(options)
         .await
         .expect("connect");
-    let source = CancellationSource::with_timeout(Duration::from_secs(5));
-    let token = source.token();
-
-    let in_transaction: i64 = pool
-        .transaction(&token, |tx, _| {
-            Box::pin(async move {
-                Ok::<_, Error>(sqlx::query_scalar(TIMEOUT_MS).fetch_one(&mut **tx).await?)
-            })
-        })
-        .await
-        .unwrap();
-    assert!(
-        (4_000..=5_001).contains(&in_transaction),
-        "SET LOCAL gave {in_transaction} ms"
-    );
-
-    let in_run: i64 = pool
-        .run(&token, |conn| {
-            Box::pin(async move {
-                Ok::<_, Error>(sqlx::query_scalar(TIMEOUT_MS).fetch_one(&mut *conn).await?)
-            })
-        })
-        .await
-        .unwrap();
+    let in_run = timeout_in_run_after_a_transaction_with_5s_left(&pool).await;
     assert!((4_000..=5_001).contains(&in_run), "SET gave {in_run} ms");
 
     // The same (single) connection, borrowed without a deadline: back to the default.
-    let after: i64 = pool
-        .run(&CancellationToken::never(), |conn| {
-            Box::pin(async move {
-                Ok::<_, Error>(sqlx::query_scalar(TIMEOUT_MS).fetch_one(&mut *conn).await?)
-            })
-        })
-        .await
-        .unwrap();
+    let after = integer(&pool, TIMEOUT_MS).await;
     assert_eq!(after, 0, "statement_timeout was not reset");
 }
 
@@ -601,28 +430,7 @@ async fn by_default_only_transactions_carry_the_deadline_to_the_server() {
     let _serial = support::serial().await;
     let app = unique("deadline_default");
     let pool = pool(&app, 1).await;
-    let source = CancellationSource::with_timeout(Duration::from_secs(5));
-    let token = source.token();
-    let in_transaction: i64 = pool
-        .transaction(&token, |tx, _| {
-            Box::pin(async move {
-                Ok::<_, Error>(sqlx::query_scalar(TIMEOUT_MS).fetch_one(&mut **tx).await?)
-            })
-        })
-        .await
-        .unwrap();
-    assert!(
-        (4_000..=5_001).contains(&in_transaction),
-        "SET LOCAL gave {in_transaction} ms"
-    );
-    let in_run: i64 = pool
-        .run(&token, |conn| {
-            Box::pin(async move {
-                Ok::<_, Error>(sqlx::query_scalar(TIMEOUT_MS).fetch_one(&mut *conn).await?)
-            })
-        })
-        .await
-        .unwrap();
+    let in_run = timeout_in_run_after_a_transaction_with_5s_left(&pool).await;
     assert_eq!(in_run, 0, "run sets no session timeout by default");
 }
 
@@ -635,16 +443,7 @@ async fn a_passed_deadline_is_deadline_exceeded_not_a_raw_57014() {
     let source = CancellationSource::with_timeout(Duration::from_millis(200));
     let token = source.token();
     let started = Instant::now();
-    let result: Result<(), Error> = pool
-        .transaction(&token, |tx, _| {
-            Box::pin(async move {
-                sqlx::query("SELECT pg_sleep(30)")
-                    .execute(&mut **tx)
-                    .await?;
-                Ok(())
-            })
-        })
-        .await;
+    let result = execute_in_transaction(&pool, &token, &["SELECT pg_sleep(30)"]).await;
     let error = result.unwrap_err();
     assert_eq!(
         error.as_cancelled().map(|c| c.kind()),
@@ -665,16 +464,7 @@ async fn a_failing_commit_is_reported_and_leaves_no_rows() {
     create_table(&pool, &table).await;
     let insert = format!("INSERT INTO {table} (batch, n) VALUES (1, 1), (1, 1)");
     // The deferred unique constraint fails at COMMIT, not at the INSERT.
-    let result: Result<(), Error> = pool
-        .transaction(&CancellationToken::never(), move |tx, _| {
-            Box::pin(async move {
-                sqlx::query(sqlx::AssertSqlSafe(insert))
-                    .execute(&mut **tx)
-                    .await?;
-                Ok(())
-            })
-        })
-        .await;
+    let result = execute_in_transaction(&pool, &CancellationToken::never(), &[&insert]).await;
     let error = result.unwrap_err();
     assert!(!error.is_cancelled());
     assert_eq!(
@@ -714,14 +504,8 @@ async fn a_raw_begin_left_open_by_a_failing_body_is_rolled_back_before_reuse() {
 // Needs no server.
 async fn an_unreachable_server_is_a_clear_error_with_the_password_redacted() {
     let _serial = support::serial().await;
-    let error = PgGracefulPool::connect("postgres://postgres:s3cretpw@127.0.0.1:1/test")
-        .await
-        .unwrap_err();
-    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
-    let message = error.to_string();
-    assert!(message.contains("127.0.0.1:1"), "{message}");
-    assert!(!message.contains("s3cretpw"), "{message}");
-    assert!(!format!("{error:?}").contains("s3cretpw"), "{error:?}");
+    let url = "postgres://postgres:s3cretpw@127.0.0.1:1/test";
+    assert_connect_fails::<Postgres>(url, Bad::Connect, &["127.0.0.1:1"], Some("s3cretpw")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -736,23 +520,230 @@ async fn bad_credentials_are_a_clear_error_with_the_password_redacted() {
         options.get_port(),
         options.get_database().unwrap_or("postgres")
     );
-    let error = PgGracefulPool::connect(&bad).await.unwrap_err();
-    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
-    let message = error.to_string();
-    assert!(message.contains("gs_no_such_role"), "{message}");
-    assert!(message.contains("***"), "{message}");
-    assert!(!message.contains("s3cretpw"), "{message}");
+    let shown = ["gs_no_such_role", "***"];
+    assert_connect_fails::<Postgres>(&bad, Bad::Connect, &shown, Some("s3cretpw")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 // Needs no server.
 async fn a_bad_url_is_a_clear_error_with_the_password_redacted() {
     let _serial = support::serial().await;
-    let error = PgGracefulPool::connect("postgres://postgres:s3cretpw@127.0.0.1:notaport/test")
+    let url = "postgres://postgres:s3cretpw@127.0.0.1:notaport/test";
+    let shown = ["invalid connection options"];
+    assert_connect_fails::<Postgres>(url, Bad::Config, &shown, Some("s3cretpw")).await;
+}
+
+/// The first directory the server listens on for Unix-socket connections.
+async fn socket_directory(monitor: &mut PgConnection) -> String {
+    let dirs: String = sqlx::query_scalar("SELECT current_setting('unix_socket_directories')")
+        .fetch_one(monitor)
         .await
-        .unwrap_err();
-    assert!(matches!(error, Error::Config { .. }), "{error:?}");
+        .expect("read unix_socket_directories");
+    dirs.split(',')
+        .map(str::trim)
+        .find(|d| !d.is_empty())
+        .expect("the server listens on a Unix socket")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn postgres_urls_of_every_ordinary_form_connect_as_plain_sqlx_does() {
+    let _serial = support::serial().await;
+    let url = database_url();
+    let options = PgConnectOptions::from_str(&url).expect("DATABASE_URL parses");
+    let (user, port) = (options.get_username().to_owned(), options.get_port());
+    let database = options.get_database().unwrap_or("postgres").to_owned();
+    let host = options.get_host().to_owned();
+    let mut monitor = monitor().await;
+    let socket = socket_directory(&mut monitor).await;
+    let app = unique("url_forms");
+    let urls = [
+        format!("postgresql://{user}@{host}:{port}/{database}?application_name={app}"),
+        format!("POSTGRES://{user}@{host}:{port}/{database}?application_name={app}"),
+        // Unix socket, named in the query and percent-encoded in the host.
+        format!(
+            "postgres:///{database}?host={socket}&port={port}&user={user}&application_name={app}"
+        ),
+        format!(
+            "postgres://{user}@{}:{port}/{database}?application_name={app}",
+            socket.replace('/', "%2F")
+        ),
+        // No host at all: libpq's default (the socket if there is one, else localhost).
+        format!("postgres:///{database}?user={user}&port={port}&application_name={app}"),
+    ];
+    for url in &urls {
+        let plain = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await
+            .unwrap_or_else(|error| panic!("plain sqlx: {url}: {error}"));
+        plain.close().await;
+        let pool = GracefulPoolOptions::new()
+            .pool_options(PgPoolOptions::new().max_connections(1))
+            .connect(url)
+            .await
+            .unwrap_or_else(|error| panic!("{url}: {error}"));
+        assert_eq!(integer(&pool, "SELECT 1::bigint").await, 1, "{url}");
+        pool.close().await;
+    }
+    // The same, built in code: a socket path in the options.
+    let built = PgConnectOptions::new()
+        .socket(&socket)
+        .port(port)
+        .username(&user)
+        .database(&database)
+        .application_name(&app);
+    let pool = pool_with(built, 1).await;
+    assert_next_borrower_clean(&pool).await;
+    pool.close().await;
+}
+
+/// Backends of `app` connected at all (any state).
+async fn backends(monitor: &mut PgConnection, app: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+        .bind(app)
+        .fetch_one(monitor)
+        .await
+        .expect("query pg_stat_activity")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn closing_the_pool_closes_every_connection_it_opened_the_cancellers_too() {
+    let _serial = support::serial().await;
+    let app = unique("close_all");
+    let pool = pool(&app, 3).await;
+    let mut monitor = monitor().await;
+    // Three statements cancelled at once: the canceller opens connections beyond the one
+    // it keeps from `connect` (it keeps at most two idle).
+    let source = CancellationSource::new();
+    let operations: Vec<_> = (0..3)
+        .map(|_| spawn_execute(&pool, source.token(), "SELECT pg_sleep(30)"))
+        .collect();
+    let started = Instant::now();
+    while running(&mut monitor, &app, "pg_sleep").await < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the sleeps never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    source.cancel();
+    for operation in operations {
+        assert!(operation.await.unwrap().unwrap_err().is_cancelled());
+    }
+    assert!(
+        backends(&mut monitor, &app).await >= 4,
+        "pool connections and a canceller"
+    );
+
+    pool.close().await;
+    // A closed socket ends its backend within milliseconds; allow for a loaded machine.
+    let closed_at = Instant::now();
+    let mut left = backends(&mut monitor, &app).await;
+    while left > 0 && closed_at.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        left = backends(&mut monitor, &app).await;
+    }
+    assert_eq!(
+        left, 0,
+        "backends of the pool still connected 5 s after close() returned"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn a_statement_the_body_abandoned_is_stopped_before_its_connection_is_lent_again() {
+    let _serial = support::serial().await;
+    let mut monitor = monitor().await;
+    let app_for = |case: &str| unique(&format!("abandoned_{case}"));
+    support::abandoned_statements_are_stopped(
+        "SELECT pg_sleep(30)",
+        async |case, verify_on_release| {
+            let options = PgConnectOptions::from_str(&database_url())
+                .expect("DATABASE_URL parses")
+                .application_name(&app_for(case));
+            GracefulPoolOptions::new()
+                .pool_options(PgPoolOptions::new().max_connections(1))
+                .verify_on_release(verify_on_release)
+                .connect_with(options)
+                .await
+                .expect("connect")
+        },
+        async |case, pool| {
+            assert_eq!(
+                running(&mut monitor, &app_for(case), "pg_sleep").await,
+                0,
+                "{case}"
+            );
+            assert_next_borrower_clean(pool).await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn a_commit_the_server_turns_into_a_rollback_is_an_error_not_ok() {
+    let _serial = support::serial().await;
+    let app = unique("silent_rollback");
+    let table = unique("silent_rollback");
+    let pool = pool(&app, 1).await;
+    create_table(&pool, &table).await;
+    let insert = format!("INSERT INTO {table} (batch, n) VALUES (1, 1)");
+    // The body writes a row, swallows a failing statement (which aborts the transaction
+    // on PostgreSQL) and returns Ok: PostgreSQL answers the COMMIT with ROLLBACK.
+    let result: Result<(), Error> = pool
+        .transaction(&CancellationToken::never(), move |tx, _| {
+            Box::pin(async move {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(insert))
+                    .execute(&mut **tx)
+                    .await?;
+                let failed = sqlx::raw_sql("SELECT 1/0").execute(&mut **tx).await;
+                assert!(failed.is_err(), "division by zero");
+                Ok(())
+            })
+        })
+        .await;
+    let error = result.expect_err("nothing was committed: the outcome must not be Ok");
+    assert!(!error.is_cancelled(), "{error}");
+    assert!(matches!(error, Error::RolledBack { .. }), "{error:?}");
     let message = error.to_string();
-    assert!(message.contains("invalid connection options"), "{message}");
-    assert!(!message.contains("s3cretpw"), "{message}");
+    assert!(message.contains("rolled back"), "{message}");
+    assert!(message.contains("nothing was committed"), "{message}");
+    assert_eq!(rows_in_batch(&pool, &table, 1).await, 0);
+    assert_next_borrower_clean(&pool).await;
+    // A healthy transaction on the same connection still commits.
+    let insert = format!("INSERT INTO {table} (batch, n) VALUES (2, 1)");
+    execute_in_transaction(&pool, &CancellationToken::never(), &[&insert])
+        .await
+        .expect("committed");
+    assert_eq!(rows_in_batch(&pool, &table, 2).await, 1);
+    drop_table(&pool, &table).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn a_connection_that_died_while_idle_is_replaced_not_lent() {
+    let _serial = support::serial().await;
+    let app = unique("died_idle");
+    let pool = pool(&app, 1).await; // sqlx's default: test_before_acquire on
+    let mut monitor = monitor().await;
+    const PID: &str = "SELECT pg_backend_pid()::bigint";
+    let first = integer(&pool, PID).await;
+    // The server ends the idle connection's backend (a restart, an idle timeout).
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(i32::try_from(first).expect("a pid"))
+        .fetch_one(&mut monitor)
+        .await
+        .unwrap();
+    assert!(ended);
+    // Idle longer than the window in which a just-used connection is lent unpinged.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let second = integer_on(&pool, &CancellationToken::never(), PID)
+        .await
+        .expect("the dead connection was found by the ping and replaced");
+    assert_ne!(first, second);
+    pool.close().await;
 }

@@ -17,8 +17,6 @@ use std::time::Instant;
 use gracefully::{CancellationToken, Registration};
 use sqlx::{Connection, Database};
 
-use crate::pool::Tracked;
-
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
@@ -44,6 +42,19 @@ pub enum Stopped {
     Close,
 }
 
+/// Whether a statement sent during an operation may still be running on its connection once
+/// the operation's body ended (the body dropped a query future before the statement
+/// finished: its own `timeout`, a `select!`), as far as can be told without a round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Running {
+    /// Nothing runs: every reply the connection owed has been read.
+    No,
+    /// A statement may still run: stop and drain it before the connection is lent again.
+    Maybe,
+    /// Cannot be told without a round trip (see `still_running` of the backend).
+    Unknown,
+}
+
 pub(crate) mod sealed {
     use super::*;
 
@@ -51,7 +62,7 @@ pub(crate) mod sealed {
     pub trait Sealed: Database + Sized {
         /// What it takes to stop this connection's statement from outside the operation:
         /// PostgreSQL's backend pid, SQLite's interrupt flag.
-        type Handle: Send + Sync + 'static;
+        type Handle: Clone + Send + Sync + 'static;
         /// Per-pool state used to stop statements: PostgreSQL's canceller connections.
         type Canceller: Send + Sync + 'static;
 
@@ -60,8 +71,18 @@ pub(crate) mod sealed {
         const PROBE: &'static str = "SELECT 1";
 
         /// URL schemes this backend connects with (checked before parsing, so a URL for
-        /// another database is an error, not a file name).
+        /// another database is an error, not a file name): see `crate::target`.
         const SCHEMES: &'static [&'static str];
+
+        /// Whether a string without a scheme is a target too (SQLite: a file name).
+        const FILE_NAMES: bool;
+
+        /// Examples of valid targets, for error messages.
+        const URL_EXAMPLES: &'static str;
+
+        /// The target of `options`, for messages, without its password. Built from the
+        /// options' fields; never through `to_url_lossy` (see `crate::target`).
+        fn describe(options: &ConnectOptionsOf<Self>) -> String;
 
         /// A statement that also restores the session's `statement_timeout` while probing,
         /// for connections whose timeout an operation set.
@@ -73,6 +94,10 @@ pub(crate) mod sealed {
             options: &ConnectOptionsOf<Self>,
             first: Self::Connection,
         ) -> impl Future<Output = Self::Canceller> + Send;
+
+        /// Closes what the canceller keeps open, and keeps nothing open from now on (the
+        /// pool is closing).
+        fn close_canceller(canceller: &Self::Canceller) -> impl Future<Output = ()> + Send;
 
         /// Learns what is needed to stop this connection's statements later. Runs once per
         /// connection, the first time the pool sees it.
@@ -88,11 +113,22 @@ pub(crate) mod sealed {
         /// worker drained) before anyone else uses it.
         fn raised(handle: &Self::Handle) -> bool;
 
-        /// Stops whatever the connection may still be running and drains its replies, giving
-        /// up at `until`. `unsent`: bytes of an abandoned statement were never (fully) sent.
+        /// A mark of the connection's progress, taken when an operation starts, for
+        /// [`still_running`](Self::still_running).
+        fn progress(handle: &Self::Handle) -> u64;
+
+        /// After an operation's body ended (and before anything new is sent): whether a
+        /// statement it sent may still be running, judged without a round trip. `since` is
+        /// [`progress`](Self::progress) at the operation's start.
+        fn still_running(conn: &mut Self::Connection, handle: &Self::Handle, since: u64)
+        -> Running;
+
+        /// Stops whatever `conn` may still be running and drains its replies, giving up at
+        /// `until`. `unsent`: bytes of an abandoned statement were never (fully) sent.
         fn stop<'a>(
             canceller: &'a Self::Canceller,
-            tracked: &'a mut Tracked<Self>,
+            conn: &'a mut Self::Connection,
+            handle: &'a Self::Handle,
             unsent: bool,
             until: Instant,
         ) -> impl Future<Output = Stopped> + Send + 'a;
@@ -130,5 +166,14 @@ pub(crate) mod sealed {
         /// Whether `error` says the connection is inside a failed transaction (PostgreSQL
         /// `25P02`), which only a `ROLLBACK` ends.
         fn is_failed_transaction(error: &sqlx::Error) -> bool;
+
+        /// Before `COMMIT`: fails (with an error [`is_failed_transaction`] recognises) if the
+        /// transaction was aborted, whose `COMMIT` would silently roll back. PostgreSQL: one
+        /// round trip; SQLite: nothing (its `COMMIT` reports a transaction that is gone).
+        ///
+        /// [`is_failed_transaction`]: Self::is_failed_transaction
+        fn check_not_aborted(
+            conn: &mut Self::Connection,
+        ) -> impl Future<Output = Result<(), sqlx::Error>> + Send + '_;
     }
 }

@@ -36,22 +36,24 @@
 //!
 //! # Npgsql's sequence, and the step after it
 //!
-//! If the statement has not ended `cancel_grace` (2 s) after the cancel, the server is
+//! If the statement has not ended within the pool's cancellation timeout (2 s, as Npgsql's
+//! `Cancellation Timeout`) after the cancel, the server is
 //! unresponsive or the statement ignores interrupts; Npgsql closes the connection then. A
 //! closed socket alone does not stop a statement that never writes to it (`pg_sleep`), so we
 //! first `pg_terminate_backend(pid)` — safe to aim, since we are about to close this backend
 //! anyway and hold it until then — and then close.
 
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use gracefully::{CancellationToken, Registration};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Postgres};
 
-use super::{Stopped, sealed::Sealed};
-use crate::pool::Tracked;
+use super::{Running, Stopped, sealed::Sealed};
 
 /// How many idle canceller connections a pool keeps (more are opened under a burst of
 /// simultaneous cancels, and closed afterwards).
@@ -67,7 +69,16 @@ pub struct BackendPid {
 #[derive(Debug)]
 pub struct Canceller {
     options: PgConnectOptions,
-    idle: Mutex<Vec<PgConnection>>,
+    idle: Mutex<Idle>,
+}
+
+/// The canceller's idle connections.
+#[derive(Debug)]
+struct Idle {
+    conns: Vec<PgConnection>,
+    /// Set by [`Canceller::close`]: connections are no longer kept, so nothing the pool
+    /// opened outlives its `close`.
+    closed: bool,
 }
 
 /// The signal to send a backend.
@@ -78,22 +89,44 @@ enum Signal {
 }
 
 impl Canceller {
-    fn take(&self) -> Option<PgConnection> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
+        // A panic while holding this lock cannot leave the Vec inconsistent.
         self.idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop()
     }
 
-    fn put(&self, conn: PgConnection) {
-        let mut idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if idle.len() < CANCELLER_IDLE {
-            idle.push(conn);
+    fn take(&self) -> Option<PgConnection> {
+        self.lock().conns.pop()
+    }
+
+    /// Keeps `conn` for the next cancel, or closes it (a goodbye, not a dropped socket)
+    /// if enough are kept or the pool is closed.
+    async fn put(&self, conn: PgConnection) {
+        let surplus = {
+            let mut idle = self.lock();
+            if idle.closed || idle.conns.len() >= CANCELLER_IDLE {
+                Some(conn)
+            } else {
+                idle.conns.push(conn);
+                None
+            }
+        };
+        if let Some(conn) = surplus {
+            let _ = conn.close().await;
         }
-        // Otherwise `conn` drops here, closing the socket.
+    }
+
+    /// Closes the kept connections and keeps none from now on.
+    async fn close(&self) {
+        let conns = {
+            let mut idle = self.lock();
+            idle.closed = true;
+            std::mem::take(&mut idle.conns)
+        };
+        for conn in conns {
+            let _ = conn.close().await;
+        }
     }
 
     /// Signals backend `pid`; returns once the server has sent the signal (`kill` returned).
@@ -114,7 +147,7 @@ impl Canceller {
                 .await
             {
                 Ok(sent) => {
-                    self.put(conn);
+                    self.put(conn).await;
                     return Ok(sent);
                 }
                 // A kept connection may have died while idle: try a fresh one.
@@ -131,6 +164,21 @@ impl Sealed for Postgres {
 
     const PROBE_AND_RESET_TIMEOUT: &'static str = "RESET statement_timeout";
     const SCHEMES: &'static [&'static str] = &["postgres", "postgresql"];
+    const FILE_NAMES: bool = false;
+    const URL_EXAMPLES: &'static str =
+        "postgres://user@host:5432/database, or postgres:///database?host=/var/run/postgresql";
+
+    fn describe(options: &PgConnectOptions) -> String {
+        let (user, port) = (options.get_username(), options.get_port());
+        let database = options.get_database().unwrap_or_default();
+        match options.get_socket() {
+            Some(socket) => format!(
+                "postgres://{user}@/{database}?host={}&port={port}",
+                socket.display()
+            ),
+            None => format!("postgres://{user}@{}:{port}/{database}", options.get_host()),
+        }
+    }
     const SERVER_TIMEOUT: bool = true;
 
     fn canceller(
@@ -139,9 +187,16 @@ impl Sealed for Postgres {
     ) -> impl Future<Output = Canceller> + Send {
         let canceller = Canceller {
             options: options.clone(),
-            idle: Mutex::new(vec![first]),
+            idle: Mutex::new(Idle {
+                conns: vec![first],
+                closed: false,
+            }),
         };
         std::future::ready(canceller)
+    }
+
+    async fn close_canceller(canceller: &Canceller) {
+        canceller.close().await;
     }
 
     async fn adopt(conn: &mut PgConnection) -> Result<BackendPid, sqlx::Error> {
@@ -161,13 +216,41 @@ impl Sealed for Postgres {
         false
     }
 
+    fn progress(_: &BackendPid) -> u64 {
+        0
+    }
+
+    fn still_running(conn: &mut PgConnection, _: &BackendPid, _: u64) -> Running {
+        if conn.should_flush() {
+            // Bytes are queued (a dropped sqlx `Transaction`'s ROLLBACK, or the unsent rest
+            // of an abandoned statement): polling below would send them. Verification sends
+            // them and waits for their replies, as sqlx would.
+            return Running::No;
+        }
+        // sqlx counts the `ReadyForQuery` replies it still expects (one per statement sent)
+        // but does not expose the count. Its `flush` (the wait before every statement) is
+        // ready at its first poll exactly when there are none, and sends nothing when the
+        // write buffer is empty. So one poll, with a waker that does nothing, tells whether
+        // a statement's replies are still owed — the statement may still run — at no cost.
+        // Replies already in the socket are read by that poll; what it leaves half read
+        // stays buffered in sqlx (its reads are cancel safe), for the drain.
+        let mut flush = pin!(conn.flush());
+        match flush.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => Running::No,
+            // An error reply of the abandoned statement, or a broken connection: drain it
+            // (a broken connection is then closed).
+            Poll::Ready(Err(_)) | Poll::Pending => Running::Maybe,
+        }
+    }
+
     async fn stop<'a>(
         canceller: &'a Canceller,
-        tracked: &'a mut Tracked<Postgres>,
+        conn: &'a mut PgConnection,
+        handle: &'a BackendPid,
         unsent: bool,
         until: Instant,
     ) -> Stopped {
-        let pid = tracked.handle.pid;
+        let pid = handle.pid;
         // Step 2 of the module docs: the signal is pending on the backend before we send
         // the connection anything else.
         let sent =
@@ -185,7 +268,7 @@ impl Sealed for Postgres {
         // any error before it) surfaces as an `Err` of `ping`, after which we ping again
         // until every `ReadyForQuery` arrived.
         for _ in 0..16 {
-            match tokio::time::timeout_at(until.into(), tracked.conn.ping()).await {
+            match tokio::time::timeout_at(until.into(), conn.ping()).await {
                 Ok(Ok(())) => return Stopped::Drained,
                 Ok(Err(sqlx::Error::Database(_))) => continue,
                 Ok(Err(_)) | Err(_) => return Stopped::Close,
@@ -196,8 +279,8 @@ impl Sealed for Postgres {
 
     async fn abort<'a>(canceller: &'a Canceller, handle: &'a BackendPid, until: Instant) {
         // We still hold the connection, so the backend (and its pid) is ours. Give the
-        // terminate a moment even if the grace is spent: it is what stops a statement that
-        // never notices a closed socket.
+        // terminate a moment even if the cancellation timeout is spent: it is what stops a
+        // statement that never notices a closed socket.
         let until = until.max(Instant::now() + Duration::from_millis(500));
         let terminate = canceller.signal(handle.pid, Signal::Terminate);
         let _ = tokio::time::timeout_at(until.into(), terminate).await;
@@ -226,5 +309,15 @@ impl Sealed for Postgres {
 
     fn is_failed_transaction(error: &sqlx::Error) -> bool {
         matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("25P02"))
+    }
+
+    async fn check_not_aborted(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        // PostgreSQL answers the COMMIT of an aborted transaction with the command tag
+        // `ROLLBACK` and no error; pgx and lib/pq read that tag, but sqlx 0.9 keeps both the
+        // tag and the `ReadyForQuery` status (`E`) private. So ask: in an aborted
+        // transaction every statement but ROLLBACK fails with `25P02`. Simple-query
+        // protocol: one message, nothing in the statement cache.
+        sqlx::raw_sql("SELECT 1").execute(&mut *conn).await?;
+        Ok(())
     }
 }

@@ -29,19 +29,18 @@
 //! state (`sqlite3_get_autocommit`, through sqlx's `begin_with` check) either way.
 //!
 //! Not interruptible this way: a statement waiting in SQLite's busy handler for a lock (the
-//! progress handler is not called while it sleeps). The grace then expires and the
+//! progress handler is not called while it sleeps). The cancellation timeout then expires and the
 //! connection is closed; its worker thread ends once the wait does.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use gracefully::{CancellationToken, Registration};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sqlx::{Connection, Sqlite};
 
-use super::{Stopped, sealed::Sealed};
-use crate::pool::Tracked;
+use super::{Running, Stopped, sealed::Sealed};
 
 /// Virtual-machine instructions between two calls of the progress handler: small enough
 /// that an interrupt lands within microseconds, large enough that the call (one relaxed
@@ -51,19 +50,38 @@ pub(crate) const PROGRESS_OPS: i32 = 1_000;
 /// A connection's interrupt flag, read by its progress handler.
 #[derive(Debug, Clone)]
 pub struct Interrupt {
+    state: Arc<InterruptState>,
+}
+
+#[derive(Debug, Default)]
+struct InterruptState {
     /// Raised: the progress handler interrupts every statement until it is lowered.
-    raised: Arc<AtomicBool>,
+    raised: AtomicBool,
+    /// How often the progress handler was called: it is called only while a statement
+    /// runs, so a count that moved during an operation says a statement ran at length.
+    /// Written only by the connection's worker thread (the handler), read by the pool.
+    calls: AtomicU64,
 }
 
 impl Interrupt {
     fn raise(&self) {
         // Relaxed: the flag carries no other data; the handler needs only to see it
         // eventually, and every later check of the flag is on the same atomic.
-        self.raised.store(true, Ordering::Relaxed);
+        self.state.raised.store(true, Ordering::Relaxed);
     }
 
     fn lower(&self) {
-        self.raised.store(false, Ordering::Relaxed);
+        self.state.raised.store(false, Ordering::Relaxed);
+    }
+
+    /// The progress handler: counts the call, and says whether to go on.
+    fn progress(&self) -> bool {
+        // One writer (the worker thread): a load and a store, no read-modify-write.
+        let calls = self.state.calls.load(Ordering::Relaxed);
+        self.state
+            .calls
+            .store(calls.wrapping_add(1), Ordering::Relaxed);
+        !self.state.raised.load(Ordering::Relaxed)
     }
 }
 
@@ -77,6 +95,13 @@ impl Sealed for Sqlite {
 
     const PROBE_AND_RESET_TIMEOUT: &'static str = "SELECT 1";
     const SCHEMES: &'static [&'static str] = &["sqlite"];
+    const FILE_NAMES: bool = true;
+    const URL_EXAMPLES: &'static str =
+        "sqlite://path/to/file.db, sqlite:file.db, sqlite::memory:, or a file name";
+
+    fn describe(options: &SqliteConnectOptions) -> String {
+        format!("sqlite://{}", options.get_filename().display())
+    }
     const SERVER_TIMEOUT: bool = false;
 
     async fn canceller(_: &SqliteConnectOptions, first: SqliteConnection) -> NoCanceller {
@@ -85,14 +110,16 @@ impl Sealed for Sqlite {
         NoCanceller
     }
 
+    async fn close_canceller(_: &NoCanceller) {}
+
     async fn adopt(conn: &mut SqliteConnection) -> Result<Interrupt, sqlx::Error> {
         let interrupt = Interrupt {
-            raised: Arc::new(AtomicBool::new(false)),
+            state: Arc::default(),
         };
-        let raised = Arc::clone(&interrupt.raised);
+        let handler = interrupt.clone();
         let mut handle = conn.lock_handle().await?;
         // `true` continues the statement, `false` interrupts it.
-        handle.set_progress_handler(PROGRESS_OPS, move || !raised.load(Ordering::Relaxed));
+        handle.set_progress_handler(PROGRESS_OPS, move || handler.progress());
         Ok(interrupt)
     }
 
@@ -104,21 +131,45 @@ impl Sealed for Sqlite {
     }
 
     fn raised(handle: &Interrupt) -> bool {
-        handle.raised.load(Ordering::Relaxed)
+        handle.state.raised.load(Ordering::Relaxed)
+    }
+
+    fn progress(handle: &Interrupt) -> u64 {
+        handle.state.calls.load(Ordering::Relaxed)
+    }
+
+    fn still_running(_: &mut SqliteConnection, handle: &Interrupt, since: u64) -> Running {
+        // The worker thread runs commands in order and tells nobody when one ends; only a
+        // round trip (a ping) proves it idle, and that would double the cost of a short
+        // query. What costs nothing: the progress handler, called every `PROGRESS_OPS`
+        // VM instructions of a running statement. SQLite counts those instructions per
+        // prepared statement across its executions, so a short statement run often calls
+        // it now and then too; two calls or more during one operation say a statement ran
+        // at length — a statement the body gave up on after even a millisecond calls it
+        // many times — and the connection is drained (interrupt, ping) before reuse, at
+        // the price of one worker round trip for operations that ran long statements.
+        // Fewer calls: a statement dropped within its first few thousand instructions may
+        // still run, and only a round trip could tell (see `Running::Unknown`).
+        if Self::progress(handle).wrapping_sub(since) >= 2 {
+            Running::Maybe
+        } else {
+            Running::Unknown
+        }
     }
 
     async fn stop<'a>(
         _: &'a NoCanceller,
-        tracked: &'a mut Tracked<Sqlite>,
+        conn: &'a mut SqliteConnection,
+        handle: &'a Interrupt,
         _unsent: bool,
         until: Instant,
     ) -> Stopped {
-        tracked.handle.raise();
+        handle.raise();
         // The worker runs commands in order: its answer to the ping means the abandoned
         // statement (and whatever was queued behind it) has finished.
-        match tokio::time::timeout_at(until.into(), tracked.conn.ping()).await {
+        match tokio::time::timeout_at(until.into(), conn.ping()).await {
             Ok(Ok(())) => {
-                tracked.handle.lower();
+                handle.lower();
                 Stopped::Drained
             }
             // The flag stays raised: the worker interrupts the statement when it next checks,
@@ -146,5 +197,12 @@ impl Sealed for Sqlite {
 
     fn is_failed_transaction(_: &sqlx::Error) -> bool {
         false
+    }
+
+    async fn check_not_aborted(_: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+        // A SQLite transaction is not left aborted: an error that ends it (SQLITE_FULL,
+        // SQLITE_IOERR, …) rolls it back at once, and the COMMIT then fails with "no
+        // transaction is active", which sqlx reports.
+        Ok(())
     }
 }
