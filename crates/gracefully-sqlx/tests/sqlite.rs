@@ -59,7 +59,7 @@ async fn assert_next_borrower_clean(pool: &SqliteGracefulPool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_long_recursive_cte_is_interrupted_within_50ms_of_the_cancel() {
+async fn a_long_recursive_cte_is_interrupted_by_the_cancel() {
     let _serial = support::serial().await;
     let dir = tempfile::tempdir().unwrap();
     let pool = pool(&dir, 1).await;
@@ -80,14 +80,17 @@ async fn a_long_recursive_cte_is_interrupted_within_50ms_of_the_cancel() {
     );
     // `run` returns only after the worker thread answered a ping queued behind the
     // statement: the statement is no longer running.
+    // Behaviour, not speed (`cargo bench -p gracefully-sqlx --bench cancel_to_stop` measures
+    // it): the CTE would run for minutes, and the pool's fallback (close the connection)
+    // acts only after the cancellation timeout (2 s), so stopping within 1 s is the interrupt.
     assert!(
-        stopped_after < Duration::from_millis(50),
+        stopped_after < Duration::from_secs(1),
         "interrupted after {stopped_after:?}"
     );
-    // The single connection is free at once (a running statement would block this).
+    // The single connection is free (a running statement would block this for minutes).
     let started = Instant::now();
     assert_eq!(integer(&pool, "SELECT 41 + 1").await, 42);
-    assert!(started.elapsed() < Duration::from_millis(50));
+    assert!(started.elapsed() < Duration::from_secs(1));
     assert_next_borrower_clean(&pool).await;
 }
 
