@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::app::HttpApp;
-use crate::conn_state::{ConnState, VERSION_HTTP2};
+use crate::conn_state::{ConnState, VERSION_HTTP1, VERSION_HTTP2};
 use crate::counting_io::CountingStream;
 use crate::dispatch::HyperService;
 use crate::header_guard::guard_headers;
@@ -57,7 +57,12 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
         // Whether hyper was told to shut the connection down (GOAWAY, or close when idle).
         let mut shutting_down = false;
         loop {
+            // Every enabled branch is polled each time the task wakes, which is at least once
+            // per request: so no branch is enabled that cannot fire. `biased`: no branch
+            // needs fairness (each but the connection fires once, or is disabled once it
+            // did), and the random start costs a thread-local look-up per wake.
             tokio::select! {
+                biased;
                 result = connection.as_mut() => {
                     log_connection_end(result);
                     break;
@@ -85,7 +90,9 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
                     draining = Some(IdleWatch::observe(&conn));
                     idle_timer.as_mut().reset(tokio::time::Instant::now() + grace);
                 }
-                () = conn.events.notified() => {
+                // Only HTTP/2 (or a connection whose version is not known yet) has events:
+                // an HTTP/1 connection stops listening once its first bytes told.
+                () = conn.events.notified(), if conn.version.load(Ordering::Acquire) != VERSION_HTTP1 => {
                     let http2 = conn.version.load(Ordering::Acquire) == VERSION_HTTP2;
                     let goaway = conn.goaway_wanted.load(Ordering::Acquire)
                         || (http2 && draining.is_some());
