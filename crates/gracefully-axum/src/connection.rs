@@ -80,7 +80,7 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
                         .fetch_add(busy as u64, Ordering::Relaxed);
                     // HTTP/2: GOAWAY now; the client learns which streams are served. HTTP/1
                     // (or not known yet): nothing is closed now; answers carry
-                    // `Connection: close` (see `RequestAccount::finish_http1`) and an idle
+                    // `Connection: close` (see `RequestAccount::finish`) and an idle
                     // connection is closed after the grace.
                     if conn.version.load(Ordering::Acquire) == VERSION_HTTP2 && !shutting_down {
                         shutting_down = true;
