@@ -82,15 +82,7 @@ impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> 
         if version == Version::HTTP_2
             && self.conn.in_flight.load(Ordering::Acquire) >= HTTP2_MAX_HANDLERS
         {
-            // Handlers of reset streams still run here: refuse (nothing runs). A client
-            // that keeps pushing gets GOAWAY.
-            inc(&state.stats.streams_refused);
-            let refused = self.conn.refused.fetch_add(1, Ordering::Relaxed) + 1;
-            if refused >= HTTP2_MAX_HANDLERS {
-                self.conn.goaway_wanted.store(true, Ordering::Release);
-                self.conn.events.notify_one();
-            }
-            return RequestFuture::Refused;
+            return self.refuse(request);
         }
         let ctx = RequestContext::new(state.config.disconnect_policy, state.clone());
         if let Some(timeout) = state.config.request_timeout {
@@ -134,6 +126,24 @@ impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> 
                 handler: InRequest::new(future, ctx, account, true),
             }
         }
+    }
+}
+
+impl<S: HttpApp> HyperService<S> {
+    /// An HTTP/2 stream past the handler bound: handlers of reset streams still run here, so
+    /// nothing runs for it. A client that keeps pushing gets GOAWAY.
+    // Cold and out of line: the request path then builds the app's request in place.
+    #[cold]
+    #[inline(never)]
+    fn refuse(&self, request: Request<Incoming>) -> RequestFuture<S> {
+        drop(request);
+        inc(&self.state.stats.streams_refused);
+        let refused = self.conn.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if refused >= HTTP2_MAX_HANDLERS {
+            self.conn.goaway_wanted.store(true, Ordering::Release);
+            self.conn.events.notify_one();
+        }
+        RequestFuture::Refused
     }
 }
 
