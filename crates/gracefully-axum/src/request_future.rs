@@ -72,11 +72,11 @@ pub(crate) type Answer = Result<Response, NoAnswer>;
 
 /// A 499 is for logs: a response carrying it becomes no answer at all.
 #[inline]
-pub(crate) fn onto_the_wire(response: Response) -> Answer {
-    if response.status().as_u16() == CLIENT_CLOSED_REQUEST {
-        Err(NoAnswer::client_gone())
-    } else {
-        Ok(response)
+pub(crate) fn onto_the_wire(answer: &mut Answer) {
+    if let Ok(response) = answer
+        && response.status().as_u16() == CLIENT_CLOSED_REQUEST
+    {
+        *answer = Err(NoAnswer::client_gone());
     }
 }
 
@@ -165,17 +165,21 @@ where
             let ctx = this.end.ctx.borrow();
             let future = this.future.as_mut();
             if let Poll::Ready(outcome) = in_request(ctx, || future.poll(cx)) {
-                // The response stays where it is made: the account reads and marks it in
-                // place (each move of a `Response` is a copy of some 100 bytes).
-                let mut response = match outcome {
-                    Ok(Ok(response)) => response,
+                // The answer is made once and marked in place: the account reads it and
+                // (HTTP/1, draining) adds to it; a 499 becomes no answer (see
+                // `onto_the_wire`). Each move of a `Response` is a copy of 128 bytes.
+                let mut answer: Answer = match outcome {
+                    Ok(Ok(response)) => Ok(response),
                     Ok(Err(never)) => match never {},
-                    Err(panic) => panic_response(panic),
+                    Err(panic) => Ok(panic_response(panic)),
                 };
-                if let Some(account) = this.end.account.take() {
-                    account.finish(&mut response, ctx, *this.http1);
+                if let Ok(response) = &mut answer
+                    && let Some(account) = this.end.account.take()
+                {
+                    account.finish(response, ctx, *this.http1);
                 }
-                return Poll::Ready(onto_the_wire(response));
+                onto_the_wire(&mut answer);
+                return Poll::Ready(answer);
             }
             match this.watch {
                 Watch::Off => return Poll::Pending,
