@@ -64,7 +64,11 @@ impl RequestAccount {
         }
     }
 
-    pub(crate) fn finish(self, response: Response, ctx: &RequestContext) -> Response {
+    /// Counts how the request ended, from its answer. `http1`: during the drain the answer
+    /// gets `Connection: close`, so hyper closes the connection once it is written (HTTP/2
+    /// has GOAWAY instead) — not a `101 Switching Protocols`, whose `Connection` says
+    /// `upgrade`.
+    pub(crate) fn finish(self, response: &mut Response, ctx: &RequestContext, http1: bool) {
         self.note_hard_stop(ctx);
         let stats = &self.state.stats;
         let disconnected = ctx.source_if_made().is_some_and(|source| {
@@ -87,27 +91,16 @@ impl RequestAccount {
         } else {
             inc(&stats.completed);
         }
-        response
-    }
-
-    /// [`finish`](Self::finish) for an HTTP/1 request: during the drain the answer carries
-    /// `Connection: close`, so hyper closes the connection once it is written (HTTP/2 has
-    /// GOAWAY instead). Not for a `101 Switching Protocols`, whose `Connection` says
-    /// `upgrade`.
-    pub(crate) fn finish_http1(self, response: Response, ctx: &RequestContext) -> Response {
-        if !self.state.stopping.is_cancelled() {
-            return self.finish(response, ctx);
-        }
-        let state = self.state.clone();
-        let mut response = self.finish(response, ctx);
-        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        if http1
+            && self.state.stopping.is_cancelled()
+            && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
             response.headers_mut().insert(
                 http::header::CONNECTION,
                 http::HeaderValue::from_static("close"),
             );
-            inc(&state.stats.answered_with_close);
+            inc(&stats.answered_with_close);
         }
-        response
     }
 
     pub(crate) fn dropped(self, ctx: &RequestContext) {

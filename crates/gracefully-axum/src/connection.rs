@@ -9,12 +9,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::app::HttpApp;
-use crate::conn_state::{ConnState, VERSION_HTTP2};
+use crate::conn_state::{ConnState, VERSION_HTTP1, VERSION_HTTP2};
 use crate::counting_io::CountingStream;
 use crate::dispatch::HyperService;
 use crate::header_guard::guard_headers;
 use crate::state::ServerState;
 use crate::stats::inc;
+use crate::wake_gate::WakeGate;
 
 /// Serves one accepted connection until it closes, draining it when `stopping` fires.
 pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>, app: S) {
@@ -56,17 +57,44 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
         let mut draining: Option<IdleWatch> = None;
         // Whether hyper was told to shut the connection down (GOAWAY, or close when idle).
         let mut shutting_down = false;
+        // hyper's connection wakes the task at least once per request; the other signals
+        // wake it rarely, and sit behind a gate so that a request does not pay for polling
+        // them (see `WakeGate`).
+        let mut gate = WakeGate::new();
         loop {
-            tokio::select! {
+            let signals = async {
+                // `biased`: each branch fires once, or is disabled once it did; no fairness
+                // is needed, and the random start would cost a thread-local look-up.
+                tokio::select! {
+                    biased;
+                    () = guard.as_mut() => Signal::SlowHead,
+                    _ = stopping.cancelled(), if draining.is_none() => Signal::Stopping,
+                    // Only HTTP/2 (or a connection whose version is not known yet) has
+                    // events: an HTTP/1 connection stops listening once its first bytes told.
+                    () = conn.events.notified(),
+                        if conn.version.load(Ordering::Acquire) != VERSION_HTTP1 => Signal::Event,
+                    () = idle_timer.as_mut(), if draining.is_some() && !shutting_down => {
+                        Signal::IdleGraceOver
+                    }
+                    _ = hard_stop.cancelled(), if draining.is_some() && !shutting_down => {
+                        Signal::HardStop
+                    }
+                }
+            };
+            let signal = tokio::select! {
+                biased;
                 result = connection.as_mut() => {
                     log_connection_end(result);
                     break;
                 }
-                () = guard.as_mut() => {
+                signal = gate.wait(signals) => signal,
+            };
+            match signal {
+                Signal::SlowHead => {
                     tracing::debug!("client too slow sending request headers; closing");
                     break;
                 }
-                _ = stopping.cancelled(), if draining.is_none() => {
+                Signal::Stopping => {
                     let busy = conn.in_flight.load(Ordering::Acquire);
                     inc(&state.stats.open_at_drain);
                     state
@@ -75,7 +103,7 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
                         .fetch_add(busy as u64, Ordering::Relaxed);
                     // HTTP/2: GOAWAY now; the client learns which streams are served. HTTP/1
                     // (or not known yet): nothing is closed now; answers carry
-                    // `Connection: close` (see `RequestAccount::finish_http1`) and an idle
+                    // `Connection: close` (see `RequestAccount::finish`) and an idle
                     // connection is closed after the grace.
                     if conn.version.load(Ordering::Acquire) == VERSION_HTTP2 && !shutting_down {
                         shutting_down = true;
@@ -83,32 +111,38 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
                         connection.as_mut().graceful_shutdown();
                     }
                     draining = Some(IdleWatch::observe(&conn));
-                    idle_timer.as_mut().reset(tokio::time::Instant::now() + grace);
+                    idle_timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + grace);
                 }
-                () = conn.events.notified() => {
+                Signal::Event => {
                     let http2 = conn.version.load(Ordering::Acquire) == VERSION_HTTP2;
-                    let goaway = conn.goaway_wanted.load(Ordering::Acquire)
-                        || (http2 && draining.is_some());
+                    let goaway =
+                        conn.goaway_wanted.load(Ordering::Acquire) || (http2 && draining.is_some());
                     if goaway && !shutting_down {
                         shutting_down = true;
                         inc(&state.stats.goaway_sent);
                         connection.as_mut().graceful_shutdown();
                     }
                 }
-                () = idle_timer.as_mut(), if draining.is_some() && !shutting_down => {
+                Signal::IdleGraceOver => {
                     let now = IdleWatch::observe(&conn);
                     let before = draining.replace(now);
-                    if before.is_some_and(|before| before.idle && now.idle && before.bytes == now.bytes) {
+                    if before
+                        .is_some_and(|before| before.idle && now.idle && before.bytes == now.bytes)
+                    {
                         // Idle for a whole grace, and nothing waits in the socket: hyper
                         // closes an idle connection at once.
                         shutting_down = true;
                         inc(&state.stats.idle_closed);
                         connection.as_mut().graceful_shutdown();
                     } else {
-                        idle_timer.as_mut().reset(tokio::time::Instant::now() + grace);
+                        idle_timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + grace);
                     }
                 }
-                _ = hard_stop.cancelled(), if draining.is_some() && !shutting_down => {
+                Signal::HardStop => {
                     // The drain budget is spent: the grace ends too. An idle connection
                     // closes now; a busy one after its answer (which carries
                     // `Connection: close`).
@@ -141,6 +175,20 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
         }
         ended.await;
     }
+}
+
+/// What woke the connection, other than hyper's connection itself.
+enum Signal {
+    /// The header guard: a client took too long to send a request head.
+    SlowHead,
+    /// The drain began.
+    Stopping,
+    /// `ConnState::events`: the version became known, or GOAWAY is wanted.
+    Event,
+    /// A draining connection's idle grace passed (it may have been busy meanwhile).
+    IdleGraceOver,
+    /// The drain budget is spent.
+    HardStop,
 }
 
 /// One look at a draining connection, for the idle grace: closed only after two looks a

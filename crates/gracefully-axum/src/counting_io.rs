@@ -35,6 +35,9 @@ impl CountingStream {
 
     /// Compares newly read bytes with the HTTP/2 preface; decides the version at the first
     /// difference (HTTP/1) or once all of it arrived (HTTP/2), as hyper-util does.
+    // Cold: it runs on a connection's first reads only, and inlined it would make every read
+    // set up a larger frame.
+    #[cold]
     fn detect_version(&mut self, read: &[u8]) {
         let want = &HTTP2_PREFACE[self.preface_matched..];
         let n = want.len().min(read.len());

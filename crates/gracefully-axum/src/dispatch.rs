@@ -2,7 +2,6 @@
 //! and runs its handler — inline for HTTP/1, as a task for HTTP/2 — and [`builder`] sets up
 //! how hyper serves a connection.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,8 +10,6 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use futures_util::FutureExt;
-use futures_util::future::Map;
 use gracefully::Reason;
 use http::{Request, StatusCode, Version};
 use hyper::body::Incoming;
@@ -71,15 +68,8 @@ pub(crate) struct HyperService<S> {
     pub(crate) conn: Arc<ConnState>,
 }
 
-/// The app's answer, its `Infallible` error unwrapped.
-type AppFuture<S> = Map<Oneshot<S, Request<Body>>, fn(Result<Response, Infallible>) -> Response>;
-
-fn infallible(result: Result<Response, Infallible>) -> Response {
-    match result {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
-}
+/// The app's answer (its `Infallible` error is unwrapped by `InRequest`).
+type AppFuture<S> = Oneshot<S, Request<Body>>;
 
 impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> {
     type Response = Response;
@@ -92,15 +82,7 @@ impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> 
         if version == Version::HTTP_2
             && self.conn.in_flight.load(Ordering::Acquire) >= HTTP2_MAX_HANDLERS
         {
-            // Handlers of reset streams still run here: refuse (nothing runs). A client
-            // that keeps pushing gets GOAWAY.
-            inc(&state.stats.streams_refused);
-            let refused = self.conn.refused.fetch_add(1, Ordering::Relaxed) + 1;
-            if refused >= HTTP2_MAX_HANDLERS {
-                self.conn.goaway_wanted.store(true, Ordering::Release);
-                self.conn.events.notify_one();
-            }
-            return RequestFuture::Refused;
+            return self.refuse(request);
         }
         let ctx = RequestContext::new(state.config.disconnect_policy, state.clone());
         if let Some(timeout) = state.config.request_timeout {
@@ -115,7 +97,7 @@ impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> 
                 .insert(crate::RequestToken(ctx.token()));
         }
         let account = RequestAccount::start(state.clone(), self.conn.clone());
-        let future: AppFuture<S> = self.app.clone().oneshot(request).map(infallible);
+        let future: AppFuture<S> = self.app.clone().oneshot(request);
 
         if version == Version::HTTP_2 {
             // hyper drops an HTTP/2 stream's future when the client resets the stream;
@@ -144,6 +126,24 @@ impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> 
                 handler: InRequest::new(future, ctx, account, true),
             }
         }
+    }
+}
+
+impl<S: HttpApp> HyperService<S> {
+    /// An HTTP/2 stream past the handler bound: handlers of reset streams still run here, so
+    /// nothing runs for it. A client that keeps pushing gets GOAWAY.
+    // Cold and out of line: the request path then builds the app's request in place.
+    #[cold]
+    #[inline(never)]
+    fn refuse(&self, request: Request<Incoming>) -> RequestFuture<S> {
+        drop(request);
+        inc(&self.state.stats.streams_refused);
+        let refused = self.conn.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if refused >= HTTP2_MAX_HANDLERS {
+            self.conn.goaway_wanted.store(true, Ordering::Release);
+            self.conn.events.notify_one();
+        }
+        RequestFuture::Refused
     }
 }
 

@@ -118,6 +118,7 @@ mod socket;
 mod state;
 mod stats;
 mod streams;
+mod wake_gate;
 
 pub use app::HttpApp;
 pub use config::ConfigError;

@@ -3,6 +3,7 @@
 //! [`NoAnswer`], for the requests that must get none.
 
 use std::borrow::Borrow;
+use std::convert::Infallible;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -70,11 +71,12 @@ impl std::error::Error for NoAnswer {
 pub(crate) type Answer = Result<Response, NoAnswer>;
 
 /// A 499 is for logs: a response carrying it becomes no answer at all.
-pub(crate) fn onto_the_wire(response: Response) -> Answer {
-    if response.status().as_u16() == CLIENT_CLOSED_REQUEST {
-        Err(NoAnswer::client_gone())
-    } else {
-        Ok(response)
+#[inline]
+pub(crate) fn onto_the_wire(answer: &mut Answer) {
+    if let Ok(response) = answer
+        && response.status().as_u16() == CLIENT_CLOSED_REQUEST
+    {
+        *answer = Err(NoAnswer::client_gone());
     }
 }
 
@@ -152,7 +154,7 @@ where
 
 impl<F, C> Future for InRequest<F, C>
 where
-    F: Future<Output = Response>,
+    F: Future<Output = Result<Response, Infallible>>,
     C: Borrow<RequestContext>,
 {
     type Output = Answer;
@@ -163,13 +165,21 @@ where
             let ctx = this.end.ctx.borrow();
             let future = this.future.as_mut();
             if let Poll::Ready(outcome) = in_request(ctx, || future.poll(cx)) {
-                let response = outcome.unwrap_or_else(panic_response);
-                let response = match this.end.account.take() {
-                    Some(account) if *this.http1 => account.finish_http1(response, ctx),
-                    Some(account) => account.finish(response, ctx),
-                    None => response,
+                // The answer is made once and marked in place: the account reads it and
+                // (HTTP/1, draining) adds to it; a 499 becomes no answer (see
+                // `onto_the_wire`). Each move of a `Response` is a copy of 128 bytes.
+                let mut answer: Answer = match outcome {
+                    Ok(Ok(response)) => Ok(response),
+                    Ok(Err(never)) => match never {},
+                    Err(panic) => Ok(panic_response(panic)),
                 };
-                return Poll::Ready(onto_the_wire(response));
+                if let Ok(response) = &mut answer
+                    && let Some(account) = this.end.account.take()
+                {
+                    account.finish(response, ctx, *this.http1);
+                }
+                onto_the_wire(&mut answer);
+                return Poll::Ready(answer);
             }
             match this.watch {
                 Watch::Off => return Poll::Pending,

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::routing::get;
 use gracefully::ReasonKind;
 use gracefully_axum::{DisconnectPolicy, DisconnectPolicyLayer, RequestToken};
-use support::{SOON, TestServer, send_raw};
+use support::{Http2Request, SOON, TestServer, send_raw};
 use tokio::sync::mpsc;
 
 #[derive(Debug)]
@@ -57,6 +57,25 @@ async fn next(events: &mut mpsc::UnboundedReceiver<Event>) -> Event {
         .await
         .expect("an event arrives")
         .expect("the channel is open")
+}
+
+/// Sends GET /work over HTTP/2 and resets its stream once the handler has started; returns
+/// the client, whose connection stays open until it is dropped.
+async fn reset_once_started(
+    server: &TestServer,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+) -> reqwest::Client {
+    let request = Http2Request::get(server, "/work");
+    assert!(matches!(next(events).await, Event::Started));
+    request.reset()
+}
+
+/// The next event is the request's token firing because its client left.
+async fn expect_disconnected(events: &mut mpsc::UnboundedReceiver<Event>) {
+    match next(events).await {
+        Event::TokenFired(kind, _) => assert_eq!(kind, ReasonKind::Disconnected),
+        other => panic!("expected the token to fire, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -169,18 +188,8 @@ async fn a_client_reading_its_answer_is_not_mistaken_for_a_departed_one() {
 async fn an_http2_stream_reset_fires_the_token_and_the_cooperative_handler_runs_on() {
     let (tx, mut events) = mpsc::unbounded_channel();
     let server = TestServer::start(app(Duration::from_millis(300), tx)).await;
-    let client = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    let request = tokio::spawn(client.get(server.url("/work")).send());
-    assert!(matches!(next(&mut events).await, Event::Started));
-    // Dropping the request future resets the HTTP/2 stream.
-    request.abort();
-    match next(&mut events).await {
-        Event::TokenFired(kind, _) => assert_eq!(kind, ReasonKind::Disconnected),
-        other => panic!("expected the token to fire, got {other:?}"),
-    }
+    let client = reset_once_started(&server, &mut events).await;
+    expect_disconnected(&mut events).await;
     assert!(matches!(
         next(&mut events).await,
         Event::Finished(Some(ReasonKind::Disconnected))
@@ -219,10 +228,7 @@ async fn an_unread_request_body_does_not_hide_the_client_forever() {
     .await;
     assert!(matches!(next(&mut events).await, Event::Started));
     drop(client);
-    match next(&mut events).await {
-        Event::TokenFired(kind, _) => assert_eq!(kind, ReasonKind::Disconnected),
-        other => panic!("expected the token to fire, got {other:?}"),
-    }
+    expect_disconnected(&mut events).await;
     assert!(finished.load(Ordering::SeqCst));
     server.stop().await;
 }
@@ -234,13 +240,7 @@ async fn a_broken_http2_connection_with_a_handler_still_running_does_not_hold_a_
     // wait for that connection.
     let (tx, mut events) = mpsc::unbounded_channel();
     let server = TestServer::start(app(Duration::from_millis(200), tx)).await;
-    let client = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    let request = tokio::spawn(client.get(server.url("/work")).send());
-    assert!(matches!(next(&mut events).await, Event::Started));
-    request.abort();
+    let client = reset_once_started(&server, &mut events).await;
     drop(client); // closes the connection
     assert!(matches!(next(&mut events).await, Event::TokenFired(..)));
     assert!(matches!(next(&mut events).await, Event::Finished(_)));
@@ -313,10 +313,7 @@ async fn a_reset_behind_an_unread_pipelined_request_fires_the_token() {
     // Reset, not close: SO_LINGER 0 makes the drop send RST.
     client.set_zero_linger().unwrap();
     drop(client);
-    match next(&mut events).await {
-        Event::TokenFired(kind, _) => assert_eq!(kind, ReasonKind::Disconnected),
-        other => panic!("expected the token to fire, got {other:?}"),
-    }
+    expect_disconnected(&mut events).await;
     let stopped = tokio::spawn(server.stop());
     assert!(matches!(next(&mut events).await, Event::Finished(_)));
     let report = stopped.await.unwrap();
@@ -332,13 +329,7 @@ async fn an_http2_reset_on_a_drop_route_counts_as_dropped_on_disconnect() {
     let app =
         app(Duration::from_secs(30), tx).layer(DisconnectPolicyLayer::new(DisconnectPolicy::Drop));
     let server = TestServer::start(app).await;
-    let client = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
-    let request = tokio::spawn(client.get(server.url("/work")).send());
-    assert!(matches!(next(&mut events).await, Event::Started));
-    request.abort();
+    let client = reset_once_started(&server, &mut events).await;
     assert!(matches!(next(&mut events).await, Event::Dropped));
     drop(client);
     let report = server.stop().await;

@@ -11,9 +11,9 @@ use axum::response::sse::Event;
 use axum::routing::get;
 use futures_util::StreamExt;
 use gracefully::Reason;
-use gracefully_axum::{Drain, HttpCancelled, HttpServer, RequestToken, health_routes};
-use gracefully_host::{Host, HostBuilder, Lifetime, ShutdownReport};
-use support::{SOON, read_response, send_raw, status_of};
+use gracefully_axum::{Drain, HttpCancelled, RequestToken, health_routes};
+use gracefully_host::{HostBuilder, Lifetime, ShutdownReport};
+use support::{SOON, read_response, send_raw, start_hosted, status_of};
 use tokio::sync::mpsc;
 
 async fn start(
@@ -24,18 +24,8 @@ async fn start(
     Lifetime,
     tokio::task::JoinHandle<ShutdownReport>,
 ) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let host = configure(Host::builder().handle_signals(false))
-        .service("http", HttpServer::new(listener, app))
-        .build()
-        .unwrap();
-    let lifetime = host.lifetime();
-    let run = tokio::spawn(host.run());
-    tokio::time::timeout(SOON, lifetime.started().cancelled())
-        .await
-        .expect("the host starts");
-    (addr, lifetime, run)
+    let hosted = start_hosted(app, |server| server, configure).await;
+    (hosted.addr, hosted.lifetime, hosted.run)
 }
 
 fn work_app(started: mpsc::UnboundedSender<()>, work: Duration) -> Router {

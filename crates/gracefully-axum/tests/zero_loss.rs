@@ -10,9 +10,10 @@ use axum::Router;
 use axum::routing::get;
 use gracefully::{CancellationSource, Reason};
 use gracefully_axum::{HttpServer, Shutdown};
-use gracefully_host::Host;
 use support::loader::{Tally, http1_load, http2_load};
-use support::{SOON, closed_within, read_response, send_raw, status_of};
+use support::{
+    HostedServer, SOON, closed_within, read_response, send_raw, start_hosted, status_of,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
@@ -36,23 +37,22 @@ async fn stop_mid_load(
     http2: bool,
     pre_stop: Duration,
 ) -> (Tally, gracefully_host::ShutdownReport) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    // Clients that stall (a loaded CI machine) must not find their connection closed by the
-    // idle grace: behaviour, not speed, is under test here. The grace has its own test.
-    let server = HttpServer::new(listener, app()).idle_grace(Duration::from_secs(10));
-    let host = Host::builder()
-        .handle_signals(false)
-        .shutdown_timeout(Duration::from_secs(30))
-        .pre_stop_delay(pre_stop)
-        .service("http", server)
-        .build()
-        .unwrap();
-    let lifetime = host.lifetime();
-    let run = tokio::spawn(host.run());
-    tokio::time::timeout(SOON, lifetime.started().cancelled())
-        .await
-        .unwrap();
+    let HostedServer {
+        addr,
+        lifetime,
+        run,
+    } = start_hosted(
+        app(),
+        // Clients that stall (a loaded CI machine) must not find their connection closed
+        // by the idle grace: behaviour, not speed, is under test here. The grace has its
+        // own test.
+        |server| server.idle_grace(Duration::from_secs(10)),
+        |host| {
+            host.shutdown_timeout(Duration::from_secs(30))
+                .pre_stop_delay(pre_stop)
+        },
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let load = tokio::spawn(async move {
         if http2 {

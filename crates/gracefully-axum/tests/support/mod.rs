@@ -1,5 +1,6 @@
 //! Shared helpers for the HTTP tests: a server on an ephemeral port with hand-driven
-//! shutdown signals, and raw HTTP/1.1 over `TcpStream`.
+//! shutdown signals or run by a host, an HTTP/2 request to reset, and raw HTTP/1.1 over
+//! `TcpStream`.
 
 #![allow(dead_code)]
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 use axum::Router;
 use gracefully::CancellationSource;
 use gracefully_axum::{HttpServer, ServerReport, Shutdown};
+use gracefully_host::{Host, HostBuilder, Lifetime, ShutdownReport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -62,6 +64,65 @@ impl TestServer {
             .await
             .expect("the server stops")
             .expect("the server task does not panic")
+    }
+}
+
+/// A server on an ephemeral port run by a host as its one service, `http`.
+pub struct HostedServer {
+    pub addr: SocketAddr,
+    pub lifetime: Lifetime,
+    /// The host's run; it ends with the shutdown report.
+    pub run: JoinHandle<ShutdownReport>,
+}
+
+/// Starts a host (signals not handled; set up further by `host`) that serves `app` (the
+/// server set up by `server`), and waits until the host has started.
+pub async fn start_hosted(
+    app: Router,
+    server: impl FnOnce(HttpServer<Router>) -> HttpServer<Router>,
+    host: impl FnOnce(HostBuilder) -> HostBuilder,
+) -> HostedServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let built = host(Host::builder().handle_signals(false))
+        .service("http", server(HttpServer::new(listener, app)))
+        .build()
+        .unwrap();
+    let lifetime = built.lifetime();
+    let run = tokio::spawn(built.run());
+    tokio::time::timeout(SOON, lifetime.started().cancelled())
+        .await
+        .expect("the host starts");
+    HostedServer {
+        addr,
+        lifetime,
+        run,
+    }
+}
+
+/// A GET of `path` over HTTP/2 (prior knowledge: HTTP/2 from the first byte, as gRPC
+/// clients speak), sent by a task of its own.
+pub struct Http2Request {
+    /// Its connection stays open until the client is dropped.
+    pub client: reqwest::Client,
+    pub task: JoinHandle<reqwest::Result<reqwest::Response>>,
+}
+
+impl Http2Request {
+    pub fn get(server: &TestServer, path: &str) -> Http2Request {
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let task = tokio::spawn(client.get(server.url(path)).send());
+        Http2Request { client, task }
+    }
+
+    /// Resets the request's stream (the request future is dropped mid-flight), and returns
+    /// the client, whose connection stays open.
+    pub fn reset(self) -> reqwest::Client {
+        self.task.abort();
+        self.client
     }
 }
 
