@@ -33,7 +33,7 @@ async fn queue_with(test: &str, n: usize) -> (Broker, String) {
     let broker = Broker::new().await;
     let queue = unique(test);
     broker.queue(&queue).await;
-    broker.forget(format!("{queue}.dead"));
+    broker.forget_derived(&queue, &[1000, 2000, 4000, 8000]);
     for i in 0..n {
         broker.publish(&queue, &format!("m{i}"), b"{}").await;
     }

@@ -84,6 +84,15 @@ impl Broker {
         self.queues.lock().unwrap().push(queue.into());
     }
 
+    /// Forgets the queues a consumer of `queue` declares: `<queue>.dead` and a retry queue
+    /// for each of `retry_delays_ms` (the default backoff's are 1000, 2000, 4000, 8000).
+    pub fn forget_derived(&self, queue: &str, retry_delays_ms: &[u64]) {
+        self.forget(format!("{queue}.dead"));
+        for ms in retry_delays_ms {
+            self.forget(format!("{queue}.retry.{ms}ms"));
+        }
+    }
+
     /// Declares a durable `queue`, deleted at the end.
     pub async fn queue(&self, queue: &str) {
         self.channel
