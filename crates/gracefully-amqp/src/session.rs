@@ -26,6 +26,8 @@ use crate::retry::{Target, retry_queue_name};
 
 /// AMQP's `NOT_FOUND` reply code.
 const NOT_FOUND: u16 = 404;
+/// AMQP's `PRECONDITION_FAILED` reply code (a declare whose arguments differ).
+const PRECONDITION_FAILED: u16 = 406;
 
 pub(crate) struct Session {
     pub(crate) connection: Connection,
@@ -225,19 +227,18 @@ impl Setup<'_> {
             })
     }
 
-    /// The work queue (checked, or declared if allowed and missing), its bindings, the
-    /// retry queues, and the dead-letter target.
+    /// The work queue (checked, or declared if allowed), its bindings, the retry queues,
+    /// and the dead-letter target.
     async fn queues(&self, channel: &Channel) -> Result<(), Error> {
         let config = self.config;
-        if !self.queue_exists(&config.queue).await? {
-            if !config.declare {
-                return Err(Error::QueueNotFound {
-                    queue: config.queue.clone(),
-                    vhost: config.uri.vhost.clone(),
-                });
-            }
-            self.declare(channel, &config.queue, config.queue_arguments.clone())
+        if config.declare {
+            self.ensure_queue(&config.queue, config.queue_arguments.clone())
                 .await?;
+        } else if !self.queue_exists(&config.queue).await? {
+            return Err(Error::QueueNotFound {
+                queue: config.queue.clone(),
+                vhost: config.uri.vhost.clone(),
+            });
         }
         for (exchange, routing_key) in &config.bindings {
             self.exchange_exists(exchange, "to bind the queue to").await?;
@@ -259,28 +260,22 @@ impl Setup<'_> {
                 })?;
         }
         for delay in config.retry_delays() {
-            self.declare(channel, &retry_queue_name(&config.queue, delay), {
-                let mut args = FieldTable::default();
-                let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-                args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
-                args.insert(
-                    "x-dead-letter-exchange".into(),
-                    AMQPValue::LongString("".into()),
-                );
-                args.insert(
-                    "x-dead-letter-routing-key".into(),
-                    AMQPValue::LongString(config.queue.as_str().into()),
-                );
-                args
-            })
-            .await?;
+            let mut args = FieldTable::default();
+            let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString("".into()),
+            );
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                AMQPValue::LongString(config.queue.as_str().into()),
+            );
+            self.ensure_queue(&retry_queue_name(&config.queue, delay), args)
+                .await?;
         }
         match &config.dead_letter.target {
-            Target::Queue(name) => {
-                if !self.queue_exists(name).await? {
-                    self.declare(channel, name, FieldTable::default()).await?;
-                }
-            }
+            Target::Queue(name) => self.ensure_queue(name, FieldTable::default()).await?,
             Target::Exchange { exchange, .. } => {
                 self.exchange_exists(exchange, "the dead-letter target").await?;
             }
@@ -288,8 +283,39 @@ impl Setup<'_> {
         Ok(())
     }
 
+    /// Declares a durable queue — or, if one of that name exists with other arguments
+    /// (the broker answers `PRECONDITION_FAILED`), uses it as it is. On a channel of its
+    /// own, since a refused declare closes the channel it was made on.
+    async fn ensure_queue(&self, queue: &str, arguments: FieldTable) -> Result<(), Error> {
+        let setup = self.channel("opening a channel").await?;
+        let declared = setup
+            .queue_declare(
+                ShortString::from(queue),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await;
+        match declared {
+            Ok(_) => {
+                let _ = setup.close(200, ShortString::from("declared")).await;
+                Ok(())
+            }
+            Err(e) if reply_code(&e) == Some(PRECONDITION_FAILED) && self.queue_exists(queue).await? => {
+                tracing::info!(queue, "the queue exists with other arguments than ours; using it as it is");
+                Ok(())
+            }
+            Err(source) => Err(Error::Setup {
+                step: format!("declaring queue `{queue}`"),
+                source,
+            }),
+        }
+    }
+
     /// A passive declare on a channel of its own: a `NOT_FOUND` closes the channel it was
-    /// asked on, so the consuming channel must not be that one.
+    /// asked on.
     async fn queue_exists(&self, queue: &str) -> Result<bool, Error> {
         let probe = self.channel("opening a channel").await?;
         let checked = probe
@@ -307,7 +333,7 @@ impl Setup<'_> {
                 let _ = probe.close(200, ShortString::from("checked")).await;
                 Ok(true)
             }
-            Err(e) if not_found(&e) => Ok(false),
+            Err(e) if reply_code(&e) == Some(NOT_FOUND) => Ok(false),
             Err(source) => Err(Error::Setup {
                 step: format!("checking that queue `{queue}` exists"),
                 source,
@@ -336,7 +362,7 @@ impl Setup<'_> {
                 let _ = probe.close(200, ShortString::from("checked")).await;
                 Ok(())
             }
-            Err(e) if not_found(&e) => Err(Error::ExchangeNotFound {
+            Err(e) if reply_code(&e) == Some(NOT_FOUND) => Err(Error::ExchangeNotFound {
                 exchange: exchange.to_owned(),
                 vhost: self.config.uri.vhost.clone(),
                 purpose,
@@ -346,25 +372,6 @@ impl Setup<'_> {
                 source,
             }),
         }
-    }
-
-    /// Declares a durable queue.
-    async fn declare(&self, channel: &Channel, queue: &str, arguments: FieldTable) -> Result<(), Error> {
-        channel
-            .queue_declare(
-                ShortString::from(queue),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                arguments,
-            )
-            .await
-            .map(drop)
-            .map_err(|source| Error::Setup {
-                step: format!("declaring queue `{queue}`"),
-                source,
-            })
     }
 
     async fn publisher(&self) -> Result<Channel, Error> {
@@ -380,7 +387,10 @@ impl Setup<'_> {
     }
 }
 
-/// Whether the broker answered `NOT_FOUND`.
-fn not_found(error: &lapin::Error) -> bool {
-    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == NOT_FOUND)
+/// The broker's reply code, if the error is the broker's answer.
+fn reply_code(error: &lapin::Error) -> Option<u16> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) => Some(e.get_id()),
+        _ => None,
+    }
 }
