@@ -36,12 +36,15 @@ fn var(name: &str) -> String {
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let (queue, table, name) = (var("EFFECTS_QUEUE"), var("EFFECTS_TABLE"), var("EFFECTS_NAME"));
+    let (queue, table, name) = (
+        var("EFFECTS_QUEUE"),
+        var("EFFECTS_TABLE"),
+        var("EFFECTS_NAME"),
+    );
     let pool: PgGracefulPool = GracefulPoolOptions::new()
         .pool_options(PgPoolOptions::new().max_connections(6))
         .connect(&var("DATABASE_URL"))
@@ -115,7 +118,9 @@ async fn handle(
 
     // The effect and the id in one transaction: exactly once, however often it arrives.
     let (record, effect) = (
-        format!("INSERT INTO {table}_processed (message_id, consumer) VALUES ($1, $2) ON CONFLICT DO NOTHING"),
+        format!(
+            "INSERT INTO {table}_processed (message_id, consumer) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        ),
         format!("UPDATE {table}_account SET balance = balance + 1"),
     );
     let name = name.to_owned();
@@ -129,7 +134,9 @@ async fn handle(
                 .rows_affected()
                 == 1;
             if first {
-                sqlx::query(AssertSqlSafe(effect)).execute(&mut **tx).await?;
+                sqlx::query(AssertSqlSafe(effect))
+                    .execute(&mut **tx)
+                    .await?;
             }
             Ok::<_, gracefully_sqlx::Error>(())
         })

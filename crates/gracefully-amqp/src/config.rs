@@ -264,11 +264,16 @@ impl<D> ConsumerBuilder<D> {
         for (exchange, _) in &self.bindings {
             check_name("exchange", exchange, 255)?;
         }
-        let concurrency = check_range("concurrency", self.concurrency as u64, 1, 65_535, "1 to 65535")?;
-        let prefetch = self.prefetch.map_or(
-            (concurrency.saturating_mul(2)).min(65_535),
-            u64::from,
-        );
+        let concurrency = check_range(
+            "concurrency",
+            self.concurrency as u64,
+            1,
+            65_535,
+            "1 to 65535",
+        )?;
+        let prefetch = self
+            .prefetch
+            .map_or((concurrency.saturating_mul(2)).min(65_535), u64::from);
         let prefetch = check_range(
             "prefetch",
             prefetch,
@@ -276,7 +281,13 @@ impl<D> ConsumerBuilder<D> {
             65_535,
             "at least the concurrency and at most 65535",
         )?;
-        check_range("max_deliveries", self.max_deliveries.into(), 1, u32::MAX.into(), "at least 1")?;
+        check_range(
+            "max_deliveries",
+            self.max_deliveries.into(),
+            1,
+            u32::MAX.into(),
+            "at least 1",
+        )?;
         check_range(
             "connect_timeout (ms)",
             u64::try_from(self.connect_timeout.as_millis()).unwrap_or(u64::MAX),
@@ -373,7 +384,16 @@ mod tests {
         let e = build(Consumer::builder(URL, "q").max_deliveries(0)).unwrap_err();
         assert!(e.to_string().starts_with("max_deliveries is 0"), "{e}");
         let e = build(Consumer::builder(URL, "")).unwrap_err();
-        assert!(matches!(e, ConfigError::Name { setting: "queue", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ConfigError::Name {
+                    setting: "queue",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -382,21 +402,19 @@ mod tests {
         let text = e.to_string();
         assert!(text.contains("Invalid AMQP scheme"), "{text}");
         assert!(!text.contains("secret"), "{text}");
-        assert!(text.contains("amqp://user:password@host:5672/vhost"), "{text}");
+        assert!(
+            text.contains("amqp://user:password@host:5672/vhost"),
+            "{text}"
+        );
         let e = build(Consumer::builder("amqp://host:notaport/", "q")).unwrap_err();
         assert!(matches!(e, ConfigError::Url { .. }), "{e}");
     }
 
     #[test]
     fn retry_queues_are_one_per_distinct_delay() {
-        let c = build(
-            Consumer::builder(URL, "q")
-                .max_deliveries(6)
-                .retry_backoff(Backoff::exponential(
-                    Duration::from_millis(100),
-                    Duration::from_millis(300),
-                )),
-        )
+        let c = build(Consumer::builder(URL, "q").max_deliveries(6).retry_backoff(
+            Backoff::exponential(Duration::from_millis(100), Duration::from_millis(300)),
+        ))
         .unwrap();
         assert_eq!(
             c.config().retry_delays(),

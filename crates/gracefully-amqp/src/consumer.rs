@@ -412,10 +412,16 @@ impl Run {
 
     /// Reconnects with backoff until it works, `stopping` fires (`None`), or the broker
     /// refuses the setup for good (an error, which ends `execute`).
-    async fn reconnect(&mut self, stopping: &CancellationToken) -> Result<Option<Arc<Session>>, BoxError> {
+    async fn reconnect(
+        &mut self,
+        stopping: &CancellationToken,
+    ) -> Result<Option<Arc<Session>>, BoxError> {
         loop {
             self.reconnect_attempts = self.reconnect_attempts.saturating_add(1);
-            let pause = self.config().reconnect_backoff.jittered(self.reconnect_attempts);
+            let pause = self
+                .config()
+                .reconnect_backoff
+                .jittered(self.reconnect_attempts);
             if stopping
                 .run_until_cancelled(tokio::time::sleep(pause))
                 .await

@@ -215,7 +215,10 @@ mod tests {
             vhost: "/".into(),
         };
         let text = e.to_string();
-        assert!(text.contains("`orders`") && text.contains("declare"), "{text}");
+        assert!(
+            text.contains("`orders`") && text.contains("declare"),
+            "{text}"
+        );
         assert!(!e.is_transient());
     }
 }

@@ -95,8 +95,10 @@ impl Edit {
     }
 
     pub(crate) fn int(mut self, name: &str, value: u32) -> Edit {
-        self.table
-            .insert(ShortString::from(name), AMQPValue::LongLongInt(value.into()));
+        self.table.insert(
+            ShortString::from(name),
+            AMQPValue::LongLongInt(value.into()),
+        );
         self
     }
 

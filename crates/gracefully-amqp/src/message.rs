@@ -72,7 +72,10 @@ impl Envelope {
 
     /// The message id property, if the publisher set one.
     pub(crate) fn id(&self) -> Option<&str> {
-        self.properties.message_id().as_ref().map(ShortString::as_str)
+        self.properties
+            .message_id()
+            .as_ref()
+            .map(ShortString::as_str)
     }
 
     /// The exchange the message was first published to (a retried copy arrives from the
@@ -83,8 +86,7 @@ impl Envelope {
 
     /// The routing key it was first published with.
     pub(crate) fn first_routing_key(&self) -> &str {
-        headers::text(&self.properties, headers::ROUTING_KEY)
-            .unwrap_or(self.routing_key.as_str())
+        headers::text(&self.properties, headers::ROUTING_KEY).unwrap_or(self.routing_key.as_str())
     }
 }
 

@@ -94,7 +94,11 @@ impl fmt::Debug for Backoff {
         if self.initial == self.max {
             write!(f, "Backoff::fixed({:?})", self.initial)
         } else {
-            write!(f, "Backoff::exponential({:?}, {:?})", self.initial, self.max)
+            write!(
+                f,
+                "Backoff::exponential({:?}, {:?})",
+                self.initial, self.max
+            )
         }
     }
 }

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use gracefully::{CancellationSource, CancellationToken, Reason};
+use lapin::Confirmation;
 use lapin::options::{
     BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Mutex;
@@ -62,7 +62,10 @@ impl std::fmt::Display for PublishError {
 impl Session {
     /// Connects and sets up the queues (see the crate docs, "Queues"). Bounded by the
     /// connect timeout for the connection itself.
-    pub(crate) async fn open(config: &Config, hard_stop: &CancellationToken) -> Result<Session, Error> {
+    pub(crate) async fn open(
+        config: &Config,
+        hard_stop: &CancellationToken,
+    ) -> Result<Session, Error> {
         let properties = ConnectionProperties::default()
             .with_connection_name(LongString::from(config.connection_name.as_str()));
         let connecting = Connection::connect_uri(config.uri.clone(), properties);
@@ -116,7 +119,8 @@ impl Session {
         if self.lost.swap(true, Ordering::AcqRel) {
             return false;
         }
-        self.handlers.cancel_with(Reason::disconnected().with_message(why));
+        self.handlers
+            .cancel_with(Reason::disconnected().with_message(why));
         true
     }
 
@@ -187,7 +191,10 @@ impl Session {
             return;
         }
         let close = async {
-            let _ = self.channel.close(200, ShortString::from("consumer stopped")).await;
+            let _ = self
+                .channel
+                .close(200, ShortString::from("consumer stopped"))
+                .await;
             let _ = self
                 .connection
                 .close(200, ShortString::from("consumer stopped"))
@@ -203,9 +210,10 @@ impl Session {
     /// failed, or the broker cancelled the consumer), so the broker requeues what this
     /// session had unacked. Bounded, errors ignored.
     pub(crate) async fn close_after_loss(&self) {
-        let closing = self
-            .connection
-            .close(200, ShortString::from("consumer lost its channel; reconnecting"));
+        let closing = self.connection.close(
+            200,
+            ShortString::from("consumer lost its channel; reconnecting"),
+        );
         let _ = tokio::time::timeout(Duration::from_secs(1), closing).await;
     }
 }
@@ -241,7 +249,8 @@ impl Setup<'_> {
             });
         }
         for (exchange, routing_key) in &config.bindings {
-            self.exchange_exists(exchange, "to bind the queue to").await?;
+            self.exchange_exists(exchange, "to bind the queue to")
+                .await?;
             channel
                 .queue_bind(
                     ShortString::from(config.queue.as_str()),
@@ -277,7 +286,8 @@ impl Setup<'_> {
         match &config.dead_letter.target {
             Target::Queue(name) => self.ensure_queue(name, FieldTable::default()).await?,
             Target::Exchange { exchange, .. } => {
-                self.exchange_exists(exchange, "the dead-letter target").await?;
+                self.exchange_exists(exchange, "the dead-letter target")
+                    .await?;
             }
         }
         Ok(())
@@ -303,8 +313,14 @@ impl Setup<'_> {
                 let _ = setup.close(200, ShortString::from("declared")).await;
                 Ok(())
             }
-            Err(e) if reply_code(&e) == Some(PRECONDITION_FAILED) && self.queue_exists(queue).await? => {
-                tracing::info!(queue, "the queue exists with other arguments than ours; using it as it is");
+            Err(e)
+                if reply_code(&e) == Some(PRECONDITION_FAILED)
+                    && self.queue_exists(queue).await? =>
+            {
+                tracing::info!(
+                    queue,
+                    "the queue exists with other arguments than ours; using it as it is"
+                );
                 Ok(())
             }
             Err(source) => Err(Error::Setup {

@@ -151,8 +151,14 @@ impl Settle<'_> {
                 }
             }
             Err(error) => {
-                self.copy_refused(envelope, acker, &format!("retry queue `{routing_key}`"), error, token)
-                    .await;
+                self.copy_refused(
+                    envelope,
+                    acker,
+                    &format!("retry queue `{routing_key}`"),
+                    error,
+                    token,
+                )
+                .await;
             }
         }
     }
@@ -206,16 +212,18 @@ impl Settle<'_> {
             self.lost(envelope, "publishing its copy");
             return;
         }
-        let pause = self.config.retry_backoff.delay(u32::MAX).max(Duration::from_secs(1));
+        let pause = self
+            .config
+            .retry_backoff
+            .delay(u32::MAX)
+            .max(Duration::from_secs(1));
         tracing::error!(
             queue = %self.config.queue,
             message_id = envelope.id().unwrap_or(""),
             error = %error,
             "could not publish the message's copy to {target}; the message is kept and handed back in {pause:?}"
         );
-        let _ = token
-            .run_until_cancelled(tokio::time::sleep(pause))
-            .await;
+        let _ = token.run_until_cancelled(tokio::time::sleep(pause)).await;
         if self.nack_requeue(envelope, acker).await {
             self.count(|c| &c.retried);
         }

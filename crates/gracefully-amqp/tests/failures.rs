@@ -19,13 +19,21 @@ use gracefully_amqp::{Backoff, Bytes, Consumer, DeadLetter, Message};
 use gracefully_test::{RunningHost, eventually, test_host};
 use support::{Broker, Proxy, amqp_url, broker_address, unique};
 
+/// Each message id's deliveries: the delivery count the handler saw, and when.
+type Deliveries = BTreeMap<String, Vec<(u32, Instant)>>;
+
 #[derive(serde::Deserialize)]
 struct Job {
     fail: bool,
 }
 
 fn header_text(message: &gracefully_amqp::lapin::message::BasicGetMessage, name: &str) -> String {
-    let headers = message.delivery.properties.headers().clone().unwrap_or_default();
+    let headers = message
+        .delivery
+        .properties
+        .headers()
+        .clone()
+        .unwrap_or_default();
     match headers.inner().get(name) {
         Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         Some(AMQPValue::LongLongInt(n)) => n.to_string(),
@@ -42,12 +50,16 @@ async fn a_poison_message_is_dead_lettered_at_once_and_a_failing_one_after_its_r
     broker.queue(&queue).await;
     broker.forget_derived(&queue, &[50, 100]);
     for i in 0..10 {
-        broker.publish(&queue, &format!("good{i}"), br#"{"fail":false}"#).await;
+        broker
+            .publish(&queue, &format!("good{i}"), br#"{"fail":false}"#)
+            .await;
     }
-    broker.publish(&queue, "undecodable", b"this is not JSON").await;
+    broker
+        .publish(&queue, "undecodable", b"this is not JSON")
+        .await;
     broker.publish(&queue, "failing", br#"{"fail":true}"#).await;
 
-    let deliveries: Arc<Mutex<BTreeMap<String, Vec<(u32, Instant)>>>> = Arc::default();
+    let deliveries: Arc<Mutex<Deliveries>> = Arc::default();
     let record = Arc::clone(&deliveries);
     let consumer = Consumer::builder(amqp_url(), &queue)
         .concurrency(3)
@@ -83,9 +95,11 @@ async fn a_poison_message_is_dead_lettered_at_once_and_a_failing_one_after_its_r
         stats.dead_lettered() == 2
     })
     .await;
-    eventually("the good ones handled", Duration::from_secs(20), async || {
-        stats.handled() == 10
-    })
+    eventually(
+        "the good ones handled",
+        Duration::from_secs(20),
+        async || stats.handled() == 10,
+    )
     .await;
     let report = running.stop(Reason::shutdown()).await.unwrap();
     let row = report.entry("jobs").unwrap();
@@ -125,7 +139,10 @@ async fn a_poison_message_is_dead_lettered_at_once_and_a_failing_one_after_its_r
     assert_eq!(dead.len(), 2);
     let undecodable = &dead["undecodable"];
     assert_eq!(undecodable.delivery.data, b"this is not JSON", "body kept");
-    assert_eq!(header_text(undecodable, "x-gracefully-error-kind"), "undecodable");
+    assert_eq!(
+        header_text(undecodable, "x-gracefully-error-kind"),
+        "undecodable"
+    );
     assert_eq!(header_text(undecodable, "x-gracefully-deliveries"), "1");
     assert!(header_text(undecodable, "x-gracefully-error").contains("expected"));
     let failed = &dead["failing"];
@@ -160,9 +177,11 @@ async fn a_panicking_handler_is_a_failure_of_its_message_not_of_the_consumer() {
     let running = RunningHost::start(test_host().service("c", consumer).build().unwrap())
         .await
         .unwrap();
-    eventually("one handled, one dead", Duration::from_secs(20), async || {
-        stats.handled() == 1 && stats.dead_lettered() == 1
-    })
+    eventually(
+        "one handled, one dead",
+        Duration::from_secs(20),
+        async || stats.handled() == 1 && stats.dead_lettered() == 1,
+    )
     .await;
     let report = running.stop(Reason::shutdown()).await.unwrap();
     assert_eq!(report.exit_code(), 0, "{report}");
@@ -212,18 +231,22 @@ async fn a_cut_connection_fires_in_flight_tokens_with_disconnected_and_the_consu
     let running = RunningHost::start(test_host().service("c", consumer).build().unwrap())
         .await
         .unwrap();
-    eventually("some handled, four in flight", Duration::from_secs(20), async || {
-        stats.handled() >= 8 && stats.in_flight() == 4
-    })
+    eventually(
+        "some handled, four in flight",
+        Duration::from_secs(20),
+        async || stats.handled() >= 8 && stats.in_flight() == 4,
+    )
     .await;
     proxy.cut();
     eventually("reconnected", Duration::from_secs(20), async || {
         stats.reconnects() >= 1
     })
     .await;
-    eventually("every message handled", Duration::from_secs(30), async || {
-        done.lock().unwrap().len() == N
-    })
+    eventually(
+        "every message handled",
+        Duration::from_secs(30),
+        async || done.lock().unwrap().len() == N,
+    )
     .await;
     let report = running.stop(Reason::shutdown()).await.unwrap();
     assert_eq!(report.exit_code(), 0, "{report}");
@@ -233,7 +256,11 @@ async fn a_cut_connection_fires_in_flight_tokens_with_disconnected_and_the_consu
         "in-flight tokens fire with Disconnected: {reasons:?}"
     );
     let row = report.entry("c").unwrap();
-    let at_disconnect: u64 = row.detail("in flight at disconnect").unwrap().parse().unwrap();
+    let at_disconnect: u64 = row
+        .detail("in flight at disconnect")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(at_disconnect >= 1, "{report}");
     assert_eq!(row.detail("reconnects"), Some("1"), "{report}");
     assert_eq!(broker.ready(&queue).await, 0, "nothing left behind");
@@ -250,12 +277,18 @@ async fn a_missing_queue_fails_the_start_naming_it_unless_the_consumer_may_decla
     let queue = unique("missing");
     broker.forget(&queue);
     broker.forget_derived(&queue, &[1000, 2000, 4000, 8000]);
-    let handler = |_m: Message<Bytes>, _t: CancellationToken| async {
-        Ok::<_, std::convert::Infallible>(())
-    };
-    let consumer = Consumer::builder(amqp_url(), &queue).build(handler).unwrap();
+    let handler =
+        |_m: Message<Bytes>, _t: CancellationToken| async { Ok::<_, std::convert::Infallible>(()) };
+    let consumer = Consumer::builder(amqp_url(), &queue)
+        .build(handler)
+        .unwrap();
     let host = test_host().service("c", consumer).build().unwrap();
-    let report = RunningHost::start(host).await.unwrap().finished().await.unwrap();
+    let report = RunningHost::start(host)
+        .await
+        .unwrap()
+        .finished()
+        .await
+        .unwrap();
     let text = report.to_string();
     assert_eq!(report.exit_code(), 1, "{text}");
     assert!(
@@ -283,9 +316,8 @@ async fn a_missing_exchange_to_bind_or_dead_letter_to_fails_the_start_naming_it(
     let queue = unique("exchange");
     broker.queue(&queue).await;
     broker.forget_derived(&queue, &[1000, 2000, 4000, 8000]);
-    let handler = |_m: Message<Bytes>, _t: CancellationToken| async {
-        Ok::<_, std::convert::Infallible>(())
-    };
+    let handler =
+        |_m: Message<Bytes>, _t: CancellationToken| async { Ok::<_, std::convert::Infallible>(()) };
     for (consumer, needle) in [
         (
             Consumer::builder(amqp_url(), &queue).bind("no-such-exchange-gracefully", "k"),
@@ -301,7 +333,12 @@ async fn a_missing_exchange_to_bind_or_dead_letter_to_fails_the_start_naming_it(
             .service("c", consumer.build(handler).unwrap())
             .build()
             .unwrap();
-        let report = RunningHost::start(host).await.unwrap().finished().await.unwrap();
+        let report = RunningHost::start(host)
+            .await
+            .unwrap()
+            .finished()
+            .await
+            .unwrap();
         assert_eq!(report.exit_code(), 1);
         assert!(report.to_string().contains(needle), "{report}");
     }
@@ -322,11 +359,18 @@ async fn an_unreachable_broker_fails_the_start_with_an_error_naming_the_url_with
         .unwrap();
     let host = test_host().service("orders", consumer).build().unwrap();
     let started = Instant::now();
-    let report = RunningHost::start(host).await.unwrap().finished().await.unwrap();
+    let report = RunningHost::start(host)
+        .await
+        .unwrap()
+        .finished()
+        .await
+        .unwrap();
     let text = report.to_string();
     assert_eq!(report.exit_code(), 1, "{text}");
     assert!(
-        text.contains(&format!("could not connect to RabbitMQ at amqp://guest:***@127.0.0.1:{port}/%2f")),
+        text.contains(&format!(
+            "could not connect to RabbitMQ at amqp://guest:***@127.0.0.1:{port}/%2f"
+        )),
         "{text}"
     );
     assert!(!text.contains("hunter2"), "{text}");

@@ -140,7 +140,9 @@ impl Scenario {
             .expect("connect to DATABASE_URL");
         for sql in [
             format!("DROP TABLE IF EXISTS {table}_processed, {table}_account, {table}_deliveries"),
-            format!("CREATE TABLE {table}_processed (message_id text PRIMARY KEY, consumer text NOT NULL)"),
+            format!(
+                "CREATE TABLE {table}_processed (message_id text PRIMARY KEY, consumer text NOT NULL)"
+            ),
             format!("CREATE TABLE {table}_account (balance bigint NOT NULL)"),
             format!("INSERT INTO {table}_account VALUES (0)"),
             format!(
@@ -214,7 +216,11 @@ impl Scenario {
             .scalar("SELECT count(DISTINCT message_id) FROM {t}_deliveries")
             .await;
         assert_eq!(distinct, MESSAGES as i64, "a message was never delivered");
-        assert_eq!(self.broker.ready(&self.queue).await, 0, "messages left behind");
+        assert_eq!(
+            self.broker.ready(&self.queue).await,
+            0,
+            "messages left behind"
+        );
     }
 
     async fn cleanup(&self) {
@@ -222,7 +228,10 @@ impl Scenario {
             "DROP TABLE IF EXISTS {t}_processed, {t}_account, {t}_deliveries",
             t = self.table
         );
-        sqlx::query(AssertSqlSafe(sql)).execute(&self.db).await.unwrap();
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&self.db)
+            .await
+            .unwrap();
     }
 }
 
@@ -253,6 +262,7 @@ async fn sigterm_mid_run_hands_unstarted_messages_to_the_other_consumer_at_once_
         .await
         .unwrap();
     assert_eq!(code, Some(0), "a did not stop cleanly:\n{out}");
+    println!("process a's output after SIGTERM:\n{out}");
     let handed_back = stat(&out, "handed_back_at_drain");
     let handled_by_a = stat(&out, "handled");
 
@@ -284,7 +294,10 @@ async fn sigterm_mid_run_hands_unstarted_messages_to_the_other_consumer_at_once_
         handed_back,
         "the messages a handed back reached b (and no other message was redelivered)"
     );
-    assert!(handed_back >= 1, "a had nothing prefetched at SIGTERM?\n{out}");
+    assert!(
+        handed_back >= 1,
+        "a had nothing prefetched at SIGTERM?\n{out}"
+    );
     let latest_ms = rows
         .iter()
         .map(|r| r.get::<f64, _>(1) * 1000.0)
@@ -332,7 +345,10 @@ async fn sigkill_mid_run_loses_nothing_and_redelivered_messages_take_effect_once
     let duplicates = s
         .scalar("SELECT count(*) - count(DISTINCT message_id) FROM {t}_deliveries")
         .await;
-    assert!(redelivered >= 1, "a's unacked messages were redelivered to b");
+    assert!(
+        redelivered >= 1,
+        "a's unacked messages were redelivered to b"
+    );
     println!(
         "amqp sigkill: {redelivered} of a's unacked messages redelivered to b, {duplicates} delivered twice, \
          every effect once (balance {MESSAGES})"

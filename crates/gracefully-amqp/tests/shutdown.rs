@@ -120,9 +120,11 @@ async fn drain_hands_back_unstarted_messages_at_once_while_in_flight_ones_finish
         .build()
         .unwrap();
     let running = RunningHost::start(host).await.unwrap();
-    eventually("two handlers running", Duration::from_secs(10), async || {
-        stats.in_flight() == 2
-    })
+    eventually(
+        "two handlers running",
+        Duration::from_secs(10),
+        async || stats.in_flight() == 2,
+    )
     .await;
     eventually("all ten prefetched", Duration::from_secs(10), async || {
         broker.ready(&queue).await == 0
@@ -171,7 +173,11 @@ async fn drain_hands_back_unstarted_messages_at_once_while_in_flight_ones_finish
     assert_eq!(row.phase(), Phase::Drain, "{report}");
     assert_eq!(row.detail("handled"), Some("2"), "{report}");
     assert_eq!(row.detail("handed back at drain"), Some("8"), "{report}");
-    assert_eq!(row.detail("cancelled and handed back"), Some("0"), "{report}");
+    assert_eq!(
+        row.detail("cancelled and handed back"),
+        Some("0"),
+        "{report}"
+    );
     assert_eq!(report.exit_code(), 0, "{report}");
     drop(other_connection);
     assert_eq!(broker.ready(&queue).await, 0);
@@ -186,7 +192,10 @@ async fn a_plain_lapin_consumer_hands_back_prefetched_messages_only_when_its_cha
     let (_broker, queue) = queue_with("anchor", 10).await;
     let connection = support::connect().await;
     let channel = connection.create_channel().await.unwrap();
-    channel.basic_qos(10, BasicQosOptions::default()).await.unwrap();
+    channel
+        .basic_qos(10, BasicQosOptions::default())
+        .await
+        .unwrap();
     let mut consumer = channel
         .basic_consume(
             queue.as_str().into(),
@@ -220,7 +229,8 @@ async fn a_plain_lapin_consumer_hands_back_prefetched_messages_only_when_its_cha
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs RabbitMQ: set AMQP_URL"]
-async fn at_hard_stop_tokens_fire_and_cancelled_messages_are_handed_back_without_using_a_delivery() {
+async fn at_hard_stop_tokens_fire_and_cancelled_messages_are_handed_back_without_using_a_delivery()
+{
     let (broker, queue) = queue_with("cancel", 6).await;
     let seen = Arc::new(Seen::default());
     let record = Arc::clone(&seen);
@@ -250,14 +260,20 @@ async fn at_hard_stop_tokens_fire_and_cancelled_messages_are_handed_back_without
         .build()
         .unwrap();
     let running = RunningHost::start(host).await.unwrap();
-    eventually("two handlers running", Duration::from_secs(10), async || {
-        stats.in_flight() == 2
-    })
+    eventually(
+        "two handlers running",
+        Duration::from_secs(10),
+        async || stats.in_flight() == 2,
+    )
     .await;
     let report = running.stop(Reason::shutdown()).await.unwrap();
     let row = report.entry("orders").unwrap();
     assert_eq!(row.phase(), Phase::Cancel, "{report}");
-    assert_eq!(row.detail("cancelled and handed back"), Some("2"), "{report}");
+    assert_eq!(
+        row.detail("cancelled and handed back"),
+        Some("2"),
+        "{report}"
+    );
     assert_eq!(row.detail("handed back at drain"), Some("4"), "{report}");
     assert_eq!(row.detail("handled"), Some("0"), "{report}");
     assert_eq!(row.detail("retried"), Some("0"), "{report}");
@@ -267,13 +283,20 @@ async fn at_hard_stop_tokens_fire_and_cancelled_messages_are_handed_back_without
         [ReasonKind::Shutdown, ReasonKind::Shutdown]
     );
     // All six are back, none used up a delivery.
-    eventually("all six back in the queue", Duration::from_secs(10), async || {
-        broker.ready(&queue).await == 6
-    })
+    eventually(
+        "all six back in the queue",
+        Duration::from_secs(10),
+        async || broker.ready(&queue).await == 6,
+    )
     .await;
     for _ in 0..6 {
         let message = broker.get(&queue).await.unwrap();
-        let headers = message.delivery.properties.headers().clone().unwrap_or_default();
+        let headers = message
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
         assert!(
             !headers.inner().contains_key("x-gracefully-failures"),
             "a handed-back message was counted as failed"
@@ -302,9 +325,11 @@ async fn handlers_that_ignore_their_token_are_counted_at_abort_and_their_message
         .build()
         .unwrap();
     let running = RunningHost::start(host).await.unwrap();
-    eventually("two handlers running", Duration::from_secs(10), async || {
-        stats.in_flight() == 2
-    })
+    eventually(
+        "two handlers running",
+        Duration::from_secs(10),
+        async || stats.in_flight() == 2,
+    )
     .await;
     let report = running.stop(Reason::shutdown()).await.unwrap();
     let row = report.entry("orders").unwrap();
@@ -313,8 +338,10 @@ async fn handlers_that_ignore_their_token_are_counted_at_abort_and_their_message
     assert_eq!(row.detail("handed back at drain"), Some("2"), "{report}");
     assert_eq!(report.exit_code(), 2, "{report}");
     // The aborted consumer's connection is gone: the broker requeued its two.
-    eventually("all four back in the queue", Duration::from_secs(15), async || {
-        broker.ready(&queue).await == 4
-    })
+    eventually(
+        "all four back in the queue",
+        Duration::from_secs(15),
+        async || broker.ready(&queue).await == 4,
+    )
     .await;
 }
