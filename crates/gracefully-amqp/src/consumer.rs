@@ -14,6 +14,20 @@
 //!                      ▼
 //!             wait for in-flight handlers (hard stop fires their tokens) ─► close
 //! ```
+//!
+//! Invariants (cited below by number):
+//!
+//! 1. A delivery leaves lapin's buffer only once a concurrency slot is held for it, and then
+//!    its handler starts at once. So every delivery still in the buffer at drain was never
+//!    started, and handing all of them back never hands back work in progress.
+//! 2. A message is acked only by its own task, after its handler returned `Ok` or after its
+//!    retry or dead-letter copy was confirmed; nothing else acks. So no message is acked
+//!    unhandled, and an ack lost with the connection means a redelivery, never a loss.
+//! 3. Every handler token descends from its session's token, which descends from the hard
+//!    stop: hard stop fires them all with `Shutdown`, a lost session with `Disconnected`.
+//! 4. The in-flight count goes up before a task is spawned and down when it ends or is
+//!    dropped; `Run::drop` reads it before dropping (aborting) the tasks, so at abort it is
+//!    the number of handlers that were still running.
 
 use std::future::Future;
 use std::pin::pin;
@@ -269,8 +283,7 @@ impl Run {
         let mut stop = pin!(stopping.cancelled());
         loop {
             self.reap();
-            // A slot first, then a delivery: a delivery is taken from lapin's buffer only
-            // when it can start, so whatever is still there at drain was never started.
+            // A slot first, then a delivery (invariant 1).
             let permit = tokio::select! {
                 biased;
                 _ = &mut stop => break,
@@ -311,7 +324,7 @@ impl Run {
         self.in_flight.spawn(async move {
             let _permit = permit;
             let _done = InFlight(&shared.stats);
-            let source = session.handler_token();
+            let source = session.handler_token(); // invariant 3
             let token = source.token();
             let (envelope, acker) = Envelope::from_delivery(delivery);
             let envelope = Arc::new(envelope);
@@ -353,7 +366,7 @@ impl Run {
                 return handed_back;
             }
             // After cancel-ok nothing more arrives: the stream yields what lapin buffered,
-            // then ends.
+            // then ends. None of it was started (invariant 1).
             let mut nacks = FuturesUnordered::new();
             let mut ended = false;
             while !ended || !nacks.is_empty() {
@@ -460,8 +473,8 @@ impl Run {
 impl Drop for Run {
     fn drop(&mut self) {
         let counters = self.shared.stats.counters();
-        // Read before the task set is dropped (which aborts the tasks): at a normal end
-        // every task has been joined and this is 0.
+        // Invariant 4: read before the task set is dropped (which aborts the tasks); at a
+        // normal end every task has been joined and this is 0.
         let still_running = counters.in_flight.load(Ordering::Acquire);
         if still_running > 0 {
             ConsumerStats::add(&counters.in_flight_at_abort, still_running);

@@ -9,7 +9,8 @@
 //! | `Failed` on the last delivery, `Undecodable` | copy → dead-letter target (confirmed), then `basic.ack` | dead-lettered |
 //! | anything, connection lost | nothing can be sent; the broker redelivers | in flight at disconnect |
 //!
-//! The original is acked only after its copy is confirmed, so a crash in between leaves a
+//! This is the only place a message is acked (`consumer.rs`, invariant 2). The original is
+//! acked only after its copy is confirmed, so a crash in between leaves a
 //! duplicate, never a loss (at-least-once). A copy the broker will not take (no route, a
 //! `basic.nack`) is not acked: the original is handed back after the backoff's largest
 //! delay, with an error logged, so a broken dead-letter route loses nothing and does not

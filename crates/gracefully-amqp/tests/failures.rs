@@ -197,7 +197,7 @@ async fn a_cut_connection_fires_in_flight_tokens_with_disconnected_and_the_consu
     let queue = unique("cut");
     broker.queue(&queue).await;
     broker.forget_derived(&queue, &[1000, 2000, 4000, 8000]);
-    const N: usize = 60;
+    const N: usize = 120;
     for i in 0..N {
         broker.publish(&queue, &format!("m{i}"), b"").await;
     }
@@ -342,6 +342,49 @@ async fn a_missing_exchange_to_bind_or_dead_letter_to_fails_the_start_naming_it(
         assert_eq!(report.exit_code(), 1);
         assert!(report.to_string().contains(needle), "{report}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: set AMQP_URL"]
+async fn an_existing_queue_with_other_arguments_is_used_as_it_is_when_declaring() {
+    use gracefully_amqp::lapin::options::QueueDeclareOptions;
+    use gracefully_amqp::lapin::types::FieldTable;
+    let broker = Broker::new().await;
+    let queue = unique("args");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(1000));
+    broker
+        .channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    broker.forget(&queue);
+    broker.forget_derived(&queue, &[1000, 2000, 4000, 8000]);
+    broker.publish(&queue, "x", b"").await;
+    let consumer = Consumer::builder(amqp_url(), &queue)
+        .declare() // would declare it without x-max-length: PRECONDITION_FAILED
+        .build(|_m: Message<Bytes>, _t: CancellationToken| async {
+            Ok::<_, std::convert::Infallible>(())
+        })
+        .unwrap();
+    let stats = consumer.stats();
+    let running = RunningHost::start(test_host().service("c", consumer).build().unwrap())
+        .await
+        .unwrap();
+    assert!(running.lifetime().is_ready(), "the start failed");
+    eventually("handled", Duration::from_secs(10), async || {
+        stats.handled() == 1
+    })
+    .await;
+    let report = running.stop(Reason::shutdown()).await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
 }
 
 /// Needs no broker: nothing listens on the port.
