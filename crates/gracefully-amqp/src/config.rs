@@ -68,6 +68,11 @@ impl Config {
 /// | [`reconnect_backoff`](Self::reconnect_backoff) | 100 ms doubling to 10 s, ±20% | delay between reconnect attempts |
 /// | [`connect_timeout`](Self::connect_timeout) | 10 s | limit on one connection attempt |
 /// | [`connection_name`](Self::connection_name) | `gracefully-amqp <queue> pid <pid>` | the name RabbitMQ shows for the connection |
+///
+/// *Anchors:* MassTransit's `ReceiveEndpoint(queue, e => { e.PrefetchCount = …;
+/// e.ConcurrentMessageLimit = …; e.UseMessageRetry(…); })`, NServiceBus's
+/// `LimitMessageProcessingConcurrencyTo` and recoverability settings. Unlike both, a
+/// configuration that cannot work is refused by `build`, before anything connects.
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct ConsumerBuilder<D = Raw> {
     url: String,

@@ -16,6 +16,9 @@ use crate::BoxError;
 /// type and the error.
 ///
 /// Implemented by [`Json`], [`Raw`] and [`DecodeFn`]; implement it for other formats.
+///
+/// *Anchors:* MassTransit's serializers and NServiceBus's `IMessageSerializer`; both move
+/// a message they cannot deserialize to the error queue at once, as this does.
 pub trait Decode: Send + Sync + 'static {
     /// The payload type handlers receive.
     type Output: Send + 'static;
