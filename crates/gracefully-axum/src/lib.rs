@@ -107,6 +107,7 @@ mod counting_io;
 mod dispatch;
 mod header_guard;
 mod health;
+mod incoming_deadline;
 mod layers;
 mod policy;
 mod request;
@@ -123,9 +124,12 @@ mod wake_gate;
 pub use app::HttpApp;
 pub use config::ConfigError;
 pub use health::health_routes;
+pub use incoming_deadline::{
+    BudgetFormat, ENVOY_EXPECTED_RQ_TIMEOUT_MS, GRPC_TIMEOUT, IncomingDeadlines, REQUEST_TIMEOUT_MS,
+};
 pub use layers::{DisconnectPolicyLayer, Timeout, TimeoutLayer, WithDisconnectPolicy};
 pub use policy::DisconnectPolicy;
-pub use request::{RequestToken, request_token};
+pub use request::{RequestToken, current_request_token, request_token};
 pub use response::{CLIENT_CLOSED_REQUEST, HttpCancelled, cancelled_response};
 pub use server::{HttpServer, Shutdown};
 pub use stats::{DrainReport, ServerReport};
