@@ -130,7 +130,7 @@ pub use incoming_deadline::{
 pub use layers::{DisconnectPolicyLayer, Timeout, TimeoutLayer, WithDisconnectPolicy};
 pub use policy::DisconnectPolicy;
 pub use request::{RequestToken, current_request_token, request_token};
-pub use response::{CLIENT_CLOSED_REQUEST, HttpCancelled, cancelled_response};
+pub use response::{CLIENT_CLOSED_REQUEST, HttpCancelled, cancelled_response, mark_cancelled};
 pub use server::{HttpServer, Shutdown};
 pub use stats::{DrainReport, ServerReport};
 pub use streams::{Drain, DrainingStream, GracefulWebSocket};

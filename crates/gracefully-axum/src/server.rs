@@ -157,7 +157,7 @@ impl<S: HttpApp> HttpServer<S> {
     /// trusting them is safe). [`IncomingDeadlines::none`] turns it off. A budget never
     /// extends a route's timeout; a malformed header is ignored (logged at `debug`).
     ///
-    /// Valid: a [`max`](IncomingDeadlines::max) of more than 0, at most a day.
+    /// Valid: a [`max`](crate::IncomingDeadlines::max) of more than 0, at most a day.
     ///
     /// [`IncomingDeadlines`]: crate::IncomingDeadlines
     /// [`IncomingDeadlines::none`]: crate::IncomingDeadlines::none
