@@ -53,7 +53,17 @@
 //! that server already gives each request a token (a child of the host's hard stop), sees
 //! an HTTP/2 stream reset as `Disconnected`, reads `grpc-timeout` as an incoming deadline,
 //! drains with GOAWAY without losing a request, and writes its row of the shutdown report.
-//! A second server would repeat all of it, and its defects.
+//! A second server would repeat all of it, and its defects. What gRPC adds is small and lives
+//! in [`GrpcRoutes`]: each RPC's token is a child of its request's, kept in the response body,
+//! so that a client that resets a server stream after the handler returned still fires it.
+//!
+//! ## The deadline on the wire
+//!
+//! [`GracefulLayer`] sends a call's full time left as `grpc-timeout` and that less a transit
+//! allowance (5 ms) as `x-request-timeout-ms`; a gracefully server keeps the smaller, so it
+//! gives up while its caller still listens. (tonic's `Channel` ends a call at its
+//! `grpc-timeout` on the client too; a `grpc-timeout` shortened by the allowance would make
+//! the client reset the stream just before the server's own deadline.)
 //!
 //! ## Coming from .NET or Go
 //!
