@@ -27,6 +27,11 @@ pub const DEFAULT_TRANSIT_ALLOWANCE: Duration = Duration::from_millis(5);
 /// The least budget worth sending: a call with less left fails at once instead.
 const MIN_BUDGET: Duration = Duration::from_millis(1);
 
+// Made at compile time: `from_static` at each call validates the name again, and a `&str`
+// key is parsed again by every look-up.
+const GRPC_TIMEOUT_NAME: HeaderName = HeaderName::from_static(GRPC_TIMEOUT);
+const REQUEST_TIMEOUT_MS_NAME: HeaderName = HeaderName::from_static(REQUEST_TIMEOUT_MS);
+
 /// A tower layer for tonic clients (put it around a `Channel`): each call is bound to a
 /// token, which ends it and travels to the server as its deadline.
 ///
@@ -163,23 +168,24 @@ impl GracefulLayer {
         }
         let headers = request.headers_mut();
         // The full time left, unless the caller set less (tonic's `Request::set_timeout`).
-        let limit = match read(headers, GRPC_TIMEOUT, BudgetFormat::GrpcTimeout) {
+        let limit = match read(headers, &GRPC_TIMEOUT_NAME, BudgetFormat::GrpcTimeout) {
             Some(set) if set <= left => set,
             _ => {
-                headers.insert(
-                    HeaderName::from_static(GRPC_TIMEOUT),
-                    BudgetFormat::GrpcTimeout.encode(left),
-                );
+                headers.insert(GRPC_TIMEOUT_NAME, BudgetFormat::GrpcTimeout.encode(left));
                 left
             }
         };
         // Less the allowance, for a server that reads it (a smaller value already set stays).
         let budget = limit.saturating_sub(self.allowance);
-        let smaller_set = read(headers, REQUEST_TIMEOUT_MS, BudgetFormat::Milliseconds)
-            .is_some_and(|set| set <= budget);
+        let smaller_set = read(
+            headers,
+            &REQUEST_TIMEOUT_MS_NAME,
+            BudgetFormat::Milliseconds,
+        )
+        .is_some_and(|set| set <= budget);
         if budget >= MIN_BUDGET && !smaller_set {
             headers.insert(
-                HeaderName::from_static(REQUEST_TIMEOUT_MS),
+                REQUEST_TIMEOUT_MS_NAME,
                 BudgetFormat::Milliseconds.encode(budget),
             );
         }
@@ -188,7 +194,7 @@ impl GracefulLayer {
 }
 
 /// The budget in header `name`, if it is there and well formed.
-fn read(headers: &http::HeaderMap, name: &str, format: BudgetFormat) -> Option<Duration> {
+fn read(headers: &http::HeaderMap, name: &HeaderName, format: BudgetFormat) -> Option<Duration> {
     format.parse(headers.get(name)?.as_bytes())
 }
 
