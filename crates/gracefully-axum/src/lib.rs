@@ -32,7 +32,7 @@
 //! | event | reason kind | handler's answer (with [`HttpCancelled`]) |
 //! |---|---|---|
 //! | the client disconnects while the handler runs | [`Disconnected`](gracefully::ReasonKind::Disconnected) | logged as 499 (nobody is there to receive it) |
-//! | the route's [`TimeoutLayer`] passes | [`DeadlineExceeded`](gracefully::ReasonKind::DeadlineExceeded) | 504 |
+//! | the route's [`TimeoutLayer`] passes, or the caller's budget ([`IncomingDeadlines`]: `grpc-timeout`, `x-request-timeout-ms`, …) if that is sooner | [`DeadlineExceeded`](gracefully::ReasonKind::DeadlineExceeded) | 504 |
 //! | the host's drain budget is spent (hard stop) | [`Shutdown`](gracefully::ReasonKind::Shutdown) | 503, `Retry-After: 1`, `Connection: close` |
 //!
 //! A departed client is noticed while the handler awaits *anything* — a database, a sleep —
