@@ -193,6 +193,12 @@ impl GracefulLayer {
     }
 }
 
+/// Whether tonic's `TimeoutExpired` is in `error`'s source chain (a `Channel` wraps it in a
+/// `transport::Error`).
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<tonic::TimeoutExpired>())
+}
+
 /// The budget in header `name`, if it is there and well formed.
 fn read(headers: &http::HeaderMap, name: &HeaderName, format: BudgetFormat) -> Option<Duration> {
     format.parse(headers.get(name)?.as_bytes())
@@ -293,7 +299,7 @@ fn call_error(error: BoxError, token: &CancellationToken) -> BoxError {
     if let Some(cancelled) = cancellation(token) {
         return cancelled_error(&cancelled);
     }
-    if error.is::<tonic::TimeoutExpired>() {
+    if timed_out(&*error) {
         return cancelled_error(&Cancelled::new(
             Reason::deadline_exceeded().with_message("the call's grpc-timeout passed"),
         ));

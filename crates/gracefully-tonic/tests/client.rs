@@ -317,3 +317,26 @@ async fn a_status_from_the_server_is_passed_on_unchanged() {
     assert!(!gracefully::is_cancellation(&status));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_shorter_grpc_timeout_that_tonics_channel_enforces_ends_the_call_with_deadline_exceeded()
+{
+    // A handler that ignores its token: the client's own timer ends the call.
+    let server = TestGrpcServer::start(WorkerServer::new(|_| async {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        Ok(Response::new(WorkReply::default()))
+    }))
+    .await;
+    let mut client = server.client().await;
+    let call = CancellationSource::with_timeout(Duration::from_secs(20));
+    let mut request = Request::new(work(0, "")).with_token(&call.token());
+    request.set_timeout(Duration::from_millis(100)); // tonic's Channel enforces this itself
+    let status = tokio::time::timeout(SOON, client.work(request))
+        .await
+        .expect("the call ends")
+        .expect_err("its grpc-timeout passed");
+    // tonic alone reports `CANCELLED` ("Timeout expired"); the layer says what happened.
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(gracefully::is_cancellation(&status), "{status:?}");
+    assert!(!call.is_cancelled(), "the call's token itself is untouched");
+}
