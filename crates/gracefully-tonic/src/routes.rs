@@ -61,6 +61,12 @@ impl Service<http::Request<Body>> for GrpcRoutes {
 
 pin_project_lite::pin_project! {
     /// The future of one RPC's answer, made by [`GrpcRoutes`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it drops the handler's future, as dropping tonic's own would; it does not
+    /// fire the RPC's token (the HTTP server fires the request's, whose child it is, as the
+    /// route's disconnect policy says).
     pub struct RpcFuture {
         #[pin]
         inner: axum::routing::future::RouteFuture<Infallible>,
@@ -96,7 +102,9 @@ impl Future for RpcFuture {
 }
 
 /// A response body that fires its RPC's token with `Disconnected` if it is dropped before
-/// its end (hyper drops it when the client resets the stream or the connection closes).
+/// its end (hyper drops it when the client resets the stream or the connection closes) —
+/// whatever the disconnect policy: the stream itself is gone with the body, so there is no
+/// work of the response's left to detach.
 struct StreamGuard {
     body: Body,
     rpc: Option<CancellationSource>,
