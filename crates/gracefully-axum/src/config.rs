@@ -3,10 +3,11 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::incoming_deadline::IncomingDeadlines;
 use crate::policy::DisconnectPolicy;
 
 /// The longest timeout or grace accepted: one day (longer is a mistake, not a setting).
-const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The server's settings: each setter of `HttpServer` checks its value (see
 /// [`ConfigError`]).
@@ -18,6 +19,7 @@ pub(crate) struct Config {
     pub(crate) disconnect_policy: DisconnectPolicy,
     pub(crate) max_header_bytes: usize,
     pub(crate) token_in_extensions: bool,
+    pub(crate) incoming_deadlines: IncomingDeadlines,
 }
 
 impl Default for Config {
@@ -29,6 +31,7 @@ impl Default for Config {
             disconnect_policy: DisconnectPolicy::Cooperative,
             max_header_bytes: 64 * 1024,
             token_in_extensions: false,
+            incoming_deadlines: IncomingDeadlines::default(),
         }
     }
 }

@@ -91,6 +91,12 @@ impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> 
         // The head arrived: the bytes read so far are this request's, not a slow head's.
         self.conn.account_bytes();
         let mut request = request.map(Body::new);
+        // The caller's budget, if it sent one: narrows, never extends (deadlines only move
+        // earlier; the routes' timeouts apply on top). Read from the request as the app gets
+        // it, which is built in place.
+        if let Some(budget) = state.config.incoming_deadlines.budget(request.headers()) {
+            ctx.cancel_after(budget);
+        }
         if state.config.token_in_extensions {
             request
                 .extensions_mut()

@@ -32,7 +32,7 @@
 //! | event | reason kind | handler's answer (with [`HttpCancelled`]) |
 //! |---|---|---|
 //! | the client disconnects while the handler runs | [`Disconnected`](gracefully::ReasonKind::Disconnected) | logged as 499 (nobody is there to receive it) |
-//! | the route's [`TimeoutLayer`] passes | [`DeadlineExceeded`](gracefully::ReasonKind::DeadlineExceeded) | 504 |
+//! | the route's [`TimeoutLayer`] passes, or the caller's budget ([`IncomingDeadlines`]: `grpc-timeout`, `x-request-timeout-ms`, …) if that is sooner | [`DeadlineExceeded`](gracefully::ReasonKind::DeadlineExceeded) | 504 |
 //! | the host's drain budget is spent (hard stop) | [`Shutdown`](gracefully::ReasonKind::Shutdown) | 503, `Retry-After: 1`, `Connection: close` |
 //!
 //! A departed client is noticed while the handler awaits *anything* — a database, a sleep —
@@ -107,6 +107,7 @@ mod counting_io;
 mod dispatch;
 mod header_guard;
 mod health;
+mod incoming_deadline;
 mod layers;
 mod policy;
 mod request;
@@ -123,10 +124,13 @@ mod wake_gate;
 pub use app::HttpApp;
 pub use config::ConfigError;
 pub use health::health_routes;
+pub use incoming_deadline::{
+    BudgetFormat, ENVOY_EXPECTED_RQ_TIMEOUT_MS, GRPC_TIMEOUT, IncomingDeadlines, REQUEST_TIMEOUT_MS,
+};
 pub use layers::{DisconnectPolicyLayer, Timeout, TimeoutLayer, WithDisconnectPolicy};
 pub use policy::DisconnectPolicy;
-pub use request::{RequestToken, request_token};
-pub use response::{CLIENT_CLOSED_REQUEST, HttpCancelled, cancelled_response};
+pub use request::{RequestToken, current_request_token, request_token};
+pub use response::{CLIENT_CLOSED_REQUEST, HttpCancelled, cancelled_response, mark_cancelled};
 pub use server::{HttpServer, Shutdown};
 pub use stats::{DrainReport, ServerReport};
 pub use streams::{Drain, DrainingStream, GracefulWebSocket};

@@ -218,6 +218,24 @@ fn current_token() -> CancellationToken {
     with_current(RequestContext::token).unwrap_or_default()
 }
 
+/// The token of the request this task is serving, if the server is polling one on this
+/// thread now: in a handler, its extractors and the layers' `call` and `poll` — and in
+/// whatever they await, so an outbound call made from a handler finds the handler's token
+/// (`gracefully-tonic`'s client layer propagates it this way). `None` elsewhere (another
+/// task, a thread of its own, outside [`HttpServer`](crate::HttpServer)).
+///
+/// ```
+/// // Outside a request: nothing to find.
+/// assert!(gracefully_axum::current_request_token().is_none());
+/// ```
+///
+/// *Anchors:* ASP.NET Core's `IHttpContextAccessor.HttpContext?.RequestAborted`, which
+/// grpc-dotnet's `EnableCallContextPropagation` reads the same way; Go has no ambient
+/// request and passes `ctx` by hand.
+pub fn current_request_token() -> Option<CancellationToken> {
+    with_current(RequestContext::token)
+}
+
 /// The token of the request being served, for tower middleware (see [`RequestToken`]).
 ///
 /// The server makes the request's context available while it polls the request's future,

@@ -104,6 +104,26 @@ pub fn cancelled_response(cancelled: &Cancelled) -> Response {
     response
 }
 
+/// Marks `response` as the answer to a cancellation, so that the server counts and logs it
+/// as one ("timed out (504)", "cancelled by shutdown (503)", …) instead of as completed.
+///
+/// [`cancelled_response`] and [`HttpCancelled`] mark their responses already; this is for
+/// answers of another shape — a gRPC status in an HTTP 200 (`gracefully-tonic` marks those),
+/// or a handler's own error page.
+///
+/// ```
+/// use axum::response::IntoResponse;
+/// use gracefully::{Cancelled, Reason};
+///
+/// let mut response = (http::StatusCode::OK, "grpc-status: 4").into_response();
+/// gracefully_axum::mark_cancelled(&mut response, &Cancelled::new(Reason::deadline_exceeded()));
+/// ```
+pub fn mark_cancelled(response: &mut Response, cancelled: &Cancelled) {
+    response
+        .extensions_mut()
+        .insert(CancelledMarker(cancelled.kind()));
+}
+
 /// Marks a response made from a cancellation (read by the server's accounting and logs).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CancelledMarker(pub(crate) ReasonKind);

@@ -151,6 +151,22 @@ impl<S: HttpApp> HttpServer<S> {
         self.checked(check_duration("request_timeout", timeout, false, "none"))
     }
 
+    /// Which request headers may carry the caller's remaining budget, narrowing the
+    /// request token's deadline (default: `grpc-timeout`, `x-envoy-expected-rq-timeout-ms`
+    /// and `x-request-timeout-ms`, no cap below a day; see [`IncomingDeadlines`] for why
+    /// trusting them is safe). [`IncomingDeadlines::none`] turns it off. A budget never
+    /// extends a route's timeout; a malformed header is ignored (logged at `debug`).
+    ///
+    /// Valid: a [`max`](crate::IncomingDeadlines::max) of more than 0, at most a day.
+    ///
+    /// [`IncomingDeadlines`]: crate::IncomingDeadlines
+    /// [`IncomingDeadlines::none`]: crate::IncomingDeadlines::none
+    pub fn incoming_deadlines(mut self, deadlines: crate::IncomingDeadlines) -> Self {
+        let check = deadlines.check();
+        self.config.incoming_deadlines = deadlines;
+        self.checked(check)
+    }
+
     /// The disconnect policy of routes that do not set one (default
     /// [`Cooperative`](DisconnectPolicy::Cooperative)).
     pub fn disconnect_policy(mut self, policy: DisconnectPolicy) -> Self {

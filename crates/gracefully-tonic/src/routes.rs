@@ -1,0 +1,150 @@
+//! [`GrpcRoutes`]: tonic's routes as [`GrpcServer`](crate::GrpcServer) runs them — each
+//! RPC's token in its request's extensions, and fired when its client resets the stream
+//! while the response stream still runs (`StreamGuard`).
+//!
+//! The HTTP server fires a request's token when the client leaves *while the handler
+//! runs*. A server-streaming RPC's handler returns at once, with the stream; the stream then
+//! runs as the response body, outside the handler, and a client that cancels mid-stream
+//! only makes hyper drop that body. So each RPC gets a child of the request's token, whose
+//! source rides in the response body and fires `Disconnected` if the body is dropped before
+//! its end.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use gracefully::{CancellationSource, Reason};
+use gracefully_axum::RequestToken;
+use http_body::Frame;
+use tower::Service;
+
+/// The service a [`GrpcServer`](crate::GrpcServer) runs: tonic's routes, with each RPC's
+/// token put where [`RequestExt::token`](crate::RequestExt::token) finds it. It appears
+/// only in the type of [`GrpcServer::configure`](crate::GrpcServer::configure)'s argument.
+#[derive(Clone, Debug)]
+pub struct GrpcRoutes {
+    router: Router,
+}
+
+impl GrpcRoutes {
+    pub(crate) fn new(router: Router) -> Self {
+        GrpcRoutes { router }
+    }
+}
+
+impl Service<http::Request<Body>> for GrpcRoutes {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = RpcFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Service::<http::Request<Body>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> RpcFuture {
+        // Called while the server polls the request (gracefully-axum's `request_token`
+        // finds it then): the RPC's token is a child of the request's, so the client's
+        // departure during the handler, the deadline and the hard stop reach it too.
+        let rpc = gracefully_axum::request_token(&request).child();
+        request.extensions_mut().insert(RequestToken(rpc.token()));
+        RpcFuture {
+            inner: self.router.call(request),
+            rpc: Some(rpc),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of one RPC's answer, made by [`GrpcRoutes`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it drops the handler's future, as dropping tonic's own would; it does not
+    /// fire the RPC's token (the HTTP server fires the request's, whose child it is, as the
+    /// route's disconnect policy says).
+    pub struct RpcFuture {
+        #[pin]
+        inner: axum::routing::future::RouteFuture<Infallible>,
+        rpc: Option<CancellationSource>,
+    }
+}
+
+impl Future for RpcFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(mut response) = std::task::ready!(this.inner.poll(cx));
+        // A handler's `Status` made from a `Cancelled` (tonic puts an error status in the
+        // response's extensions): the server counts it as that cancellation.
+        if let Some(cancelled) = response
+            .extensions()
+            .get::<tonic::Status>()
+            .and_then(crate::cancellation_of)
+            .cloned()
+        {
+            gracefully_axum::mark_cancelled(&mut response, &cancelled);
+        }
+        let rpc = this.rpc.take();
+        Poll::Ready(Ok(response.map(|body| {
+            Body::new(StreamGuard {
+                body,
+                rpc,
+                ended: false,
+            })
+        })))
+    }
+}
+
+/// A response body that fires its RPC's token with `Disconnected` if it is dropped before
+/// its end (hyper drops it when the client resets the stream or the connection closes) —
+/// whatever the disconnect policy: the stream itself is gone with the body, so there is no
+/// work of the response's left to detach.
+struct StreamGuard {
+    body: Body,
+    rpc: Option<CancellationSource>,
+    ended: bool,
+}
+
+impl http_body::Body for StreamGuard {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        http_body::Body::is_end_stream(&self.body)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&self.body)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.ended || http_body::Body::is_end_stream(&self.body) {
+            return;
+        }
+        if let Some(rpc) = &self.rpc {
+            rpc.cancel_with(Reason::disconnected().with_message(
+                "the client reset the stream (or closed the connection) while the response \
+                 stream ran",
+            ));
+        }
+    }
+}
