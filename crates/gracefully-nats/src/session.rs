@@ -17,16 +17,19 @@
 //!
 //! Invariants:
 //!
-//! 1. Once draining, nothing is pulled and nothing is started: every message in `buffer`
-//!    at that moment, and every one that arrives after, is handed back (`-NAK`) at once.
+//! 1. Once draining, nothing is pulled and nothing is started. Every message in `buffer`,
+//!    and every one still arriving from pull requests sent before the drain, is handed back
+//!    (`-NAK`) as soon as the subscription is closed — not earlier, or JetStream would
+//!    deliver it straight back into this consumer's own open requests.
 //! 2. Messages held (buffered + running) are signalled as in progress (`+WPI`) every
 //!    quarter AckWait, and only while their token has not fired.
-//! 3. The subscription is closed only when no pull request is outstanding, or after
-//!    [`QUIET`] without a delivery: a message already on its way is read and handed back
-//!    rather than dropped.
-//! 4. A run ends normally only when draining, with the subscription closed and nothing
-//!    running; dropped before that (the abort phase), it hands back what it holds, as far
-//!    as the connection takes it without waiting.
+//! 3. A draining consumer closes its subscription when no pull request is outstanding (so
+//!    nothing can be on its way), or else after [`QUIET`] without a delivery, and at the
+//!    latest [`MAX_DRAIN_WAIT`] after the drain began (the server drops requests whose
+//!    reply subject lost interest; a delivery already on its way is read and handed back).
+//! 4. A run ends normally only when draining, with the subscription closed, nothing
+//!    buffered and nothing running; dropped before that (the abort phase), it hands back
+//!    what it holds, as far as the connection takes it without waiting.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -35,6 +38,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use async_nats::jetstream::AckKind;
 use async_nats::{Event, StatusCode, Subject, Subscriber};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
@@ -49,12 +53,16 @@ use crate::error::Error;
 use crate::handler::Handler;
 use crate::message::Delivery;
 use crate::pulls::Pulls;
-use crate::settle::{self, Delivered, Shared, nak_now, progress_body};
+use crate::settle::{self, Delivered, Shared, progress_body};
 use crate::setup::{Bound, Control};
 
 /// How long a draining consumer waits without a delivery before it closes its
 /// subscription while pull requests are still outstanding (invariant 3).
-const QUIET: Duration = Duration::from_millis(50);
+const QUIET: Duration = Duration::from_millis(20);
+
+/// The longest a draining consumer keeps its subscription open for outstanding pull
+/// requests (invariant 3).
+const MAX_DRAIN_WAIT: Duration = Duration::from_millis(200);
 
 /// How many ready messages or completions are taken per wake-up.
 const BATCH: usize = 64;
@@ -80,6 +88,19 @@ impl Future for InFlight {
 struct Held {
     delivered: Delivered,
     signalled: Instant,
+}
+
+/// A drain under way: the subscription's closing deadlines (invariant 3).
+#[derive(Clone, Copy, Debug)]
+struct Drain {
+    quiet_until: Instant,
+    give_up_at: Instant,
+}
+
+impl Drain {
+    fn close_at(&self) -> Instant {
+        self.quiet_until.min(self.give_up_at)
+    }
 }
 
 /// What one run needs from the consumer.
@@ -111,13 +132,15 @@ pub(crate) struct Session<'a, D: Decode, H: Handler<D::Output>> {
     epoch: CancellationSource,
     counts: Counts,
     connected: bool,
-    /// Since when, and until when the subscription may stay open without a delivery.
-    draining: Option<Instant>,
+    /// Draining: when the subscription is to be closed (invariant 3).
+    draining: Option<Drain>,
     /// The subscription was asked to drain; reading it to its end.
     closing: bool,
     last_heard: Instant,
     /// Ended normally (invariant 4).
     done: bool,
+    /// The runtime the consumer runs on, for the hand-back of a drop (invariant 4).
+    runtime: tokio::runtime::Handle,
 }
 
 impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
@@ -155,6 +178,7 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             closing: false,
             last_heard: Instant::now(),
             done: false,
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -183,8 +207,15 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
                 self.pull().await;
             } else {
                 self.close_subscription_when_safe().await;
+                if self.subscription.is_none() {
+                    self.hand_back_buffer().await;
+                }
             }
-            if self.draining.is_some() && self.subscription.is_none() && self.running.is_empty() {
+            if self.draining.is_some()
+                && self.subscription.is_none()
+                && self.buffer.is_empty()
+                && self.running.is_empty()
+            {
                 break;
             }
             let next_wake = self.next_wake();
@@ -284,7 +315,7 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
     /// deadline.
     fn next_wake(&self) -> Option<Instant> {
         match self.draining {
-            Some(quiet_until) if self.subscription.is_some() && !self.closing => Some(quiet_until),
+            Some(drain) if self.subscription.is_some() && !self.closing => Some(drain.close_at()),
             Some(_) => None,
             None => self.pulls.paused_until().filter(|&at| at > Instant::now()),
         }
@@ -322,31 +353,40 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
         Ok(())
     }
 
-    /// Drain (invariant 1): stop pulling, hand back everything not started.
+    /// Drain (invariant 1): stop pulling and starting; what is buffered is handed back
+    /// once the subscription is closed.
     async fn begin_drain(&mut self) {
         if self.draining.is_some() {
             return;
         }
-        let unstarted = self.buffer.len();
         tracing::info!(
-            handed_back = unstarted,
+            unstarted = self.buffer.len(),
             in_flight = self.running.len(),
-            "draining: stopped pulling, handing back the unstarted messages, letting in-flight handlers finish"
+            "draining: stopped pulling; handing back the unstarted messages, letting in-flight handlers finish"
         );
-        while let Some(held) = self.buffer.pop_front() {
-            settle::settle(&self.shared.client, &held.delivered.reply, async_nats::jetstream::AckKind::Nak(None)).await;
-            self.counts.handed_back_at_drain += 1;
-        }
-        self.draining = Some(Instant::now() + QUIET);
+        let now = Instant::now();
+        self.draining = Some(Drain {
+            quiet_until: now + QUIET,
+            give_up_at: now + MAX_DRAIN_WAIT,
+        });
         if !self.connected {
             // The pull requests died with the connection; nothing more can arrive.
             self.subscription = None;
         }
     }
 
+    /// Hands back (`-NAK`) every buffered message: the drain's step once the subscription
+    /// is closed (invariant 1).
+    async fn hand_back_buffer(&mut self) {
+        while let Some(held) = self.buffer.pop_front() {
+            settle::settle(&self.shared.client, &held.delivered.reply, AckKind::Nak(None)).await;
+            self.counts.handed_back_at_drain += 1;
+        }
+    }
+
     /// Invariant 3.
     async fn close_subscription_when_safe(&mut self) {
-        let (Some(quiet_until), Some(subscription)) = (self.draining, self.subscription.as_mut()) else {
+        let (Some(drain), Some(subscription)) = (self.draining, self.subscription.as_mut()) else {
             return;
         };
         if self.closing {
@@ -356,7 +396,7 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             // Nothing asked for is still to come: close at once.
             let _ = subscription.unsubscribe().await;
             self.subscription = None;
-        } else if Instant::now() >= quiet_until {
+        } else if Instant::now() >= drain.close_at() {
             // Requests wait on an idle stream. Unsubscribing makes the server drop them;
             // read what was already sent until the subscription ends.
             self.closing = true;
@@ -386,7 +426,7 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
         ));
         while let Some(held) = self.buffer.pop_front() {
             // Queued by the client; sent once it has reconnected.
-            settle::settle(&self.shared.client, &held.delivered.reply, async_nats::jetstream::AckKind::Nak(None)).await;
+            settle::settle(&self.shared.client, &held.delivered.reply, AckKind::Nak(None)).await;
             self.counts.handed_back_at_disconnect += 1;
         }
         self.pulls.reset();
@@ -435,12 +475,10 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             tracing::warn!(subject = %message.subject, "ignored a message on the pull inbox that is not a JetStream delivery");
             return;
         };
-        if self.draining.is_some() {
-            // Invariant 1: arrived from a request sent before the drain.
-            settle::settle(&self.shared.client, &reply, async_nats::jetstream::AckKind::Nak(None)).await;
-            self.counts.handed_back_at_drain += 1;
-            self.draining = Some(now + QUIET);
-            return;
+        if let Some(drain) = &mut self.draining {
+            // Invariant 1: from a request sent before the drain; handed back with the
+            // buffer once the subscription is closed.
+            drain.quiet_until = now + QUIET;
         }
         self.buffer.push_back(Held {
             delivered: Delivered {
@@ -522,26 +560,42 @@ impl<D: Decode, H: Handler<D::Output>> Drop for Session<'_, D, H> {
         if !self.done {
             // Invariant 4: dropped mid-run, so the abort phase (or an error) ended it.
             let in_flight = self.running.len() as u64;
-            let mut handed_back = 0u64;
-            for in_flight in self.running.iter() {
-                handed_back += u64::from(nak_now(&self.shared.client, &in_flight.reply));
-            }
-            for held in &self.buffer {
-                if nak_now(&self.shared.client, &held.delivered.reply) {
-                    self.counts.handed_back_at_drain += 1;
-                }
-            }
             self.counts.in_flight_at_abort += in_flight;
-            if in_flight > 0 {
+            self.counts.handed_back_at_drain += self.buffer.len() as u64;
+            let replies: Vec<Subject> = self
+                .running
+                .iter()
+                .map(|f| f.reply.clone())
+                .chain(self.buffer.iter().map(|h| h.delivered.reply.clone()))
+                .collect();
+            if !replies.is_empty() {
                 tracing::warn!(
                     in_flight,
-                    handed_back,
-                    "consumer stopped with handlers still running: their messages were handed back \
-                     where the connection took it at once, else they come back after AckWait"
+                    unstarted = self.buffer.len(),
+                    "consumer stopped with messages in hand: handing them back if the                      connection takes it at once, else they come back after AckWait"
                 );
+                hand_back_on_drop(&self.runtime, self.shared.client.clone(), replies);
             }
         }
         self.counts.record(self.cx);
+    }
+}
+
+/// Hands back `replies` from a destructor: on the consumer's runtime (a client's writes
+/// need its connection task, and the connection closes once the last client handle is
+/// gone, so the task keeps one until the server confirmed). Waits for it briefly only
+/// where blocking is harmless: outside any runtime, as on the host's dropper thread.
+fn hand_back_on_drop(runtime: &tokio::runtime::Handle, client: async_nats::Client, replies: Vec<Subject>) {
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    runtime.spawn(async move {
+        for reply in replies {
+            settle::settle(&client, &reply, AckKind::Nak(None)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
+        let _ = done.send(());
+    });
+    if tokio::runtime::Handle::try_current().is_err() {
+        let _ = finished.recv_timeout(Duration::from_millis(150));
     }
 }
 

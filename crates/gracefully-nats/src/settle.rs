@@ -240,14 +240,6 @@ pub(crate) async fn settle(client: &Client, reply: &Subject, kind: AckKind) {
     }
 }
 
-/// The `-NAK` of a delivery handed back now, for a synchronous (drop-time) attempt.
-pub(crate) fn nak_now(client: &Client, reply: &Subject) -> bool {
-    client
-        .publish(reply.clone(), Bytes::from(AckKind::Nak(None)))
-        .now_or_never()
-        .is_some_and(|sent| sent.is_ok())
-}
-
 /// `text` as a header value: no CR or LF (they would end the header), at most
 /// [`MAX_ERROR_HEADER`] bytes.
 fn header_value(text: &str) -> String {

@@ -1,0 +1,461 @@
+//! The shutdown contract and the message outcomes, against a real NATS server
+//! (`NATS_URL`): drain, cancel, abort, progress, dead letters, and the start step's errors.
+//! Each test uses streams of its own (unique names) and deletes them.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::stream;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use gracefully::{CancellationToken, Reason, ReasonKind};
+use gracefully_host::{Outcome, Phase};
+use gracefully_nats::{Backoff, Consumer, Message};
+use gracefully_test::{RunningHost, eventually, test_host};
+use support::{TestStream, count, nats_url, trace};
+use tokio::time::Instant;
+
+const NEEDS: &str = "needs NATS: set NATS_URL";
+
+#[derive(serde::Deserialize, Debug)]
+struct Num {
+    n: u32,
+}
+
+/// The JetStream message ids (`m-<n>`) of the messages a handler saw, with their delivery
+/// counts.
+type Seen = Arc<Mutex<Vec<(String, u64)>>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: set NATS_URL"]
+async fn drain_hands_back_unstarted_messages_at_once_and_lets_in_flight_ones_finish() {
+    let _ = NEEDS;
+    trace();
+    let s = TestStream::create("DRAIN").await;
+    s.durable("c", Duration::from_secs(30)).await;
+    s.publish_numbers(0..10).await;
+
+    let started = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&started);
+    let consumer = Consumer::builder(nats_url())
+        .stream(&s.name)
+        .consumer("c")
+        .concurrency(2)
+        .prefetch(4)
+        .handler(move |_msg: Message<Bytes>, _token| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .build()
+        .unwrap();
+    let host = RunningHost::start(test_host().service("c", consumer).build().unwrap())
+        .await
+        .unwrap();
+    // Two handlers run, four messages wait in the consumer: six unacked on the server.
+    eventually("two handlers started, four buffered", Duration::from_secs(10), async || {
+        started.load(Ordering::SeqCst) == 2 && s.consumer_info("c").await.num_ack_pending == 6
+    })
+    .await;
+
+    let report = host.stop(Reason::shutdown().with_message("test")).await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    let row = report.entry("c").unwrap();
+    assert_eq!((row.phase(), row.outcome()), (Phase::Drain, &Outcome::Completed), "{report}");
+    assert_eq!(count(&report, "c", "handled"), 2, "in-flight handlers finish and are acked:\n{report}");
+    assert_eq!(count(&report, "c", "handed back at drain"), 4, "{report}");
+    assert_eq!(count(&report, "c", "cancelled and handed back"), 0, "{report}");
+
+    // Another consumer gets all eight at once, the four handed back among them.
+    let seen: Seen = Arc::default();
+    let log = Arc::clone(&seen);
+    let second = Consumer::builder(nats_url())
+        .stream(&s.name)
+        .consumer("c")
+        .concurrency(8)
+        .handler(move |msg: Message<Bytes>, _token| {
+            log.lock().unwrap().push((msg.id().to_owned(), msg.delivery_count()));
+            std::future::ready(Ok::<_, std::io::Error>(()))
+        })
+        .build()
+        .unwrap();
+    let begun = Instant::now();
+    let host = RunningHost::start(test_host().service("c", second).build().unwrap())
+        .await
+        .unwrap();
+    eventually("the second consumer handled the other eight", Duration::from_secs(10), async || {
+        seen.lock().unwrap().len() == 8
+    })
+    .await;
+    assert!(begun.elapsed() < Duration::from_secs(10));
+    let redelivered = seen.lock().unwrap().iter().filter(|(_, d)| *d == 2).count();
+    assert_eq!(redelivered, 4, "{:?}", seen.lock().unwrap());
+    let report = host.stop(Reason::shutdown()).await.unwrap();
+    assert_eq!(count(&report, "c", "handled"), 8, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: set NATS_URL"]
+async fn cancel_phase_fires_tokens_and_hands_back_messages_whose_handlers_return_cancelled() {
+    trace();
+    let s = TestStream::create("CANCEL").await;
+    s.durable("c", Duration::from_secs(30)).await;
+    s.publish_numbers(0..2).await;
+
+    let reasons: Arc<Mutex<Vec<ReasonKind>>> = Arc::default();
+    let log = Arc::clone(&reasons);
+    let consumer = Consumer::builder(nats_url())
+        .stream(&s.name)
+        .consumer("c")
+        .concurrency(2)
+        .prefetch(0)
+        .handler(move |_msg: Message<Bytes>, token: CancellationToken| {
+            let log = Arc::clone(&log);
+            async move {
+                // Honours its token: stops with `Cancelled` at the hard stop.
+                let stopped = token.run_until_cancelled(tokio::time::sleep(Duration::from_secs(60))).await;
+                if let Err(cancelled) = &stopped {
+                    log.lock().unwrap().push(cancelled.kind());
+                }
+                stopped
+            }
+        })
+        .build()
+        .unwrap();
+    let host = test_host()
+        .shutdown_timeout(Duration::from_secs(3))
+        .cancel_grace(Duration::from_secs(2))
+        .service("c", consumer)
+        .build()
+        .unwrap();
+    let host = RunningHost::start(host).await.unwrap();
+    eventually("both messages in flight", Duration::from_secs(10), async || {
+        s.consumer_info("c").await.num_ack_pending == 2
+    })
+    .await;
+    let report = host.stop(Reason::shutdown()).await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert_eq!(report.entry("c").unwrap().phase(), Phase::Cancel, "{report}");
+    assert_eq!(count(&report, "c", "cancelled and handed back"), 2, "{report}");
+    assert_eq!(count(&report, "c", "handled"), 0, "{report}");
+    assert_eq!(*reasons.lock().unwrap(), [ReasonKind::Shutdown, ReasonKind::Shutdown]);
+    // Handed back, not left to AckWait (30 s): a fetch gets both again at once.
+    let again = s.fetch_now("c", 2, Duration::from_secs(3)).await;
+    assert_eq!(again.len(), 2, "{again:?}");
+    assert!(again.iter().all(|(_, delivered)| *delivered == 2), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: set NATS_URL"]
+async fn a_handler_that_ignores_its_token_is_aborted_counted_and_its_message_handed_back() {
+    trace();
+    let s = TestStream::create("ABORT").await;
+    s.durable("c", Duration::from_secs(30)).await;
+    s.publish_numbers(0..1).await;
+    let consumer = Consumer::builder(nats_url())
+        .stream(&s.name)
+        .consumer("c")
+        .concurrency(1)
+        .prefetch(0)
+        .handler(|_msg: Message<Bytes>, _token| async {
+            tokio::time::sleep(Duration::from_secs(600)).await; // ignores its token
+            Ok::<_, std::io::Error>(())
+        })
+        .build()
+        .unwrap();
+    let host = test_host()
+        .shutdown_timeout(Duration::from_secs(2))
+        .cancel_grace(Duration::from_secs(1))
+        .service("c", consumer)
+        .build()
+        .unwrap();
+    let host = RunningHost::start(host).await.unwrap();
+    eventually("the message in flight", Duration::from_secs(10), async || {
+        s.consumer_info("c").await.num_ack_pending == 1
+    })
+    .await;
+    let report = host.stop(Reason::shutdown()).await.unwrap();
+    assert_eq!(report.exit_code(), 2, "{report}");
+    assert_eq!(report.entry("c").unwrap().outcome(), &Outcome::Aborted, "{report}");
+    assert_eq!(count(&report, "c", "in flight at abort"), 1, "{report}");
+    // Handed back by the drop, long before its AckWait (30 s) would have.
+    let again = s.fetch_now("c", 1, Duration::from_secs(5)).await;
+    assert_eq!(again, [("m-0".to_owned(), 2)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: set NATS_URL"]
+async fn progress_keeps_a_handler_slower_than_ack_wait_from_redelivery() {
+    trace();
+    let s = TestStream::create("PROGRESS").await;
+    s.durable("c", Duration::from_secs(1)).await;
+    s.publish_numbers(0..1).await;
+    let seen: Seen = Arc::default();
+    let log = Arc::clone(&seen);
+    let consumer = Consumer::builder(nats_url())
+        .stream(&s.name)
+        .consumer("c")
+        .concurrency(2)
+        .handler(move |msg: Message<Bytes>, token: CancellationToken| {
+            log.lock().unwrap().push((msg.id().to_owned(), msg.delivery_count()));
+            async move {
+                // 3.5 × AckWait.
+                token.run_until_cancelled(tokio::time::sleep(Duration::from_millis(3500))).await
+            }
+        })
+        .build()
+        .unwrap();
+    let host = RunningHost::start(test_host().service("c", consumer).build().unwrap())
+        .await
+        .unwrap();
+    eventually("the slow handler finished and acked", Duration::from_secs(20), async || {
+        let info = s.consumer_info("c").await;
+        info.ack_floor.stream_sequence == 1 && info.num_ack_pending == 0
+    })
+    .await;
+    let report = host.stop(Reason::shutdown()).await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), [("m-0".to_owned(), 1)], "handled once, never redelivered");
+    assert_eq!(count(&report, "c", "handled"), 1, "{report}");
+    assert_eq!(s.consumer_info("c").await.num_redelivered, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: set NATS_URL"]
+async fn progress_stops_once_the_token_fired_so_a_stuck_handlers_message_is_redelivered() {
+    trace();
+    let s = TestStream::create("STUCK").await;
+    s.durable("c", Duration::from_secs(1)).await;
+    s.publish_numbers(0..1).await;
+    let stuck = Consumer::builder(nats_url())
+        .stream(&s.name)
+        .consumer("c")
+        .concurrency(1)
+        .prefetch(0)
+        .handler(|_msg: Message<Bytes>, _token| async {
+            tokio::time::sleep(Duration::from_secs(600)).await; // ignores its token
+            Ok::<_, std::io::Error>(())
+        })
+        .build()
+        .unwrap();
+    // Hard stop 1 s after the stop request; the abort only 6 s after it.
+    let stuck_host = test_host()
+        .shutdown_timeout(Duration::from_secs(7))
+        .cancel_grace(Duration::from_secs(6))
+        .service("stuck", stuck)
+        .build()
+        .unwrap();
+    let stuck_host = RunningHost::start(stuck_host).await.unwrap();
+    eventually("the message in flight", Duration::from_secs(10), async || {
+        s.consumer_info("c").await.num_ack_pending == 1
+    })
+    .await;
+    // Progress holds it past several AckWaits while the token lives.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(s.consumer_info("c").await.num_redelivered, 0);
+
+    let lifetime = stuck_host.lifetime().clone();
+    let stopping = tokio::spawn(stuck_host.stop(Reason::shutdown()));
+    lifetime.hard_stop().cancelled().await;
+    let hard_stop = Instant::now();
+
+    // Once the token fired, progress stops: JetStream redelivers after AckWait, to another
+    // consumer, while the stuck handler still runs (before the abort).
+    let seen: Seen = Arc::default();
+    let log = Arc::clone(&seen);
+    let other = Consumer::builder(nats_url())
+        .stream(&s.name)
+        .consumer("c")
+        .handler(move |msg: Message<Bytes>, _token| {
+            log.lock().unwrap().push((msg.id().to_owned(), msg.delivery_count()));
+            std::future::ready(Ok::<_, std::io::Error>(()))
+        })
+        .build()
+        .unwrap();
+    let other_host = RunningHost::start(test_host().service("other", other).build().unwrap())
+        .await
+        .unwrap();
+    eventually("redelivered to the other consumer", Duration::from_secs(5), async || {
+        !seen.lock().unwrap().is_empty()
+    })
+    .await;
+    let redelivered_after = hard_stop.elapsed();
+    assert!(!stopping.is_finished(), "redelivered only after the abort: progress did not stop");
+    assert_eq!(*seen.lock().unwrap(), [("m-0".to_owned(), 2)]);
+    println!("redelivered {redelivered_after:?} after the hard stop (AckWait 1 s)");
+    let report = stopping.await.unwrap().unwrap();
+    assert_eq!(count(&report, "stuck", "in flight at abort"), 1, "{report}");
+    other_host.stop(Reason::shutdown()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: set NATS_URL"]
+async fn a_poison_message_is_dead_lettered_and_the_consumer_keeps_going() {
+    trace();
+    let s = TestStream::create("POISON").await;
+    let dead = TestStream::create("POISON_DEAD").await;
+    s.durable("c", Duration::from_secs(30)).await;
+    s.publish_numbers(0..5).await;
+    s.publish("msgs", b"{not json").await; // undecodable
+    s.publish_numbers(5..10).await;
+
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let tries = Arc::clone(&attempts);
+    let consumer = Consumer::builder(nats_url())
+        .stream(&s.name)
+        .consumer("c")
+        .concurrency(4)
+        .max_deliveries(3)
+        .backoff(Backoff::fixed(Duration::from_millis(50)).without_jitter())
+        .dead_letter(dead.subject("letters"))
+        .decode::<Num>()
+        .handler(move |msg: Message<Num>, _token| {
+            let fail = msg.payload().n == 3;
+            if fail {
+                tries.fetch_add(1, Ordering::SeqCst);
+            }
+            async move {
+                if fail {
+                    return Err(std::io::Error::other("n = 3 is poison"));
+                }
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    let host = RunningHost::start(test_host().service("c", consumer).build().unwrap())
+        .await
+        .unwrap();
+    let (_, js) = support::connect().await;
+    eventually("both poison messages dead-lettered, the rest handled", Duration::from_secs(15), async || {
+        let info = s.consumer_info("c").await;
+        let stored = js.get_stream(&dead.name).await.unwrap().info().await.unwrap().state.messages;
+        stored == 2 && info.num_pending == 0 && info.num_ack_pending == 0
+    })
+    .await;
+    let report = host.stop(Reason::shutdown()).await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert_eq!(count(&report, "c", "handled"), 9, "{report}");
+    assert_eq!(count(&report, "c", "retried"), 2, "{report}");
+    assert_eq!(count(&report, "c", "dead-lettered"), 2, "{report}");
+    assert_eq!(attempts.load(Ordering::SeqCst), 3, "tried max_deliveries times");
+
+    // The dead letters name what went wrong.
+    let letters = js
+        .get_stream(&dead.name)
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut messages = letters.fetch().max_messages(2).messages().await.unwrap();
+    let mut found = Vec::new();
+    while let Some(message) = messages.next().await {
+        let message = message.unwrap();
+        let headers = message.headers.clone().unwrap();
+        let h = |k: &str| headers.get(k).map(|v| v.as_str().to_owned()).unwrap_or_default();
+        found.push((h("Gracefully-Error"), h("Gracefully-Deliveries"), h("Gracefully-Stream"), message.payload.clone()));
+    }
+    found.sort();
+    assert_eq!(found.len(), 2, "{found:?}");
+    let (poison, undecodable) = (&found[0], &found[1]);
+    assert!(poison.0.starts_with("handler failed on delivery 3 of at most 3: n = 3 is poison"), "{poison:?}");
+    assert_eq!((poison.1.as_str(), poison.2.as_str()), ("3", s.name.as_str()));
+    assert_eq!(&poison.3[..], br#"{"n":3}"#);
+    assert!(undecodable.0.starts_with("undecodable payload: not valid JSON"), "{undecodable:?}");
+    assert_eq!(undecodable.1, "1", "dead-lettered on its first delivery");
+    assert_eq!(&undecodable.3[..], b"{not json");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: set NATS_URL"]
+async fn a_missing_stream_is_named_in_the_start_error_or_created_as_configured() {
+    trace();
+    let name = support::unique("MISSING");
+    let bind = Consumer::builder(nats_url())
+        .stream(&name)
+        .consumer("c")
+        .handler(|_m: Message<Bytes>, _t| std::future::ready(Ok::<_, std::io::Error>(())))
+        .build()
+        .unwrap();
+    let report = RunningHost::start(test_host().service("c", bind).build().unwrap())
+        .await
+        .unwrap()
+        .finished()
+        .await
+        .unwrap();
+    let Outcome::Failed(error) = report.entry("c").unwrap().outcome() else {
+        panic!("{report}");
+    };
+    assert!(error.contains(&format!("stream '{name}' does not exist on NATS at")), "{error}");
+    assert!(error.contains(".create_stream("), "{error}");
+
+    let create = Consumer::builder(nats_url())
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("{name}.>")],
+            ..Default::default()
+        })
+        .consumer("c")
+        .handler(|_m: Message<Bytes>, _t| std::future::ready(Ok::<_, std::io::Error>(())))
+        .build()
+        .unwrap();
+    let host = RunningHost::start(test_host().service("c", create).build().unwrap())
+        .await
+        .unwrap();
+    assert!(host.lifetime().is_ready());
+    let (_, js) = support::connect().await;
+    let created = js.get_stream(&name).await;
+    let report = host.stop(Reason::shutdown()).await.unwrap();
+    let _ = js.delete_stream(&name).await;
+    assert!(created.is_ok(), "the stream was created");
+    assert_eq!(report.exit_code(), 0, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: set NATS_URL"]
+async fn a_push_consumer_or_an_uncaptured_dead_letter_subject_fails_the_start_step() {
+    trace();
+    let s = TestStream::create("MISMATCH").await;
+    s.js.get_stream(&s.name)
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::push::Config {
+            durable_name: Some("pushed".into()),
+            deliver_subject: format!("{}_deliver", s.name),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let failed_with = async |consumer: Consumer<gracefully_nats::Raw, _>| {
+        let report = RunningHost::start(test_host().service("c", consumer).build().unwrap())
+            .await
+            .unwrap()
+            .finished()
+            .await
+            .unwrap();
+        match report.entry("c").unwrap().outcome() {
+            Outcome::Failed(error) => error.clone(),
+            _ => panic!("{report}"),
+        }
+    };
+    let handler = |_m: Message<Bytes>, _t| std::future::ready(Ok::<_, std::io::Error>(()));
+    let push = Consumer::builder(nats_url()).stream(&s.name).consumer("pushed").handler(handler).build().unwrap();
+    let error = failed_with(push).await;
+    assert!(error.contains("'pushed'") && error.contains("push consumer"), "{error}");
+
+    let subject = format!("{}_nowhere.dead", s.name);
+    let uncaptured = Consumer::builder(nats_url())
+        .stream(&s.name)
+        .consumer("c")
+        .dead_letter(&subject)
+        .handler(handler)
+        .build()
+        .unwrap();
+    let error = failed_with(uncaptured).await;
+    assert!(error.contains(&format!("no stream captures the dead-letter subject '{subject}'")), "{error}");
+}
