@@ -61,7 +61,9 @@ impl Backoff {
 
     /// The delay after the `failures`-th failure (1-based; 0 counts as 1).
     pub fn delay(&self, failures: u64) -> Duration {
-        let exponent = u32::try_from(failures.saturating_sub(1)).unwrap_or(u32::MAX).min(40);
+        let exponent = u32::try_from(failures.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(40);
         let scale = self.factor.saturating_pow(exponent);
         let delay = self.first.saturating_mul(scale).min(self.max);
         if self.jitter {
@@ -98,7 +100,8 @@ mod tests {
 
     #[test]
     fn exponential_doubles_up_to_the_cap_and_jitter_stays_in_the_upper_half() {
-        let b = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1)).without_jitter();
+        let b = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1))
+            .without_jitter();
         let delays: Vec<u128> = (1..=6).map(|n| b.delay(n).as_millis()).collect();
         assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
         assert_eq!(b.delay(0), Duration::from_millis(100));
@@ -106,14 +109,24 @@ mod tests {
         let jittered = Backoff::exponential(Duration::from_millis(100), Duration::from_secs(1));
         for _ in 0..1000 {
             let d = jittered.delay(3);
-            assert!(d >= Duration::from_millis(200) && d <= Duration::from_millis(400), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(200) && d <= Duration::from_millis(400),
+                "{d:?}"
+            );
         }
     }
 
     #[test]
     fn validate_names_what_would_be_valid() {
-        assert!(Backoff::fixed(Duration::ZERO).validate().unwrap_err().contains("more than 0"));
-        let err = Backoff::exponential(Duration::from_secs(2), Duration::from_secs(1)).validate().unwrap_err();
+        assert!(
+            Backoff::fixed(Duration::ZERO)
+                .validate()
+                .unwrap_err()
+                .contains("more than 0")
+        );
+        let err = Backoff::exponential(Duration::from_secs(2), Duration::from_secs(1))
+            .validate()
+            .unwrap_err();
         assert!(err.contains("max ≥ first"), "{err}");
         assert!(Backoff::default().validate().is_ok());
     }

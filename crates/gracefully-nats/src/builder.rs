@@ -298,9 +298,7 @@ impl<D: Decode, H: Handler<D::Output>> ConsumerBuilder<D, H> {
         if prefetch > MAX_CONCURRENCY {
             return Err(Error::config(
                 "prefetch",
-                format!(
-                    "is {prefetch}; valid: 0 ..= {MAX_CONCURRENCY} (default: the concurrency)"
-                ),
+                format!("is {prefetch}; valid: 0 ..= {MAX_CONCURRENCY} (default: the concurrency)"),
             ));
         }
         if self.max_deliveries == 0 {
@@ -394,9 +392,9 @@ fn validate_name(field: &'static str, name: &str) -> Result<(), Error> {
 /// A subject to publish to: dot-separated non-empty tokens, no wildcards or whitespace.
 fn validate_subject(subject: &str) -> Result<(), Error> {
     let ok = !subject.is_empty()
-        && subject.split('.').all(|t| {
-            !t.is_empty() && t != "*" && t != ">" && !t.contains(char::is_whitespace)
-        });
+        && subject
+            .split('.')
+            .all(|t| !t.is_empty() && t != "*" && t != ">" && !t.contains(char::is_whitespace));
     if ok {
         Ok(())
     } else {

@@ -161,7 +161,11 @@ impl<D: Decode, H: Handler<D::Output>> BackgroundService for Consumer<D, H> {
     ///
     /// Dropped only in the abort phase: the messages it still holds are handed back where
     /// the connection takes it at once, and counted as in flight at abort.
-    async fn execute(&mut self, stopping: CancellationToken, cx: &ServiceContext) -> Result<(), BoxError> {
+    async fn execute(
+        &mut self,
+        stopping: CancellationToken,
+        cx: &ServiceContext,
+    ) -> Result<(), BoxError> {
         let settings = Arc::clone(&self.settings);
         let Some(started) = self.started.as_mut() else {
             return Err("the consumer's start step did not run".into());

@@ -56,7 +56,8 @@ impl<T: DeserializeOwned + Send + 'static> Decode for Json<T> {
     type Output = T;
 
     fn decode(&self, payload: &Bytes) -> Result<T, BoxError> {
-        serde_json::from_slice(payload).map_err(|e| format!("not valid JSON for {}: {e}", std::any::type_name::<T>()).into())
+        serde_json::from_slice(payload)
+            .map_err(|e| format!("not valid JSON for {}: {e}", std::any::type_name::<T>()).into())
     }
 }
 
@@ -94,8 +95,13 @@ mod tests {
     #[test]
     fn json_decodes_a_valid_payload_and_names_the_type_when_it_cannot() {
         let json = Json::<Order>::new();
-        assert_eq!(json.decode(&Bytes::from_static(br#"{"id":7}"#)).unwrap(), Order { id: 7 });
-        let err = json.decode(&Bytes::from_static(b"\xff not json")).unwrap_err();
+        assert_eq!(
+            json.decode(&Bytes::from_static(br#"{"id":7}"#)).unwrap(),
+            Order { id: 7 }
+        );
+        let err = json
+            .decode(&Bytes::from_static(b"\xff not json"))
+            .unwrap_err();
         assert!(err.to_string().contains("not valid JSON for"), "{err}");
         assert!(err.to_string().contains("Order"), "{err}");
     }

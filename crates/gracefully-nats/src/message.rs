@@ -85,12 +85,12 @@ impl<T> Message<T> {
     /// message, to any consumer — use it as the key of the exactly-once-effects recipe
     /// (crate docs, "At-least-once delivery").
     pub fn id(&self) -> &str {
-        self.id.get_or_init(|| {
-            match self.headers.as_ref().and_then(|h| h.get(MSG_ID_HEADER)) {
+        self.id.get_or_init(
+            || match self.headers.as_ref().and_then(|h| h.get(MSG_ID_HEADER)) {
                 Some(id) if !id.as_str().is_empty() => id.as_str().to_owned(),
                 _ => format!("{}:{}", self.stream, self.delivery.stream_sequence),
-            }
-        })
+            },
+        )
     }
 
     /// How many times JetStream has delivered this message, this delivery included (1 the
@@ -202,10 +202,9 @@ mod tests {
                 published_nanos: 1_700_000_000_000_000_000
             }
         );
-        let v2 = Delivery::parse(
-            "$JS.ACK.hub.ACCHASH.ORDERS.billing.1.7.7.1700000000000000001.0.xyz",
-        )
-        .unwrap();
+        let v2 =
+            Delivery::parse("$JS.ACK.hub.ACCHASH.ORDERS.billing.1.7.7.1700000000000000001.0.xyz")
+                .unwrap();
         assert_eq!((v2.delivered, v2.stream_sequence), (1, 7));
         for bad in [
             "_INBOX.abc",

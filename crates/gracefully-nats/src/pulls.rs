@@ -61,7 +61,13 @@ impl Pulls {
     /// not started (free handler slots plus prefetch) and holds `buffered` of them already.
     /// Asks once a quarter of `capacity` (concurrency plus prefetch) is missing, so requests
     /// come in batches, or as soon as nothing at all is held or asked for.
-    pub(crate) fn want(&self, limit: usize, buffered: usize, capacity: usize, now: Instant) -> Option<usize> {
+    pub(crate) fn want(
+        &self,
+        limit: usize,
+        buffered: usize,
+        capacity: usize,
+        now: Instant,
+    ) -> Option<usize> {
         if self.paused_until.is_some_and(|until| now < until) {
             return None;
         }
@@ -127,7 +133,9 @@ impl Pulls {
             self.live.pop_front();
         }
         self.clamp();
-        if self.outstanding > 0 && now.saturating_duration_since(last_heard) > 3 * self.idle_heartbeat {
+        if self.outstanding > 0
+            && now.saturating_duration_since(last_heard) > 3 * self.idle_heartbeat
+        {
             self.reset();
         }
         self.outstanding != before
@@ -237,7 +245,10 @@ mod tests {
         p.rejected(now);
         assert_eq!(p.outstanding(), 0);
         assert_eq!(p.want(16, 0, 16, now), None);
-        assert_eq!(p.want(16, 0, 16, now + Duration::from_millis(100)), Some(16));
+        assert_eq!(
+            p.want(16, 0, 16, now + Duration::from_millis(100)),
+            Some(16)
+        );
         p.rejected(now);
         assert_eq!(p.paused_until(), Some(now + Duration::from_millis(200)));
     }

@@ -40,8 +40,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use async_nats::{Event, StatusCode, Subject, Subscriber};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use gracefully::{CancellationSource, CancellationToken, Reason};
 use gracefully_host::ServiceContext;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -145,7 +145,10 @@ pub(crate) struct Session<'a, D: Decode, H: Handler<D::Output>> {
 
 impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
     /// Subscribes to a fresh inbox (the pull requests' reply subject).
-    pub(crate) async fn open(parts: Parts<'a, D, H>, cx: &'a ServiceContext) -> Result<Self, Error> {
+    pub(crate) async fn open(
+        parts: Parts<'a, D, H>,
+        cx: &'a ServiceContext,
+    ) -> Result<Self, Error> {
         let client = &parts.shared.client;
         let inbox = Subject::from(client.new_inbox());
         let subscription = client
@@ -343,10 +346,15 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
                 self.subscription = None;
             }
             Control::Connection(Event::LameDuckMode) => {
-                tracing::warn!("the NATS server entered lame duck mode (it is shutting down); the client will move to another server");
+                tracing::warn!(
+                    "the NATS server entered lame duck mode (it is shutting down); the client will move to another server"
+                );
             }
             Control::Connection(Event::SlowConsumer(sid)) => {
-                tracing::warn!(sid, "async-nats dropped messages for a slow subscription; they will be redelivered after AckWait");
+                tracing::warn!(
+                    sid,
+                    "async-nats dropped messages for a slow subscription; they will be redelivered after AckWait"
+                );
             }
             Control::Connection(other) => tracing::warn!(event = %other, "NATS connection event"),
         }
@@ -379,7 +387,12 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
     /// is closed (invariant 1).
     async fn hand_back_buffer(&mut self) {
         while let Some(held) = self.buffer.pop_front() {
-            settle::settle(&self.shared.client, &held.delivered.reply, AckKind::Nak(None)).await;
+            settle::settle(
+                &self.shared.client,
+                &held.delivered.reply,
+                AckKind::Nak(None),
+            )
+            .await;
             self.counts.handed_back_at_drain += 1;
         }
     }
@@ -426,7 +439,12 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
         ));
         while let Some(held) = self.buffer.pop_front() {
             // Queued by the client; sent once it has reconnected.
-            settle::settle(&self.shared.client, &held.delivered.reply, AckKind::Nak(None)).await;
+            settle::settle(
+                &self.shared.client,
+                &held.delivered.reply,
+                AckKind::Nak(None),
+            )
+            .await;
             self.counts.handed_back_at_disconnect += 1;
         }
         self.pulls.reset();
@@ -442,7 +460,10 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             if self.draining.is_some() {
                 return Ok(());
             }
-            return Err(Error::api("keep consuming", "the subscription ended: the NATS client was closed"));
+            return Err(Error::api(
+                "keep consuming",
+                "the subscription ended: the NATS client was closed",
+            ));
         };
         let now = Instant::now();
         self.last_heard = now;
@@ -454,7 +475,9 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             }
             Some(StatusCode::REQUEST_TERMINATED) => self.on_terminated(&message, now)?,
             Some(StatusCode::NO_RESPONDERS) => {
-                tracing::warn!("JetStream did not answer a pull request (no responders: is the stream's leader available?); retrying");
+                tracing::warn!(
+                    "JetStream did not answer a pull request (no responders: is the stream's leader available?); retrying"
+                );
                 self.pulls.rejected(now);
             }
             Some(status) => {
@@ -513,7 +536,9 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             return Err(Error::ConsumerMismatch {
                 stream,
                 consumer,
-                message: format!("it rejects our pull requests ({description}); raise its max_batch / max_expires"),
+                message: format!(
+                    "it rejects our pull requests ({description}); raise its max_batch / max_expires"
+                ),
             });
         } else {
             // Leadership change, server shutdown, …: the request is over.
@@ -542,7 +567,9 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             }
         }
         for in_flight in self.running.iter_mut() {
-            if !in_flight.token.is_cancelled() && now.saturating_duration_since(in_flight.signalled) >= due {
+            if !in_flight.token.is_cancelled()
+                && now.saturating_duration_since(in_flight.signalled) >= due
+            {
                 in_flight.signalled = now;
                 replies.push(in_flight.reply.clone());
             }
@@ -585,7 +612,11 @@ impl<D: Decode, H: Handler<D::Output>> Drop for Session<'_, D, H> {
 /// need its connection task, and the connection closes once the last client handle is
 /// gone, so the task keeps one until the server confirmed). Waits for it briefly only
 /// where blocking is harmless: outside any runtime, as on the host's dropper thread.
-fn hand_back_on_drop(runtime: &tokio::runtime::Handle, client: async_nats::Client, replies: Vec<Subject>) {
+fn hand_back_on_drop(
+    runtime: &tokio::runtime::Handle,
+    client: async_nats::Client,
+    replies: Vec<Subject>,
+) {
     let (done, finished) = std::sync::mpsc::channel::<()>();
     runtime.spawn(async move {
         for reply in replies {

@@ -189,7 +189,10 @@ async fn dead_letter<D, H>(
     // dead-letter stream drops the copy within its duplicate window.
     headers.insert(
         MSG_ID_HEADER,
-        header_value(&format!("dead:{}:{}", shared.stream, delivery.stream_sequence)),
+        header_value(&format!(
+            "dead:{}:{}",
+            shared.stream, delivery.stream_sequence
+        )),
     );
     headers.insert(ERROR_HEADER, header_value(&why));
     headers.insert(STREAM_HEADER, header_value(&shared.stream));

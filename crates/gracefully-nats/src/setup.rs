@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{AckPolicy, Info};
-use async_nats::jetstream::context::{GetStreamByNameErrorKind, GetStreamErrorKind};
 use async_nats::jetstream::ErrorCode;
+use async_nats::jetstream::consumer::{AckPolicy, Info};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::context::{GetStreamByNameErrorKind, GetStreamErrorKind};
 use async_nats::{Client, Event};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -72,7 +72,9 @@ pub(crate) async fn bind(
             .get_stream(name)
             .await
             .map_err(|e| match e.kind() {
-                GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+                {
                     Error::StreamNotFound {
                         stream: name.clone(),
                         url: url.clone(),
@@ -115,9 +117,16 @@ pub(crate) async fn bind(
                 .create_consumer(settings.consumer_config.clone())
                 .await
                 .map_err(|e| {
-                    Error::api(format!("create consumer '{consumer}' on stream '{stream_name}'"), e)
+                    Error::api(
+                        format!("create consumer '{consumer}' on stream '{stream_name}'"),
+                        e,
+                    )
                 })?;
-            tracing::info!(stream = stream_name, consumer, "created the JetStream consumer");
+            tracing::info!(
+                stream = stream_name,
+                consumer,
+                "created the JetStream consumer"
+            );
             created.cached_info().clone()
         }
         Err(e) => {

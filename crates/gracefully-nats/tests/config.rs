@@ -32,21 +32,96 @@ fn config_error(result: Result<impl std::fmt::Debug, Error>) -> (&'static str, S
 fn build_refuses_each_invalid_setting_naming_the_field_and_what_is_valid() {
     let url = "nats://127.0.0.1:4222";
     let cases: Vec<(&str, Result<_, Error>, &str)> = vec![
-        ("url", Consumer::builder("").stream("S").consumer("c").handler(ok_handler).build(), "nats://127.0.0.1:4222"),
-        ("url", Consumer::builder("nats://host:notaport").stream("S").consumer("c").handler(ok_handler).build(), "expected nats://host:port"),
-        ("stream", Consumer::builder(url).consumer("c").handler(ok_handler).build(), ".create_stream(config)"),
-        ("stream", Consumer::builder(url).stream("BAD.NAME").consumer("c").handler(ok_handler).build(), "without '.'"),
-        ("consumer", Consumer::builder(url).stream("S").handler(ok_handler).build(), ".consumer(name)"),
-        ("consumer", Consumer::builder(url).stream("S").consumer("has space").handler(ok_handler).build(), "whitespace"),
-        ("concurrency", base(url).concurrency(0).handler(ok_handler).build(), "valid: 1 ..= 100000"),
-        ("prefetch", base(url).prefetch(1_000_000).handler(ok_handler).build(), "valid: 0 ..= 100000"),
-        ("max_deliveries", base(url).max_deliveries(0).handler(ok_handler).build(), "at least 1"),
-        ("backoff", base(url).backoff(Backoff::fixed(Duration::ZERO)).handler(ok_handler).build(), "more than 0"),
-        ("dead_letter", base(url).dead_letter("orders.*").handler(ok_handler).build(), "without wildcards"),
+        (
+            "url",
+            Consumer::builder("")
+                .stream("S")
+                .consumer("c")
+                .handler(ok_handler)
+                .build(),
+            "nats://127.0.0.1:4222",
+        ),
+        (
+            "url",
+            Consumer::builder("nats://host:notaport")
+                .stream("S")
+                .consumer("c")
+                .handler(ok_handler)
+                .build(),
+            "expected nats://host:port",
+        ),
+        (
+            "stream",
+            Consumer::builder(url)
+                .consumer("c")
+                .handler(ok_handler)
+                .build(),
+            ".create_stream(config)",
+        ),
+        (
+            "stream",
+            Consumer::builder(url)
+                .stream("BAD.NAME")
+                .consumer("c")
+                .handler(ok_handler)
+                .build(),
+            "without '.'",
+        ),
+        (
+            "consumer",
+            Consumer::builder(url)
+                .stream("S")
+                .handler(ok_handler)
+                .build(),
+            ".consumer(name)",
+        ),
+        (
+            "consumer",
+            Consumer::builder(url)
+                .stream("S")
+                .consumer("has space")
+                .handler(ok_handler)
+                .build(),
+            "whitespace",
+        ),
+        (
+            "concurrency",
+            base(url).concurrency(0).handler(ok_handler).build(),
+            "valid: 1 ..= 100000",
+        ),
+        (
+            "prefetch",
+            base(url).prefetch(1_000_000).handler(ok_handler).build(),
+            "valid: 0 ..= 100000",
+        ),
+        (
+            "max_deliveries",
+            base(url).max_deliveries(0).handler(ok_handler).build(),
+            "at least 1",
+        ),
+        (
+            "backoff",
+            base(url)
+                .backoff(Backoff::fixed(Duration::ZERO))
+                .handler(ok_handler)
+                .build(),
+            "more than 0",
+        ),
+        (
+            "dead_letter",
+            base(url)
+                .dead_letter("orders.*")
+                .handler(ok_handler)
+                .build(),
+            "without wildcards",
+        ),
         (
             "consumer_config",
             base(url)
-                .consumer_config(pull::Config { durable_name: Some("other".into()), ..Default::default() })
+                .consumer_config(pull::Config {
+                    durable_name: Some("other".into()),
+                    ..Default::default()
+                })
                 .handler(ok_handler)
                 .build(),
             "make them equal",
@@ -55,7 +130,10 @@ fn build_refuses_each_invalid_setting_naming_the_field_and_what_is_valid() {
     for (field, result, hint) in cases {
         let (got, message) = config_error(result);
         assert_eq!(got, field, "{message}");
-        assert!(message.contains(hint), "{field}: {message:?} should mention {hint:?}");
+        assert!(
+            message.contains(hint),
+            "{field}: {message:?} should mention {hint:?}"
+        );
     }
 }
 

@@ -58,18 +58,37 @@ async fn drain_hands_back_unstarted_messages_at_once_and_lets_in_flight_ones_fin
         .await
         .unwrap();
     // Two handlers run, four messages wait in the consumer: six unacked on the server.
-    eventually("two handlers started, four buffered", Duration::from_secs(10), async || {
-        started.load(Ordering::SeqCst) == 2 && s.consumer_info("c").await.num_ack_pending == 6
-    })
+    eventually(
+        "two handlers started, four buffered",
+        Duration::from_secs(10),
+        async || {
+            started.load(Ordering::SeqCst) == 2 && s.consumer_info("c").await.num_ack_pending == 6
+        },
+    )
     .await;
 
-    let report = host.stop(Reason::shutdown().with_message("test")).await.unwrap();
+    let report = host
+        .stop(Reason::shutdown().with_message("test"))
+        .await
+        .unwrap();
     assert_eq!(report.exit_code(), 0, "{report}");
     let row = report.entry("c").unwrap();
-    assert_eq!((row.phase(), row.outcome()), (Phase::Drain, &Outcome::Completed), "{report}");
-    assert_eq!(count(&report, "c", "handled"), 2, "in-flight handlers finish and are acked:\n{report}");
+    assert_eq!(
+        (row.phase(), row.outcome()),
+        (Phase::Drain, &Outcome::Completed),
+        "{report}"
+    );
+    assert_eq!(
+        count(&report, "c", "handled"),
+        2,
+        "in-flight handlers finish and are acked:\n{report}"
+    );
     assert_eq!(count(&report, "c", "handed back at drain"), 4, "{report}");
-    assert_eq!(count(&report, "c", "cancelled and handed back"), 0, "{report}");
+    assert_eq!(
+        count(&report, "c", "cancelled and handed back"),
+        0,
+        "{report}"
+    );
 
     // Another consumer gets all eight at once, the four handed back among them.
     let seen: Seen = Arc::default();
@@ -79,7 +98,9 @@ async fn drain_hands_back_unstarted_messages_at_once_and_lets_in_flight_ones_fin
         .consumer("c")
         .concurrency(8)
         .handler(move |msg: Message<Bytes>, _token| {
-            log.lock().unwrap().push((msg.id().to_owned(), msg.delivery_count()));
+            log.lock()
+                .unwrap()
+                .push((msg.id().to_owned(), msg.delivery_count()));
             std::future::ready(Ok::<_, std::io::Error>(()))
         })
         .build()
@@ -88,9 +109,11 @@ async fn drain_hands_back_unstarted_messages_at_once_and_lets_in_flight_ones_fin
     let host = RunningHost::start(test_host().service("c", second).build().unwrap())
         .await
         .unwrap();
-    eventually("the second consumer handled the other eight", Duration::from_secs(10), async || {
-        seen.lock().unwrap().len() == 8
-    })
+    eventually(
+        "the second consumer handled the other eight",
+        Duration::from_secs(10),
+        async || seen.lock().unwrap().len() == 8,
+    )
     .await;
     assert!(begun.elapsed() < Duration::from_secs(10));
     let redelivered = seen.lock().unwrap().iter().filter(|(_, d)| *d == 2).count();
@@ -118,7 +141,9 @@ async fn cancel_phase_fires_tokens_and_hands_back_messages_whose_handlers_return
             let log = Arc::clone(&log);
             async move {
                 // Honours its token: stops with `Cancelled` at the hard stop.
-                let stopped = token.run_until_cancelled(tokio::time::sleep(Duration::from_secs(60))).await;
+                let stopped = token
+                    .run_until_cancelled(tokio::time::sleep(Duration::from_secs(60)))
+                    .await;
                 if let Err(cancelled) = &stopped {
                     log.lock().unwrap().push(cancelled.kind());
                 }
@@ -134,20 +159,36 @@ async fn cancel_phase_fires_tokens_and_hands_back_messages_whose_handlers_return
         .build()
         .unwrap();
     let host = RunningHost::start(host).await.unwrap();
-    eventually("both messages in flight", Duration::from_secs(10), async || {
-        s.consumer_info("c").await.num_ack_pending == 2
-    })
+    eventually(
+        "both messages in flight",
+        Duration::from_secs(10),
+        async || s.consumer_info("c").await.num_ack_pending == 2,
+    )
     .await;
     let report = host.stop(Reason::shutdown()).await.unwrap();
     assert_eq!(report.exit_code(), 0, "{report}");
-    assert_eq!(report.entry("c").unwrap().phase(), Phase::Cancel, "{report}");
-    assert_eq!(count(&report, "c", "cancelled and handed back"), 2, "{report}");
+    assert_eq!(
+        report.entry("c").unwrap().phase(),
+        Phase::Cancel,
+        "{report}"
+    );
+    assert_eq!(
+        count(&report, "c", "cancelled and handed back"),
+        2,
+        "{report}"
+    );
     assert_eq!(count(&report, "c", "handled"), 0, "{report}");
-    assert_eq!(*reasons.lock().unwrap(), [ReasonKind::Shutdown, ReasonKind::Shutdown]);
+    assert_eq!(
+        *reasons.lock().unwrap(),
+        [ReasonKind::Shutdown, ReasonKind::Shutdown]
+    );
     // Handed back, not left to AckWait (30 s): a fetch gets both again at once.
     let again = s.fetch_now("c", 2, Duration::from_secs(3)).await;
     assert_eq!(again.len(), 2, "{again:?}");
-    assert!(again.iter().all(|(_, delivered)| *delivered == 2), "{again:?}");
+    assert!(
+        again.iter().all(|(_, delivered)| *delivered == 2),
+        "{again:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,13 +216,19 @@ async fn a_handler_that_ignores_its_token_is_aborted_counted_and_its_message_han
         .build()
         .unwrap();
     let host = RunningHost::start(host).await.unwrap();
-    eventually("the message in flight", Duration::from_secs(10), async || {
-        s.consumer_info("c").await.num_ack_pending == 1
-    })
+    eventually(
+        "the message in flight",
+        Duration::from_secs(10),
+        async || s.consumer_info("c").await.num_ack_pending == 1,
+    )
     .await;
     let report = host.stop(Reason::shutdown()).await.unwrap();
     assert_eq!(report.exit_code(), 2, "{report}");
-    assert_eq!(report.entry("c").unwrap().outcome(), &Outcome::Aborted, "{report}");
+    assert_eq!(
+        report.entry("c").unwrap().outcome(),
+        &Outcome::Aborted,
+        "{report}"
+    );
     assert_eq!(count(&report, "c", "in flight at abort"), 1, "{report}");
     // Handed back by the drop, long before its AckWait (30 s) would have.
     let again = s.fetch_now("c", 1, Duration::from_secs(5)).await;
@@ -202,10 +249,14 @@ async fn progress_keeps_a_handler_slower_than_ack_wait_from_redelivery() {
         .consumer("c")
         .concurrency(2)
         .handler(move |msg: Message<Bytes>, token: CancellationToken| {
-            log.lock().unwrap().push((msg.id().to_owned(), msg.delivery_count()));
+            log.lock()
+                .unwrap()
+                .push((msg.id().to_owned(), msg.delivery_count()));
             async move {
                 // 3.5 × AckWait.
-                token.run_until_cancelled(tokio::time::sleep(Duration::from_millis(3500))).await
+                token
+                    .run_until_cancelled(tokio::time::sleep(Duration::from_millis(3500)))
+                    .await
             }
         })
         .build()
@@ -213,13 +264,21 @@ async fn progress_keeps_a_handler_slower_than_ack_wait_from_redelivery() {
     let host = RunningHost::start(test_host().service("c", consumer).build().unwrap())
         .await
         .unwrap();
-    eventually("the slow handler finished and acked", Duration::from_secs(20), async || {
-        let info = s.consumer_info("c").await;
-        info.ack_floor.stream_sequence == 1 && info.num_ack_pending == 0
-    })
+    eventually(
+        "the slow handler finished and acked",
+        Duration::from_secs(20),
+        async || {
+            let info = s.consumer_info("c").await;
+            info.ack_floor.stream_sequence == 1 && info.num_ack_pending == 0
+        },
+    )
     .await;
     let report = host.stop(Reason::shutdown()).await.unwrap();
-    assert_eq!(*seen.lock().unwrap(), [("m-0".to_owned(), 1)], "handled once, never redelivered");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [("m-0".to_owned(), 1)],
+        "handled once, never redelivered"
+    );
     assert_eq!(count(&report, "c", "handled"), 1, "{report}");
     assert_eq!(s.consumer_info("c").await.num_redelivered, 0);
 }
@@ -250,9 +309,11 @@ async fn progress_stops_once_the_token_fired_so_a_stuck_handlers_message_is_rede
         .build()
         .unwrap();
     let stuck_host = RunningHost::start(stuck_host).await.unwrap();
-    eventually("the message in flight", Duration::from_secs(10), async || {
-        s.consumer_info("c").await.num_ack_pending == 1
-    })
+    eventually(
+        "the message in flight",
+        Duration::from_secs(10),
+        async || s.consumer_info("c").await.num_ack_pending == 1,
+    )
     .await;
     // Progress holds it past several AckWaits while the token lives.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -271,7 +332,9 @@ async fn progress_stops_once_the_token_fired_so_a_stuck_handlers_message_is_rede
         .stream(&s.name)
         .consumer("c")
         .handler(move |msg: Message<Bytes>, _token| {
-            log.lock().unwrap().push((msg.id().to_owned(), msg.delivery_count()));
+            log.lock()
+                .unwrap()
+                .push((msg.id().to_owned(), msg.delivery_count()));
             std::future::ready(Ok::<_, std::io::Error>(()))
         })
         .build()
@@ -279,12 +342,17 @@ async fn progress_stops_once_the_token_fired_so_a_stuck_handlers_message_is_rede
     let other_host = RunningHost::start(test_host().service("other", other).build().unwrap())
         .await
         .unwrap();
-    eventually("redelivered to the other consumer", Duration::from_secs(5), async || {
-        !seen.lock().unwrap().is_empty()
-    })
+    eventually(
+        "redelivered to the other consumer",
+        Duration::from_secs(5),
+        async || !seen.lock().unwrap().is_empty(),
+    )
     .await;
     let redelivered_after = hard_stop.elapsed();
-    assert!(!stopping.is_finished(), "redelivered only after the abort: progress did not stop");
+    assert!(
+        !stopping.is_finished(),
+        "redelivered only after the abort: progress did not stop"
+    );
     assert_eq!(*seen.lock().unwrap(), [("m-0".to_owned(), 2)]);
     println!("redelivered {redelivered_after:?} after the hard stop (AckWait 1 s)");
     let report = stopping.await.unwrap().unwrap();
@@ -331,18 +399,34 @@ async fn a_poison_message_is_dead_lettered_and_the_consumer_keeps_going() {
         .await
         .unwrap();
     let (_, js) = support::connect().await;
-    eventually("both poison messages dead-lettered, the rest handled", Duration::from_secs(15), async || {
-        let info = s.consumer_info("c").await;
-        let stored = js.get_stream(&dead.name).await.unwrap().info().await.unwrap().state.messages;
-        stored == 2 && info.num_pending == 0 && info.num_ack_pending == 0
-    })
+    eventually(
+        "both poison messages dead-lettered, the rest handled",
+        Duration::from_secs(15),
+        async || {
+            let info = s.consumer_info("c").await;
+            let stored = js
+                .get_stream(&dead.name)
+                .await
+                .unwrap()
+                .info()
+                .await
+                .unwrap()
+                .state
+                .messages;
+            stored == 2 && info.num_pending == 0 && info.num_ack_pending == 0
+        },
+    )
     .await;
     let report = host.stop(Reason::shutdown()).await.unwrap();
     assert_eq!(report.exit_code(), 0, "{report}");
     assert_eq!(count(&report, "c", "handled"), 9, "{report}");
     assert_eq!(count(&report, "c", "retried"), 2, "{report}");
     assert_eq!(count(&report, "c", "dead-lettered"), 2, "{report}");
-    assert_eq!(attempts.load(Ordering::SeqCst), 3, "tried max_deliveries times");
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        3,
+        "tried max_deliveries times"
+    );
 
     // The dead letters name what went wrong.
     let letters = js
@@ -357,16 +441,39 @@ async fn a_poison_message_is_dead_lettered_and_the_consumer_keeps_going() {
     while let Some(message) = messages.next().await {
         let message = message.unwrap();
         let headers = message.headers.clone().unwrap();
-        let h = |k: &str| headers.get(k).map(|v| v.as_str().to_owned()).unwrap_or_default();
-        found.push((h("Gracefully-Error"), h("Gracefully-Deliveries"), h("Gracefully-Stream"), message.payload.clone()));
+        let h = |k: &str| {
+            headers
+                .get(k)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        found.push((
+            h("Gracefully-Error"),
+            h("Gracefully-Deliveries"),
+            h("Gracefully-Stream"),
+            message.payload.clone(),
+        ));
     }
     found.sort();
     assert_eq!(found.len(), 2, "{found:?}");
     let (poison, undecodable) = (&found[0], &found[1]);
-    assert!(poison.0.starts_with("handler failed on delivery 3 of at most 3: n = 3 is poison"), "{poison:?}");
-    assert_eq!((poison.1.as_str(), poison.2.as_str()), ("3", s.name.as_str()));
+    assert!(
+        poison
+            .0
+            .starts_with("handler failed on delivery 3 of at most 3: n = 3 is poison"),
+        "{poison:?}"
+    );
+    assert_eq!(
+        (poison.1.as_str(), poison.2.as_str()),
+        ("3", s.name.as_str())
+    );
     assert_eq!(&poison.3[..], br#"{"n":3}"#);
-    assert!(undecodable.0.starts_with("undecodable payload: not valid JSON"), "{undecodable:?}");
+    assert!(
+        undecodable
+            .0
+            .starts_with("undecodable payload: not valid JSON"),
+        "{undecodable:?}"
+    );
     assert_eq!(undecodable.1, "1", "dead-lettered on its first delivery");
     assert_eq!(&undecodable.3[..], b"{not json");
 }
@@ -391,7 +498,10 @@ async fn a_missing_stream_is_named_in_the_start_error_or_created_as_configured()
     let Outcome::Failed(error) = report.entry("c").unwrap().outcome() else {
         panic!("{report}");
     };
-    assert!(error.contains(&format!("stream '{name}' does not exist on NATS at")), "{error}");
+    assert!(
+        error.contains(&format!("stream '{name}' does not exist on NATS at")),
+        "{error}"
+    );
     assert!(error.contains(".create_stream("), "{error}");
 
     let create = Consumer::builder(nats_url())
@@ -444,9 +554,17 @@ async fn a_push_consumer_or_an_uncaptured_dead_letter_subject_fails_the_start_st
         }
     };
     let handler = |_m: Message<Bytes>, _t| std::future::ready(Ok::<_, std::io::Error>(()));
-    let push = Consumer::builder(nats_url()).stream(&s.name).consumer("pushed").handler(handler).build().unwrap();
+    let push = Consumer::builder(nats_url())
+        .stream(&s.name)
+        .consumer("pushed")
+        .handler(handler)
+        .build()
+        .unwrap();
     let error = failed_with(push).await;
-    assert!(error.contains("'pushed'") && error.contains("push consumer"), "{error}");
+    assert!(
+        error.contains("'pushed'") && error.contains("push consumer"),
+        "{error}"
+    );
 
     let subject = format!("{}_nowhere.dead", s.name);
     let uncaptured = Consumer::builder(nats_url())
@@ -457,5 +575,10 @@ async fn a_push_consumer_or_an_uncaptured_dead_letter_subject_fails_the_start_st
         .build()
         .unwrap();
     let error = failed_with(uncaptured).await;
-    assert!(error.contains(&format!("no stream captures the dead-letter subject '{subject}'")), "{error}");
+    assert!(
+        error.contains(&format!(
+            "no stream captures the dead-letter subject '{subject}'"
+        )),
+        "{error}"
+    );
 }

@@ -4,6 +4,8 @@
 //! message changes nothing. `effects_<suffix>` has no unique key on purpose: an effect
 //! applied twice shows up as two rows.
 
+#![allow(dead_code)] // the worker example uses a part
+
 use std::time::Duration;
 
 use gracefully::CancellationToken;
@@ -22,7 +24,9 @@ impl Effects {
     /// Connects to `database_url`; the tables are named after `suffix` (letters, digits, `_`).
     pub async fn connect(database_url: &str, suffix: &str) -> Effects {
         assert!(
-            suffix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            suffix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_'),
             "table suffix {suffix:?}"
         );
         let pool = PgGracefulPool::connect(database_url)
@@ -38,14 +42,22 @@ impl Effects {
     pub async fn create_tables(&self) {
         let token = CancellationToken::never();
         for sql in [
-            format!("CREATE TABLE IF NOT EXISTS {} (id text PRIMARY KEY)", self.processed),
-            format!("CREATE TABLE IF NOT EXISTS {} (id text NOT NULL, at timestamptz NOT NULL DEFAULT now())", self.effects),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (id text PRIMARY KEY)",
+                self.processed
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (id text NOT NULL, at timestamptz NOT NULL DEFAULT now())",
+                self.effects
+            ),
         ] {
             self.pool
-                .run(&token, move |conn| Box::pin(async move {
-                    sqlx::query(AssertSqlSafe(sql)).execute(&mut *conn).await?;
-                    Ok::<_, Error>(())
-                }))
+                .run(&token, move |conn| {
+                    Box::pin(async move {
+                        sqlx::query(AssertSqlSafe(sql)).execute(&mut *conn).await?;
+                        Ok::<_, Error>(())
+                    })
+                })
                 .await
                 .unwrap();
         }
@@ -56,10 +68,12 @@ impl Effects {
         let sql = format!("DROP TABLE IF EXISTS {}, {}", self.processed, self.effects);
         let _ = self
             .pool
-            .run(&token, move |conn| Box::pin(async move {
-                sqlx::query(AssertSqlSafe(sql)).execute(&mut *conn).await?;
-                Ok::<_, Error>(())
-            }))
+            .run(&token, move |conn| {
+                Box::pin(async move {
+                    sqlx::query(AssertSqlSafe(sql)).execute(&mut *conn).await?;
+                    Ok::<_, Error>(())
+                })
+            })
             .await;
     }
 
@@ -69,40 +83,52 @@ impl Effects {
         let id = id.to_owned();
         let (processed, effects) = (self.processed.clone(), self.effects.clone());
         self.pool
-            .transaction(token, move |tx, _token| Box::pin(async move {
-                let first = sqlx::query(AssertSqlSafe(format!(
-                    "INSERT INTO {processed} (id) VALUES ($1) ON CONFLICT DO NOTHING"
-                )))
-                .bind(&id)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected()
-                    == 1;
-                if first {
-                    sqlx::query(AssertSqlSafe(format!("INSERT INTO {effects} (id) VALUES ($1)")))
+            .transaction(token, move |tx, _token| {
+                Box::pin(async move {
+                    let first = sqlx::query(AssertSqlSafe(format!(
+                        "INSERT INTO {processed} (id) VALUES ($1) ON CONFLICT DO NOTHING"
+                    )))
+                    .bind(&id)
+                    .execute(&mut **tx)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    if first {
+                        sqlx::query(AssertSqlSafe(format!(
+                            "INSERT INTO {effects} (id) VALUES ($1)"
+                        )))
                         .bind(&id)
                         .execute(&mut **tx)
                         .await?;
-                }
-                Ok::<_, Error>(first)
-            }))
+                    }
+                    Ok::<_, Error>(first)
+                })
+            })
             .await
     }
 
     /// The handler's work: `work` of (token-aware) waiting, then the effect.
-    pub async fn handle(&self, id: &str, work: Duration, token: &CancellationToken) -> Result<bool, Error> {
+    pub async fn handle(
+        &self,
+        id: &str,
+        work: Duration,
+        token: &CancellationToken,
+    ) -> Result<bool, Error> {
         token.run_until_cancelled(tokio::time::sleep(work)).await?;
         self.apply(id, token).await
     }
 
     /// How many effect rows there are.
     pub async fn rows(&self) -> i64 {
-        self.scalar(format!("SELECT count(*) FROM {}", self.effects)).await
+        self.scalar(format!("SELECT count(*) FROM {}", self.effects))
+            .await
     }
 
     /// `(distinct ids with an effect, ids with more than one effect)`.
     pub async fn tally(&self) -> (i64, i64) {
-        let distinct = self.scalar(format!("SELECT count(DISTINCT id) FROM {}", self.effects)).await;
+        let distinct = self
+            .scalar(format!("SELECT count(DISTINCT id) FROM {}", self.effects))
+            .await;
         let twice = self
             .scalar(format!(
                 "SELECT count(*) FROM (SELECT id FROM {} GROUP BY id HAVING count(*) > 1) d",
@@ -114,10 +140,14 @@ impl Effects {
 
     async fn scalar(&self, sql: String) -> i64 {
         self.pool
-            .run(&CancellationToken::never(), move |conn| Box::pin(async move {
-                let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(&mut *conn).await?;
-                Ok::<_, Error>(n)
-            }))
+            .run(&CancellationToken::never(), move |conn| {
+                Box::pin(async move {
+                    let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    Ok::<_, Error>(n)
+                })
+            })
             .await
             .unwrap()
     }
