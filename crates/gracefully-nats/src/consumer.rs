@@ -102,7 +102,7 @@ impl<D, H> Consumer<D, H> {
 
 impl<D: Decode, H: Handler<D::Output>> BackgroundService for Consumer<D, H> {
     /// Connects and binds the stream and the JetStream consumer (creating what it was
-    /// configured to create). Fails — and so stops the host — with an [`Error`] naming the
+    /// configured to create). Fails — and so stops the host — with an [`Error`](crate::Error) naming the
     /// URL, stream, consumer or dead-letter subject at fault.
     ///
     /// # Cancel safety

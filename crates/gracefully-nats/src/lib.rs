@@ -6,7 +6,7 @@
 //!
 //! | phase | what the consumer does |
 //! |---|---|
-//! | drain (`stopping` fires) | stops pulling; every message fetched but not started is handed back at once (`-NAK`), also those still arriving from earlier pull requests, so another consumer gets them now — not after AckWait; in-flight handlers may finish and are acked |
+//! | drain (`stopping` fires) | stops pulling; every message fetched but not started — and those still arriving from its open pull requests — is handed back (`-NAK`) as soon as those requests have ended (at once on a busy stream, after 20 ms of quiet on an idle one, 200 ms at most, so they are not delivered straight back to it): another consumer gets them now, not after AckWait; in-flight handlers may finish and are acked |
 //! | cancel (hard stop fires) | the handlers' tokens fire (`Shutdown`); a handler that returns `Cancelled` has its message handed back at once |
 //! | abort | what still runs is dropped; its messages are handed back if the connection takes it at once, and counted as in flight at abort |
 //!
