@@ -18,8 +18,6 @@ use gracefully_test::{RunningHost, eventually, test_host};
 use support::{TestStream, count, nats_url, trace};
 use tokio::time::Instant;
 
-const NEEDS: &str = "needs NATS: set NATS_URL";
-
 #[derive(serde::Deserialize, Debug)]
 struct Num {
     n: u32,
@@ -32,7 +30,6 @@ type Seen = Arc<Mutex<Vec<(String, u64)>>>;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs NATS: set NATS_URL"]
 async fn drain_hands_back_unstarted_messages_at_once_and_lets_in_flight_ones_finish() {
-    let _ = NEEDS;
     trace();
     let s = TestStream::create("DRAIN").await;
     s.durable("c", Duration::from_secs(30)).await;
@@ -40,6 +37,10 @@ async fn drain_hands_back_unstarted_messages_at_once_and_lets_in_flight_ones_fin
 
     let started = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&started);
+    // The handlers finish when the test says so (not on their token, which the drain
+    // leaves alone).
+    let gate = gracefully::CancellationSource::new();
+    let open = gate.token();
     let consumer = Consumer::builder(nats_url())
         .stream(&s.name)
         .consumer("c")
@@ -47,8 +48,9 @@ async fn drain_hands_back_unstarted_messages_at_once_and_lets_in_flight_ones_fin
         .prefetch(4)
         .handler(move |_msg: Message<Bytes>, _token| {
             counter.fetch_add(1, Ordering::SeqCst);
+            let open = open.clone();
             async move {
-                tokio::time::sleep(Duration::from_millis(400)).await;
+                open.cancelled().await;
                 Ok::<_, std::io::Error>(())
             }
         })
@@ -61,16 +63,32 @@ async fn drain_hands_back_unstarted_messages_at_once_and_lets_in_flight_ones_fin
     eventually(
         "two handlers started, four buffered",
         Duration::from_secs(10),
-        async || {
-            started.load(Ordering::SeqCst) == 2 && s.consumer_info("c").await.num_ack_pending == 6
-        },
+        async || s.consumer_info("c").await.num_ack_pending == 6,
     )
     .await;
+    assert_eq!(started.load(Ordering::SeqCst), 2);
 
-    let report = host
-        .stop(Reason::shutdown().with_message("test"))
-        .await
-        .unwrap();
+    let lifetime = host.lifetime().clone();
+    let stopping = tokio::spawn(host.stop(Reason::shutdown().with_message("test")));
+    lifetime.stopping().cancelled().await;
+    // The four unstarted ones are handed back while the two handlers still run: another
+    // client fetches them at once (AckWait is 30 s).
+    let again = s.fetch_now("c", 4, Duration::from_secs(3)).await;
+    let mut again_ids: Vec<&str> = again.iter().map(|(id, _)| id.as_str()).collect();
+    again_ids.sort();
+    assert_eq!(again_ids, ["m-2", "m-3", "m-4", "m-5"], "{again:?}");
+    assert!(
+        again.iter().all(|(_, delivered)| *delivered == 2),
+        "{again:?}"
+    );
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        2,
+        "nothing started after the drain began"
+    );
+    gate.cancel();
+
+    let report = stopping.await.unwrap().unwrap();
     assert_eq!(report.exit_code(), 0, "{report}");
     let row = report.entry("c").unwrap();
     assert_eq!(
@@ -90,36 +108,13 @@ async fn drain_hands_back_unstarted_messages_at_once_and_lets_in_flight_ones_fin
         "{report}"
     );
 
-    // Another consumer gets all eight at once, the four handed back among them.
-    let seen: Seen = Arc::default();
-    let log = Arc::clone(&seen);
-    let second = Consumer::builder(nats_url())
-        .stream(&s.name)
-        .consumer("c")
-        .concurrency(8)
-        .handler(move |msg: Message<Bytes>, _token| {
-            log.lock()
-                .unwrap()
-                .push((msg.id().to_owned(), msg.delivery_count()));
-            std::future::ready(Ok::<_, std::io::Error>(()))
-        })
-        .build()
-        .unwrap();
-    let begun = Instant::now();
-    let host = RunningHost::start(test_host().service("c", second).build().unwrap())
-        .await
-        .unwrap();
-    eventually(
-        "the second consumer handled the other eight",
-        Duration::from_secs(10),
-        async || seen.lock().unwrap().len() == 8,
-    )
-    .await;
-    assert!(begun.elapsed() < Duration::from_secs(10));
-    let redelivered = seen.lock().unwrap().iter().filter(|(_, d)| *d == 2).count();
-    assert_eq!(redelivered, 4, "{:?}", seen.lock().unwrap());
-    let report = host.stop(Reason::shutdown()).await.unwrap();
-    assert_eq!(count(&report, "c", "handled"), 8, "{report}");
+    // The rest go to the next consumer; the two handled ones are gone for good.
+    let rest = s.fetch_now("c", 10, Duration::from_secs(2)).await;
+    assert_eq!(rest.len(), 4, "m-6 … m-9 remain: {rest:?}");
+    assert!(
+        rest.iter().all(|(_, delivered)| *delivered == 1),
+        "{rest:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

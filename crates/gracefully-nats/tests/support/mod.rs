@@ -130,8 +130,8 @@ impl TestStream {
             .unwrap();
     }
 
-    /// Pulls up to `n` messages from consumer `name` with a plain async-nats fetch waiting
-    /// at most `within`, acks them, and returns their `Nats-Msg-Id`s with their delivery
+    /// Pulls up to `n` messages from consumer `name` with a plain async-nats batch request
+    /// waiting at most `within` (it ends early once it has `n`), acks them, and returns their `Nats-Msg-Id`s with their delivery
     /// counts.
     pub async fn fetch_now(&self, name: &str, n: usize, within: Duration) -> Vec<(String, i64)> {
         use futures_util::StreamExt;
@@ -144,7 +144,7 @@ impl TestStream {
             .await
             .unwrap();
         let mut batch = consumer
-            .fetch()
+            .batch()
             .max_messages(n)
             .expires(within)
             .messages()
