@@ -10,6 +10,9 @@
 //!   keeps running): in-flight tokens fire with `Disconnected`, the consumer reconnects,
 //!   nothing is lost.
 //!
+//! And the recipe itself, walked with `cancel_at_every_await`: at every await a shutdown may
+//! cancel it, the effect and the id are written together or not at all.
+//!
 //! Needs `NATS_URL` and `DATABASE_URL`.
 
 #![cfg(unix)]
@@ -24,7 +27,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gracefully::{CancellationToken, ReasonKind};
 use gracefully_nats::{Consumer, Message};
-use gracefully_test::{RunningHost, eventually, test_host};
+use gracefully_test::{Outcome, RunningHost, Walk, cancel_at_every_await, eventually, test_host};
 use support::effects::Effects;
 use support::{Proxy, TestStream, count, database_url, nats_url, trace, unique};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -378,4 +381,58 @@ async fn a_cut_connection_fires_in_flight_tokens_with_disconnected_and_the_consu
         reasons.len(),
         count(&report, "c", "handed back at disconnect"),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set DATABASE_URL"]
+async fn the_dedupe_recipe_writes_the_effect_and_its_id_together_or_neither_at_every_cancel_point()
+{
+    let tables = unique("walk");
+    let effects = Effects::connect(&database_url(), &tables).await;
+    effects.create_tables().await;
+    let mut n = 0u32;
+    let walked = cancel_at_every_await(
+        Walk::cooperative_with(gracefully::Reason::shutdown()).time_limit(Duration::from_secs(30)),
+        async |token| {
+            n += 1;
+            let id = format!("walk-{n}");
+            let applied = effects.apply(&id, &token).await;
+            (id, applied)
+        },
+        async |run| {
+            let (id, applied) = run.output().expect("a cooperative walk never drops");
+            let state = effects.state_of(id).await;
+            match (run.outcome(), applied) {
+                (_, Ok(true)) => assert_eq!(state, (true, 1), "{id}: applied, so recorded once"),
+                (Outcome::TokenFired(_), Err(e)) if e.is_cancelled() => {
+                    assert_eq!(
+                        state,
+                        (false, 0),
+                        "{id}: cancelled at point {}, yet half written",
+                        run.point()
+                    )
+                }
+                (_, other) => panic!("{id} at point {}: {other:?}", run.point()),
+            }
+            // The message comes again (its hand-back): the effect ends up applied once.
+            effects
+                .apply(id, &CancellationToken::never())
+                .await
+                .unwrap();
+            assert_eq!(
+                effects.state_of(id).await,
+                (true, 1),
+                "{id}: once after the redelivery"
+            );
+        },
+    )
+    .await;
+    effects.drop_tables().await;
+    let walked = walked.unwrap();
+    assert!(
+        walked.points() >= 3,
+        "walked {} cancel points",
+        walked.points()
+    );
+    println!("the recipe walked {} cancel points", walked.points());
 }

@@ -118,6 +118,24 @@ impl Effects {
         self.apply(id, token).await
     }
 
+    /// `(whether id is recorded as processed, how many effect rows it has)`.
+    pub async fn state_of(&self, id: &str) -> (bool, i64) {
+        let quoted = id.replace('\'', "''");
+        let processed = self
+            .scalar(format!(
+                "SELECT count(*) FROM {} WHERE id = '{quoted}'",
+                self.processed
+            ))
+            .await;
+        let effects = self
+            .scalar(format!(
+                "SELECT count(*) FROM {} WHERE id = '{quoted}'",
+                self.effects
+            ))
+            .await;
+        (processed == 1, effects)
+    }
+
     /// How many effect rows there are.
     pub async fn rows(&self) -> i64 {
         self.scalar(format!("SELECT count(*) FROM {}", self.effects))
