@@ -19,7 +19,8 @@ use crate::settings::{Settings, StreamSpec};
 /// The most handlers a consumer may run at once.
 const MAX_CONCURRENCY: usize = 100_000;
 
-/// A handler not chosen yet (the builder's initial state).
+/// A handler not chosen yet: the builder's state before
+/// [`handler`](ConsumerBuilder::handler); `build` needs a handler.
 #[derive(Clone, Copy, Debug)]
 pub struct NoHandler;
 
@@ -65,6 +66,12 @@ pub struct NoHandler;
 ///
 /// Nothing touches the network until the host starts the consumer: `build` checks only the
 /// settings (the URL's syntax included); the start step connects and binds.
+///
+/// *Anchors:* MassTransit's `ReceiveEndpoint(…, e => { e.ConcurrentMessageLimit = …;
+/// e.PrefetchCount = …; e.UseMessageRetry(…) })`; nats.go's `jetstream.ConsumerConfig` plus
+/// the `PullMaxMessages` option of `Consume`. Unlike nats.go, the consumer's JetStream
+/// settings (`consumer_config`) only apply when it is created; an existing consumer is
+/// bound as it is.
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct ConsumerBuilder<D = Raw, H = NoHandler> {
     url: String,

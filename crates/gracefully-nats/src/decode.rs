@@ -16,6 +16,10 @@ use serde::de::DeserializeOwned;
 
 /// Turns a message's payload into the value the handler gets. Implemented by [`Raw`],
 /// [`Json`] and [`DecodeFn`]; chosen with the builder, not named by users as a rule.
+///
+/// *Anchors:* MassTransit's message deserializers (a message that cannot be deserialized
+/// goes to the `_error` queue, as here to the dead letter); nats.go leaves decoding to the
+/// handler.
 pub trait Decode: Send + Sync + 'static {
     /// What the handler's [`Message`](crate::Message) carries.
     type Output: Send + 'static;

@@ -9,6 +9,10 @@ use std::fmt;
 /// builder method and its valid range, a missing stream names the stream and the server,
 /// an unreachable server names the URL (its password redacted).
 ///
+/// *Anchors:* async-nats's per-call error kinds (`ConnectError`, `GetStreamError`, …),
+/// gathered here into one type whose message says what to do; .NET's
+/// `OptionsValidationException` for the settings.
+///
 /// ```
 /// use gracefully_nats::{Consumer, Error};
 ///

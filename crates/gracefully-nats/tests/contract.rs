@@ -577,3 +577,44 @@ async fn a_push_consumer_or_an_uncaptured_dead_letter_subject_fails_the_start_st
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: set NATS_URL"]
+async fn a_consumer_deleted_under_a_running_consumer_fails_it_with_an_error_naming_it() {
+    trace();
+    let s = TestStream::create("DELETED").await;
+    s.durable("c", Duration::from_secs(30)).await;
+    let consumer = Consumer::builder(nats_url())
+        .stream(&s.name)
+        .consumer("c")
+        .handler(|_m: Message<Bytes>, _t| std::future::ready(Ok::<_, std::io::Error>(())))
+        .build()
+        .unwrap();
+    let host = RunningHost::start(test_host().service("c", consumer).build().unwrap())
+        .await
+        .unwrap();
+    eventually(
+        "the consumer waits with a pull request",
+        Duration::from_secs(10),
+        async || s.consumer_info("c").await.num_waiting >= 1,
+    )
+    .await;
+    s.js.get_stream(&s.name)
+        .await
+        .unwrap()
+        .delete_consumer("c")
+        .await
+        .unwrap();
+    let report = host.finished().await.unwrap();
+    let Outcome::Failed(error) = report.entry("c").unwrap().outcome() else {
+        panic!("the consumer should have failed:\n{report}");
+    };
+    assert!(
+        error.contains(&format!(
+            "JetStream consumer 'c' on stream '{}' was deleted",
+            s.name
+        )),
+        "{error}"
+    );
+    assert_eq!(report.exit_code(), 1, "{report}");
+}
