@@ -127,8 +127,8 @@ pub(crate) struct Session<'a, D: Decode, H: Handler<D::Output>> {
     pulls: Pulls,
     buffer: VecDeque<Held>,
     running: FuturesUnordered<InFlight>,
-    /// The parent of the tokens handed to handlers: a child of hard stop, replaced after a
-    /// lost connection (which fires it).
+    /// The parent of the handlers' tokens: a child of hard stop, fired and replaced when
+    /// the connection is lost.
     epoch: CancellationSource,
     counts: Counts,
     connected: bool,
@@ -267,7 +267,10 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             let Some(held) = self.buffer.pop_front() else {
                 break;
             };
-            let token = self.epoch.token();
+            // Its own token: a child of this connection's epoch, itself a child of hard
+            // stop. (No source is kept: nothing cancels one message alone; the token stays
+            // linked to its parents while the handler holds it.)
+            let token = self.epoch.token().child().token();
             let reply = held.delivered.reply.clone();
             let future = Box::pin(settle::process(
                 Arc::clone(self.shared),
