@@ -74,6 +74,14 @@ pub struct NoHandler;
 /// bound as it is.
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct ConsumerBuilder<D = Raw, H = NoHandler> {
+    draft: Draft,
+    decoder: D,
+    handler: H,
+}
+
+/// The settings as given, not yet checked: everything but the decoder and the handler.
+/// (No `Debug`: the URL may carry a password.)
+struct Draft {
     url: String,
     connect_options: Option<ConnectOptions>,
     stream: Option<StreamSpec>,
@@ -84,23 +92,23 @@ pub struct ConsumerBuilder<D = Raw, H = NoHandler> {
     max_deliveries: u64,
     backoff: Backoff,
     dead_letter: Option<String>,
-    decoder: D,
-    handler: H,
 }
 
 impl ConsumerBuilder {
     pub(crate) fn new(url: String) -> ConsumerBuilder {
         ConsumerBuilder {
-            url,
-            connect_options: None,
-            stream: None,
-            consumer: None,
-            consumer_config: pull::Config::default(),
-            concurrency: 16,
-            prefetch: None,
-            max_deliveries: 5,
-            backoff: Backoff::default(),
-            dead_letter: None,
+            draft: Draft {
+                url,
+                connect_options: None,
+                stream: None,
+                consumer: None,
+                consumer_config: pull::Config::default(),
+                concurrency: 16,
+                prefetch: None,
+                max_deliveries: 5,
+                backoff: Backoff::default(),
+                dead_letter: None,
+            },
             decoder: Raw,
             handler: NoHandler,
         }
@@ -113,21 +121,21 @@ impl<D, H> ConsumerBuilder<D, H> {
     /// replaces only the event callback: it must see disconnects, and it logs every event
     /// through `tracing`. Default: `ConnectOptions::new()` with a 5 s connection timeout.
     pub fn connect_options(mut self, options: ConnectOptions) -> Self {
-        self.connect_options = Some(options);
+        self.draft.connect_options = Some(options);
         self
     }
 
     /// Binds an existing stream. The start step fails with [`Error::StreamNotFound`],
     /// naming the stream and the server, if it does not exist.
     pub fn stream(mut self, name: impl Into<String>) -> Self {
-        self.stream = Some(StreamSpec::Bind(name.into()));
+        self.draft.stream = Some(StreamSpec::Bind(name.into()));
         self
     }
 
     /// Binds the stream `config.name`, creating it with `config` if it does not exist. An
     /// existing stream is used as it is (never updated).
     pub fn create_stream(mut self, config: stream::Config) -> Self {
-        self.stream = Some(StreamSpec::Create(Box::new(config)));
+        self.draft.stream = Some(StreamSpec::Create(Box::new(config)));
         self
     }
 
@@ -136,7 +144,7 @@ impl<D, H> ConsumerBuilder<D, H> {
     /// must be a pull consumer with explicit acks, and its own `ack_wait` is the one
     /// progress is timed against.
     pub fn consumer(mut self, name: impl Into<String>) -> Self {
-        self.consumer = Some(name.into());
+        self.draft.consumer = Some(name.into());
         self
     }
 
@@ -145,7 +153,7 @@ impl<D, H> ConsumerBuilder<D, H> {
     /// [`consumer`](Self::consumer)'s and its ack policy explicit. Default:
     /// `pull::Config::default()` (AckWait 30 s, every subject of the stream).
     pub fn consumer_config(mut self, config: pull::Config) -> Self {
-        self.consumer_config = config;
+        self.draft.consumer_config = config;
         self
     }
 
@@ -153,7 +161,7 @@ impl<D, H> ConsumerBuilder<D, H> {
     /// concurrently on the consumer's task (like `StreamExt::for_each_concurrent`); see the
     /// crate docs, "Concurrency".
     pub fn concurrency(mut self, handlers: usize) -> Self {
-        self.concurrency = handlers;
+        self.draft.concurrency = handlers;
         self
     }
 
@@ -163,7 +171,7 @@ impl<D, H> ConsumerBuilder<D, H> {
     /// buffering, so nothing to hand back at a drain, at the price of a round trip per
     /// free slot). These are the messages handed back at a drain. Valid: `0 ..= 100000`.
     pub fn prefetch(mut self, messages: usize) -> Self {
-        self.prefetch = Some(messages);
+        self.draft.prefetch = Some(messages);
         self
     }
 
@@ -171,14 +179,14 @@ impl<D, H> ConsumerBuilder<D, H> {
     /// Default 5. Valid: at least 1. JetStream counts every delivery, also one handed back
     /// at a shutdown, so leave headroom (see the crate docs, "Outcomes").
     pub fn max_deliveries(mut self, deliveries: u64) -> Self {
-        self.max_deliveries = deliveries;
+        self.draft.max_deliveries = deliveries;
         self
     }
 
     /// The delay before a failed message is delivered again. Default:
     /// exponential from 1 s to 60 s with jitter.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
-        self.backoff = backoff;
+        self.draft.backoff = backoff;
         self
     }
 
@@ -186,7 +194,7 @@ impl<D, H> ConsumerBuilder<D, H> {
     /// capture: the start step checks), with headers naming the error, then terminated in
     /// their stream. Without it, such a message is only terminated (`+TERM`) and logged.
     pub fn dead_letter(mut self, subject: impl Into<String>) -> Self {
-        self.dead_letter = Some(subject.into());
+        self.draft.dead_letter = Some(subject.into());
         self
     }
 
@@ -210,16 +218,7 @@ impl<D, H> ConsumerBuilder<D, H> {
 
     fn with_decoder<D2>(self, decoder: D2) -> ConsumerBuilder<D2, H> {
         ConsumerBuilder {
-            url: self.url,
-            connect_options: self.connect_options,
-            stream: self.stream,
-            consumer: self.consumer,
-            consumer_config: self.consumer_config,
-            concurrency: self.concurrency,
-            prefetch: self.prefetch,
-            max_deliveries: self.max_deliveries,
-            backoff: self.backoff,
-            dead_letter: self.dead_letter,
+            draft: self.draft,
             decoder,
             handler: self.handler,
         }
@@ -231,16 +230,7 @@ impl<D: Decode, H> ConsumerBuilder<D, H> {
     /// [`Handler`]).
     pub fn handler<H2: Handler<D::Output>>(self, handler: H2) -> ConsumerBuilder<D, H2> {
         ConsumerBuilder {
-            url: self.url,
-            connect_options: self.connect_options,
-            stream: self.stream,
-            consumer: self.consumer,
-            consumer_config: self.consumer_config,
-            concurrency: self.concurrency,
-            prefetch: self.prefetch,
-            max_deliveries: self.max_deliveries,
-            backoff: self.backoff,
-            dead_letter: self.dead_letter,
+            draft: self.draft,
             decoder: self.decoder,
             handler,
         }
@@ -252,6 +242,14 @@ impl<D: Decode, H: Handler<D::Output>> ConsumerBuilder<D, H> {
     /// network: every problem is an [`Error::Config`] naming the builder method and what
     /// would be valid.
     pub fn build(self) -> Result<Consumer<D, H>, Error> {
+        let settings = self.draft.check()?;
+        Ok(Consumer::new(settings, self.decoder, self.handler))
+    }
+}
+
+impl Draft {
+    /// Every check of [`ConsumerBuilder::build`].
+    fn check(self) -> Result<Settings, Error> {
         validate_url(&self.url)?;
         let stream = self.stream.ok_or_else(|| {
             Error::config(
@@ -320,39 +318,30 @@ impl<D: Decode, H: Handler<D::Output>> ConsumerBuilder<D, H> {
         if let Some(subject) = &self.dead_letter {
             validate_subject(subject)?;
         }
-        Ok(Consumer::new(
-            Settings {
-                url: self.url,
-                connect_options: self.connect_options.unwrap_or_default(),
-                stream,
-                stream_name: stream_name.into(),
-                consumer: consumer.into(),
-                consumer_config,
-                concurrency: self.concurrency,
-                prefetch,
-                max_deliveries: self.max_deliveries,
-                backoff: self.backoff,
-                dead_letter: self.dead_letter,
-                expires: Duration::from_secs(30),
-                idle_heartbeat: Duration::from_secs(5),
-            },
-            self.decoder,
-            self.handler,
-        ))
+        Ok(Settings {
+            url: self.url,
+            connect_options: self.connect_options.unwrap_or_default(),
+            stream,
+            stream_name: stream_name.into(),
+            consumer: consumer.into(),
+            consumer_config,
+            concurrency: self.concurrency,
+            prefetch,
+            max_deliveries: self.max_deliveries,
+            backoff: self.backoff,
+            dead_letter: self.dead_letter,
+            expires: Duration::from_secs(30),
+            idle_heartbeat: Duration::from_secs(5),
+        })
     }
 }
 
 impl<D: fmt::Debug, H> fmt::Debug for ConsumerBuilder<D, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConsumerBuilder")
-            .field("url", &crate::error::redact(&self.url))
-            .field("stream", &self.stream)
-            .field("consumer", &self.consumer)
-            .field("concurrency", &self.concurrency)
-            .field("prefetch", &self.prefetch)
-            .field("max_deliveries", &self.max_deliveries)
-            .field("backoff", &self.backoff)
-            .field("dead_letter", &self.dead_letter)
+            .field("url", &crate::error::redact(&self.draft.url))
+            .field("stream", &self.draft.stream)
+            .field("consumer", &self.draft.consumer)
             .field("decoder", &self.decoder)
             .finish_non_exhaustive()
     }

@@ -389,6 +389,12 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
     /// Hands back (`-NAK`) every buffered message: the drain's step once the subscription
     /// is closed (invariant 1).
     async fn hand_back_buffer(&mut self) {
+        self.counts.handed_back_at_drain += self.nak_buffer().await;
+    }
+
+    /// Hands back (`-NAK`) every buffered message; returns how many.
+    async fn nak_buffer(&mut self) -> u64 {
+        let mut n = 0;
         while let Some(held) = self.buffer.pop_front() {
             settle::settle(
                 &self.shared.client,
@@ -396,8 +402,9 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
                 AckKind::Nak(None),
             )
             .await;
-            self.counts.handed_back_at_drain += 1;
+            n += 1;
         }
+        n
     }
 
     /// Invariant 3.
@@ -440,16 +447,8 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             "lost the connection to NATS: progress and acks cannot reach it, and the message may \
              be delivered again",
         ));
-        while let Some(held) = self.buffer.pop_front() {
-            // Queued by the client; sent once it has reconnected.
-            settle::settle(
-                &self.shared.client,
-                &held.delivered.reply,
-                AckKind::Nak(None),
-            )
-            .await;
-            self.counts.handed_back_at_disconnect += 1;
-        }
+        // Queued by the client; sent once it has reconnected.
+        self.counts.handed_back_at_disconnect += self.nak_buffer().await;
         self.pulls.reset();
         if self.draining.is_some() {
             self.subscription = None;

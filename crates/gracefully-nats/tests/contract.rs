@@ -27,6 +27,77 @@ struct Num {
 /// counts.
 type Seen = Arc<Mutex<Vec<(String, u64)>>>;
 
+/// A consumer of `c` on `s`: the common settings of these tests.
+fn consumer_of(s: &TestStream) -> gracefully_nats::ConsumerBuilder {
+    Consumer::builder(nats_url()).stream(&s.name).consumer("c")
+}
+
+/// A handler that acks at once.
+fn ok(
+    _msg: Message<Bytes>,
+    _token: CancellationToken,
+) -> std::future::Ready<Result<(), std::io::Error>> {
+    std::future::ready(Ok(()))
+}
+
+/// A handler that ignores its token and never ends on its own.
+async fn stuck(_msg: Message<Bytes>, _token: CancellationToken) -> Result<(), std::io::Error> {
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    Ok(())
+}
+
+/// A handler that records each delivery's id and count, and acks.
+fn recorder(
+    seen: &Seen,
+) -> impl Fn(Message<Bytes>, CancellationToken) -> std::future::Ready<Result<(), std::io::Error>>
++ Send
++ Sync
++ 'static {
+    let seen = Arc::clone(seen);
+    move |msg, _token| {
+        seen.lock()
+            .unwrap()
+            .push((msg.id().to_owned(), msg.delivery_count()));
+        std::future::ready(Ok(()))
+    }
+}
+
+/// Runs `service` as `name` under a test host with `shutdown` and `grace` budgets (the
+/// test host's own when `None`).
+async fn run(
+    name: &'static str,
+    service: impl gracefully_host::BackgroundService,
+    budgets: Option<(u64, u64)>,
+) -> RunningHost {
+    let mut host = test_host();
+    if let Some((shutdown, grace)) = budgets {
+        host = host
+            .shutdown_timeout(Duration::from_secs(shutdown))
+            .cancel_grace(Duration::from_secs(grace));
+    }
+    RunningHost::start(host.service(name, service).build().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Waits until `n` messages are delivered and unacked on `c`.
+async fn in_flight(s: &TestStream, n: usize) {
+    eventually(
+        &format!("{n} message(s) in flight"),
+        Duration::from_secs(10),
+        async || s.consumer_info("c").await.num_ack_pending == n,
+    )
+    .await;
+}
+
+/// The error of row `row`, which must have failed.
+fn failure(report: &gracefully_host::ShutdownReport, row: &str) -> String {
+    match report.entry(row).unwrap().outcome() {
+        Outcome::Failed(error) => error.clone(),
+        _ => panic!("{row} should have failed:\n{report}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs NATS: set NATS_URL"]
 async fn drain_hands_back_unstarted_messages_at_once_and_lets_in_flight_ones_finish() {
@@ -41,9 +112,7 @@ async fn drain_hands_back_unstarted_messages_at_once_and_lets_in_flight_ones_fin
     // leaves alone).
     let gate = gracefully::CancellationSource::new();
     let open = gate.token();
-    let consumer = Consumer::builder(nats_url())
-        .stream(&s.name)
-        .consumer("c")
+    let consumer = consumer_of(&s)
         .concurrency(2)
         .prefetch(4)
         .handler(move |_msg: Message<Bytes>, _token| {
@@ -56,16 +125,9 @@ async fn drain_hands_back_unstarted_messages_at_once_and_lets_in_flight_ones_fin
         })
         .build()
         .unwrap();
-    let host = RunningHost::start(test_host().service("c", consumer).build().unwrap())
-        .await
-        .unwrap();
+    let host = run("c", consumer, None).await;
     // Two handlers run, four messages wait in the consumer: six unacked on the server.
-    eventually(
-        "two handlers started, four buffered",
-        Duration::from_secs(10),
-        async || s.consumer_info("c").await.num_ack_pending == 6,
-    )
-    .await;
+    in_flight(&s, 6).await;
     assert_eq!(started.load(Ordering::SeqCst), 2);
 
     let lifetime = host.lifetime().clone();
@@ -127,9 +189,7 @@ async fn cancel_phase_fires_tokens_and_hands_back_messages_whose_handlers_return
 
     let reasons: Arc<Mutex<Vec<ReasonKind>>> = Arc::default();
     let log = Arc::clone(&reasons);
-    let consumer = Consumer::builder(nats_url())
-        .stream(&s.name)
-        .consumer("c")
+    let consumer = consumer_of(&s)
         .concurrency(2)
         .prefetch(0)
         .handler(move |_msg: Message<Bytes>, token: CancellationToken| {
@@ -147,19 +207,8 @@ async fn cancel_phase_fires_tokens_and_hands_back_messages_whose_handlers_return
         })
         .build()
         .unwrap();
-    let host = test_host()
-        .shutdown_timeout(Duration::from_secs(3))
-        .cancel_grace(Duration::from_secs(2))
-        .service("c", consumer)
-        .build()
-        .unwrap();
-    let host = RunningHost::start(host).await.unwrap();
-    eventually(
-        "both messages in flight",
-        Duration::from_secs(10),
-        async || s.consumer_info("c").await.num_ack_pending == 2,
-    )
-    .await;
+    let host = run("c", consumer, Some((3, 2))).await;
+    in_flight(&s, 2).await;
     let report = host.stop(Reason::shutdown()).await.unwrap();
     assert_eq!(report.exit_code(), 0, "{report}");
     assert_eq!(
@@ -193,30 +242,14 @@ async fn a_handler_that_ignores_its_token_is_aborted_counted_and_its_message_han
     let s = TestStream::create("ABORT").await;
     s.durable("c", Duration::from_secs(30)).await;
     s.publish_numbers(0..1).await;
-    let consumer = Consumer::builder(nats_url())
-        .stream(&s.name)
-        .consumer("c")
+    let consumer = consumer_of(&s)
         .concurrency(1)
         .prefetch(0)
-        .handler(|_msg: Message<Bytes>, _token| async {
-            tokio::time::sleep(Duration::from_secs(600)).await; // ignores its token
-            Ok::<_, std::io::Error>(())
-        })
+        .handler(stuck)
         .build()
         .unwrap();
-    let host = test_host()
-        .shutdown_timeout(Duration::from_secs(2))
-        .cancel_grace(Duration::from_secs(1))
-        .service("c", consumer)
-        .build()
-        .unwrap();
-    let host = RunningHost::start(host).await.unwrap();
-    eventually(
-        "the message in flight",
-        Duration::from_secs(10),
-        async || s.consumer_info("c").await.num_ack_pending == 1,
-    )
-    .await;
+    let host = run("c", consumer, Some((2, 1))).await;
+    in_flight(&s, 1).await;
     let report = host.stop(Reason::shutdown()).await.unwrap();
     assert_eq!(report.exit_code(), 2, "{report}");
     assert_eq!(
@@ -238,27 +271,23 @@ async fn progress_keeps_a_handler_slower_than_ack_wait_from_redelivery() {
     s.durable("c", Duration::from_secs(1)).await;
     s.publish_numbers(0..1).await;
     let seen: Seen = Arc::default();
-    let log = Arc::clone(&seen);
-    let consumer = Consumer::builder(nats_url())
-        .stream(&s.name)
-        .consumer("c")
+    let record = recorder(&seen);
+    let consumer = consumer_of(&s)
         .concurrency(2)
         .handler(move |msg: Message<Bytes>, token: CancellationToken| {
-            log.lock()
-                .unwrap()
-                .push((msg.id().to_owned(), msg.delivery_count()));
+            let recorded = record(msg, token.clone());
             async move {
+                recorded.await?;
                 // 3.5 × AckWait.
                 token
                     .run_until_cancelled(tokio::time::sleep(Duration::from_millis(3500)))
                     .await
+                    .map_err(std::io::Error::other)
             }
         })
         .build()
         .unwrap();
-    let host = RunningHost::start(test_host().service("c", consumer).build().unwrap())
-        .await
-        .unwrap();
+    let host = run("c", consumer, None).await;
     eventually(
         "the slow handler finished and acked",
         Duration::from_secs(20),
@@ -285,31 +314,15 @@ async fn progress_stops_once_the_token_fired_so_a_stuck_handlers_message_is_rede
     let s = TestStream::create("STUCK").await;
     s.durable("c", Duration::from_secs(1)).await;
     s.publish_numbers(0..1).await;
-    let stuck = Consumer::builder(nats_url())
-        .stream(&s.name)
-        .consumer("c")
+    let consumer = consumer_of(&s)
         .concurrency(1)
         .prefetch(0)
-        .handler(|_msg: Message<Bytes>, _token| async {
-            tokio::time::sleep(Duration::from_secs(600)).await; // ignores its token
-            Ok::<_, std::io::Error>(())
-        })
+        .handler(stuck)
         .build()
         .unwrap();
     // Hard stop 1 s after the stop request; the abort only 6 s after it.
-    let stuck_host = test_host()
-        .shutdown_timeout(Duration::from_secs(7))
-        .cancel_grace(Duration::from_secs(6))
-        .service("stuck", stuck)
-        .build()
-        .unwrap();
-    let stuck_host = RunningHost::start(stuck_host).await.unwrap();
-    eventually(
-        "the message in flight",
-        Duration::from_secs(10),
-        async || s.consumer_info("c").await.num_ack_pending == 1,
-    )
-    .await;
+    let stuck_host = run("stuck", consumer, Some((7, 6))).await;
+    in_flight(&s, 1).await;
     // Progress holds it past several AckWaits while the token lives.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(s.consumer_info("c").await.num_redelivered, 0);
@@ -319,24 +332,11 @@ async fn progress_stops_once_the_token_fired_so_a_stuck_handlers_message_is_rede
     lifetime.hard_stop().cancelled().await;
     let hard_stop = Instant::now();
 
-    // Once the token fired, progress stops: JetStream redelivers after AckWait, to another
-    // consumer, while the stuck handler still runs (before the abort).
+    // Once the token fired, progress stops: JetStream redelivers within an AckWait of the
+    // last signal, to another consumer, while the stuck handler still runs (before the abort).
     let seen: Seen = Arc::default();
-    let log = Arc::clone(&seen);
-    let other = Consumer::builder(nats_url())
-        .stream(&s.name)
-        .consumer("c")
-        .handler(move |msg: Message<Bytes>, _token| {
-            log.lock()
-                .unwrap()
-                .push((msg.id().to_owned(), msg.delivery_count()));
-            std::future::ready(Ok::<_, std::io::Error>(()))
-        })
-        .build()
-        .unwrap();
-    let other_host = RunningHost::start(test_host().service("other", other).build().unwrap())
-        .await
-        .unwrap();
+    let other = consumer_of(&s).handler(recorder(&seen)).build().unwrap();
+    let other_host = run("other", other, None).await;
     eventually(
         "redelivered to the other consumer",
         Duration::from_secs(5),
@@ -368,9 +368,7 @@ async fn a_poison_message_is_dead_lettered_and_the_consumer_keeps_going() {
 
     let attempts = Arc::new(AtomicUsize::new(0));
     let tries = Arc::clone(&attempts);
-    let consumer = Consumer::builder(nats_url())
-        .stream(&s.name)
-        .consumer("c")
+    let consumer = consumer_of(&s)
         .concurrency(4)
         .max_deliveries(3)
         .backoff(Backoff::fixed(Duration::from_millis(50)).without_jitter())
@@ -390,9 +388,7 @@ async fn a_poison_message_is_dead_lettered_and_the_consumer_keeps_going() {
         })
         .build()
         .unwrap();
-    let host = RunningHost::start(test_host().service("c", consumer).build().unwrap())
-        .await
-        .unwrap();
+    let host = run("c", consumer, None).await;
     let (_, js) = support::connect().await;
     eventually(
         "both poison messages dead-lettered, the rest handled",
@@ -481,18 +477,11 @@ async fn a_missing_stream_is_named_in_the_start_error_or_created_as_configured()
     let bind = Consumer::builder(nats_url())
         .stream(&name)
         .consumer("c")
-        .handler(|_m: Message<Bytes>, _t| std::future::ready(Ok::<_, std::io::Error>(())))
+        .handler(ok)
         .build()
         .unwrap();
-    let report = RunningHost::start(test_host().service("c", bind).build().unwrap())
-        .await
-        .unwrap()
-        .finished()
-        .await
-        .unwrap();
-    let Outcome::Failed(error) = report.entry("c").unwrap().outcome() else {
-        panic!("{report}");
-    };
+    let report = run("c", bind, None).await.finished().await.unwrap();
+    let error = failure(&report, "c");
     assert!(
         error.contains(&format!("stream '{name}' does not exist on NATS at")),
         "{error}"
@@ -506,12 +495,10 @@ async fn a_missing_stream_is_named_in_the_start_error_or_created_as_configured()
             ..Default::default()
         })
         .consumer("c")
-        .handler(|_m: Message<Bytes>, _t| std::future::ready(Ok::<_, std::io::Error>(())))
+        .handler(ok)
         .build()
         .unwrap();
-    let host = RunningHost::start(test_host().service("c", create).build().unwrap())
-        .await
-        .unwrap();
+    let host = run("c", create, None).await;
     assert!(host.lifetime().is_ready());
     let (_, js) = support::connect().await;
     let created = js.get_stream(&name).await;
@@ -536,40 +523,28 @@ async fn a_push_consumer_or_an_uncaptured_dead_letter_subject_fails_the_start_st
         })
         .await
         .unwrap();
-    let failed_with = async |consumer: Consumer<gracefully_nats::Raw, _>| {
-        let report = RunningHost::start(test_host().service("c", consumer).build().unwrap())
-            .await
-            .unwrap()
-            .finished()
-            .await
-            .unwrap();
-        match report.entry("c").unwrap().outcome() {
-            Outcome::Failed(error) => error.clone(),
-            _ => panic!("{report}"),
-        }
-    };
-    let handler = |_m: Message<Bytes>, _t| std::future::ready(Ok::<_, std::io::Error>(()));
     let push = Consumer::builder(nats_url())
         .stream(&s.name)
         .consumer("pushed")
-        .handler(handler)
+        .handler(ok)
         .build()
         .unwrap();
-    let error = failed_with(push).await;
+    let error = failure(&run("c", push, None).await.finished().await.unwrap(), "c");
     assert!(
         error.contains("'pushed'") && error.contains("push consumer"),
         "{error}"
     );
 
     let subject = format!("{}_nowhere.dead", s.name);
-    let uncaptured = Consumer::builder(nats_url())
-        .stream(&s.name)
-        .consumer("c")
+    let uncaptured = consumer_of(&s)
         .dead_letter(&subject)
-        .handler(handler)
+        .handler(ok)
         .build()
         .unwrap();
-    let error = failed_with(uncaptured).await;
+    let error = failure(
+        &run("c", uncaptured, None).await.finished().await.unwrap(),
+        "c",
+    );
     assert!(
         error.contains(&format!(
             "no stream captures the dead-letter subject '{subject}'"
@@ -584,15 +559,7 @@ async fn a_consumer_deleted_under_a_running_consumer_fails_it_with_an_error_nami
     trace();
     let s = TestStream::create("DELETED").await;
     s.durable("c", Duration::from_secs(30)).await;
-    let consumer = Consumer::builder(nats_url())
-        .stream(&s.name)
-        .consumer("c")
-        .handler(|_m: Message<Bytes>, _t| std::future::ready(Ok::<_, std::io::Error>(())))
-        .build()
-        .unwrap();
-    let host = RunningHost::start(test_host().service("c", consumer).build().unwrap())
-        .await
-        .unwrap();
+    let host = run("c", consumer_of(&s).handler(ok).build().unwrap(), None).await;
     eventually(
         "the consumer waits with a pull request",
         Duration::from_secs(10),
@@ -606,15 +573,8 @@ async fn a_consumer_deleted_under_a_running_consumer_fails_it_with_an_error_nami
         .await
         .unwrap();
     let report = host.finished().await.unwrap();
-    let Outcome::Failed(error) = report.entry("c").unwrap().outcome() else {
-        panic!("the consumer should have failed:\n{report}");
-    };
-    assert!(
-        error.contains(&format!(
-            "JetStream consumer 'c' on stream '{}' was deleted",
-            s.name
-        )),
-        "{error}"
-    );
+    let error = failure(&report, "c");
+    let expected = format!("JetStream consumer 'c' on stream '{}' was deleted", s.name);
+    assert!(error.contains(&expected), "{error}");
     assert_eq!(report.exit_code(), 1, "{report}");
 }

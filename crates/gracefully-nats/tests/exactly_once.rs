@@ -122,6 +122,19 @@ impl Scenario {
         child
     }
 
+    /// The `worker` process and a consumer here, both at concurrency 4, once 300 effects
+    /// are applied.
+    async fn two_consumers_mid_run(&self) -> (Child, RunningHost, Starts) {
+        let worker = self.worker(4).await;
+        let starts: Starts = Arc::default();
+        let service = self.consumer(&nats_url(), 4, &starts);
+        let second = RunningHost::start(test_host().service("second", service).build().unwrap())
+            .await
+            .unwrap();
+        self.wait_for_effects(300, Duration::from_secs(60)).await;
+        (worker, second, starts)
+    }
+
     async fn wait_for_effects(&self, at_least: i64, within: Duration) {
         eventually(&format!("{at_least} effects applied"), within, async || {
             self.effects.rows().await >= at_least
@@ -216,17 +229,7 @@ fn millis(d: Duration) -> f64 {
 async fn sigterm_mid_run_hands_back_at_once_to_the_second_consumer_and_every_effect_happens_once() {
     let ack_wait = Duration::from_secs(30);
     let s = Scenario::new("SIGTERM", ack_wait).await;
-    let mut worker = s.worker(4).await;
-    let starts: Starts = Arc::default();
-    let second = RunningHost::start(
-        test_host()
-            .service("second", s.consumer(&nats_url(), 4, &starts))
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    s.wait_for_effects(300, Duration::from_secs(60)).await;
+    let (mut worker, second, starts) = s.two_consumers_mid_run().await;
 
     let sigterm = Instant::now();
     signal(&worker, libc::SIGTERM);
@@ -290,17 +293,7 @@ async fn sigterm_mid_run_hands_back_at_once_to_the_second_consumer_and_every_eff
 async fn sigkill_mid_run_loses_nothing_and_every_effect_happens_once_after_redelivery() {
     let ack_wait = Duration::from_secs(2);
     let s = Scenario::new("SIGKILL", ack_wait).await;
-    let mut worker = s.worker(4).await;
-    let starts: Starts = Arc::default();
-    let second = RunningHost::start(
-        test_host()
-            .service("second", s.consumer(&nats_url(), 4, &starts))
-            .build()
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    s.wait_for_effects(300, Duration::from_secs(60)).await;
+    let (mut worker, second, starts) = s.two_consumers_mid_run().await;
     let killed = Instant::now();
     signal(&worker, libc::SIGKILL);
     let status = worker.wait().await.unwrap();
