@@ -196,8 +196,12 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             let _ = tx.send(Control::Stop);
         });
         // Invariant 2: a held message is signalled a quarter AckWait after the last time,
-        // checked every quarter AckWait, so at most half its AckWait passes unsignalled.
-        let tick_every = (self.bound.ack_wait / 4).max(Duration::from_millis(10));
+        // checked at least every quarter AckWait, so at most half its AckWait passes
+        // unsignalled. At least every idle heartbeat too, so lost pull requests are noticed
+        // within a few heartbeats however long AckWait is.
+        let tick_every = (self.bound.ack_wait / 4)
+            .min(self.bound.idle_heartbeat)
+            .max(Duration::from_millis(10));
         let mut tick = tokio::time::interval_at(Instant::now() + tick_every, tick_every);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let wake = sleep_until(Instant::now());

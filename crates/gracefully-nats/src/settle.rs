@@ -94,9 +94,14 @@ where
     let copy = last_chance.then(|| Original::of(&message));
 
     let message = Message::new(payload, message, Arc::clone(&shared.stream), delivery);
-    let outcome = AssertUnwindSafe(shared.handler.call(message, token.clone()))
-        .catch_unwind()
-        .await;
+    // A panic is caught both in the call (a closure's synchronous part, before it returns
+    // its future) and in the future: either way a failure of this message alone.
+    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        shared.handler.call(message, token.clone())
+    })) {
+        Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
+        Err(panic) => Err(panic),
+    };
     let error: BoxError = match outcome {
         Ok(Ok(())) => {
             settle(&shared.client, &reply, AckKind::Ack).await;

@@ -357,7 +357,7 @@ async fn progress_stops_once_the_token_fired_so_a_stuck_handlers_message_is_rede
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs NATS: set NATS_URL"]
-async fn a_poison_message_is_dead_lettered_and_the_consumer_keeps_going() {
+async fn a_poison_message_is_dead_lettered_a_panic_retried_and_the_consumer_keeps_going() {
     trace();
     let s = TestStream::create("POISON").await;
     let dead = TestStream::create("POISON_DEAD").await;
@@ -375,6 +375,11 @@ async fn a_poison_message_is_dead_lettered_and_the_consumer_keeps_going() {
         .dead_letter(dead.subject("letters"))
         .decode::<Num>()
         .handler(move |msg: Message<Num>, _token| {
+            // A panic is a failure like any other: retried, here successfully.
+            assert!(
+                !(msg.payload().n == 7 && msg.delivery_count() == 1),
+                "n = 7 panics on its first delivery"
+            );
             let fail = msg.payload().n == 3;
             if fail {
                 tries.fetch_add(1, Ordering::SeqCst);
@@ -411,7 +416,11 @@ async fn a_poison_message_is_dead_lettered_and_the_consumer_keeps_going() {
     let report = host.stop(Reason::shutdown()).await.unwrap();
     assert_eq!(report.exit_code(), 0, "{report}");
     assert_eq!(count(&report, "c", "handled"), 9, "{report}");
-    assert_eq!(count(&report, "c", "retried"), 2, "{report}");
+    assert_eq!(
+        count(&report, "c", "retried"),
+        3,
+        "the poison twice, the panic once:\n{report}"
+    );
     assert_eq!(count(&report, "c", "dead-lettered"), 2, "{report}");
     assert_eq!(
         attempts.load(Ordering::SeqCst),
