@@ -71,7 +71,14 @@ where
         reply,
         delivery,
     } = delivered;
-    let payload = match shared.decoder.decode(&message.payload) {
+    // A decoder that panics (one of `decode_with`) makes the message undecodable, not the
+    // consumer fail.
+    let decoded =
+        std::panic::catch_unwind(AssertUnwindSafe(|| shared.decoder.decode(&message.payload)))
+            .unwrap_or_else(|panic| {
+                Err(format!("the decoder panicked: {}", panic_message(&*panic)).into())
+            });
+    let payload = match decoded {
         Ok(payload) => payload,
         Err(error) => {
             let why = format!("undecodable payload: {error}");

@@ -587,3 +587,31 @@ async fn a_consumer_deleted_under_a_running_consumer_fails_it_with_an_error_nami
     assert!(error.contains(&expected), "{error}");
     assert_eq!(report.exit_code(), 1, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: set NATS_URL"]
+async fn a_decoder_that_panics_dead_letters_its_message_and_the_consumer_keeps_going() {
+    trace();
+    let s = TestStream::create("DECODER").await;
+    s.durable("c", Duration::from_secs(30)).await;
+    s.publish("msgs", b"boom").await;
+    s.publish("msgs", b"fine").await;
+    let consumer = consumer_of(&s)
+        .decode_with(|payload: &Bytes| {
+            assert!(&payload[..] != b"boom", "the decoder cannot take this");
+            Ok::<_, std::io::Error>(payload.clone())
+        })
+        .handler(ok)
+        .build()
+        .unwrap();
+    let host = run("c", consumer, None).await;
+    eventually("both settled", Duration::from_secs(10), async || {
+        let info = s.consumer_info("c").await;
+        info.num_pending == 0 && info.num_ack_pending == 0
+    })
+    .await;
+    let report = host.stop(Reason::shutdown()).await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert_eq!(count(&report, "c", "dead-lettered"), 1, "{report}");
+    assert_eq!(count(&report, "c", "handled"), 1, "{report}");
+}
