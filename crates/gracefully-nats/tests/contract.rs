@@ -268,7 +268,7 @@ async fn a_handler_that_ignores_its_token_is_aborted_counted_and_its_message_han
 async fn progress_keeps_a_handler_slower_than_ack_wait_from_redelivery() {
     trace();
     let s = TestStream::create("PROGRESS").await;
-    s.durable("c", Duration::from_secs(1)).await;
+    s.durable("c", Duration::from_secs(2)).await;
     s.publish_numbers(0..1).await;
     let seen: Seen = Arc::default();
     let record = recorder(&seen);
@@ -278,9 +278,9 @@ async fn progress_keeps_a_handler_slower_than_ack_wait_from_redelivery() {
             let recorded = record(msg, token.clone());
             async move {
                 recorded.await?;
-                // 3.5 × AckWait.
+                // 3 × AckWait.
                 token
-                    .run_until_cancelled(tokio::time::sleep(Duration::from_millis(3500)))
+                    .run_until_cancelled(tokio::time::sleep(Duration::from_secs(6)))
                     .await
                     .map_err(std::io::Error::other)
             }
@@ -312,7 +312,7 @@ async fn progress_keeps_a_handler_slower_than_ack_wait_from_redelivery() {
 async fn progress_stops_once_the_token_fired_so_a_stuck_handlers_message_is_redelivered() {
     trace();
     let s = TestStream::create("STUCK").await;
-    s.durable("c", Duration::from_secs(1)).await;
+    s.durable("c", Duration::from_secs(2)).await;
     s.publish_numbers(0..1).await;
     let consumer = consumer_of(&s)
         .concurrency(1)
@@ -320,11 +320,11 @@ async fn progress_stops_once_the_token_fired_so_a_stuck_handlers_message_is_rede
         .handler(stuck)
         .build()
         .unwrap();
-    // Hard stop 1 s after the stop request; the abort only 6 s after it.
-    let stuck_host = run("stuck", consumer, Some((7, 6))).await;
+    // Hard stop 1 s after the stop request; the abort only 8 s after it.
+    let stuck_host = run("stuck", consumer, Some((9, 8))).await;
     in_flight(&s, 1).await;
-    // Progress holds it past several AckWaits while the token lives.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Progress holds it past two AckWaits while the token lives.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(s.consumer_info("c").await.num_redelivered, 0);
 
     let lifetime = stuck_host.lifetime().clone();
@@ -339,7 +339,7 @@ async fn progress_stops_once_the_token_fired_so_a_stuck_handlers_message_is_rede
     let other_host = run("other", other, None).await;
     eventually(
         "redelivered to the other consumer",
-        Duration::from_secs(5),
+        Duration::from_secs(6),
         async || !seen.lock().unwrap().is_empty(),
     )
     .await;
@@ -349,7 +349,7 @@ async fn progress_stops_once_the_token_fired_so_a_stuck_handlers_message_is_rede
         "redelivered only after the abort: progress did not stop"
     );
     assert_eq!(*seen.lock().unwrap(), [("m-0".to_owned(), 2)]);
-    println!("redelivered {redelivered_after:?} after the hard stop (AckWait 1 s)");
+    println!("redelivered {redelivered_after:?} after the hard stop (AckWait 2 s)");
     let report = stopping.await.unwrap().unwrap();
     assert_eq!(count(&report, "stuck", "in flight at abort"), 1, "{report}");
     other_host.stop(Reason::shutdown()).await.unwrap();
