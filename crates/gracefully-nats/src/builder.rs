@@ -119,7 +119,9 @@ impl<D, H> ConsumerBuilder<D, H> {
     /// Options for the connection: credentials, TLS, a client name, the reconnect delays
     /// (async-nats's default: at once, then doubling up to 4 s, for ever). The consumer
     /// replaces only the event callback: it must see disconnects, and it logs every event
-    /// through `tracing`. Default: `ConnectOptions::new()` with a 5 s connection timeout.
+    /// through `tracing`. Default: `ConnectOptions::new()` (a 5 s connection timeout).
+    /// Leave `retry_on_initial_connect` off: with it, an unreachable server is reported
+    /// late, as a JetStream timeout, instead of by the start step's connect error.
     pub fn connect_options(mut self, options: ConnectOptions) -> Self {
         self.draft.connect_options = Some(options);
         self

@@ -152,7 +152,8 @@
 //! ([`Error::Connect`], naming the URL with its password redacted), JetStream is off
 //! ([`Error::JetStreamUnavailable`]), the stream does not exist and was not to be created
 //! ([`Error::StreamNotFound`], naming it and how to create it), the consumer exists but is a
-//! push consumer or does not ack explicitly ([`Error::ConsumerMismatch`]), or no stream
+//! push consumer, does not ack explicitly, or has a `max_deliver` below
+//! `max_deliveries` ([`Error::ConsumerMismatch`]), or no stream
 //! captures the dead-letter subject ([`Error::DeadLetterNotCaptured`]).
 //!
 //! ## Coming from .NET, Go or async-nats

@@ -155,6 +155,18 @@ pub(crate) async fn bind(
         )));
     }
 
+    // JetStream stops delivering after its own `max_deliver`: below ours, a failing message
+    // would be stranded (neither delivered nor dead-lettered).
+    let max_deliver = info.config.max_deliver;
+    if max_deliver > 0 && u64::try_from(max_deliver).unwrap_or(0) < settings.max_deliveries {
+        return Err(mismatch(format!(
+            "its max_deliver ({max_deliver}) is below max_deliveries ({}), so JetStream would \
+             stop delivering a failing message before it is dead-lettered; set the consumer's \
+             max_deliver to -1 (or at least {}), or lower max_deliveries",
+            settings.max_deliveries, settings.max_deliveries
+        )));
+    }
+
     if let Some(subject) = &settings.dead_letter {
         jetstream
             .stream_by_subject(subject.clone())

@@ -615,3 +615,45 @@ async fn a_decoder_that_panics_dead_letters_its_message_and_the_consumer_keeps_g
     assert_eq!(count(&report, "c", "dead-lettered"), 1, "{report}");
     assert_eq!(count(&report, "c", "handled"), 1, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: set NATS_URL"]
+async fn a_consumer_whose_max_deliver_is_below_max_deliveries_fails_the_start_step() {
+    trace();
+    let s = TestStream::create("MAXDELIVER").await;
+    s.js.get_stream(&s.name)
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("c".into()),
+            max_deliver: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer = consumer_of(&s)
+        .max_deliveries(5)
+        .handler(ok)
+        .build()
+        .unwrap();
+    let error = failure(
+        &run("c", consumer, None).await.finished().await.unwrap(),
+        "c",
+    );
+    assert!(
+        error.contains("max_deliver (3) is below max_deliveries (5)"),
+        "{error}"
+    );
+    // Within the server's limit it binds.
+    let consumer = consumer_of(&s)
+        .max_deliveries(3)
+        .handler(ok)
+        .build()
+        .unwrap();
+    let report = run("c", consumer, None)
+        .await
+        .stop(Reason::shutdown())
+        .await
+        .unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+}
