@@ -161,7 +161,7 @@ impl<D, H> ConsumerBuilder<D, H> {
 
     /// How many handlers run at once. Default 16. Valid: `1 ..= 100000`. Handlers run
     /// concurrently on the consumer's task (like `StreamExt::for_each_concurrent`); see the
-    /// crate docs, "Concurrency".
+    /// crate docs, "Concurrency and prefetch".
     pub fn concurrency(mut self, handlers: usize) -> Self {
         self.draft.concurrency = handlers;
         self

@@ -83,7 +83,7 @@ impl<T> Message<T> {
     /// A stable identity for deduplication: the publisher's `Nats-Msg-Id` header if it set
     /// one, else `"<stream>:<stream sequence>"`. The same on every redelivery of this
     /// message, to any consumer — use it as the key of the exactly-once-effects recipe
-    /// (crate docs, "At-least-once delivery").
+    /// (crate docs, "At-least-once delivery, and exactly-once effects").
     pub fn id(&self) -> &str {
         self.id.get_or_init(
             || match self.headers.as_ref().and_then(|h| h.get(MSG_ID_HEADER)) {
