@@ -94,8 +94,17 @@ struct Draft {
     dead_letter: Option<String>,
 }
 
+impl Consumer<(), ()> {
+    /// A builder for a consumer of the NATS server(s) at `url` (`nats://host:port`, several
+    /// separated by commas; `tls://` for TLS). (Defined beside the builder, so the consumer
+    /// does not import it back.)
+    pub fn builder(url: impl Into<String>) -> ConsumerBuilder {
+        ConsumerBuilder::new(url.into())
+    }
+}
+
 impl ConsumerBuilder {
-    pub(crate) fn new(url: String) -> ConsumerBuilder {
+    fn new(url: String) -> ConsumerBuilder {
         ConsumerBuilder {
             draft: Draft {
                 url,

@@ -9,7 +9,6 @@ use gracefully::CancellationToken;
 use gracefully_host::{BackgroundService, BoxError, ServiceContext};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
-use crate::builder::ConsumerBuilder;
 use crate::decode::Decode;
 use crate::error::redact;
 use crate::handler::Handler;
@@ -80,14 +79,6 @@ struct Started<D, H> {
     control_tx: UnboundedSender<Control>,
     /// `execute` has run before: bind again first (the consumer may have been deleted).
     ran: bool,
-}
-
-impl Consumer<(), ()> {
-    /// A builder for a consumer of the NATS server(s) at `url` (`nats://host:port`, several
-    /// separated by commas; `tls://` for TLS).
-    pub fn builder(url: impl Into<String>) -> ConsumerBuilder {
-        ConsumerBuilder::new(url.into())
-    }
 }
 
 impl<D, H> Consumer<D, H> {
