@@ -184,6 +184,7 @@ mod session;
 mod settings;
 mod settle;
 mod setup;
+mod status;
 
 /// The README's examples, compiled as doctests.
 #[cfg(doctest)]

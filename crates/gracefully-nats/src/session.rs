@@ -39,7 +39,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
-use async_nats::{Event, StatusCode, Subject, Subscriber};
+use async_nats::{Event, Subject, Subscriber};
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use gracefully::{CancellationSource, CancellationToken, Reason};
@@ -55,6 +55,7 @@ use crate::message::Delivery;
 use crate::pulls::Pulls;
 use crate::settle::{self, Delivered, Shared, progress_body};
 use crate::setup::{Bound, Control};
+use crate::status::{Inbox, classify};
 
 /// How long a draining consumer waits without a delivery before it closes its
 /// subscription while pull requests are still outstanding (invariant 3).
@@ -473,22 +474,27 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
         };
         let now = Instant::now();
         self.last_heard = now;
-        match message.status {
-            None | Some(StatusCode::OK) => self.on_delivery(message, now).await,
-            Some(StatusCode::IDLE_HEARTBEAT) => {}
-            Some(StatusCode::TIMEOUT) | Some(StatusCode::NOT_FOUND) => {
-                self.pulls.ended(pending_messages(&message));
-            }
-            Some(StatusCode::REQUEST_TERMINATED) => self.on_terminated(&message, now)?,
-            Some(StatusCode::NO_RESPONDERS) => {
-                tracing::warn!(
-                    "JetStream did not answer a pull request (no responders: is the stream's leader available?); retrying"
-                );
+        let shared = self.shared;
+        match classify(&message) {
+            Inbox::Delivery => self.on_delivery(message, now).await,
+            Inbox::Heartbeat => {}
+            Inbox::Ended(pending) => self.pulls.ended(pending),
+            Inbox::Refused(why) => {
+                tracing::warn!(%why, "pull request refused; pulling again after a pause");
                 self.pulls.rejected(now);
             }
-            Some(status) => {
-                tracing::warn!(%status, description = ?message.description, "unexpected status on the pull subscription; pulling again");
-                self.pulls.rejected(now);
+            Inbox::ConsumerDeleted => {
+                return Err(Error::ConsumerDeleted {
+                    stream: shared.stream.to_string(),
+                    consumer: shared.consumer.to_string(),
+                });
+            }
+            Inbox::Unusable(message) => {
+                return Err(Error::ConsumerMismatch {
+                    stream: shared.stream.to_string(),
+                    consumer: shared.consumer.to_string(),
+                    message,
+                });
             }
         }
         Ok(())
@@ -517,40 +523,6 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             },
             signalled: now,
         });
-    }
-
-    /// A `409`: a request ended by the server, or refused.
-    fn on_terminated(&mut self, message: &async_nats::Message, now: Instant) -> Result<(), Error> {
-        let description = message.description.as_deref().unwrap_or("");
-        let lower = description.to_ascii_lowercase();
-        let stream = self.shared.stream.to_string();
-        let consumer = self.shared.consumer.to_string();
-        if lower.contains("consumer deleted") {
-            return Err(Error::ConsumerDeleted { stream, consumer });
-        }
-        if lower.contains("push based") {
-            return Err(Error::ConsumerMismatch {
-                stream,
-                consumer,
-                message: "it became a push consumer; use a pull consumer".into(),
-            });
-        }
-        if lower.starts_with("exceeded maxwaiting") {
-            tracing::warn!(%description, "the consumer has too many waiting pull requests (from all its clients); retrying later");
-            self.pulls.rejected(now);
-        } else if lower.starts_with("exceeded maxrequest") {
-            return Err(Error::ConsumerMismatch {
-                stream,
-                consumer,
-                message: format!(
-                    "it rejects our pull requests ({description}); raise its max_batch / max_expires"
-                ),
-            });
-        } else {
-            // Leadership change, server shutdown, …: the request is over.
-            self.pulls.ended(pending_messages(message));
-        }
-        Ok(())
     }
 
     /// Invariant 2, and forgetting pull requests the server lost.
@@ -642,16 +614,4 @@ async fn next_message(subscription: &mut Option<Subscriber>) -> Option<async_nat
         Some(subscription) => subscription.next().await,
         None => std::future::pending().await,
     }
-}
-
-/// The `Nats-Pending-Messages` header of a status message: how many messages of the
-/// request that ended were not delivered.
-fn pending_messages(message: &async_nats::Message) -> Option<usize> {
-    message
-        .headers
-        .as_ref()?
-        .get("Nats-Pending-Messages")?
-        .as_str()
-        .parse()
-        .ok()
 }

@@ -378,7 +378,7 @@ async fn a_poison_message_is_dead_lettered_a_panic_retried_and_the_consumer_keep
             // A panic is a failure like any other: retried, here successfully.
             assert!(
                 !(msg.payload().n == 7 && msg.delivery_count() == 1),
-                "n = 7 panics on its first delivery"
+                "deliberate panic: n = 7 panics on its first delivery (the test checks it is retried)"
             );
             let fail = msg.payload().n == 3;
             if fail {
@@ -598,7 +598,7 @@ async fn a_decoder_that_panics_dead_letters_its_message_and_the_consumer_keeps_g
     s.publish("msgs", b"fine").await;
     let consumer = consumer_of(&s)
         .decode_with(|payload: &Bytes| {
-            assert!(&payload[..] != b"boom", "the decoder cannot take this");
+            assert!(&payload[..] != b"boom", "deliberate panic: the decoder cannot take this payload (the test checks it is dead-lettered)");
             Ok::<_, std::io::Error>(payload.clone())
         })
         .handler(ok)
