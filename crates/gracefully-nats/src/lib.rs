@@ -84,7 +84,8 @@
 //! A lost connection fires the in-flight handlers' tokens with
 //! [`ReasonKind::Disconnected`](gracefully::ReasonKind::Disconnected) (their progress
 //! cannot reach the broker, and their messages may be delivered again), hands back the
-//! unstarted messages (sent once the client has reconnected), and pulls again once
+//! unstarted messages (sent once the client has reconnected; if it never does, JetStream
+//! redelivers them after AckWait), and pulls again once
 //! async-nats has reconnected (at once, then with a backoff doubling to 4 s). The acks of
 //! handlers that finish meanwhile are sent after the reconnect.
 //!

@@ -657,3 +657,68 @@ async fn a_consumer_whose_max_deliver_is_below_max_deliveries_fails_the_start_st
         .unwrap();
     assert_eq!(report.exit_code(), 0, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: set NATS_URL"]
+async fn a_consumer_cut_off_from_nats_still_drains_at_once_when_the_host_stops() {
+    trace();
+    let s = TestStream::create("OUTAGE").await;
+    s.durable("c", Duration::from_secs(30)).await;
+    s.publish_numbers(0..4).await;
+    let proxy = support::Proxy::start().await;
+    let reasons: Arc<Mutex<Vec<ReasonKind>>> = Arc::default();
+    let log = Arc::clone(&reasons);
+    let consumer = Consumer::builder(&proxy.url)
+        .stream(&s.name)
+        .consumer("c")
+        .concurrency(2)
+        .handler(move |_msg: Message<Bytes>, token: CancellationToken| {
+            let log = Arc::clone(&log);
+            async move {
+                let stopped = token
+                    .run_until_cancelled(tokio::time::sleep(Duration::from_secs(60)))
+                    .await;
+                if let Err(cancelled) = &stopped {
+                    log.lock().unwrap().push(cancelled.kind());
+                }
+                stopped
+            }
+        })
+        .build()
+        .unwrap();
+    let host = run("c", consumer, None).await;
+    in_flight(&s, 4).await; // two running, two buffered
+    proxy.refuse();
+    assert_eq!(proxy.cut(), 1);
+    eventually(
+        "both handlers stopped by the cut",
+        Duration::from_secs(10),
+        async || reasons.lock().unwrap().len() == 2,
+    )
+    .await;
+    let stopped = Instant::now();
+    let report = host.stop(Reason::shutdown()).await.unwrap();
+    // No waiting for a broker that is not there: the drain ends at once, cleanly.
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3),
+        "{:?}\n{report}",
+        stopped.elapsed()
+    );
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert_eq!(report.entry("c").unwrap().phase(), Phase::Drain, "{report}");
+    assert_eq!(count(&report, "c", "disconnects"), 1, "{report}");
+    assert_eq!(
+        count(&report, "c", "cancelled and handed back"),
+        2,
+        "{report}"
+    );
+    assert_eq!(
+        count(&report, "c", "handed back at disconnect"),
+        2,
+        "{report}"
+    );
+    assert_eq!(
+        *reasons.lock().unwrap(),
+        [ReasonKind::Disconnected, ReasonKind::Disconnected]
+    );
+}

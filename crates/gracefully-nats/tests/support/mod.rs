@@ -236,6 +236,11 @@ impl Proxy {
         }
     }
 
+    /// Stops accepting: from now on a client cannot reconnect (the server keeps running).
+    pub fn refuse(&self) {
+        self.accept.abort();
+    }
+
     /// Closes every connection carried so far; returns how many there were.
     pub fn cut(&self) -> usize {
         let handles = std::mem::take(&mut *self.connections.lock().unwrap());
