@@ -6,7 +6,7 @@
 //! cargo run -p gracefully-nats --example worker -- \
 //!     --url nats://127.0.0.1:4222 --stream ORDERS --consumer workers \
 //!     --database-url postgres://postgres@127.0.0.1:5432/postgres --tables demo \
-//!     [--concurrency 4] [--handler-ms 20]
+//!     [--concurrency 4] [--prefetch 4] [--handler-ms 20]
 //! ```
 //!
 //! Prints `ready` once consuming, and its shutdown report when it stops (exit code 0 after a
@@ -33,6 +33,7 @@ struct Args {
     database_url: String,
     tables: String,
     concurrency: usize,
+    prefetch: Option<usize>,
     handler: Duration,
 }
 
@@ -44,6 +45,7 @@ fn args() -> Args {
         database_url: String::new(),
         tables: String::new(),
         concurrency: 4,
+        prefetch: None,
         handler: Duration::from_millis(20),
     };
     let mut it = std::env::args().skip(1);
@@ -56,6 +58,7 @@ fn args() -> Args {
             "--database-url" => args.database_url = value,
             "--tables" => args.tables = value,
             "--concurrency" => args.concurrency = value.parse().expect("--concurrency N"),
+            "--prefetch" => args.prefetch = Some(value.parse().expect("--prefetch N")),
             "--handler-ms" => {
                 args.handler = Duration::from_millis(value.parse().expect("--handler-ms MS"))
             }
@@ -77,10 +80,14 @@ async fn main() {
     let args = args();
     let effects = Arc::new(Effects::connect(&args.database_url, &args.tables).await);
     let work = args.handler;
-    let consumer = Consumer::builder(&args.url)
+    let mut consumer = Consumer::builder(&args.url)
         .stream(&args.stream)
         .consumer(&args.consumer)
-        .concurrency(args.concurrency)
+        .concurrency(args.concurrency);
+    if let Some(prefetch) = args.prefetch {
+        consumer = consumer.prefetch(prefetch);
+    }
+    let consumer = consumer
         .handler(move |msg: Message<Bytes>, token: CancellationToken| {
             let effects = Arc::clone(&effects);
             async move { effects.handle(msg.id(), work, &token).await.map(|_| ()) }

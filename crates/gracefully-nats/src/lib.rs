@@ -143,7 +143,7 @@
 //! `spawn_blocking`) that work and await it; a handler that blocks the thread stalls the
 //! other handlers and the progress signals. The consumer fetches up to
 //! [`prefetch`](ConsumerBuilder::prefetch) messages (default: the concurrency) beyond those
-//! running, in pull requests of at least a quarter of concurrency + prefetch; these are
+//! running, in pull requests of at least half of concurrency + prefetch; these are
 //! the messages a drain hands back.
 //!
 //! ## Start-up errors

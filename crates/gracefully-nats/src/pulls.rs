@@ -59,8 +59,9 @@ impl Pulls {
 
     /// How many messages to ask for now, if any: the consumer may hold `limit` messages
     /// not started (free handler slots plus prefetch) and holds `buffered` of them already.
-    /// Asks once a quarter of `capacity` (concurrency plus prefetch) is missing, so requests
-    /// come in batches, or as soon as nothing at all is held or asked for.
+    /// Asks once half of `capacity` (concurrency plus prefetch) is missing, so requests come
+    /// in batches (as async-nats's `messages()` refills at half its batch), or as soon as
+    /// nothing at all is held or asked for.
     pub(crate) fn want(
         &self,
         limit: usize,
@@ -73,7 +74,7 @@ impl Pulls {
         }
         let held = buffered + self.outstanding;
         let want = limit.checked_sub(held).filter(|&w| w > 0)?;
-        let threshold = (capacity / 4).max(1);
+        let threshold = (capacity / 2).max(1);
         (want >= threshold || held == 0).then(|| want.min(self.max_batch))
     }
 
@@ -174,20 +175,20 @@ mod tests {
     }
 
     #[test]
-    fn asks_in_batches_of_a_quarter_or_when_nothing_is_held() {
+    fn asks_in_batches_of_half_or_when_nothing_is_held() {
         let now = Instant::now();
         let mut p = pulls();
         // concurrency 8 + prefetch 8: nothing held, so ask for all 16.
         assert_eq!(p.want(16, 0, 16, now), Some(16));
         p.sent(16, now);
         assert_eq!(p.want(16, 0, 16, now), None);
-        for _ in 0..3 {
+        for _ in 0..7 {
             p.delivered();
         }
-        // 3 missing: less than a quarter (4), and something is held.
-        assert_eq!(p.want(16, 3, 16, now), None);
-        assert_eq!(p.want(19, 3, 16, now), None);
-        assert_eq!(p.want(20, 3, 16, now), Some(4));
+        // 7 missing: less than half (8), and something is held.
+        assert_eq!(p.want(16, 7, 16, now), None);
+        assert_eq!(p.want(23, 7, 16, now), None);
+        assert_eq!(p.want(24, 7, 16, now), Some(8));
     }
 
     #[test]

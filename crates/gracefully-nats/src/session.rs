@@ -68,20 +68,24 @@ const MAX_DRAIN_WAIT: Duration = Duration::from_millis(200);
 /// How many ready messages or completions are taken per wake-up.
 const BATCH: usize = 64;
 
-/// A message started: its handler's future, and what progress needs.
+/// A message started: its handler's future, and what progress and the final ack need.
 struct InFlight {
     reply: Subject,
     token: CancellationToken,
     /// When it was received or last signalled as in progress.
     signalled: Instant,
-    future: Pin<Box<dyn Future<Output = Settled> + Send>>,
+    future: Pin<Box<dyn Future<Output = (Settled, Option<AckKind>)> + Send>>,
 }
 
 impl Future for InFlight {
-    type Output = Settled;
+    /// How it ended, what to send for it, and where.
+    type Output = (Settled, Option<AckKind>, Subject);
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Settled> {
-        self.future.as_mut().poll(cx)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.future
+            .as_mut()
+            .poll(cx)
+            .map(|(settled, ack)| (settled, ack, self.reply.clone()))
     }
 }
 
@@ -236,11 +240,11 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             tokio::select! {
                 biased;
                 Some(control) = self.control.recv() => self.on_control(control).await?,
-                Some(settled) = self.running.next(), if !self.running.is_empty() => {
-                    self.counts.settled(settled);
+                Some(ended) = self.running.next(), if !self.running.is_empty() => {
+                    self.settled(ended).await;
                     for _ in 0..BATCH {
                         match self.running.next().now_or_never() {
-                            Some(Some(settled)) => self.counts.settled(settled),
+                            Some(Some(ended)) => self.settled(ended).await,
                             _ => break,
                         }
                     }
@@ -264,6 +268,14 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.client.flush()).await;
         }
         Ok(())
+    }
+
+    /// A handler's message settled: count it, and send its ack or `-NAK`.
+    async fn settled(&mut self, (settled, ack, reply): (Settled, Option<AckKind>, Subject)) {
+        self.counts.settled(settled);
+        if let Some(kind) = ack {
+            settle::settle(&self.shared.client, &reply, kind).await;
+        }
     }
 
     /// Starts handlers for buffered messages while slots are free.

@@ -50,8 +50,11 @@ pub(crate) struct Delivered {
     pub(crate) delivery: Delivery,
 }
 
-/// Runs one delivery to its end and says how it ended. Never fails: every outcome,
-/// a panic included, settles the message one way or another.
+/// Runs one delivery to its end and says how it ended, and what the consumer is to send
+/// for it: an ack, or a `-NAK` with or without delay (`None` when the dead-letter path
+/// already terminated or handed it back). Never fails: every outcome, a panic included,
+/// settles the message one way or another. The common acks are sent by the caller, not
+/// awaited here, which keeps this future — one per message — small.
 ///
 /// # Cancel safety
 ///
@@ -61,7 +64,7 @@ pub(crate) async fn process<D, H>(
     shared: Arc<Shared<D, H>>,
     delivered: Delivered,
     token: CancellationToken,
-) -> Settled
+) -> (Settled, Option<AckKind>)
 where
     D: Decode,
     H: Handler<D::Output>,
@@ -91,8 +94,8 @@ where
             );
             let copy = Original::of(&message);
             // Boxed: the rare path stays out of every message's future.
-            // Boxed: the rare path stays out of every message's future (2.2 → 1.3 KB).
-            return Box::pin(dead_letter(&shared, copy, &reply, delivery, why)).await;
+            let settled = Box::pin(dead_letter(&shared, copy, &reply, delivery, why)).await;
+            return (settled, None);
         }
     };
     // A dead letter needs the original; copy it (headers are a map) only when this
@@ -110,10 +113,7 @@ where
         Err(panic) => Err(panic),
     };
     let error: BoxError = match outcome {
-        Ok(Ok(())) => {
-            settle(&shared.client, &reply, AckKind::Ack).await;
-            return Settled::Handled;
-        }
+        Ok(Ok(())) => return (Settled::Handled, Some(AckKind::Ack)),
         Ok(Err(error)) => error.into(),
         Err(panic) => format!("handler panicked: {}", panic_message(&*panic)).into(),
     };
@@ -127,8 +127,7 @@ where
             reason = ?token.reason().map(|r| r.to_string()),
             "handler cancelled: handing the message back"
         );
-        settle(&shared.client, &reply, AckKind::Nak(None)).await;
-        return Settled::CancelledHandedBack;
+        return (Settled::CancelledHandedBack, Some(AckKind::Nak(None)));
     }
     if let Some(copy) = copy {
         let why = format!(
@@ -141,7 +140,8 @@ where
             error = %why,
             "handler failed on the last delivery allowed: dead-lettering the message"
         );
-        return Box::pin(dead_letter(&shared, copy, &reply, delivery, why)).await;
+        let settled = Box::pin(dead_letter(&shared, copy, &reply, delivery, why)).await;
+        return (settled, None);
     }
     let delay = shared.backoff.delay(delivery.delivered);
     tracing::warn!(
@@ -153,8 +153,7 @@ where
         %error,
         "handler failed: the message will be delivered again after a backoff"
     );
-    settle(&shared.client, &reply, AckKind::Nak(Some(delay))).await;
-    Settled::Retried
+    (Settled::Retried, Some(AckKind::Nak(Some(delay))))
 }
 
 /// What a dead letter is made of.

@@ -88,7 +88,8 @@ impl Scenario {
             .unwrap()
     }
 
-    /// The `worker` example consuming the same stream, started and ready.
+    /// The `worker` example consuming the same stream, started and ready; prefetch 8, so
+    /// it nearly always holds unstarted messages.
     async fn worker(&self, concurrency: usize) -> Child {
         let mut child = Command::new(example("worker"))
             .args([
@@ -101,6 +102,8 @@ impl Scenario {
             ])
             .args(["--database-url", &database_url(), "--tables", &self.tables])
             .args([
+                "--prefetch",
+                "8",
                 "--concurrency",
                 &concurrency.to_string(),
                 "--handler-ms",
@@ -174,8 +177,10 @@ impl Drop for Scenario {
     }
 }
 
-/// The example binary `name` (built by `cargo test`; built here when missing, e.g. for
-/// `cargo test --test exactly_once`).
+/// The example binary `name`: `cargo test` builds it; built here only when missing (a
+/// nested `cargo build` could wait on the outer cargo's lock), so after changing the
+/// example, run this test target alone only after `cargo build -p gracefully-nats
+/// --example worker`.
 fn example(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let path = std::env::current_exe()
