@@ -4,8 +4,9 @@
 //!
 //! Everything happens on this one task: messages come off the subscription into `buffer`,
 //! start as [`InFlight`] futures in `running` (polled here, like
-//! `StreamExt::for_each_concurrent`), and settle themselves (ack, nak, dead letter). The
-//! task owns every count, so none needs an atomic.
+//! `StreamExt::for_each_concurrent`); when one ends, this task sends its ack or `-NAK` (a
+//! dead letter is sent by the future itself). The task owns every count, so none needs an
+//! atomic.
 //!
 //! ```text
 //!            pull request                   start (free slot)            handler returns
