@@ -63,18 +63,16 @@ impl Scenario {
         }
     }
 
-    /// A consumer in this process, recording every handler start.
-    fn consumer(
-        &self,
-        url: &str,
-        concurrency: usize,
-        starts: &Starts,
-    ) -> impl gracefully_host::BackgroundService {
+    /// A consumer in this process, recording every handler start. Concurrency 16 and no
+    /// prefetch: it holds nothing unstarted, so a message starts when it arrives, and a
+    /// handler's start is when the message reached it.
+    fn consumer(&self, url: &str, starts: &Starts) -> impl gracefully_host::BackgroundService {
         let (effects, starts) = (Arc::clone(&self.effects), Arc::clone(starts));
         Consumer::builder(url)
             .stream(&self.stream.name)
             .consumer("workers")
-            .concurrency(concurrency)
+            .concurrency(16)
+            .prefetch(0)
             .handler(move |msg: Message<Bytes>, token: CancellationToken| {
                 starts.lock().unwrap().push((
                     msg.id().to_owned(),
@@ -125,12 +123,12 @@ impl Scenario {
         child
     }
 
-    /// The `worker` process and a consumer here, both at concurrency 4, once 300 effects
-    /// are applied.
+    /// The `worker` process (concurrency 4, prefetch 8) and a consumer here (see
+    /// [`consumer`](Self::consumer)), once 300 effects are applied.
     async fn two_consumers_mid_run(&self) -> (Child, RunningHost, Starts) {
         let worker = self.worker(4).await;
         let starts: Starts = Arc::default();
-        let service = self.consumer(&nats_url(), 4, &starts);
+        let service = self.consumer(&nats_url(), &starts);
         let second = RunningHost::start(test_host().service("second", service).build().unwrap())
             .await
             .unwrap();
