@@ -1,7 +1,7 @@
 //! 1,000 messages, handlers of ~20 ms whose effects are deduplicated in PostgreSQL (the
 //! crate's recipe), and the ways a consumer stops or loses its broker mid-run:
 //!
-//! - SIGTERM to a consumer process (the `worker` example) while a second consumer runs
+//! - SIGTERM to a consumer process (the `nats_worker` example) while a second consumer runs
 //!   here: every effect exactly once, and the messages it handed back at its drain reach
 //!   the second consumer at once — measured and printed against AckWait, what they would
 //!   otherwise wait;
@@ -86,10 +86,10 @@ impl Scenario {
             .unwrap()
     }
 
-    /// The `worker` example consuming the same stream, started and ready; prefetch 8, so
+    /// The `nats_worker` example consuming the same stream, started and ready; prefetch 8, so
     /// it nearly always holds unstarted messages.
     async fn worker(&self, concurrency: usize) -> Child {
-        let mut child = Command::new(example("worker"))
+        let mut child = Command::new(example("nats_worker"))
             .args([
                 "--url",
                 &nats_url(),
@@ -178,7 +178,7 @@ impl Drop for Scenario {
 /// The example binary `name`: `cargo test` builds it; built here only when missing (a
 /// nested `cargo build` could wait on the outer cargo's lock), so after changing the
 /// example, run this test target alone only after `cargo build -p gracefully-nats
-/// --example worker`.
+/// --example nats_worker`.
 fn example(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let path = std::env::current_exe()
@@ -331,15 +331,28 @@ async fn a_cut_connection_fires_in_flight_tokens_with_disconnected_and_the_consu
     let s = Scenario::new("CUT", Duration::from_secs(30)).await;
     let proxy = Proxy::start().await;
     let reasons: Arc<Mutex<Vec<ReasonKind>>> = Arc::default();
-    let (effects, log) = (Arc::clone(&s.effects), Arc::clone(&reasons));
+    // Around the cut, handlers take 2 s instead of 20 ms, so those running at the cut are
+    // certainly still running when the client reports the disconnect (it may take tens of
+    // milliseconds to notice), whatever the machine's load.
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (effects, log, slow_now) = (
+        Arc::clone(&s.effects),
+        Arc::clone(&reasons),
+        Arc::clone(&slow),
+    );
     let consumer = Consumer::builder(&proxy.url)
         .stream(&s.stream.name)
         .consumer("workers")
         .concurrency(8)
         .handler(move |msg: Message<Bytes>, token: CancellationToken| {
             let (effects, log) = (Arc::clone(&effects), Arc::clone(&log));
+            let work = if slow_now.load(std::sync::atomic::Ordering::Relaxed) {
+                Duration::from_secs(2)
+            } else {
+                WORK
+            };
             async move {
-                let result = effects.handle(msg.id(), WORK, &token).await;
+                let result = effects.handle(msg.id(), work, &token).await;
                 if let Err(error) = &result
                     && let Some(cancelled) = error.as_cancelled()
                 {
@@ -354,9 +367,18 @@ async fn a_cut_connection_fires_in_flight_tokens_with_disconnected_and_the_consu
         .await
         .unwrap();
     s.wait_for_effects(300, Duration::from_secs(60)).await;
+    slow.store(true, std::sync::atomic::Ordering::Relaxed);
+    let at_slow = s.effects.rows().await;
+    // Every handler now running started slow: the fast ones finish within their 20 ms.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let cut = proxy.cut();
+    slow.store(false, std::sync::atomic::Ordering::Relaxed);
     assert!(cut >= 1, "the consumer's connection went through the proxy");
     let at_cut = s.effects.rows().await;
+    assert!(
+        at_cut < at_slow + 8 * 2,
+        "handlers were slow around the cut: {at_slow} effects then {at_cut}"
+    );
 
     s.assert_exactly_once().await;
     let report = host.stop(gracefully::Reason::shutdown()).await.unwrap();

@@ -3,7 +3,7 @@
 //! that handles SIGTERM. The process tests (`tests/exactly_once.rs`) run it and kill it.
 //!
 //! ```sh
-//! cargo run -p gracefully-nats --example worker -- \
+//! cargo run -p gracefully-nats --example nats_worker -- \
 //!     --url nats://127.0.0.1:4222 --stream ORDERS --consumer workers \
 //!     --database-url postgres://postgres@127.0.0.1:5432/postgres --tables demo \
 //!     [--concurrency 4] [--prefetch 4] [--handler-ms 20]
