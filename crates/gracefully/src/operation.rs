@@ -50,7 +50,7 @@
 //! let root = OperationScope::new(log.clone());
 //! let request = root.begin(OperationKind::Request, "GET /orders", None);
 //! // Whatever begins while the request's future is polled is its child:
-//! request.scope().scoped(async {
+//! request.scoped(async {
 //!     let query = Operation::begin(OperationKind::Query, "orders.list", None);
 //!     query.complete();
 //! }).await;
