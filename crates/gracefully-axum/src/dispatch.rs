@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use gracefully::Reason;
+use gracefully::operation::{Operation, OperationKind, OperationScope, Scoped};
 use http::{Request, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
@@ -68,8 +69,9 @@ pub(crate) struct HyperService<S> {
     pub(crate) conn: Arc<ConnState>,
 }
 
-/// The app's answer (its `Infallible` error is unwrapped by `InRequest`).
-type AppFuture<S> = Oneshot<S, Request<Body>>;
+/// The app's answer (its `Infallible` error is unwrapped by `InRequest`), polled in the
+/// request's operation scope (nothing is touched when no operation is recorded).
+type AppFuture<S> = Scoped<Oneshot<S, Request<Body>>>;
 
 impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> {
     type Response = Response;
@@ -103,14 +105,18 @@ impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> 
                 .insert(crate::RequestToken(ctx.token()));
         }
         let account = RequestAccount::start(state.clone(), self.conn.clone());
-        let future: AppFuture<S> = self.app.clone().oneshot(request);
+        let op = match &state.operations {
+            Some(scope) => begin_request(scope, &request),
+            None => Operation::none(),
+        };
+        let future: AppFuture<S> = op.scoped(self.app.clone().oneshot(request));
 
         if version == Version::HTTP_2 {
             // hyper drops an HTTP/2 stream's future when the client resets the stream;
             // run the handler as a task so the policy decides what happens to it.
             let ctx = Arc::new(ctx);
             let (tx, rx) = oneshot::channel();
-            let task = InRequest::new(future, ctx.clone(), account, false);
+            let task = InRequest::new(future, ctx.clone(), account, op, false);
             let abort = {
                 let mut handlers = self.conn.handlers();
                 // Reap finished tasks so a long-lived HTTP/2 connection does not pile them up.
@@ -129,10 +135,23 @@ impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> 
             }
         } else {
             RequestFuture::Inline {
-                handler: InRequest::new(future, ctx, account, true),
+                handler: InRequest::new(future, ctx, account, op, true),
             }
         }
     }
+}
+
+/// The request's operation, named `METHOD /path` until a route names it
+/// ([`OperationNameLayer`](crate::OperationNameLayer)). Its deadline is recorded once its
+/// token exists (`InRequest`).
+#[inline(never)]
+fn begin_request(scope: &OperationScope, request: &Request<Body>) -> Operation {
+    let mut name =
+        String::with_capacity(request.method().as_str().len() + 1 + request.uri().path().len());
+    name.push_str(request.method().as_str());
+    name.push(' ');
+    name.push_str(request.uri().path());
+    scope.begin(OperationKind::Request, &name, None)
 }
 
 impl<S: HttpApp> HyperService<S> {

@@ -282,6 +282,14 @@ impl OperationScope {
         self.parent
     }
 
+    /// Renames the operation new operations run under (nothing for a root scope): for a
+    /// layer that learns the name late, as an HTTP router learns a request's route.
+    pub fn rename_parent(&self, name: &str) {
+        if let Some(id) = self.parent {
+            self.recorder.rename(id, name);
+        }
+    }
+
     /// Begins an operation in this scope. `deadline` is when its token fires at the latest
     /// (`token.deadline()`).
     pub fn begin(&self, kind: OperationKind, name: &str, deadline: Option<Instant>) -> Operation {
@@ -356,6 +364,12 @@ impl<F: Future> Future for Scoped<F> {
         // SAFETY: `future` is structurally pinned: it is never moved out of `self` and no
         // `&mut F` is handed out; `Scoped` is `Unpin` only if `F` is. `scope` is not pinned.
         let this = unsafe { self.get_unchecked_mut() };
+        if this.scope.is_none() {
+            // An inert operation's future: nothing to make current, so nothing is paid
+            // (whatever scope is current stays so).
+            // SAFETY: see above.
+            return unsafe { Pin::new_unchecked(&mut this.future) }.poll(cx);
+        }
         // Move our scope in, and the previous one out; a guard moves both back, also if
         // the inner poll panics.
         struct Swap<'a> {
@@ -458,8 +472,9 @@ impl Operation {
         })
     }
 
-    /// `future`, polled with this operation's [scope](Self::scope) current (just `future`
-    /// if inert): what it begins runs under this operation.
+    /// `future`, polled with this operation's [scope](Self::scope) current: what it begins
+    /// runs under this operation. If inert, `future` is polled as it is (no thread-local is
+    /// touched).
     pub fn scoped<F: Future>(&self, future: F) -> Scoped<F> {
         Scoped {
             future,
