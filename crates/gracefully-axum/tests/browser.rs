@@ -89,7 +89,7 @@ impl Driver {
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-dev-shm-usage", "--window-size=1400,400"]
+                         "--disable-dev-shm-usage", "--window-size=1500,620"]
             }
         }}});
         let value = self
