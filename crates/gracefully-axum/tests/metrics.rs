@@ -101,6 +101,7 @@ async fn metrics_count_the_requests_the_cancellations_and_the_shutdown_phases() 
         .unwrap();
     assert_eq!(report.exit_code(), 0, "{report}");
     let handle = gracefully_axum::admin::prometheus().unwrap();
+    server.operations.export_metrics();
     let m = parse(&handle.render());
     let drain = m
         .iter()

@@ -13,7 +13,7 @@
 //! 3. `finished` holds at most `keep_finished` records, newest at the back; the oldest is
 //!    dropped (outside the lock) when a new one arrives.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -47,8 +47,9 @@ const MAX_SHARDS: usize = 1 << SHARD_BITS;
 ///
 /// Each operation also
 ///
-/// * counts in the `metrics` facade (a no-op until a recorder such as
-///   `metrics-exporter-prometheus` is installed): `gracefully_operations_started_total{kind}`,
+/// * is counted for the `metrics` facade, published by [`export_metrics`](Self::export_metrics)
+///   (which `gracefully-axum`'s `/metrics` route calls):
+///   `gracefully_operations_started_total{kind}`,
 ///   `gracefully_operations_ended_total{kind, outcome}`, and
 ///   `gracefully_cancellations_total{kind, name, reason}` (`name`: the route, for requests);
 /// * is a `tracing` span named `operation` at `DEBUG` (`kind`, `name`, `id`, `parent`),
@@ -139,7 +140,7 @@ pub struct OperationsSnapshot {
 
 struct Registry {
     shards: Box<[Mutex<Shard>]>,
-    finished: Mutex<VecDeque<FinishedOperation>>,
+    finished: Mutex<VecDeque<Finished>>,
     keep_finished: usize,
     started_total: AtomicU64,
 }
@@ -148,6 +149,33 @@ struct Registry {
 struct Shard {
     slots: Vec<Slot>,
     free: Vec<u32>,
+    /// Recently used names, shared by the operations that carry them (most operations
+    /// repeat a few names: routes, query labels), so beginning one rarely allocates.
+    names: Vec<Arc<str>>,
+    /// Where the next name not found in `names` goes (round robin over `NAME_CACHE`).
+    next_name: usize,
+    /// Counts for the metrics, kept here under the lock `begin` and `end` take anyway
+    /// (published by [`Operations::export_metrics`]): operations begun, by kind …
+    started: Vec<(OperationKind, u64)>,
+    /// … ended, by kind and outcome (indexed by [`outcome_index`]) …
+    ended: Vec<(OperationKind, [u64; OUTCOMES.len()])>,
+    /// … and cancelled, by kind, name and reason kind.
+    cancellations: HashMap<(OperationKind, Arc<str>, ReasonKind), u64>,
+}
+
+/// How many names each shard keeps for reuse.
+const NAME_CACHE: usize = 32;
+
+/// The outcomes counted, in [`outcome_index`] order.
+const OUTCOMES: [&str; 4] = ["completed", "cancelled", "failed", "abandoned"];
+
+fn outcome_index(outcome: &OperationOutcome) -> usize {
+    match outcome {
+        OperationOutcome::Completed => 0,
+        OperationOutcome::Cancelled(_) => 1,
+        OperationOutcome::Failed(_) => 2,
+        _ => 3,
+    }
 }
 
 struct Slot {
@@ -156,9 +184,39 @@ struct Slot {
     live: Option<LiveRecord>,
 }
 
+/// An operation as the registry holds it (the name shared, see `Shard::names`).
+#[derive(Clone)]
+struct Record {
+    id: OperationId,
+    parent: Option<OperationId>,
+    kind: OperationKind,
+    name: Arc<str>,
+    started: Instant,
+    deadline: Option<Instant>,
+}
+
+impl Record {
+    fn public(&self) -> OperationRecord {
+        OperationRecord {
+            id: self.id,
+            parent: self.parent,
+            kind: self.kind,
+            name: self.name.to_string(),
+            started: self.started,
+            deadline: self.deadline,
+        }
+    }
+}
+
 struct LiveRecord {
-    record: OperationRecord,
+    record: Record,
     span: tracing::Span,
+}
+
+struct Finished {
+    record: Record,
+    ended: Instant,
+    outcome: OperationOutcome,
 }
 
 impl Operations {
@@ -206,14 +264,18 @@ impl Operations {
                 shard
                     .slots
                     .iter()
-                    .filter_map(|s| s.live.as_ref().map(|l| l.record.clone())),
+                    .filter_map(|s| s.live.as_ref().map(|l| l.record.public())),
             );
         }
         live.sort_by_key(|r| r.started);
         let finished = lock(&self.registry.finished)
             .iter()
             .rev()
-            .cloned()
+            .map(|f| FinishedOperation {
+                operation: f.record.public(),
+                ended: f.ended,
+                outcome: f.outcome.clone(),
+            })
             .collect();
         OperationsSnapshot {
             at: Instant::now(),
@@ -221,6 +283,92 @@ impl Operations {
             finished,
             started_total: self.registry.started_total.load(Ordering::Relaxed),
         }
+    }
+}
+
+impl Operations {
+    /// Publishes the registry's counts to the `metrics` facade (a no-op until a recorder
+    /// such as `metrics-exporter-prometheus` is installed), as absolute values:
+    /// `gracefully_operations_started_total{kind}`,
+    /// `gracefully_operations_ended_total{kind, outcome}`, and
+    /// `gracefully_cancellations_total{kind, name, reason}`.
+    ///
+    /// The registry counts under the locks it takes anyway and publishes only when asked,
+    /// so an operation costs no metrics call: call this before each scrape
+    /// (`gracefully-axum`'s `/metrics` route does).
+    pub fn export_metrics(&self) {
+        let mut started: Vec<(OperationKind, u64)> = Vec::new();
+        let mut ended: Vec<(OperationKind, [u64; OUTCOMES.len()])> = Vec::new();
+        let mut cancellations: HashMap<(OperationKind, Arc<str>, ReasonKind), u64> = HashMap::new();
+        for shard in self.registry.shards.iter() {
+            let shard = lock(shard);
+            for &(kind, n) in &shard.started {
+                *count_of(&mut started, kind, 0) += n;
+            }
+            for (kind, by_outcome) in &shard.ended {
+                let total = count_of(&mut ended, *kind, [0; OUTCOMES.len()]);
+                for (t, n) in total.iter_mut().zip(by_outcome) {
+                    *t += n;
+                }
+            }
+            for (key, n) in &shard.cancellations {
+                *cancellations.entry(key.clone()).or_default() += n;
+            }
+        }
+        for (kind, n) in started {
+            metrics::counter!("gracefully_operations_started_total", "kind" => kind.as_str())
+                .absolute(n);
+        }
+        for (kind, by_outcome) in ended {
+            for (outcome, n) in OUTCOMES.iter().zip(by_outcome) {
+                if n > 0 {
+                    metrics::counter!(
+                        "gracefully_operations_ended_total",
+                        "kind" => kind.as_str(),
+                        "outcome" => *outcome
+                    )
+                    .absolute(n);
+                }
+            }
+        }
+        for ((kind, name, reason), n) in cancellations {
+            metrics::counter!(
+                "gracefully_cancellations_total",
+                "kind" => kind.as_str(),
+                "name" => name.to_string(),
+                "reason" => reason_label(reason)
+            )
+            .absolute(n);
+        }
+    }
+}
+
+/// The count for `kind` in a short list, added (at `zero`) if missing.
+fn count_of<T>(list: &mut Vec<(OperationKind, T)>, kind: OperationKind, zero: T) -> &mut T {
+    let i = match list.iter().position(|(k, _)| *k == kind) {
+        Some(i) => i,
+        None => {
+            list.push((kind, zero));
+            list.len() - 1
+        }
+    };
+    &mut list[i].1
+}
+
+impl Shard {
+    /// `name`, shared with earlier operations of the same name when this shard has it.
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        if let Some(found) = self.names.iter().find(|n| ***n == *name) {
+            return Arc::clone(found);
+        }
+        let name: Arc<str> = Arc::from(name);
+        if self.names.len() < NAME_CACHE {
+            self.names.push(Arc::clone(&name));
+        } else {
+            self.names[self.next_name] = Arc::clone(&name);
+            self.next_name = (self.next_name + 1) % NAME_CACHE;
+        }
+        name
     }
 }
 
@@ -289,8 +437,6 @@ impl Registry {
 impl OperationRecorder for Registry {
     fn begin(&self, start: &OperationStart<'_>) -> OperationId {
         self.started_total.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("gracefully_operations_started_total", "kind" => start.kind.as_str())
-            .increment(1);
         let span = tracing::debug_span!(
             parent: None,
             "operation",
@@ -302,15 +448,7 @@ impl OperationRecorder for Registry {
             reason = tracing::field::Empty,
             origin = tracing::field::Empty,
         );
-        let record = OperationRecord {
-            // Set below, once the slot is known.
-            id: OperationId::new(u64::MAX).expect("non-zero"),
-            parent: start.parent,
-            kind: start.kind,
-            name: start.name.to_owned(),
-            started: Instant::now(),
-            deadline: start.deadline,
-        };
+        let started = Instant::now();
         let index = shard_of_this_thread(self.shards.len());
         let mut shard = lock(&self.shards[index]);
         let slot = match shard.free.pop() {
@@ -331,11 +469,20 @@ impl OperationRecorder for Registry {
                 slot
             }
         };
+        *count_of(&mut shard.started, start.kind, 0) += 1;
+        let name = shard.intern(start.name);
         let entry = &mut shard.slots[slot as usize];
         entry.generation = entry.generation.wrapping_add(1).max(1);
         let id = encode(index, slot, entry.generation);
         entry.live = Some(LiveRecord {
-            record: OperationRecord { id, ..record },
+            record: Record {
+                id,
+                parent: start.parent,
+                kind: start.kind,
+                name,
+                started,
+                deadline: start.deadline,
+            },
             span,
         });
         drop(shard);
@@ -343,10 +490,16 @@ impl OperationRecorder for Registry {
     }
 
     fn rename(&self, id: OperationId, name: &str) {
+        let (shard, _, _) = decode(id);
+        let Some(shard) = self.shards.get(shard) else {
+            return;
+        };
+        let mut shard = lock(shard);
+        let name = shard.intern(name);
+        drop(shard);
         self.with_live(id, |live| {
-            live.record.name.clear();
-            live.record.name.push_str(name);
-            live.span.record("name", name);
+            live.span.record("name", &*name);
+            live.record.name = name;
         });
     }
 
@@ -371,6 +524,12 @@ impl OperationRecorder for Registry {
                 return;
             };
             shard.free.push(slot as u32);
+            let kind = live.record.kind;
+            count_of(&mut shard.ended, kind, [0; OUTCOMES.len()])[outcome_index(&outcome)] += 1;
+            if let OperationOutcome::Cancelled(reason) = &outcome {
+                let key = (kind, Arc::clone(&live.record.name), reason.kind());
+                *shard.cancellations.entry(key).or_default() += 1;
+            }
             live
         };
         let LiveRecord { record, span } = live;
@@ -379,8 +538,8 @@ impl OperationRecorder for Registry {
         if self.keep_finished == 0 {
             return;
         }
-        let finished = FinishedOperation {
-            operation: record,
+        let finished = Finished {
+            record,
             ended: Instant::now(),
             outcome,
         };
@@ -399,27 +558,17 @@ impl OperationRecorder for Registry {
     }
 }
 
-/// The metrics, the span's fields and the log line of an operation that ended.
-fn report_end(record: &OperationRecord, outcome: &OperationOutcome, span: &tracing::Span) {
+/// The span's fields and the log line of an operation that ended.
+fn report_end(record: &Record, outcome: &OperationOutcome, span: &tracing::Span) {
+    if span.is_disabled() && !matches!(outcome, OperationOutcome::Failed(_)) {
+        return; // nothing listens at DEBUG: no fields to record, no line to log
+    }
     let kind = record.kind.as_str();
-    metrics::counter!(
-        "gracefully_operations_ended_total",
-        "kind" => kind,
-        "outcome" => outcome.as_str()
-    )
-    .increment(1);
     span.record("id", record.id.get());
     span.record("outcome", outcome.as_str());
     let _entered = span.enter();
     match outcome {
         OperationOutcome::Cancelled(reason) => {
-            metrics::counter!(
-                "gracefully_cancellations_total",
-                "kind" => kind,
-                "name" => record.name.clone(),
-                "reason" => reason_label(reason.kind())
-            )
-            .increment(1);
             span.record("reason", tracing::field::display(reason));
             span.record("origin", tracing::field::display(reason.origin()));
             // A cancellation is an outcome, not an error (docs/architecture.md, rule 2).

@@ -254,6 +254,27 @@ thread_local! {
     /// The scope of the innermost [`Scoped`] future this thread is polling. Moved in and
     /// out by `Scoped::poll` (no reference count is touched on the way).
     static CURRENT: Cell<Option<OperationScope>> = const { Cell::new(None) };
+    /// Whether `CURRENT` holds a scope: read first, so that code outside any scope (every
+    /// caller, when no registry is installed) never touches `CURRENT`, whose destructor
+    /// registration makes each access check more. Kept equal by `swap_current`.
+    static HAS_SCOPE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes `scope` current; returns the one that was.
+fn swap_current(scope: Option<OperationScope>) -> Option<OperationScope> {
+    HAS_SCOPE.with(|has| has.set(scope.is_some()));
+    CURRENT.with(|c| c.replace(scope))
+}
+
+/// As [`swap_current`], but `None` during thread teardown (nothing to restore then).
+fn try_swap_current(scope: Option<OperationScope>) -> Option<Option<OperationScope>> {
+    let _ = HAS_SCOPE.try_with(|has| has.set(scope.is_some()));
+    CURRENT.try_with(|c| c.replace(scope)).ok()
+}
+
+#[inline]
+fn has_scope() -> bool {
+    HAS_SCOPE.with(Cell::get)
 }
 
 impl OperationScope {
@@ -269,6 +290,9 @@ impl OperationScope {
     /// thread (a request's handler and whatever it awaits, a tracked task, a service). `None`
     /// outside any, and always when no registry is installed.
     pub fn current() -> Option<OperationScope> {
+        if !has_scope() {
+            return None;
+        }
         CURRENT.with(|current| {
             let scope = current.take();
             let copy = scope.clone();
@@ -321,7 +345,7 @@ impl OperationScope {
 
     /// Runs `f` with this scope [current](Self::current): for synchronous code.
     pub fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
-        let _restore = Restore(CURRENT.with(|c| c.replace(Some(self.clone()))));
+        let _restore = Restore(swap_current(Some(self.clone())));
         f()
     }
 }
@@ -341,7 +365,7 @@ impl Drop for Restore {
     fn drop(&mut self) {
         let previous = self.0.take();
         // `try_with`: during thread teardown there is nothing to restore.
-        let _ = CURRENT.try_with(|c| c.set(previous));
+        let _ = try_swap_current(previous);
     }
 }
 
@@ -379,12 +403,12 @@ impl<F: Future> Future for Scoped<F> {
         impl Drop for Swap<'_> {
             fn drop(&mut self) {
                 let previous = self.previous.take();
-                if let Ok(ours) = CURRENT.try_with(|c| c.replace(previous)) {
+                if let Some(ours) = try_swap_current(previous) {
                     *self.slot = ours;
                 }
             }
         }
-        let previous = CURRENT.with(|c| c.replace(this.scope.take()));
+        let previous = swap_current(this.scope.take());
         let _swap = Swap {
             slot: &mut this.scope,
             previous,
@@ -436,13 +460,18 @@ pub struct Operation {
 
 impl Operation {
     /// An inert operation: records nothing.
+    #[inline]
     pub const fn none() -> Operation {
         Operation { live: None }
     }
 
     /// Begins an operation under the [current scope](OperationScope::current); inert if
     /// there is none (no registry, or code outside any recorded operation).
+    #[inline]
     pub fn begin(kind: OperationKind, name: &str, deadline: Option<Instant>) -> Operation {
+        if !has_scope() {
+            return Operation::none();
+        }
         CURRENT.with(|current| {
             let scope = current.take();
             let op = match &scope {
@@ -455,6 +484,7 @@ impl Operation {
     }
 
     /// Whether a recorder records this operation.
+    #[inline]
     pub fn is_recording(&self) -> bool {
         self.live.is_some()
     }
@@ -475,6 +505,7 @@ impl Operation {
     /// `future`, polled with this operation's [scope](Self::scope) current: what it begins
     /// runs under this operation. If inert, `future` is polled as it is (no thread-local is
     /// touched).
+    #[inline]
     pub fn scoped<F: Future>(&self, future: F) -> Scoped<F> {
         Scoped {
             future,
@@ -497,11 +528,13 @@ impl Operation {
     }
 
     /// Ends it with `outcome`.
+    #[inline]
     pub fn end(mut self, outcome: OperationOutcome) {
         self.finish(outcome);
     }
 
     /// Ends it: it did its work.
+    #[inline]
     pub fn complete(self) {
         self.end(OperationOutcome::Completed);
     }
@@ -519,12 +552,14 @@ impl Operation {
     }
 
     /// Ends it with the outcome `result` stands for ([`OperationOutcome::of`]).
+    #[inline]
     pub fn end_with<T, E: Error + 'static>(self, result: &Result<T, E>) {
         if self.live.is_some() {
             self.end(OperationOutcome::of(result));
         }
     }
 
+    #[inline]
     fn finish(&mut self, outcome: OperationOutcome) {
         if let Some(live) = self.live.take() {
             live.recorder.end(live.id, outcome);
@@ -533,6 +568,7 @@ impl Operation {
 }
 
 impl Drop for Operation {
+    #[inline]
     fn drop(&mut self) {
         self.finish(OperationOutcome::Abandoned);
     }

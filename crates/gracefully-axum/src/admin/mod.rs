@@ -144,7 +144,8 @@ pub fn prometheus() -> Result<PrometheusHandle, MetricsError> {
 }
 
 /// A router serving `GET /metrics` in Prometheus' text format from `handle` (see
-/// [`prometheus`]). Metrics this workspace records:
+/// [`prometheus`]), with `operations`' counts published first
+/// ([`Operations::export_metrics`]). Metrics this workspace records:
 ///
 /// | metric | labels | what |
 /// |---|---|---|
@@ -156,12 +157,15 @@ pub fn prometheus() -> Result<PrometheusHandle, MetricsError> {
 ///
 /// *Anchors:* ASP.NET Core's `Microsoft.AspNetCore.Hosting` meters; Go's
 /// `promhttp.Handler()`.
-pub fn metrics_router(handle: PrometheusHandle) -> Router {
+pub fn metrics_router(handle: PrometheusHandle, operations: &Operations) -> Router {
+    let operations = operations.clone();
     Router::new().route(
         "/metrics",
         get(move || {
             let handle = handle.clone();
+            let operations = operations.clone();
             async move {
+                operations.export_metrics();
                 handle.run_upkeep();
                 (
                     [(
@@ -184,6 +188,6 @@ pub fn admin_server(
     listener: TcpListener,
     operations: &Operations,
 ) -> Result<HttpServer<Router>, MetricsError> {
-    let router = operations_router(operations).merge(metrics_router(prometheus()?));
+    let router = operations_router(operations).merge(metrics_router(prometheus()?, operations));
     Ok(HttpServer::new(listener, router).record_operations(false))
 }
