@@ -146,12 +146,19 @@ impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> 
 /// token exists (`InRequest`).
 #[inline(never)]
 fn begin_request(scope: &OperationScope, request: &Request<Body>) -> Operation {
-    let mut name =
-        String::with_capacity(request.method().as_str().len() + 1 + request.uri().path().len());
-    name.push_str(request.method().as_str());
-    name.push(' ');
-    name.push_str(request.uri().path());
-    scope.begin(OperationKind::Request, &name, None)
+    let (method, path) = (request.method().as_str(), request.uri().path());
+    // Most names fit on the stack: no allocation for them (the registry shares one copy).
+    let mut buffer = [0u8; 128];
+    let len = method.len() + 1 + path.len();
+    if len <= buffer.len() {
+        buffer[..method.len()].copy_from_slice(method.as_bytes());
+        buffer[method.len()] = b' ';
+        buffer[method.len() + 1..len].copy_from_slice(path.as_bytes());
+        if let Ok(name) = std::str::from_utf8(&buffer[..len]) {
+            return scope.begin(OperationKind::Request, name, None);
+        }
+    }
+    scope.begin(OperationKind::Request, &format!("{method} {path}"), None)
 }
 
 impl<S: HttpApp> HyperService<S> {
