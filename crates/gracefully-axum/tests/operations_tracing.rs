@@ -17,7 +17,7 @@ use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 
 #[derive(Default)]
-struct Fields(HashMap<String, String>);
+struct Fields(FieldMap);
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
@@ -28,11 +28,14 @@ impl Visit for Fields {
     }
 }
 
+/// A span's or an event's fields, by name, as text.
+type FieldMap = HashMap<String, String>;
+
 /// Every `operation` span's fields (as last recorded), and every event's level and fields.
 #[derive(Clone, Default)]
 struct Seen {
-    spans: Arc<Mutex<HashMap<u64, HashMap<String, String>>>>,
-    events: Arc<Mutex<Vec<(Level, HashMap<String, String>)>>>,
+    spans: Arc<Mutex<HashMap<u64, FieldMap>>>,
+    events: Arc<Mutex<Vec<(Level, FieldMap)>>>,
 }
 
 impl<S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>>
