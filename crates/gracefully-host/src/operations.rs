@@ -213,7 +213,9 @@ impl Record {
 
 struct LiveRecord {
     record: Record,
-    span: tracing::Span,
+    /// `None` when nothing listens (dropping even a disabled `Span` costs some 60
+    /// instructions).
+    span: Option<tracing::Span>,
 }
 
 struct Finished {
@@ -441,7 +443,7 @@ impl OperationRecorder for Registry {
         // With no subscriber ever set, skip the span macro (its disabled path still costs
         // some 200 instructions, measured by `benches/http_instructions.sh`).
         let span = if tracing::dispatcher::has_been_set() {
-            tracing::debug_span!(
+            Some(tracing::debug_span!(
                 parent: None,
                 "operation",
                 kind = start.kind.as_str(),
@@ -451,10 +453,11 @@ impl OperationRecorder for Registry {
                 outcome = tracing::field::Empty,
                 reason = tracing::field::Empty,
                 origin = tracing::field::Empty,
-            )
+            ))
         } else {
-            tracing::Span::none()
+            None
         };
+        let span = span.filter(|span| !span.is_disabled());
         let started = Instant::now();
         let index = shard_of_this_thread(self.shards.len());
         let mut shard = lock(&self.shards[index]);
@@ -505,7 +508,9 @@ impl OperationRecorder for Registry {
         let name = shard.intern(name);
         drop(shard);
         self.with_live(id, |live| {
-            live.span.record("name", &*name);
+            if let Some(span) = &live.span {
+                span.record("name", &*name);
+            }
             live.record.name = name;
         });
     }
@@ -539,7 +544,7 @@ impl OperationRecorder for Registry {
         }
         // Logged after the lock is released; copied only when something listens (a
         // subscriber at DEBUG, or the error line of a failure).
-        let report = (!span.is_disabled() || matches!(outcome, OperationOutcome::Failed(_)))
+        let report = (span.is_some() || matches!(outcome, OperationOutcome::Failed(_)))
             .then(|| (record.clone(), outcome.clone()));
         let evicted = if self.keep_finished == 0 {
             None
@@ -560,7 +565,7 @@ impl OperationRecorder for Registry {
         // Invariant 3: the oldest record (its name, its reason) is freed outside the lock.
         drop(evicted);
         if let Some((record, outcome)) = report {
-            report_end(&record, &outcome, &span);
+            report_end(&record, &outcome, &span.unwrap_or_else(tracing::Span::none));
         }
     }
 }
