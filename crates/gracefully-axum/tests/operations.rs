@@ -155,3 +155,34 @@ async fn the_admin_server_serves_operations_as_json_and_does_not_record_itself()
     let slow = finished(&server.operations, "GET /slow/{id}").unwrap();
     assert_eq!(slow.reason().map(|r| r.kind()), Some(ReasonKind::Shutdown));
 }
+
+#[tokio::test]
+async fn an_http2_request_whose_stream_is_reset_ends_disconnected() {
+    let server = start(slow_app()).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let call = tokio::spawn(client.get(format!("http://{}/slow/9", server.addr)).send());
+    let ops = &server.operations;
+    eventually("the request to run", || {
+        let live = ops.snapshot().live;
+        live.iter()
+            .any(|o| o.name == "GET /slow/{id}")
+            .then_some(())
+    })
+    .await;
+    call.abort(); // resets the stream; the connection stays open
+    let ended = eventually("the request to end", || finished(ops, "GET /slow/{id}")).await;
+    assert_eq!(
+        ended.reason().map(|r| r.kind()),
+        Some(ReasonKind::Disconnected)
+    );
+    drop(client);
+    server.lifetime.stop(gracefully::Reason::shutdown());
+    let report = tokio::time::timeout(SOON, server.run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+}
