@@ -303,6 +303,9 @@ impl Operations {
     /// The registry counts under the locks it takes anyway and publishes only when asked,
     /// so an operation costs no metrics call: call this before each scrape
     /// (`gracefully-axum`'s `/metrics` route does).
+    ///
+    /// The values are this registry's totals: with several registries in one process
+    /// (several hosts), export one of them, or each would overwrite the other's counts.
     pub fn export_metrics(&self) {
         let mut started: Vec<(OperationKind, u64)> = Vec::new();
         let mut ended: Vec<(OperationKind, [u64; OUTCOMES.len()])> = Vec::new();
