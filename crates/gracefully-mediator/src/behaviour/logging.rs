@@ -91,8 +91,17 @@ where
     fn call(&mut self, call: Call<R>) -> Self::Future {
         let request = call.request_type();
         // `current()` is the most verbose level any subscriber records (one atomic load):
-        // `OFF` means no event below can be recorded, so there is nothing to time.
-        let start = (LevelFilter::current() != LevelFilter::OFF).then(Instant::now);
+        // `OFF` means no span or event below can be recorded, so there is nothing to time
+        // and no span to make or enter (`debug_span!` would make a disabled one).
+        if LevelFilter::current() == LevelFilter::OFF {
+            return LoggingFuture {
+                inner: self.inner.call(call),
+                span: None,
+                request,
+                start: None,
+            };
+        }
+        let start = Some(Instant::now());
         let span = tracing::debug_span!("request", request);
         let inner = {
             let _entered = span.enter();
@@ -100,7 +109,9 @@ where
         };
         LoggingFuture {
             inner,
-            span,
+            // A disabled span (DEBUG is off: the usual production setting) is not kept, so
+            // polling does not enter it.
+            span: (!span.is_disabled()).then_some(span),
             request,
             start,
         }
@@ -117,7 +128,8 @@ pin_project! {
     pub struct LoggingFuture<F> {
         #[pin]
         inner: F,
-        span: tracing::Span,
+        // `None` when the span would be disabled.
+        span: Option<tracing::Span>,
         request: &'static str,
         start: Option<Instant>,
     }
@@ -131,7 +143,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
+        let _entered = this.span.as_ref().map(tracing::Span::enter);
         let result = ready!(this.inner.poll(cx));
         let elapsed = this.start.map_or(Duration::ZERO, |start| start.elapsed());
         log(this.request, elapsed, &result);
