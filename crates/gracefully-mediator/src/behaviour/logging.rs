@@ -92,26 +92,20 @@ where
         let request = call.request_type();
         // `current()` is the most verbose level any subscriber records (one atomic load):
         // `OFF` means no span or event below can be recorded, so there is nothing to time
-        // and no span to make or enter (`debug_span!` would make a disabled one).
-        if LevelFilter::current() == LevelFilter::OFF {
-            return LoggingFuture {
-                inner: self.inner.call(call),
-                span: None,
-                request,
-                start: None,
-            };
-        }
-        let start = Some(Instant::now());
-        let span = tracing::debug_span!("request", request);
-        let inner = {
-            let _entered = span.enter();
-            self.inner.call(call)
-        };
+        // and no span to make (`debug_span!` would make a disabled one).
+        let recording = LevelFilter::current() != LevelFilter::OFF;
+        let start = recording.then(Instant::now);
+        // A disabled span (DEBUG off: the usual production setting) is not kept, so neither
+        // this call nor any poll enters it.
+        let span = recording
+            .then(|| tracing::debug_span!("request", request))
+            .filter(|span| !span.is_disabled());
+        let entered = span.as_ref().map(tracing::Span::enter);
+        let inner = self.inner.call(call);
+        drop(entered);
         LoggingFuture {
             inner,
-            // A disabled span (DEBUG is off: the usual production setting) is not kept, so
-            // polling does not enter it.
-            span: (!span.is_disabled()).then_some(span),
+            span,
             request,
             start,
         }
