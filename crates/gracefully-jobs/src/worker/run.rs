@@ -469,7 +469,9 @@ impl Run {
         let held: Vec<(i64, i64)> = self
             .held
             .iter()
-            .filter(|(_, h)| !h.lost)
+            // A job its handler completed in its own transaction is no longer running in
+            // the table: not a lost lease.
+            .filter(|(_, h)| !h.lost && !h.completed_in_tx.load(Ordering::Acquire))
             .map(|(id, h)| (*id, h.run))
             .collect();
         if held.is_empty() {
@@ -522,7 +524,8 @@ impl Run {
         let Some(h) = self.held.get_mut(&id) else {
             return;
         };
-        if h.lost {
+        // Completed in its transaction since the renewal was sent: not lost.
+        if h.lost || h.completed_in_tx.load(Ordering::Acquire) {
             return;
         }
         h.lost = true;
