@@ -1,8 +1,9 @@
 //! [`Jobs`]: the handle to a job store — enqueue, inspect, cancel, retry, and make workers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use gracefully::{CancellationSource, Reason};
 use sqlx::{PgPool, SqlitePool};
@@ -59,7 +60,14 @@ pub(crate) struct Inner {
     running: Mutex<HashMap<i64, (i64, Arc<CancellationSource>)>>,
     /// Bumped by every enqueue through this handle: wakes this process's workers at once.
     pub(crate) wake: watch::Sender<u64>,
+    /// Cancel requests for jobs not (yet) running here: a job fetched just before its
+    /// cancel request arrived is registered just after it. [`Jobs::register`] looks here.
+    /// At most [`EARLY_CANCELS`] entries, none older than [`EARLY_CANCEL_AGE`].
+    early_cancels: Mutex<VecDeque<(i64, Reason, Instant)>>,
 }
+
+const EARLY_CANCELS: usize = 256;
+const EARLY_CANCEL_AGE: Duration = Duration::from_secs(30);
 
 /// What an enqueue did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +111,7 @@ impl Jobs {
                 store,
                 running: Mutex::new(HashMap::new()),
                 wake: watch::Sender::new(0),
+                early_cancels: Mutex::new(VecDeque::new()),
             }),
         }
     }
@@ -269,8 +278,27 @@ impl Jobs {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Registers a running job's token source (so a cancel in this process fires it),
+    /// and fires it at once if a cancel request for it came just before.
     pub(crate) fn register(&self, id: i64, run: i64, source: Arc<CancellationSource>) {
-        self.registry().insert(id, (run, source));
+        self.registry().insert(id, (run, Arc::clone(&source)));
+        let early = {
+            let mut early = self.early_cancels();
+            let found = early.iter().position(|(i, _, _)| *i == id);
+            found
+                .and_then(|at| early.remove(at))
+                .map(|(_, reason, _)| reason)
+        };
+        if let Some(reason) = early {
+            source.cancel_with(reason);
+        }
+    }
+
+    fn early_cancels(&self) -> MutexGuard<'_, VecDeque<(i64, Reason, Instant)>> {
+        self.inner
+            .early_cancels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn unregister(&self, id: i64, run: i64) {
@@ -287,7 +315,21 @@ impl Jobs {
             let reg = self.registry();
             match reg.get(&id) {
                 Some((r, s)) if run.is_none_or(|run| run == *r) => Arc::clone(s),
-                _ => return false,
+                _ => {
+                    drop(reg);
+                    // Maybe fetched here and about to be registered: remember it briefly.
+                    let mut early = self.early_cancels();
+                    let now = Instant::now();
+                    while early
+                        .front()
+                        .is_some_and(|(_, _, at)| now.duration_since(*at) > EARLY_CANCEL_AGE)
+                        || early.len() >= EARLY_CANCELS
+                    {
+                        early.pop_front();
+                    }
+                    early.push_back((id, reason, now));
+                    return false;
+                }
             }
         };
         source.cancel_with(reason)

@@ -7,6 +7,7 @@
 
 mod builder;
 mod counts;
+mod endings;
 mod listener;
 mod run;
 mod verdict;

@@ -5,11 +5,17 @@
 //!
 //! 1. A job is in `held` from its fetch until its ending was written (or found fenced):
 //!    its lease is renewed all that time, including while a write is pending after a
-//!    database error, and it counts against the concurrency.
+//!    database error. Only running handlers (and a fetch in flight) count against the
+//!    concurrency.
 //! 2. Every handler runs in a task of its own, with a token that is a child of the host's
 //!    hard stop and is registered with the [`Jobs`] (so `cancel` from this process fires
 //!    it directly).
-//! 3. Nothing is fetched once `stopping` fired (drain). The run ends when nothing is held.
+//! 3. Nothing is fetched once `stopping` fired (drain); jobs of a fetch that was in flight
+//!    then are returned at once, unstarted. The run ends when nothing is held and no
+//!    database call is in flight.
+//! 5. At most one fetch and one batch of endings are in flight at a time; the loop keeps
+//!    running handlers meanwhile, so endings that arrive during a write go in the next
+//!    batch (batches grow with the load, with no timer).
 //! 4. If the run is dropped (the host's abort), the running handlers are aborted and their
 //!    jobs returned to the queue by a task on the runtime; the drop waits for it at most
 //!    150 ms when it is not on a runtime thread (the host drops aborted work on a thread of
@@ -34,6 +40,7 @@ use super::counts::{
     self, ABORTED, CANCELLED, DEAD, FINISHED_DURING_DRAIN, INTERRUPTED, LEASE_LOST, RECLAIMED,
     RETRIED, SUCCEEDED,
 };
+use super::endings::{self, Done, Pending, Written};
 use super::listener::{self, Event};
 use super::verdict::{Ended, Verdict, verdict};
 use super::{ErasedHandler, Settings};
@@ -51,35 +58,33 @@ const MAX_DB_BACKOFF: Duration = Duration::from_secs(5);
 struct Held {
     run: i64,
     attempt: u32,
-    source: Arc<CancellationSource>,
+    /// The source of the handler's token; `None` for a job returned unstarted.
+    source: Option<Arc<CancellationSource>>,
     abort: Option<AbortHandle>,
     completed_in_tx: Arc<AtomicBool>,
     /// The worker fired the token because the lease was lost.
     lost: bool,
 }
 
-/// An ending waiting to be written.
-#[derive(Debug)]
-enum Pending {
-    Succeed(i64, i64),
-    /// Returned to the queue (shutdown, lost lease, or a transaction that did not commit).
-    Interrupt(i64, i64),
-    Fail {
-        id: i64,
-        run: i64,
-        error: String,
-        delay_ms: i64,
-    },
-    Dead {
-        id: i64,
-        run: i64,
-        error: String,
-    },
-    Cancelled {
-        id: i64,
-        run: i64,
-        error: String,
-    },
+impl Held {
+    /// A job fetched as the drain began, to be returned without running.
+    fn unstarted(run: i64) -> Held {
+        Held {
+            run,
+            attempt: 0,
+            source: None,
+            abort: None,
+            completed_in_tx: Arc::new(AtomicBool::new(false)),
+            lost: false,
+        }
+    }
+}
+
+/// What a fetch brought: the jobs, and if it found fewer than asked, in how many
+/// milliseconds the next waiting job is due.
+struct Fetch {
+    jobs: Vec<Fetched>,
+    next_due: Option<i64>,
 }
 
 type TaskFuture = BoxFuture<'static, (i64, Ended)>;
@@ -157,52 +162,53 @@ impl Run {
         let mut next_heartbeat = Instant::now() + heartbeat;
         // Fetch when this many slots are free (or nothing runs): batches, not one by one.
         let refill = self.settings.concurrency.div_ceil(4).max(1);
+        // The database calls in flight (run #5): a fetch of `fetching_n` jobs, a batch of
+        // endings.
+        let mut fetching: Option<BoxFuture<'static, Result<Fetch, Error>>> = None;
+        let mut fetching_n = 0;
+        let mut writing: Option<BoxFuture<'static, Written>> = None;
         tracing::debug!(queue = %queue, concurrency = self.settings.concurrency, "worker started");
         loop {
             let db_ok = self.backoff_until.is_none_or(|t| Instant::now() >= t);
-            if db_ok && !self.pending.is_empty() {
-                self.flush().await;
+            if writing.is_none() && db_ok && !self.pending.is_empty() {
+                let batch = std::mem::take(&mut self.pending);
+                writing = Some(Box::pin(endings::write(
+                    self.store.clone(),
+                    Arc::clone(&queue),
+                    batch,
+                )));
             }
-            let db_ok = self.backoff_until.is_none_or(|t| Instant::now() >= t);
             if db_ok && read_cancels && !self.held.is_empty() {
                 read_cancels = false;
                 self.read_cancel_requests().await;
             }
-            let free = self.settings.concurrency.saturating_sub(self.held.len());
-            let db_ok = self.backoff_until.is_none_or(|t| Instant::now() >= t);
-            if !self.draining
+            let free = self.settings.concurrency.saturating_sub(self.tasks.len());
+            if fetching.is_none()
+                && !self.draining
                 && want_fetch
                 && db_ok
                 && free > 0
-                && (free >= refill || self.held.is_empty())
+                && (free >= refill || self.tasks.is_empty())
             {
-                match self
-                    .store
-                    .fetch(&queue, free, self.lease_ms(), &self.settings.worker_id)
-                    .await
-                {
-                    Ok(batch) => {
-                        self.db_recovered();
-                        let got = batch.len();
-                        for fetched in batch {
-                            self.start(fetched);
-                        }
-                        if got < free {
-                            // The queue had no more due jobs: wait for a wake-up, the poll,
-                            // or the next job's run time.
-                            want_fetch = false;
-                            next_poll = Instant::now() + poll;
-                            if let Ok(Some(due_in)) = self.store.next_due(&queue).await {
-                                let due =
-                                    Instant::now() + Duration::from_millis(due_in.max(0) as u64);
-                                next_poll = next_poll.min(due);
-                            }
-                        }
-                    }
-                    Err(e) => self.db_failed("fetch jobs", &e),
-                }
+                fetching_n = free;
+                let (store, queue, lease, worker) = (
+                    self.store.clone(),
+                    Arc::clone(&queue),
+                    self.lease_ms(),
+                    self.settings.worker_id.clone(),
+                );
+                fetching = Some(Box::pin(async move {
+                    let jobs = store.fetch(&queue, free, lease, &worker).await?;
+                    // The queue ran dry: when is the next job due?
+                    let next_due = if jobs.len() < free {
+                        store.next_due(&queue).await.ok().flatten()
+                    } else {
+                        None
+                    };
+                    Ok(Fetch { jobs, next_due })
+                }));
             }
-            if self.draining && self.held.is_empty() {
+            if self.draining && self.held.is_empty() && fetching.is_none() && writing.is_none() {
                 break;
             }
             let backoff_until = self.backoff_until;
@@ -210,15 +216,47 @@ impl Run {
                 biased;
                 _ = stopping.cancelled(), if !self.draining => {
                     self.draining = true;
-                    tracing::info!(queue = %queue, running = self.held.len(), "draining: no new jobs; running jobs may finish");
+                    tracing::info!(queue = %queue, running = self.tasks.len(), "draining: no new jobs; running jobs may finish");
                 }
                 Some((id, ended)) = self.tasks.next(), if !self.tasks.is_empty() => {
                     self.ended(id, ended);
-                    // Settle everything that is ready in one write.
+                    // Take everything else that is ready into the same batch.
                     while let Some(Some((id, ended))) = self.tasks.next().now_or_never() {
                         self.ended(id, ended);
                     }
-                    // Slots opened: look again, unless the queue was found empty.
+                }
+                written = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
+                    writing = None;
+                    self.apply(written);
+                }
+                fetched = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
+                    fetching = None;
+                    match fetched {
+                        Ok(Fetch { jobs, next_due }) => {
+                            self.db_recovered();
+                            let got = jobs.len();
+                            for job in jobs {
+                                if self.draining {
+                                    // Fetched as the drain began: back at once, unstarted.
+                                    self.held.insert(job.id, Held::unstarted(job.run));
+                                    self.pending.push(Pending::Interrupt(job.id, job.run));
+                                } else {
+                                    self.start(job);
+                                }
+                            }
+                            if got < fetching_n {
+                                // No more due jobs: wait for a wake-up, the poll, or the
+                                // next job's run time.
+                                want_fetch = false;
+                                next_poll = Instant::now() + poll;
+                                if let Some(due_in) = next_due {
+                                    let due = Instant::now() + Duration::from_millis(due_in.max(0) as u64);
+                                    next_poll = next_poll.min(due);
+                                }
+                            }
+                        }
+                        Err(e) => self.db_failed("fetch jobs", &e),
+                    }
                 }
                 Ok(()) = wake.changed() => want_fetch = true,
                 Some(event) = events.recv() => {
@@ -279,7 +317,7 @@ impl Run {
         let mut held = Held {
             run,
             attempt,
-            source: Arc::clone(&source),
+            source: Some(Arc::clone(&source)),
             abort: None,
             completed_in_tx,
             lost: false,
@@ -321,7 +359,7 @@ impl Run {
         };
         self.jobs.unregister(id, held.run);
         let run = held.run;
-        let reason = held.source.token().reason();
+        let reason = held.source.as_ref().and_then(|s| s.token().reason());
         let in_tx = held.completed_in_tx.load(Ordering::Acquire);
         let pending = match verdict(ended, reason, in_tx) {
             Verdict::Succeed => Pending::Succeed(id, run),
@@ -350,111 +388,43 @@ impl Run {
         }
     }
 
-    /// Writes the pending endings: successes and returns in one statement each, the rest
-    /// one by one. Written endings release their hold; on a database error the rest stay
-    /// pending (and held, run #1) and the worker backs off.
-    async fn flush(&mut self) {
-        let pending = std::mem::take(&mut self.pending);
-        let mut succeed = Vec::new();
-        let mut interrupt = Vec::new();
-        let mut others = Vec::new();
-        for p in pending {
-            match p {
-                Pending::Succeed(id, run) => succeed.push((id, run)),
-                Pending::Interrupt(id, run) => interrupt.push((id, run)),
-                other => others.push(other),
-            }
-        }
-        if !succeed.is_empty() {
-            match self.store.succeed(&succeed).await {
-                Ok(_) => {
-                    for (id, _) in &succeed {
-                        self.release(*id);
+    /// Applies a written batch: counts, releases the holds (run #1); after a database
+    /// error keeps what is left for the next batch and backs off.
+    fn apply(&mut self, written: Written) {
+        for done in written.done {
+            let id = done.id();
+            match done {
+                Done::Succeeded(_) => self.count_success(),
+                Done::Interrupted { returned, .. } => {
+                    let completed = self
+                        .held
+                        .get(&id)
+                        .is_some_and(|h| h.completed_in_tx.load(Ordering::Acquire));
+                    let unstarted = self.held.get(&id).is_some_and(|h| h.source.is_none());
+                    if returned && completed {
+                        tracing::warn!(queue = %self.settings.queue, job = id, "the handler completed the job in a transaction that did not commit; it is back in the queue");
+                    }
+                    if returned && !unstarted {
+                        self.cx.count(INTERRUPTED, 1);
+                    } else if completed {
                         self.count_success();
                     }
                 }
-                Err(e) => {
-                    self.db_failed("record succeeded jobs", &e);
-                    self.pending
-                        .extend(succeed.into_iter().map(|(i, r)| Pending::Succeed(i, r)));
-                    self.pending
-                        .extend(interrupt.into_iter().map(|(i, r)| Pending::Interrupt(i, r)));
-                    self.pending.extend(others);
-                    return;
-                }
+                Done::Failed { state, .. } => match state {
+                    Some(JobState::Dead) => self.cx.count(DEAD, 1),
+                    Some(_) => self.cx.count(RETRIED, 1),
+                    None => {}
+                },
+                Done::Dead(_) => self.cx.count(DEAD, 1),
+                Done::Cancelled(_) => self.cx.count(CANCELLED, 1),
             }
+            self.release(id);
         }
-        if !interrupt.is_empty() {
-            match self.store.interrupt(&self.settings.queue, &interrupt).await {
-                Ok(returned) => {
-                    for (id, _) in &interrupt {
-                        let completed = self
-                            .held
-                            .get(id)
-                            .is_some_and(|h| h.completed_in_tx.load(Ordering::Acquire));
-                        if returned.contains(id) {
-                            if completed {
-                                tracing::warn!(queue = %self.settings.queue, job = id, "the handler completed the job in a transaction that did not commit; it is back in the queue");
-                            }
-                            self.cx.count(INTERRUPTED, 1);
-                        } else if completed {
-                            self.count_success();
-                        }
-                        self.release(*id);
-                    }
-                }
-                Err(e) => {
-                    self.db_failed("return interrupted jobs to the queue", &e);
-                    self.pending
-                        .extend(interrupt.into_iter().map(|(i, r)| Pending::Interrupt(i, r)));
-                    self.pending.extend(others);
-                    return;
-                }
-            }
-        }
-        let mut rest = others.into_iter();
-        while let Some(p) = rest.next() {
-            let result = match &p {
-                Pending::Fail {
-                    id,
-                    run,
-                    error,
-                    delay_ms,
-                } => self
-                    .store
-                    .fail(*id, *run, error, *delay_ms)
-                    .await
-                    .map(|state| {
-                        match state {
-                            Some(JobState::Dead) => self.cx.count(DEAD, 1),
-                            Some(_) => self.cx.count(RETRIED, 1),
-                            None => {}
-                        }
-                        *id
-                    }),
-                Pending::Dead { id, run, error } => {
-                    self.store.dead(*id, *run, error).await.map(|_| {
-                        self.cx.count(DEAD, 1);
-                        *id
-                    })
-                }
-                Pending::Cancelled { id, run, error } => {
-                    self.store.cancelled(*id, *run, error).await.map(|_| {
-                        self.cx.count(CANCELLED, 1);
-                        *id
-                    })
-                }
-                Pending::Succeed(..) | Pending::Interrupt(..) => unreachable!("split off above"),
-            };
-            match result {
-                Ok(id) => self.release(id),
-                Err(e) => {
-                    self.db_failed("record a job's ending", &e);
-                    self.pending.push(p);
-                    self.pending.extend(rest);
-                    return;
-                }
-            }
+        if let Some(e) = written.error {
+            self.db_failed("record how jobs ended", &e);
+            let mut left = written.left;
+            left.append(&mut self.pending);
+            self.pending = left;
         }
     }
 
@@ -529,9 +499,10 @@ impl Run {
             return;
         }
         h.lost = true;
+        let Some(source) = &h.source else { return };
         self.cx.count(LEASE_LOST, 1);
         tracing::warn!(queue = %self.settings.queue, job = id, "lease lost: {why}; the attempt is stopped and fenced");
-        h.source.cancel_with(
+        source.cancel_with(
             Reason::failed(Error::LeaseLost {
                 id: JobId::from(id),
             })
@@ -540,9 +511,8 @@ impl Run {
     }
 
     fn fire_cancel(&self, id: i64, message: String) {
-        if let Some(h) = self.held.get(&id) {
-            h.source
-                .cancel_with(Reason::requested().with_message(message));
+        if let Some(source) = self.held.get(&id).and_then(|h| h.source.as_ref()) {
+            source.cancel_with(Reason::requested().with_message(message));
         }
     }
 
@@ -552,7 +522,9 @@ impl Run {
         let held: Vec<(i64, i64)> = self
             .held
             .iter()
-            .filter(|(_, h)| h.abort.is_some() && !h.source.is_cancelled())
+            .filter(|(_, h)| {
+                h.abort.is_some() && h.source.as_ref().is_some_and(|s| !s.is_cancelled())
+            })
             .map(|(id, h)| (*id, h.run))
             .collect();
         if held.is_empty() {
