@@ -5,7 +5,7 @@
 //! ```sh
 //! cargo run -p gracefully-jobs --example jobs_worker -- \
 //!     --database postgres://postgres@127.0.0.1:5432/postgres --schema demo_jobs \
-//!     [--concurrency 16] [--handler-ms 20] [--lease-ms 30000] [--heartbeat-ms 5000] \
+//!     [--concurrency 16] [--prefetch 16] [--handler-ms 20] [--lease-ms 30000] [--heartbeat-ms 5000] \
 //!     [--shutdown-ms 10000] [--cancel-grace-ms 2000] [--mode effects|wait]
 //! cargo run -p gracefully-jobs --example jobs_worker -- --database sqlite:///tmp/jobs.db
 //! ```
@@ -33,6 +33,7 @@ struct Args {
     database: String,
     schema: String,
     concurrency: usize,
+    prefetch: Option<usize>,
     handler: Duration,
     lease: Duration,
     heartbeat: Duration,
@@ -55,6 +56,7 @@ fn args() -> Args {
         database: String::new(),
         schema: "gracefully_jobs".into(),
         concurrency: 16,
+        prefetch: None,
         handler: Duration::from_millis(20),
         lease: Duration::from_secs(30),
         heartbeat: Duration::from_secs(5),
@@ -70,6 +72,7 @@ fn args() -> Args {
             "--database" => args.database = value,
             "--schema" => args.schema = value,
             "--concurrency" => args.concurrency = value.parse().expect("--concurrency N"),
+            "--prefetch" => args.prefetch = Some(value.parse().expect("--prefetch N")),
             "--handler-ms" => args.handler = ms(&value, &flag),
             "--lease-ms" => args.lease = ms(&value, &flag),
             "--heartbeat-ms" => args.heartbeat = ms(&value, &flag),
@@ -179,11 +182,11 @@ async fn main() {
     let args = args();
     let (jobs, db) = connect(&args).await;
     let work = args.handler;
-    let builder = jobs
-        .worker("work")
-        .concurrency(args.concurrency)
-        .lease(args.lease)
-        .heartbeat(args.heartbeat);
+    let mut builder = jobs.worker("work").concurrency(args.concurrency);
+    if let Some(n) = args.prefetch {
+        builder = builder.prefetch(n);
+    }
+    let builder = builder.lease(args.lease).heartbeat(args.heartbeat);
     let worker = if args.wait_mode {
         builder.handler(|job: Job<i64>, token: CancellationToken| async move {
             let reason = token.cancelled().await;

@@ -448,7 +448,14 @@ async fn postgres_a_paused_worker_loses_its_jobs_to_another_and_its_stale_attemp
     s.enqueue(JOBS).await;
     // A "stuck" worker: it takes 4 jobs and sits on them (each would take a minute).
     let lease = ["--lease-ms", "1000", "--heartbeat-ms", "200"];
-    let mut stuck_args = vec!["--concurrency", "4", "--handler-ms", "60000"];
+    let mut stuck_args = vec![
+        "--concurrency",
+        "4",
+        "--prefetch",
+        "0",
+        "--handler-ms",
+        "60000",
+    ];
     stuck_args.extend(lease);
     let stuck = s.worker(&stuck_args).await;
     let deadline = Instant::now() + Duration::from_secs(10);

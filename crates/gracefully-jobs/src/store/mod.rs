@@ -38,6 +38,28 @@ pub(crate) struct Fetched {
     pub(crate) attempts: i32,
     pub(crate) max_attempts: i32,
     pub(crate) run: i64,
+    pub(crate) priority: i32,
+    pub(crate) run_at: i64,
+}
+
+/// A fetch's rows, in the order they are to start (store #4): `RETURNING` promises none.
+pub(crate) fn in_order(rows: Vec<(i64, String, i32, i32, i64, i32, i64)>) -> Vec<Fetched> {
+    let mut jobs: Vec<Fetched> = rows
+        .into_iter()
+        .map(
+            |(id, payload, attempts, max_attempts, run, priority, run_at)| Fetched {
+                id,
+                payload,
+                attempts,
+                max_attempts,
+                run,
+                priority,
+                run_at,
+            },
+        )
+        .collect();
+    jobs.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.run_at, j.id));
+    jobs
 }
 
 /// One held lease, as `renew` reports it back.

@@ -6,6 +6,7 @@
 
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, SqlSafeStr, SqlStr};
 
+use super::in_order;
 use super::{
     Fetched, INFO_COLUMNS, InfoTuple, MAX_LEASE_LOSSES, Renewed, cancel_outcome, counts, info,
 };
@@ -108,7 +109,7 @@ impl PgStore {
                    ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
                  UPDATE {s} AS j SET state = 'running', run = j.run + 1, lease_until = {NOW} + $3, worker = $4 \
                  FROM picked WHERE j.id = picked.id \
-                 RETURNING j.id, j.payload::text, j.attempts, j.max_attempts, j.run"
+                 RETURNING j.id, j.payload::text, j.attempts, j.max_attempts, j.run, j.priority, j.run_at"
             )),
             next_due: sql(format!(
                 "SELECT min(run_at) - {NOW} FROM {s} WHERE queue = $1 AND state IN {waiting}"
@@ -357,23 +358,15 @@ impl PgStore {
         lease_ms: i64,
         worker: &str,
     ) -> Result<Vec<Fetched>, Error> {
-        let rows: Vec<(i64, String, i32, i32, i64)> = sqlx::query_as(self.sql.fetch.clone())
-            .bind(queue)
-            .bind(n as i64)
-            .bind(lease_ms)
-            .bind(worker)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, payload, attempts, max_attempts, run)| Fetched {
-                id,
-                payload,
-                attempts,
-                max_attempts,
-                run,
-            })
-            .collect())
+        let rows: Vec<(i64, String, i32, i32, i64, i32, i64)> =
+            sqlx::query_as(self.sql.fetch.clone())
+                .bind(queue)
+                .bind(n as i64)
+                .bind(lease_ms)
+                .bind(worker)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(in_order(rows))
     }
 
     pub(crate) async fn next_due(&self, queue: &str) -> Result<Option<i64>, Error> {

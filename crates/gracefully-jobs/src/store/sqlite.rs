@@ -4,6 +4,7 @@
 
 use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr, SqliteConnection, SqlitePool};
 
+use super::in_order;
 use super::{
     Fetched, INFO_COLUMNS, InfoTuple, MAX_LEASE_LOSSES, Renewed, cancel_outcome, counts, info,
 };
@@ -186,11 +187,11 @@ impl SqliteStore {
         lease_ms: i64,
         worker: &str,
     ) -> Result<Vec<Fetched>, Error> {
-        let rows: Vec<(i64, String, i32, i32, i64)> = sqlx::query_as(sql(format!(
+        let rows: Vec<(i64, String, i32, i32, i64, i32, i64)> = sqlx::query_as(sql(format!(
             "UPDATE {T} SET state = 'running', run = run + 1, lease_until = {NOW} + ?3, worker = ?4 \
              WHERE id IN (SELECT id FROM {T} WHERE queue = ?1 AND state IN {WAITING} AND run_at <= {NOW} \
                           ORDER BY priority DESC, run_at, id LIMIT ?2) \
-             RETURNING id, payload, attempts, max_attempts, run"
+             RETURNING id, payload, attempts, max_attempts, run, priority, run_at"
         )))
         .bind(queue)
         .bind(n as i64)
@@ -198,16 +199,7 @@ impl SqliteStore {
         .bind(worker)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, payload, attempts, max_attempts, run)| Fetched {
-                id,
-                payload,
-                attempts,
-                max_attempts,
-                run,
-            })
-            .collect())
+        Ok(in_order(rows))
     }
 
     pub(crate) async fn next_due(&self, queue: &str) -> Result<Option<i64>, Error> {

@@ -45,6 +45,7 @@ pub(crate) type ErasedHandler = Arc<
 pub(crate) struct Settings {
     pub(crate) queue: Arc<str>,
     pub(crate) concurrency: usize,
+    pub(crate) prefetch: usize,
     pub(crate) lease: Duration,
     pub(crate) heartbeat: Duration,
     pub(crate) poll_interval: Duration,
@@ -59,6 +60,7 @@ pub(crate) struct Settings {
 /// | option | default | |
 /// |---|---|---|
 /// | [`concurrency`](Self::concurrency) | 16 | handlers running at once |
+/// | [`prefetch`](Self::prefetch) | the concurrency | jobs fetched ahead, returned unstarted at the drain |
 /// | [`lease`](Self::lease) | 30 s | a job whose worker stops renewing is reclaimed after this |
 /// | [`heartbeat`](Self::heartbeat) | 5 s | lease renewal and reclaim period; shorter than the lease |
 /// | [`poll_interval`](Self::poll_interval) | 500 ms | look for due jobs without a wake-up |
@@ -67,6 +69,7 @@ pub struct WorkerBuilder {
     jobs: Jobs,
     queue: String,
     concurrency: usize,
+    prefetch: Option<usize>,
     lease: Duration,
     heartbeat: Duration,
     poll_interval: Duration,
@@ -80,6 +83,7 @@ impl WorkerBuilder {
             jobs,
             queue,
             concurrency: DEFAULT_CONCURRENCY,
+            prefetch: None,
             lease: DEFAULT_LEASE,
             heartbeat: DEFAULT_HEARTBEAT,
             poll_interval: DEFAULT_POLL_INTERVAL,
@@ -135,6 +139,16 @@ impl WorkerBuilder {
         self
     }
 
+    /// Jobs fetched ahead of free handler slots, so that a slot that frees starts its next
+    /// job without a round trip and fetches come in larger batches (default: the
+    /// concurrency; 0 to fetch only for free slots). They are held under a lease like
+    /// running jobs; at the drain they go back to the queue at once, unstarted, for
+    /// another worker (counted as *returned unstarted*). At most 10,000.
+    pub fn prefetch(mut self, n: usize) -> WorkerBuilder {
+        self.prefetch = Some(n);
+        self
+    }
+
     /// How long a job is held without a renewal (default 30 s). A worker that dies
     /// (SIGKILL, power loss) has its jobs reclaimed by another worker this long after its
     /// last renewal — back in the queue, no attempt used. Must be longer than the
@@ -184,6 +198,13 @@ impl WorkerBuilder {
                 format!("must be from 1 to 10000, got {}", self.concurrency),
             ));
         }
+        let prefetch = self.prefetch.unwrap_or(self.concurrency);
+        if prefetch > 10_000 {
+            return Err(Error::config(
+                "prefetch",
+                format!("must be at most 10000, got {prefetch}"),
+            ));
+        }
         if self.heartbeat < Duration::from_millis(10) {
             return Err(Error::config(
                 "heartbeat",
@@ -215,6 +236,7 @@ impl WorkerBuilder {
         let settings = Settings {
             queue: Arc::from(self.queue.as_str()),
             concurrency: self.concurrency,
+            prefetch,
             lease: self.lease,
             heartbeat: self.heartbeat,
             poll_interval: self.poll_interval,
@@ -234,6 +256,7 @@ impl fmt::Debug for WorkerBuilder {
         f.debug_struct("WorkerBuilder")
             .field("queue", &self.queue)
             .field("concurrency", &self.concurrency)
+            .field("prefetch", &self.prefetch)
             .field("lease", &self.lease)
             .field("heartbeat", &self.heartbeat)
             .field("poll_interval", &self.poll_interval)

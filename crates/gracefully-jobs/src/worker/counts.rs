@@ -8,6 +8,8 @@ pub(crate) const SUCCEEDED: &str = "succeeded";
 pub(crate) const FINISHED_DURING_DRAIN: &str = "finished during drain";
 /// Stopped by the shutdown (their token fired) and put back in the queue, attempt refunded.
 pub(crate) const INTERRUPTED: &str = "interrupted and returned";
+/// Fetched ahead (prefetch) but not started when the drain began: returned at once.
+pub(crate) const RETURNED_UNSTARTED: &str = "returned unstarted";
 /// Still running at the abort: dropped, and put back if the database answered.
 pub(crate) const ABORTED: &str = "aborted";
 /// Genuine failures that will be retried after a backoff.
@@ -22,10 +24,11 @@ pub(crate) const LEASE_LOST: &str = "lease lost";
 pub(crate) const RECLAIMED: &str = "reclaimed";
 
 /// Every key, in the order the row shows them.
-pub(crate) const ALL: [&str; 9] = [
+pub(crate) const ALL: [&str; 10] = [
     SUCCEEDED,
     FINISHED_DURING_DRAIN,
     INTERRUPTED,
+    RETURNED_UNSTARTED,
     ABORTED,
     RETRIED,
     DEAD,

@@ -21,7 +21,7 @@
 //!    150 ms when it is not on a runtime thread (the host drops aborted work on a thread of
 //!    its own).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -38,7 +38,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::counts::{
     self, ABORTED, CANCELLED, DEAD, FINISHED_DURING_DRAIN, INTERRUPTED, LEASE_LOST, RECLAIMED,
-    RETRIED, SUCCEEDED,
+    RETRIED, RETURNED_UNSTARTED, SUCCEEDED,
 };
 use super::endings::{self, Done, Pending, Written};
 use super::listener::{self, Event};
@@ -97,6 +97,8 @@ pub(crate) struct Run {
     cx: ServiceContext,
     held: HashMap<i64, Held>,
     tasks: FuturesUnordered<TaskFuture>,
+    /// Fetched, not started (at most `prefetch`); held (run #1) like the running ones.
+    buffer: VecDeque<Fetched>,
     pending: Vec<Pending>,
     draining: bool,
     /// No database call before this (after an error).
@@ -123,6 +125,7 @@ impl Run {
             cx,
             held: HashMap::new(),
             tasks: FuturesUnordered::new(),
+            buffer: VecDeque::new(),
             pending: Vec::new(),
             draining: false,
             backoff_until: None,
@@ -161,7 +164,9 @@ impl Run {
         let mut next_poll = Instant::now() + poll;
         let mut next_heartbeat = Instant::now() + heartbeat;
         // Fetch when this many slots are free (or nothing runs): batches, not one by one.
-        let refill = self.settings.concurrency.div_ceil(4).max(1);
+        let refill = (self.settings.concurrency + self.settings.prefetch)
+            .div_ceil(4)
+            .max(1);
         // The database calls in flight (run #5): a fetch of `fetching_n` jobs, a batch of
         // endings.
         let mut fetching: Option<BoxFuture<'static, Result<Fetch, Error>>> = None;
@@ -182,13 +187,15 @@ impl Run {
                 read_cancels = false;
                 self.read_cancel_requests().await;
             }
-            let free = self.settings.concurrency.saturating_sub(self.tasks.len());
+            self.start_buffered();
+            let free = (self.settings.concurrency + self.settings.prefetch)
+                .saturating_sub(self.tasks.len() + self.buffer.len());
             if fetching.is_none()
                 && !self.draining
                 && want_fetch
                 && db_ok
                 && free > 0
-                && (free >= refill || self.tasks.is_empty())
+                && (free >= refill || (self.tasks.is_empty() && self.buffer.is_empty()))
             {
                 fetching_n = free;
                 let (store, queue, lease, worker) = (
@@ -216,6 +223,7 @@ impl Run {
                 biased;
                 _ = stopping.cancelled(), if !self.draining => {
                     self.draining = true;
+                    self.return_buffered();
                     tracing::info!(queue = %queue, running = self.tasks.len(), "draining: no new jobs; running jobs may finish");
                 }
                 Some((id, ended)) = self.tasks.next(), if !self.tasks.is_empty() => {
@@ -236,14 +244,14 @@ impl Run {
                             self.db_recovered();
                             let got = jobs.len();
                             for job in jobs {
-                                if self.draining {
-                                    // Fetched as the drain began: back at once, unstarted.
-                                    self.held.insert(job.id, Held::unstarted(job.run));
-                                    self.pending.push(Pending::Interrupt(job.id, job.run));
-                                } else {
-                                    self.start(job);
-                                }
+                                self.held.insert(job.id, Held::unstarted(job.run));
+                                self.buffer.push_back(job);
                             }
+                            if self.draining {
+                                // Fetched as the drain began: back at once, unstarted.
+                                self.return_buffered();
+                            }
+                            self.start_buffered();
                             if got < fetching_n {
                                 // No more due jobs: wait for a wake-up, the poll, or the
                                 // next job's run time.
@@ -301,6 +309,30 @@ impl Run {
     fn db_recovered(&mut self) {
         self.backoff = FIRST_DB_BACKOFF;
         self.backoff_until = None;
+    }
+
+    /// Starts buffered jobs while handler slots are free.
+    fn start_buffered(&mut self) {
+        while self.tasks.len() < self.settings.concurrency
+            && let Some(job) = self.buffer.pop_front()
+        {
+            if self.held.get(&job.id).is_some_and(|h| h.lost) {
+                self.release(job.id); // its lease went while it waited: fenced, nothing to write
+                continue;
+            }
+            self.start(job);
+        }
+    }
+
+    /// The drain: every buffered job goes back to the queue at once, unstarted.
+    fn return_buffered(&mut self) {
+        let n = self.buffer.len() as u64;
+        for job in self.buffer.drain(..) {
+            self.pending.push(Pending::Interrupt(job.id, job.run));
+        }
+        if n > 0 {
+            self.cx.count(RETURNED_UNSTARTED, n);
+        }
     }
 
     /// Starts one fetched job in a task of its own (run #2).
@@ -510,9 +542,17 @@ impl Run {
         );
     }
 
-    fn fire_cancel(&self, id: i64, message: String) {
+    fn fire_cancel(&mut self, id: i64, message: String) {
         if let Some(source) = self.held.get(&id).and_then(|h| h.source.as_ref()) {
             source.cancel_with(Reason::requested().with_message(message));
+        } else if let Some(at) = self.buffer.iter().position(|j| j.id == id) {
+            // Cancelled while it waited in the buffer: it never starts.
+            let job = self.buffer.remove(at).expect("found");
+            self.pending.push(Pending::Cancelled {
+                id,
+                run: job.run,
+                error: format!("cancelled before it started: {message}"),
+            });
         }
     }
 

@@ -29,6 +29,7 @@ macro_rules! contract_tests {
             an_undecodable_payload_goes_dead_without_calling_the_handler,
             shutdown_returns_running_jobs_at_once_without_using_an_attempt,
             jobs_that_finish_during_the_drain_succeed_and_are_counted,
+            prefetched_jobs_go_back_unstarted_at_the_drain,
             cancelling_a_running_job_fires_its_token_with_the_message_and_ends_it_cancelled,
             cancelling_a_running_job_from_another_handle_reaches_it,
             cancelling_a_waiting_job_means_it_never_runs,
@@ -501,6 +502,45 @@ pub async fn jobs_that_finish_during_the_drain_succeed_and_are_counted(b: Backen
         (2, 1),
         "nothing new was fetched in the drain"
     );
+}
+
+pub async fn prefetched_jobs_go_back_unstarted_at_the_drain(b: Backend) {
+    let started = Arc::new(AtomicU32::new(0));
+    let s = Arc::clone(&started);
+    let worker = b
+        .jobs
+        .worker("work")
+        .concurrency(1)
+        .prefetch(3)
+        .handler(move |_job: Job<Work>, token: CancellationToken| {
+            s.fetch_add(1, Ordering::SeqCst);
+            async move { busy(60_000, &token).await }
+        })
+        .build()
+        .unwrap();
+    let (host, lifetime) = hosted(worker, Duration::from_secs(1));
+    let report = run(host);
+    b.jobs.enqueue_batch((1..=4).map(work)).await.unwrap();
+    until("1 running, 3 fetched ahead", SECS_10, || async {
+        started.load(Ordering::SeqCst) == 1 && b.jobs.counts(None).await.unwrap().running == 4
+    })
+    .await;
+    lifetime.stop(Reason::shutdown());
+    let report = report.await.unwrap();
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        1,
+        "the fetched-ahead jobs never started"
+    );
+    assert_eq!(counter(&report, "returned unstarted"), 3, "{report}");
+    assert_eq!(counter(&report, "interrupted and returned"), 1, "{report}");
+    for job in b.jobs.list(None, None, 10).await.unwrap() {
+        assert_eq!(
+            (job.state, job.attempts),
+            (JobState::Interrupted, 0),
+            "{job:?}"
+        );
+    }
 }
 
 /// A worker whose handler waits for its token and reports the reason.
