@@ -24,12 +24,13 @@ pub(crate) use builder::{ErasedHandler, Settings};
 use crate::jobs::Jobs;
 
 /// A worker for one queue, run as a [`gracefully_host`] service: it takes due jobs
-/// (at most [`concurrency`](WorkerBuilder::concurrency) at once), runs each in its own
+/// (at most [`concurrency`](WorkerBuilder::concurrency) running at once, and up to
+/// [`prefetch`](WorkerBuilder::prefetch) more fetched ahead), runs each in its own
 /// task with a token, renews their leases, and keeps the shutdown contract:
 ///
 /// | phase | what the worker does |
 /// |---|---|
-/// | drain (`stopping` fires) | takes no new job; running jobs may finish (counted as *finished during drain*) |
+/// | drain (`stopping` fires) | takes no new job; jobs fetched ahead ([`prefetch`](WorkerBuilder::prefetch)) go back to the queue at once, unstarted (*returned unstarted*); running jobs may finish (*finished during drain*) |
 /// | cancel (hard stop fires) | the jobs' tokens fire ([`Shutdown`](gracefully::ReasonKind::Shutdown)); a job whose handler then returns is put back in the queue at once, as *interrupted*, **without using up an attempt** (*interrupted and returned*) |
 /// | abort | handlers still running are dropped (*aborted*) and their jobs put back the same way if the database answers within 150 ms; otherwise their leases expire and they are reclaimed |
 ///
