@@ -343,3 +343,54 @@ impl fmt::Debug for Jobs {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn jobs() -> Jobs {
+        let pool = SqlitePool::connect("sqlite::memory:").await.unwrap();
+        Jobs::sqlite(pool).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_cancel_that_arrives_before_its_job_is_registered_fires_at_registration() {
+        let jobs = jobs().await;
+        assert!(!jobs.fire_local(7, None, Reason::requested().with_message("early")));
+        let source = Arc::new(CancellationSource::new());
+        jobs.register(7, 1, Arc::clone(&source));
+        let reason = source.token().reason().expect("fired at registration");
+        assert_eq!(
+            (reason.kind(), reason.message()),
+            (gracefully::ReasonKind::Requested, Some("early"))
+        );
+        // Remembered once only.
+        let again = Arc::new(CancellationSource::new());
+        jobs.register(8, 1, Arc::clone(&again));
+        jobs.register(7, 2, Arc::clone(&again));
+        assert!(!again.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn early_cancels_are_bounded() {
+        let jobs = jobs().await;
+        for id in 0..(EARLY_CANCELS as i64 * 3) {
+            jobs.fire_local(id, None, Reason::requested());
+        }
+        assert_eq!(jobs.early_cancels().len(), EARLY_CANCELS);
+    }
+
+    #[tokio::test]
+    async fn a_cancel_reaches_a_registered_job_of_the_same_attempt_only() {
+        let jobs = jobs().await;
+        let source = Arc::new(CancellationSource::new());
+        jobs.register(3, 5, Arc::clone(&source));
+        assert!(
+            !jobs.fire_local(3, Some(4), Reason::requested()),
+            "another attempt"
+        );
+        assert!(jobs.fire_local(3, Some(5), Reason::requested()));
+        jobs.unregister(3, 5);
+        assert!(source.is_cancelled());
+    }
+}

@@ -146,6 +146,29 @@ impl Backend {
     }
 }
 
+impl Drop for Backend {
+    /// Drops a PostgreSQL test's schema (CI's database is shared by every run).
+    fn drop(&mut self) {
+        if let Db::Postgres { pool, schema } = &self.db {
+            let (pool, schema) = (pool.clone(), schema.clone());
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                            "DROP SCHEMA \"{schema}\" CASCADE"
+                        )))
+                        .execute(&pool)
+                        .await;
+                    });
+            })
+            .join();
+        }
+    }
+}
+
 /// A host running `worker` (no signal handling), with a 2 s cancel grace.
 pub fn hosted(worker: Worker, shutdown: Duration) -> (Host, Lifetime) {
     let host = Host::builder()
