@@ -12,7 +12,8 @@
 //! - `pg jobs/s: gracefully <n>, sqlx loop <n>, ratio <r>` — the anchor is the loop every
 //!   sqlx user writes: 16 tasks, each claiming one job with `FOR UPDATE SKIP LOCKED` and
 //!   marking it done (two statements per job), polling 1 ms when the queue looks empty;
-//! - `sqlite jobs/s: gracefully <n>`;
+//! - `sqlite jobs/s (synchronous=…): gracefully <n>`, with sqlx's default `FULL` and with
+//!   `NORMAL` (WAL's usual setting: durable across a process crash, not a power loss);
 //! - `pg pickup latency (enqueue → handler start, workers idle): p50 <ms>, p99 <ms>` —
 //!   enqueued through a second handle with its own pool, so the wake-up comes by
 //!   `NOTIFY` (as from another process), 200 samples 20 ms apart.
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 use gracefully::{CancellationToken, Reason};
 use gracefully_host::Host;
 use gracefully_jobs::{Job, Jobs, NewJob};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, PgPool};
 use tokio::sync::mpsc;
 
@@ -68,13 +69,24 @@ async fn run() {
     } else {
         println!("pg: skipped (set DATABASE_URL)");
     }
-    let mut sqlite = Vec::new();
-    for round in 0..ROUNDS {
-        let r = sqlite_gracefully().await;
-        println!("  round {round}: sqlite gracefully {r:.0}/s");
-        sqlite.push(r);
+    for (sync, label) in [
+        (SqliteSynchronous::Full, "synchronous=FULL, sqlx's default"),
+        (
+            SqliteSynchronous::Normal,
+            "synchronous=NORMAL, WAL's usual setting",
+        ),
+    ] {
+        let mut sqlite = Vec::new();
+        for round in 0..ROUNDS {
+            let r = sqlite_gracefully(sync).await;
+            println!("  round {round}: sqlite gracefully {r:.0}/s");
+            sqlite.push(r);
+        }
+        println!(
+            "sqlite jobs/s ({label}): gracefully {:.0}",
+            median(&mut sqlite)
+        );
     }
-    println!("sqlite jobs/s: gracefully {:.0}", median(&mut sqlite));
     if let Some(url) = &url {
         let (p50, p99) = pg_pickup_latency(url).await;
         println!(
@@ -161,7 +173,7 @@ async fn drop_schema(pool: &PgPool, schema: &str) {
         .unwrap();
 }
 
-async fn sqlite_gracefully() -> f64 {
+async fn sqlite_gracefully(sync: SqliteSynchronous) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let options = SqliteConnectOptions::from_str(&format!(
         "sqlite://{}",
@@ -169,7 +181,8 @@ async fn sqlite_gracefully() -> f64 {
     ))
     .unwrap()
     .create_if_missing(true)
-    .journal_mode(SqliteJournalMode::Wal);
+    .journal_mode(SqliteJournalMode::Wal)
+    .synchronous(sync);
     let pool = SqlitePoolOptions::new()
         .max_connections(4)
         .connect_with(options)

@@ -167,10 +167,13 @@ impl Run {
         let refill = (self.settings.concurrency + self.settings.prefetch)
             .div_ceil(4)
             .max(1);
-        // The database calls in flight (run #5): a fetch of `fetching_n` jobs, a batch of
+        // The database calls in flight (run #5): a fetch, a batch of
         // endings.
         let mut fetching: Option<BoxFuture<'static, Result<Fetch, Error>>> = None;
-        let mut fetching_n = 0;
+        // Wake-ups so far, and how many there had been when the fetch in flight started:
+        // a wake-up during a fetch that finds nothing means "look again", not "idle".
+        let mut wakes: u64 = 0;
+        let mut wakes_at_fetch: u64 = 0;
         let mut writing: Option<BoxFuture<'static, Written>> = None;
         tracing::debug!(queue = %queue, concurrency = self.settings.concurrency, "worker started");
         loop {
@@ -197,17 +200,18 @@ impl Run {
                 && free > 0
                 && (free >= refill || (self.tasks.is_empty() && self.buffer.is_empty()))
             {
-                fetching_n = free;
                 let (store, queue, lease, worker) = (
                     self.store.clone(),
                     Arc::clone(&queue),
                     self.lease_ms(),
                     self.settings.worker_id.clone(),
                 );
+                wakes_at_fetch = wakes;
                 fetching = Some(Box::pin(async move {
                     let jobs = store.fetch(&queue, free, lease, &worker).await?;
-                    // The queue ran dry: when is the next job due?
-                    let next_due = if jobs.len() < free {
+                    // Found none: when is the next job due? (Not asked when some were
+                    // found, so that they start without waiting for another round trip.)
+                    let next_due = if jobs.is_empty() {
                         store.next_due(&queue).await.ok().flatten()
                     } else {
                         None
@@ -252,7 +256,7 @@ impl Run {
                                 self.return_buffered();
                             }
                             self.start_buffered();
-                            if got < fetching_n {
+                            if got == 0 && wakes == wakes_at_fetch {
                                 // No more due jobs: wait for a wake-up, the poll, or the
                                 // next job's run time.
                                 want_fetch = false;
@@ -266,21 +270,27 @@ impl Run {
                         Err(e) => self.db_failed("fetch jobs", &e),
                     }
                 }
-                Ok(()) = wake.changed() => want_fetch = true,
+                Ok(()) = wake.changed() => {
+                    want_fetch = true;
+                    wakes += 1;
+                }
                 Some(event) = events.recv() => {
                     want_fetch = true;
+                    wakes += 1;
                     if event == Event::Reconnected {
                         read_cancels = true;
                     }
                 }
                 _ = sleep_until(next_poll) => {
                     want_fetch = true;
+                    wakes += 1;
                     read_cancels |= sqlite;
                     next_poll = Instant::now() + poll;
                 }
                 _ = sleep_until(next_heartbeat) => {
                     if self.heartbeat(&queue).await {
                         want_fetch = true;
+                        wakes += 1;
                     }
                     next_heartbeat = Instant::now() + heartbeat;
                 }
