@@ -6,7 +6,9 @@
 //! 1. A job is in `held` from its fetch until its ending was written (or found fenced):
 //!    its lease is renewed all that time, including while a write is pending after a
 //!    database error. Only running handlers (and a fetch in flight) count against the
-//!    concurrency.
+//!    concurrency. An entry belongs to one attempt (`run`): a task's end and a written
+//!    ending touch it only if the run matches, since a job returned to the queue can be
+//!    fetched again (a new entry) before the write that returned it has come back.
 //! 2. Every handler runs in a task of its own, with a token that is a child of the host's
 //!    hard stop and is registered with the [`Jobs`] (so `cancel` from this process fires
 //!    it directly).
