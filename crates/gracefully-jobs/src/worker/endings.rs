@@ -62,7 +62,8 @@ impl Done {
 /// still to write.
 #[derive(Debug, Default)]
 pub(crate) struct Written {
-    pub(crate) done: Vec<Done>,
+    /// Each ending written, with the attempt (`run`) it ended.
+    pub(crate) done: Vec<(Done, i64)>,
     pub(crate) left: Vec<Pending>,
     pub(crate) error: Option<Error>,
 }
@@ -99,9 +100,11 @@ pub(crate) async fn write(
     };
     if !succeed.is_empty() {
         match store.succeed(&succeed).await {
-            Ok(_) => out
-                .done
-                .extend(succeed.drain(..).map(|(id, _)| Done::Succeeded(id))),
+            Ok(_) => out.done.extend(
+                succeed
+                    .drain(..)
+                    .map(|(id, run)| (Done::Succeeded(id), run)),
+            ),
             Err(e) => {
                 give_back(&mut out, succeed, interrupt, others, e);
                 return out;
@@ -110,12 +113,15 @@ pub(crate) async fn write(
     }
     if !interrupt.is_empty() {
         match store.interrupt(&queue, &interrupt).await {
-            Ok(returned) => out
-                .done
-                .extend(interrupt.drain(..).map(|(id, _)| Done::Interrupted {
-                    id,
-                    returned: returned.contains(&id),
-                })),
+            Ok(returned) => out.done.extend(interrupt.drain(..).map(|(id, run)| {
+                (
+                    Done::Interrupted {
+                        id,
+                        returned: returned.contains(&id),
+                    },
+                    run,
+                )
+            })),
             Err(e) => {
                 give_back(&mut out, succeed, interrupt, others, e);
                 return out;
@@ -133,14 +139,15 @@ pub(crate) async fn write(
             } => store
                 .fail(*id, *run, error, *delay_ms)
                 .await
-                .map(|state| Done::Failed { id: *id, state }),
-            Pending::Dead { id, run, error } => {
-                store.dead(*id, *run, error).await.map(|_| Done::Dead(*id))
-            }
+                .map(|state| (Done::Failed { id: *id, state }, *run)),
+            Pending::Dead { id, run, error } => store
+                .dead(*id, *run, error)
+                .await
+                .map(|_| (Done::Dead(*id), *run)),
             Pending::Cancelled { id, run, error } => store
                 .cancelled(*id, *run, error)
                 .await
-                .map(|_| Done::Cancelled(*id)),
+                .map(|_| (Done::Cancelled(*id), *run)),
             Pending::Succeed(..) | Pending::Interrupt(..) => continue, // split off above
         };
         match result {

@@ -6,7 +6,9 @@
 //! 1. A job is in `held` from its fetch until its ending was written (or found fenced):
 //!    its lease is renewed all that time, including while a write is pending after a
 //!    database error. Only running handlers (and a fetch in flight) count against the
-//!    concurrency.
+//!    concurrency. An entry belongs to one attempt (`run`): a task's end and a written
+//!    ending touch it only if the run matches, since a job returned to the queue can be
+//!    fetched again (a new entry) before the write that returned it has come back.
 //! 2. Every handler runs in a task of its own, with a token that is a child of the host's
 //!    hard stop and is registered with the [`Jobs`] (so `cancel` from this process fires
 //!    it directly).
@@ -87,7 +89,8 @@ struct Fetch {
     next_due: Option<i64>,
 }
 
-type TaskFuture = BoxFuture<'static, (i64, Ended)>;
+/// A handler's task: the job's id and attempt (`run`), and how it ended.
+type TaskFuture = BoxFuture<'static, (i64, i64, Ended)>;
 
 pub(crate) struct Run {
     jobs: Jobs,
@@ -230,11 +233,11 @@ impl Run {
                     self.return_buffered();
                     tracing::info!(queue = %queue, running = self.tasks.len(), "draining: no new jobs; running jobs may finish");
                 }
-                Some((id, ended)) = self.tasks.next(), if !self.tasks.is_empty() => {
-                    self.ended(id, ended);
+                Some((id, run, ended)) = self.tasks.next(), if !self.tasks.is_empty() => {
+                    self.ended(id, run, ended);
                     // Take everything else that is ready into the same batch.
-                    while let Some(Some((id, ended))) = self.tasks.next().now_or_never() {
-                        self.ended(id, ended);
+                    while let Some(Some((id, run, ended))) = self.tasks.next().now_or_never() {
+                        self.ended(id, run, ended);
                     }
                 }
                 written = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
@@ -379,7 +382,7 @@ impl Run {
                         Ok(p) => gracefully_host::panic_message(&*p).to_owned(),
                         Err(e) => e.to_string(),
                     });
-                    (id, ended)
+                    (id, run, ended)
                 }));
             }
             Err(decode) => {
@@ -395,8 +398,11 @@ impl Run {
     }
 
     /// A handler's task ended: decide, and queue the write.
-    fn ended(&mut self, id: i64, ended: Ended) {
-        let Some(held) = self.held.get(&id) else {
+    fn ended(&mut self, id: i64, run: i64, ended: Ended) {
+        // A newer attempt of the same job may hold the entry (this one lost its lease and
+        // the job came back here): this attempt's ending is fenced, nothing to write.
+        let Some(held) = self.held.get(&id).filter(|h| h.run == run) else {
+            self.jobs.unregister(id, run);
             return;
         };
         self.jobs.unregister(id, held.run);
@@ -433,16 +439,21 @@ impl Run {
     /// Applies a written batch: counts, releases the holds (run #1); after a database
     /// error keeps what is left for the next batch and backs off.
     fn apply(&mut self, written: Written) {
-        for done in written.done {
+        for (done, run) in written.done {
             let id = done.id();
+            // The entry may already belong to a newer attempt of the job (fetched again
+            // between this write's return to the queue and its end): leave that one alone.
+            let current = self.held.get(&id).is_some_and(|h| h.run == run);
             match done {
                 Done::Succeeded(_) => self.count_success(),
                 Done::Interrupted { returned, .. } => {
-                    let completed = self
-                        .held
-                        .get(&id)
-                        .is_some_and(|h| h.completed_in_tx.load(Ordering::Acquire));
-                    let unstarted = self.held.get(&id).is_some_and(|h| h.source.is_none());
+                    let completed = current
+                        && self
+                            .held
+                            .get(&id)
+                            .is_some_and(|h| h.completed_in_tx.load(Ordering::Acquire));
+                    let unstarted =
+                        current && self.held.get(&id).is_some_and(|h| h.source.is_none());
                     if returned && completed {
                         tracing::warn!(queue = %self.settings.queue, job = id, "the handler completed the job in a transaction that did not commit; it is back in the queue");
                     }
@@ -460,7 +471,9 @@ impl Run {
                 Done::Dead(_) => self.cx.count(DEAD, 1),
                 Done::Cancelled(_) => self.cx.count(CANCELLED, 1),
             }
-            self.release(id);
+            if current {
+                self.release(id);
+            }
         }
         if let Some(e) = written.error {
             self.db_failed("record how jobs ended", &e);

@@ -771,13 +771,13 @@ pub async fn complete_in_commits_the_success_with_the_handlers_writes_exactly_on
     assert_eq!(
         b.count("SELECT count(*) FROM {effects}").await,
         20,
-        "one effect per job"
+        "one effect per job: {report}"
     );
     assert_eq!(
         b.count("SELECT count(DISTINCT job) FROM {effects}").await,
         20
     );
-    assert_eq!(counter(&report, "succeeded"), 20);
+    assert_eq!(counter(&report, "succeeded"), 20, "{report}");
     // Job 3's first transaction rolled back after complete_in (a failed commit): it ran again.
     assert_eq!(counter(&report, "interrupted and returned"), 1, "{report}");
 }
