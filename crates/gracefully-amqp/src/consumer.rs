@@ -37,7 +37,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use gracefully::CancellationToken;
+use gracefully::operation::{Operation, OperationKind, OperationScope};
+use gracefully::{CancellationToken, Reason};
 use gracefully_host::{BackgroundService, ServiceContext};
 use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions};
@@ -48,7 +49,7 @@ use tokio::task::JoinSet;
 use crate::BoxError;
 use crate::config::{Config, ConsumerBuilder};
 use crate::decode::Raw;
-use crate::handler::Dispatch;
+use crate::handler::{Dispatch, Outcome};
 use crate::message::Envelope;
 use crate::session::Session;
 use crate::settle::Settle;
@@ -321,17 +322,35 @@ impl Run {
         let shared = Arc::clone(&self.shared);
         let session = Arc::clone(session);
         ConsumerStats::add(&shared.stats.counters().in_flight, 1);
+        // The consumer's service operation (the host polls `execute` in its scope): each
+        // message's operation runs under it, though on a task of its own.
+        let scope = OperationScope::current();
         self.in_flight.spawn(async move {
             let _permit = permit;
             let _done = InFlight(&shared.stats);
             let source = session.handler_token(); // invariant 3
             let token = source.token();
+            let op = match &scope {
+                Some(scope) => scope.begin(
+                    OperationKind::Message,
+                    &shared.config.queue,
+                    token.deadline(),
+                ),
+                None => Operation::none(),
+            };
             let (envelope, acker) = Envelope::from_delivery(delivery);
             let envelope = Arc::new(envelope);
-            let outcome = shared
-                .dispatch
-                .call(Arc::clone(&envelope), token.clone())
+            // In the operation's scope: what the handler begins (a query) is its child.
+            let outcome = op
+                .scoped(shared.dispatch.call(Arc::clone(&envelope), token.clone()))
                 .await;
+            match &outcome {
+                Outcome::Done => op.complete(),
+                Outcome::Cancelled(_) => {
+                    op.cancelled(token.reason().unwrap_or_else(Reason::requested))
+                }
+                Outcome::Failed(error) | Outcome::Undecodable(error) => op.failed(error),
+            }
             Settle {
                 config: &shared.config,
                 session: &session,

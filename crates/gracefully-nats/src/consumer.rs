@@ -132,6 +132,7 @@ impl<D: Decode, H: Handler<D::Output>> BackgroundService for Consumer<D, H> {
                 jetstream,
                 stream: Arc::clone(&settings.stream_name),
                 consumer: Arc::clone(&settings.consumer),
+                operation: format!("{}/{}", settings.stream_name, settings.consumer).into(),
                 max_deliveries: settings.max_deliveries,
                 backoff: settings.backoff,
                 dead_letter: settings.dead_letter.clone(),

@@ -9,7 +9,8 @@ use async_nats::jetstream::AckKind;
 use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
 use futures_util::FutureExt;
-use gracefully::{CancellationToken, is_cancellation};
+use gracefully::operation::{Operation, OperationKind};
+use gracefully::{CancellationToken, Reason, is_cancellation};
 use gracefully_host::{BoxError, panic_message};
 
 use crate::backoff::Backoff;
@@ -36,6 +37,8 @@ pub(crate) struct Shared<D, H> {
     pub(crate) jetstream: async_nats::jetstream::Context,
     pub(crate) stream: Arc<str>,
     pub(crate) consumer: Arc<str>,
+    /// `stream/consumer`: the name of each message's operation (bounded: one per consumer).
+    pub(crate) operation: Box<str>,
     pub(crate) max_deliveries: u64,
     pub(crate) backoff: Backoff,
     pub(crate) dead_letter: Option<String>,
@@ -74,6 +77,9 @@ where
         reply,
         delivery,
     } = delivered;
+    // An operation under the consumer's service (the session polls this future in the
+    // service's scope); inert without a registry.
+    let op = Operation::begin(OperationKind::Message, &shared.operation, token.deadline());
     // A decoder that panics (one of `decode_with`) makes the message undecodable, not the
     // consumer fail.
     let decoded =
@@ -85,6 +91,7 @@ where
         Ok(payload) => payload,
         Err(error) => {
             let why = format!("undecodable payload: {error}");
+            op.failed(&why);
             tracing::error!(
                 stream = %shared.stream,
                 sequence = delivery.stream_sequence,
@@ -106,14 +113,22 @@ where
     let message = Message::new(payload, message, Arc::clone(&shared.stream), delivery);
     // A panic is caught both in the call (a closure's synchronous part, before it returns
     // its future) and in the future: either way a failure of this message alone.
-    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-        shared.handler.call(message, token.clone())
-    })) {
-        Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
-        Err(panic) => Err(panic),
-    };
+    // Run in the operation's scope, so what the handler begins (a query) is its child.
+    let outcome = op
+        .scoped(async {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                shared.handler.call(message, token.clone())
+            })) {
+                Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
+                Err(panic) => Err(panic),
+            }
+        })
+        .await;
     let error: BoxError = match outcome {
-        Ok(Ok(())) => return (Settled::Handled, Some(AckKind::Ack)),
+        Ok(Ok(())) => {
+            op.complete();
+            return (Settled::Handled, Some(AckKind::Ack));
+        }
         Ok(Err(error)) => error.into(),
         Err(panic) => format!("handler panicked: {}", panic_message(&*panic)).into(),
     };
@@ -121,6 +136,7 @@ where
     // (a cancellation too) is a failure, retried with backoff like any other, so that a
     // message that always times out cannot come back at once for ever.
     if token.is_cancelled() && is_cancellation(&*error) {
+        op.cancelled(token.reason().unwrap_or_else(Reason::requested));
         tracing::debug!(
             stream = %shared.stream,
             sequence = delivery.stream_sequence,
@@ -129,6 +145,7 @@ where
         );
         return (Settled::CancelledHandedBack, Some(AckKind::Nak(None)));
     }
+    op.failed(&error);
     if let Some(copy) = copy {
         let why = format!(
             "handler failed on delivery {} of at most {}: {error}",

@@ -7,7 +7,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use gracefully::{CancelOn, CancellationToken, Cancelled, Reason, WaitForCancellationOwned};
+use gracefully::operation::{Operation, OperationKind};
+use gracefully::{
+    CancelOn, CancellationToken, Cancelled, Reason, WaitForCancellationOwned, find_cancelled,
+};
 use gracefully_axum::{BudgetFormat, GRPC_TIMEOUT, REQUEST_TIMEOUT_MS, RequestToken};
 use http::HeaderName;
 use http_body::{Body, Frame, SizeHint};
@@ -81,6 +84,12 @@ const REQUEST_TIMEOUT_MS_NAME: HeaderName = HeaderName::from_static(REQUEST_TIME
 /// // client.stock(request).await?;   // Err(Status::deadline_exceeded(…)) once 300 ms pass
 /// # let _ = (channel, request); Ok(()) }
 /// ```
+///
+/// **Operations.** Inside a recorded operation (a request's handler, a message's, a
+/// tracked task, with an operations registry installed), each call is an `Outbound`
+/// operation under it, named by its method path, with the token's deadline, from the call
+/// until its response's head arrives: completed, failed (an error status or transport
+/// error), or cancelled with the token's reason. Outside any, nothing is recorded.
 ///
 /// *Anchors:* grpc-go sends `ctx`'s deadline as `grpc-timeout` and cancels the stream when
 /// `ctx` is done; grpc-dotnet does both with `CallOptions` (and, with
@@ -240,7 +249,16 @@ where
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         let token = self.layer.token_of(&request).unwrap_or_default();
+        // Inside a recorded operation (the caller's), the call is an `Outbound` operation
+        // under it, named by its method path (bounded by the service definitions), until
+        // the response's head arrives; inert without a registry.
+        let op = Operation::begin(
+            OperationKind::Outbound,
+            request.uri().path(),
+            token.deadline(),
+        );
         if let Err(cancelled) = self.layer.apply(&mut request, &token) {
+            op.cancelled(cancelled.reason().clone());
             return ResponseFuture {
                 state: State::Refused {
                     cancelled: Some(cancelled),
@@ -249,7 +267,7 @@ where
         }
         let call = token.run_until_cancelled(self.inner.call(request));
         ResponseFuture {
-            state: State::Calling { call, token },
+            state: State::Calling { call, token, op },
         }
     }
 }
@@ -270,7 +288,7 @@ pin_project_lite::pin_project! {
 pin_project_lite::pin_project! {
     #[project = StateProj]
     enum State<F> {
-        Calling { #[pin] call: CancelOn<F>, token: CancellationToken },
+        Calling { #[pin] call: CancelOn<F>, token: CancellationToken, op: Operation },
         Refused { cancelled: Option<Cancelled> },
     }
 }
@@ -307,6 +325,28 @@ fn call_error(error: BoxError, token: &CancellationToken) -> BoxError {
     error
 }
 
+/// Ends a call's operation when its response's head arrives: failed on an error status
+/// (a trailers-only answer) or a transport error, cancelled with the reason when the
+/// error is a cancellation, completed otherwise.
+fn end_call<B>(op: Operation, result: &Result<http::Response<B>, BoxError>) {
+    if !op.is_recording() {
+        return;
+    }
+    match result {
+        Ok(response) => match response.headers().get("grpc-status") {
+            Some(status) if status.as_bytes() != b"0" => op.failed(format_args!(
+                "grpc-status {}",
+                status.to_str().unwrap_or("?")
+            )),
+            _ => op.complete(),
+        },
+        Err(error) => match find_cancelled(&**error) {
+            Some(cancelled) => op.cancelled(cancelled.reason().clone()),
+            None => op.failed(error),
+        },
+    }
+}
+
 impl<F, ResBody, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<http::Response<ResBody>, E>>,
@@ -316,14 +356,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Calling { call, token } => {
-                Poll::Ready(match std::task::ready!(call.poll(cx)) {
+            StateProj::Calling { call, token, op } => {
+                let result = match std::task::ready!(call.poll(cx)) {
                     Ok(Ok(response)) => {
                         Ok(response.map(|body| TokenBody::new(body, token.clone())))
                     }
                     Ok(Err(error)) => Err(call_error(error.into(), token)),
                     Err(cancelled) => Err(cancelled_error(&cancelled)),
-                })
+                };
+                end_call(std::mem::take(op), &result);
+                Poll::Ready(result)
             }
             StateProj::Refused { cancelled } => Poll::Ready(Err(cancelled_error(
                 &cancelled

@@ -18,6 +18,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
+use gracefully::operation::{Operation, OperationKind, Scoped};
 use gracefully::{CancellationSource, Reason};
 use gracefully_axum::RequestToken;
 use http_body::Frame;
@@ -51,10 +52,16 @@ impl Service<http::Request<Body>> for GrpcRoutes {
         // finds it then): the RPC's token is a child of the request's, so the client's
         // departure during the handler, the deadline and the hard stop reach it too.
         let rpc = gracefully_axum::request_token(&request).child();
-        request.extensions_mut().insert(RequestToken(rpc.token()));
+        let token = rpc.token();
+        // Under the HTTP request's operation (current here, when a registry is installed):
+        // the RPC, named by its method path, with the handler run in its scope.
+        let op = Operation::begin(OperationKind::Rpc, request.uri().path(), token.deadline());
+        request.extensions_mut().insert(RequestToken(token));
+        let inner = op.scoped(self.router.call(request));
         RpcFuture {
-            inner: self.router.call(request),
+            inner,
             rpc: Some(rpc),
+            op,
         }
     }
 }
@@ -69,8 +76,9 @@ pin_project_lite::pin_project! {
     /// route's disconnect policy says).
     pub struct RpcFuture {
         #[pin]
-        inner: axum::routing::future::RouteFuture<Infallible>,
+        inner: Scoped<axum::routing::future::RouteFuture<Infallible>>,
         rpc: Option<CancellationSource>,
+        op: Operation,
     }
 }
 
@@ -91,6 +99,7 @@ impl Future for RpcFuture {
             gracefully_axum::mark_cancelled(&mut response, &cancelled);
         }
         let rpc = this.rpc.take();
+        end_rpc(std::mem::take(this.op), &response, rpc.as_ref());
         Poll::Ready(Ok(response.map(|body| {
             Body::new(StreamGuard {
                 body,
@@ -98,6 +107,32 @@ impl Future for RpcFuture {
                 ended: false,
             })
         })))
+    }
+}
+
+/// Ends the RPC's operation when its handler answers: cancelled with the token's reason if
+/// it fired, failed if the answer is an error status, completed otherwise. (A response
+/// stream that runs on after the handler is not part of it.)
+fn end_rpc(op: Operation, response: &Response, rpc: Option<&CancellationSource>) {
+    if !op.is_recording() {
+        return;
+    }
+    if let Some(reason) = rpc.and_then(|rpc| rpc.token().reason()) {
+        op.cancelled(reason);
+        return;
+    }
+    let status = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("0");
+    if status == "0" && response.status().is_success() {
+        op.complete();
+    } else {
+        op.failed(format_args!(
+            "grpc-status {status} (HTTP {})",
+            response.status().as_u16()
+        ));
     }
 }
 

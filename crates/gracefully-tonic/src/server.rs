@@ -38,6 +38,14 @@ use crate::routes::GrpcRoutes;
 /// unanswered while the drain budget lasts. The host's report row counts each step (the
 /// HTTP server's keys: `requests` are RPCs).
 ///
+/// **Operations.** With an operations registry (`HostBuilder::operations`), each HTTP
+/// request is a `Request` operation (gracefully-axum) and each RPC an `Rpc` operation under
+/// it, named by its method path (`/pkg.Service/Method`), with the RPC token's deadline; the
+/// handler runs in its scope (a query it makes appears under it), and it ends when the
+/// handler answers: completed, cancelled with the token's reason, or failed (an error
+/// status). A response stream that runs on after the handler is the request's, not the
+/// RPC's. Without a registry nothing is recorded.
+///
 /// ```no_run
 /// use gracefully_host::Host;
 /// use gracefully_tonic::GrpcServer;

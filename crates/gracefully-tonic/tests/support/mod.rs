@@ -113,7 +113,7 @@ pub enum Event {
     Fired { kind: ReasonKind, at: Instant },
 }
 
-type WorkFuture = Pin<Box<dyn Future<Output = Result<Response<WorkReply>, Status>> + Send>>;
+pub type WorkFuture = Pin<Box<dyn Future<Output = Result<Response<WorkReply>, Status>> + Send>>;
 
 /// A `Work` handler that reports its start, then waits for its token and reports the reason
 /// and the instant it saw it; answers with the cancellation as a status.
