@@ -1,48 +1,63 @@
 //! The demo service: an orders API that ties the gracefully crates together.
 //!
-//! * [`gracefully_host`] runs three services — the database pool, the HTTP server and a
-//!   background statistics job — and shuts them down in three phases with a report.
+//! * [`gracefully_host`] runs the services — the database pool, the HTTP server, the
+//!   fulfilment workers and a statistics job — and shuts them down in three phases with a
+//!   report.
 //! * [`gracefully_axum`] serves the API; every request has a token that fires when the
-//!   client leaves, when the route's timeout passes, or at the hard stop.
+//!   client leaves, when the route's timeout or the caller's propagated deadline passes,
+//!   or at the hard stop.
+//! * [`gracefully_mediator`] carries each use case from the HTTP handler to its handler,
+//!   with the request's token, through logging, validation and retry behaviours.
 //! * [`gracefully_sqlx`] runs the queries on SQLite (the embedded default, no server
-//!   needed): a cancelled query is interrupted inside SQLite, and an order is written in a
-//!   transaction that commits only if nothing was cancelled.
+//!   needed) or PostgreSQL (`--database postgres://…`): a cancelled query stops inside the
+//!   database, and an order is written in a transaction that commits only if nothing was
+//!   cancelled.
+//! * [`gracefully_reqwest`] makes the fulfilment's call to the shipping service with the
+//!   job's token: its deadline travels in a header.
 //!
 //! Endpoints: `GET /` (this list), `POST /orders` (`{"item": "tea", "quantity": 2}`),
-//! `GET /orders`, `GET /report?rows=N` (a deliberately slow query: leave with Ctrl-C on
-//! curl, and SQLite stops), `GET /events` (Server-Sent Events of new orders; they end when
-//! the drain begins), `GET /healthz`, `GET /readyz`.
+//! `GET /orders`, `GET /orders/{id}`, `GET /report?rows=N` (a deliberately slow query:
+//! leave with Ctrl-C on curl, and the database stops), `GET /events` (Server-Sent Events
+//! of new orders; they end when the drain begins), `POST /shipping`, `GET /healthz`,
+//! `GET /readyz`.
 
 #![warn(missing_docs)]
 
 mod api;
 mod db;
+mod orders;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use gracefully_host::{Host, ShutdownReport, service_fn};
 
-pub use api::router;
+pub use api::{AppState, router};
 
 /// The workspace README's examples (they use every crate), compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
-pub use db::Database;
+pub use db::{Database, Order, OrderView};
+pub use orders::{CreateOrder, GetOrder, ListOrders, SlowReport, mediator};
 
 /// Command-line configuration.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "demo",
-    about = "The gracefully demo service: an orders API on SQLite."
+    about = "The gracefully demo service: an orders API on SQLite or PostgreSQL."
 )]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub listen: SocketAddr,
-    /// Database URL (SQLite). `sqlite::memory:` keeps nothing.
-    #[arg(long, default_value = "sqlite://demo.db?mode=rwc")]
+    /// Database URL: `sqlite://demo.db?mode=rwc` (the default, no server needed) or
+    /// `postgres://user@host/db`. `sqlite::memory:` keeps nothing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://demo.db?mode=rwc"
+    )]
     pub database: String,
     /// The whole shutdown's budget, in seconds.
     #[arg(long, default_value_t = 30)]
@@ -56,6 +71,13 @@ pub struct Config {
     /// The `/report` route's timeout, in seconds (its query is interrupted, the answer is 504).
     #[arg(long, default_value_t = 10)]
     pub report_timeout: u64,
+    /// The shipping service the fulfilment jobs call (default: this instance's own
+    /// `/shipping`).
+    #[arg(long)]
+    pub shipping_url: Option<String>,
+    /// How long this instance's `/shipping` takes, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub shipping_delay_ms: u64,
     /// Install SIGINT/SIGTERM/SIGQUIT handlers (tests turn this off).
     #[arg(skip = true)]
     pub handle_signals: bool,
@@ -85,10 +107,19 @@ pub async fn build(config: &Config) -> Result<(Host, SocketAddr), StartError> {
     let addr = listener
         .local_addr()
         .map_err(|e| StartError(format!("cannot read the listening address: {e}")))?;
-    let app = router(database.clone(), Duration::from_secs(config.report_timeout));
+    let mediator = mediator(&database).map_err(|e| StartError(format!("bad wiring: {e}")))?;
+    let state = AppState {
+        mediator,
+        db: database.clone(),
+        shipping_delay: Duration::from_millis(config.shipping_delay_ms),
+    };
+    let app = router(state, Duration::from_secs(config.report_timeout));
     let stats_db = database.clone();
+    tracing::info!(database = database.backend(), "database open");
     Host::builder()
         .handle_signals(config.handle_signals)
+        // `main` prints the report it gets back: once.
+        .log_report(false)
         .shutdown_timeout(Duration::from_secs(config.shutdown_timeout))
         .cancel_grace(Duration::from_secs(config.cancel_grace))
         .pre_stop_delay(Duration::from_secs(config.pre_stop_delay))
