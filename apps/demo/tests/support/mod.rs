@@ -1,0 +1,133 @@
+//! The real `demo` binary, started as an orchestrator starts it: a process with arguments
+//! and environment, signals, and its output read from pipes (not a terminal).
+
+#![allow(dead_code)] // each test file uses a part
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+/// A running demo process.
+pub struct Demo {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    stderr: Arc<Mutex<String>>,
+    stdout: Arc<Mutex<String>>,
+}
+
+/// The database URL of a fresh SQLite file in `dir`.
+pub fn sqlite_url(dir: &std::path::Path) -> String {
+    format!("sqlite://{}/demo.db?mode=rwc", dir.display())
+}
+
+impl Demo {
+    /// Starts `demo --listen 127.0.0.1:0 --database URL EXTRA…` and waits until it listens.
+    pub fn start(database: &str, extra: &[&str]) -> Demo {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_demo"))
+            .args(["--listen", "127.0.0.1:0", "--database", database])
+            .args(extra)
+            .env("RUST_LOG", "info,sqlx=warn")
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the demo binary starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let pipe = child.stderr.take().unwrap();
+            let stderr = Arc::clone(&stderr);
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(at) = line.find("demo listening on http://") {
+                        let addr = line[at + "demo listening on ".len()..].trim().to_string();
+                        let _ = tx.send(addr);
+                    }
+                    let mut all = stderr.lock().unwrap();
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            });
+        }
+        {
+            let mut pipe = child.stdout.take().unwrap();
+            let stdout = Arc::clone(&stdout);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    stdout
+                        .lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        let base = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(base) => base,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "the demo did not start listening; stderr:\n{}",
+                    stderr.lock().unwrap()
+                );
+            }
+        };
+        Demo {
+            child,
+            base,
+            stderr,
+            stdout,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` (libc's number).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) with a pid this test spawned and still owns (not yet reaped).
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.pid());
+    }
+
+    /// Waits for the process to exit (at most `limit`); returns its status, stdout and
+    /// stderr.
+    pub fn wait(mut self, limit: Duration) -> (ExitStatus, String, String) {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!(
+                    "the demo did not exit within {limit:?}; stderr:\n{}",
+                    self.stderr.lock().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // The pipe readers see EOF right after the exit.
+        std::thread::sleep(Duration::from_millis(100));
+        let stdout = self.stdout.lock().unwrap().clone();
+        let stderr = self.stderr.lock().unwrap().clone();
+        (status, stdout, stderr)
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
