@@ -18,7 +18,11 @@ fn sigterm_prints_the_report_once_in_plain_text_and_exits_0() {
     assert_eq!(body, "[]");
     demo.signal(libc::SIGTERM);
     let (status, stdout, stderr) = demo.wait(Duration::from_secs(30));
-    assert_eq!(status.code(), Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
     let all = format!("{stdout}{stderr}");
     assert_eq!(
         all.matches("shutdown report").count(),
@@ -43,7 +47,12 @@ fn a_bad_listen_address_or_database_fails_at_start_with_a_clear_message() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_demo"))
-        .args(["--listen", "127.0.0.1:0", "--database", "mysql://x@127.0.0.1/y"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            "mysql://x@127.0.0.1/y",
+        ])
         .env_remove("DATABASE_URL")
         .output()
         .unwrap();
@@ -112,7 +121,10 @@ fn wrk_load_with_sigterm_in_the_middle_sees_no_errors() {
     // connects without blocking, so a refusal surfaces at its first write.
     for (name, n) in &socket_errors {
         if name == "read" || name == "timeout" {
-            assert_eq!(*n, 0, "{name} errors: no request lost at the drain\n{wrk_out}");
+            assert_eq!(
+                *n, 0,
+                "{name} errors: no request lost at the drain\n{wrk_out}"
+            );
         }
     }
 }
