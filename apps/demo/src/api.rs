@@ -178,11 +178,17 @@ async fn ship(
     RequestToken(token): RequestToken,
     Json(request): Json<ShipRequest>,
 ) -> Result<Json<Shipped>, ApiError> {
+    // The caller's budget, as it arrived (the fulfilment job sends its deadline).
+    let budget_ms = token.deadline().map(|deadline| {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        i64::try_from(left.as_millis()).unwrap_or(i64::MAX)
+    });
     token
         .run_until_cancelled(tokio::time::sleep(app.shipping_delay))
         .await
         .map_err(ApiError::Cancelled)?;
-    let tracking = app.db.ship(&token, request.order_id).await?;
+    let tracking = app.db.ship(&token, request.order_id, budget_ms).await?;
+    tracing::info!(order_id = request.order_id, budget_ms, "shipped");
     Ok(Json(Shipped { tracking }))
 }
 

@@ -25,6 +25,7 @@
 
 mod api;
 mod db;
+mod fulfil;
 mod orders;
 
 use std::net::SocketAddr;
@@ -38,7 +39,8 @@ pub use api::{AppState, router};
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
-pub use db::{Database, Order, OrderView};
+pub use db::{Database, FULFILMENT, Fulfil, Fulfilment, Order, OrderView};
+pub use fulfil::FULFILMENT_DEADLINE;
 pub use orders::{CreateOrder, GetOrder, ListOrders, SlowReport, mediator};
 
 /// Command-line configuration.
@@ -52,7 +54,7 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub listen: SocketAddr,
     /// Database URL: `sqlite://demo.db?mode=rwc` (the default, no server needed) or
-    /// `postgres://user@host/db`. `sqlite::memory:` keeps nothing.
+    /// `postgres://user@host/db` (many instances then share the jobs).
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -78,6 +80,13 @@ pub struct Config {
     /// How long this instance's `/shipping` takes, in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub shipping_delay_ms: u64,
+    /// Fulfilment jobs run at once.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Seconds a fulfilment job's lease lasts without renewal: how soon another worker
+    /// takes over the jobs of an instance that crashed (renewed every third of it).
+    #[arg(long, default_value_t = 30)]
+    pub job_lease: u64,
     /// Install SIGINT/SIGTERM/SIGQUIT handlers (tests turn this off).
     #[arg(skip = true)]
     pub handle_signals: bool,
@@ -115,6 +124,17 @@ pub async fn build(config: &Config) -> Result<(Host, SocketAddr), StartError> {
     };
     let app = router(state, Duration::from_secs(config.report_timeout));
     let stats_db = database.clone();
+    let shipping_url = config
+        .shipping_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}/shipping"));
+    let worker = fulfil::worker(
+        &database,
+        shipping_url,
+        config.workers,
+        Duration::from_secs(config.job_lease),
+    )
+    .map_err(|e| StartError(format!("bad configuration: {e}")))?;
     tracing::info!(database = database.backend(), "database open");
     Host::builder()
         .handle_signals(config.handle_signals)
@@ -131,6 +151,9 @@ pub async fn build(config: &Config) -> Result<(Host, SocketAddr), StartError> {
             gracefully_axum::HttpServer::new(listener, app)
                 .request_timeout(Duration::from_secs(30)),
         )
+        // Registered after the HTTP server: stops before it, so the jobs still running at
+        // the drain reach this instance's /shipping.
+        .service("fulfilment", worker)
         .service(
             "stats",
             service_fn(move |stopping, _cx| {

@@ -1,67 +1,14 @@
 //! The demo on PostgreSQL (`--database postgres://…`): each test in a database of its own,
 //! created from `DATABASE_URL` and dropped at the end.
 
+mod support;
+
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use gracefully::Reason;
 use sqlx::{Connection, PgConnection};
-
-/// A fresh database on the server `DATABASE_URL` names; dropped when this is.
-struct TestDb {
-    admin_url: String,
-    name: String,
-    /// The new database's URL.
-    url: String,
-}
-
-impl TestDb {
-    async fn create(tag: &str) -> TestDb {
-        let admin_url = std::env::var("DATABASE_URL")
-            .expect("DATABASE_URL: postgres://postgres@127.0.0.1:5432/test");
-        let name = format!(
-            "demo_{tag}_{}_{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-        );
-        let mut admin = PgConnection::connect(&admin_url).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let (base, _) = admin_url.rsplit_once('/').unwrap();
-        let url = format!("{base}/{name}");
-        TestDb {
-            admin_url,
-            name,
-            url,
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // A thread of its own: Drop may run inside the test's runtime.
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .unwrap()
-                .block_on(async move {
-                    if let Ok(mut admin) = PgConnection::connect(&admin_url).await {
-                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .execute(&mut admin)
-                        .await;
-                    }
-                })
-        })
-        .join();
-    }
-}
+use support::TestDb;
 
 /// How many statements of `db` run a recursive count right now.
 async fn active_reports(admin: &mut PgConnection, db: &str) -> i64 {
@@ -78,7 +25,7 @@ async fn active_reports(admin: &mut PgConnection, db: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs PostgreSQL: set DATABASE_URL"]
 async fn on_postgres_a_slow_report_abandoned_by_its_client_is_gone_from_the_server_at_once() {
-    let db = TestDb::create("report").await;
+    let db = TestDb::create("report");
     let mut config = demo::Config::parse_from([
         "demo",
         "--listen",

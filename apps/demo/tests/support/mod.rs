@@ -131,3 +131,115 @@ impl Drop for Demo {
         let _ = self.child.wait();
     }
 }
+
+/// Runs `f` on a runtime of its own, on a thread of its own (callable from sync tests and
+/// from inside a test's runtime alike).
+pub fn on_own_runtime<T: Send + 'static>(
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    })
+    .join()
+    .unwrap()
+}
+
+/// A fresh PostgreSQL database on the server `DATABASE_URL` names; dropped when this is.
+pub struct TestDb {
+    /// `DATABASE_URL`.
+    pub admin_url: String,
+    /// The new database's name.
+    pub name: String,
+    /// The new database's URL.
+    pub url: String,
+}
+
+impl TestDb {
+    /// Creates `demo_<tag>_<pid>_<nanos>`.
+    pub fn create(tag: &str) -> TestDb {
+        let admin_url = std::env::var("DATABASE_URL")
+            .expect("DATABASE_URL: postgres://postgres@127.0.0.1:5432/test");
+        let name = format!(
+            "demo_{tag}_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        );
+        let (admin, db) = (admin_url.clone(), name.clone());
+        on_own_runtime(async move {
+            use sqlx::Connection;
+            let mut admin = sqlx::PgConnection::connect(&admin).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+        });
+        let (base, _) = admin_url.rsplit_once('/').unwrap();
+        let url = format!("{base}/{name}");
+        TestDb {
+            admin_url,
+            name,
+            url,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (admin, db) = (self.admin_url.clone(), self.name.clone());
+        on_own_runtime(async move {
+            use sqlx::Connection;
+            if let Ok(mut admin) = sqlx::PgConnection::connect(&admin).await {
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await;
+            }
+        });
+    }
+}
+
+/// The demo's database, read directly by a test (SQLite or PostgreSQL by URL).
+pub enum Db {
+    Sqlite(String),
+    Postgres(String),
+}
+
+impl Db {
+    pub fn connect(url: &str) -> Db {
+        if url.starts_with("postgres") {
+            Db::Postgres(url.to_string())
+        } else {
+            Db::Sqlite(url.to_string())
+        }
+    }
+
+    /// The one `i64` that `sql` selects.
+    pub fn scalar(&self, sql: &'static str) -> i64 {
+        match self {
+            Db::Sqlite(url) => {
+                let url = url.clone();
+                on_own_runtime(async move {
+                    use sqlx::Connection;
+                    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                    sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+                })
+            }
+            Db::Postgres(url) => {
+                let url = url.clone();
+                on_own_runtime(async move {
+                    use sqlx::Connection;
+                    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+                    sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+                })
+            }
+        }
+    }
+}
