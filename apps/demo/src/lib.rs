@@ -107,6 +107,19 @@ impl std::error::Error for StartError {}
 /// Builds the host (without running it): opens the database and binds the listener.
 /// Returns the host and the address it will serve on.
 pub async fn build(config: &Config) -> Result<(Host, SocketAddr), StartError> {
+    // The flags' own ranges, named as the user typed them (the crates name their fields).
+    if !(1..=10_000).contains(&config.workers) {
+        return Err(StartError(format!(
+            "bad configuration: --workers must be from 1 to 10000, got {}",
+            config.workers
+        )));
+    }
+    if !(1..=86_400).contains(&config.job_lease) {
+        return Err(StartError(format!(
+            "bad configuration: --job-lease must be from 1 to 86400 seconds, got {}",
+            config.job_lease
+        )));
+    }
     let database = Database::open(&config.database)
         .await
         .map_err(|e| StartError(format!("cannot open the database: {e}")))?;
