@@ -5,7 +5,8 @@
 #
 #   crates/gracefully-axum/benches/http_instructions.sh
 #
-# Each server (examples/hello.rs) runs under callgrind twice, loaded by `wrk` for a short
+# Each server (examples/hello.rs: axum, gracefully, and gracefully with the operations
+# registry on) runs under callgrind twice, loaded by `wrk` for a short
 # and a long time; the difference in instructions divided by the difference in requests is
 # the marginal cost of one request (start-up and shutdown cancel out). Needs valgrind and
 # wrk (both installed from Debian's packages if missing).
@@ -45,7 +46,7 @@ measure() { # mode port seconds -> "requests instructions"
 }
 
 declare -A per_request
-for mode in axum gracefully; do
+for mode in axum gracefully gracefully-operations; do
     read -r r1 i1 < <(measure "$mode" 18190 "$SHORT")
     read -r r2 i2 < <(measure "$mode" 18191 "$LONG")
     per_request[$mode]=$(((i2 - i1) / (r2 - r1)))
@@ -53,3 +54,7 @@ for mode in axum gracefully; do
 done
 awk -v a="${per_request[axum]}" -v g="${per_request[gracefully]}" \
     'BEGIN {printf "http instructions per request: axum %d, gracefully %d (%+.1f %%)\n", a, g, (g / a - 1) * 100}'
+# The operations registry on (every request recorded): its cost per request, and the
+# throughput ratio it implies against axum if time followed instructions.
+awk -v a="${per_request[axum]}" -v g="${per_request[gracefully]}" -v o="${per_request[gracefully-operations]}" \
+    'BEGIN {printf "with the operations registry: %d instructions per request (%+d over gracefully without it; %+.1f %% over axum; implied ratio to axum %.3f, target >= 0.97)\n", o, o - g, (o / a - 1) * 100, a / o}'

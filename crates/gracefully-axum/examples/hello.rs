@@ -8,7 +8,9 @@
 //! Modes: `axum` (plain `axum::serve`); `gracefully` (our server, with a `TimeoutLayer` and
 //! a `DisconnectPolicyLayer` wrapping the router as one tower service — how app-wide layers
 //! are cheapest); `gracefully-route-layers` (the same layers through axum's
-//! `Router::layer`, which re-boxes every route: a cost of axum's, paid by any layer).
+//! `Router::layer`, which re-boxes every route: a cost of axum's, paid by any layer);
+//! `gracefully-operations` (as `gracefully`, with an operations registry recording every
+//! request; without `OperationNameLayer`, whose `Router::layer` would add axum's re-boxing).
 //!
 //! Stops on SIGTERM or Ctrl-C. Uses one tokio worker thread (set `WORKERS` to change it),
 //! so the benchmark can pin the server and the load generator to different cores.
@@ -56,7 +58,7 @@ fn main() -> std::io::Result<()> {
                         .with_graceful_shutdown(stop)
                         .await
                 }
-                "gracefully" | "gracefully-route-layers" => {
+                "gracefully" | "gracefully-route-layers" | "gracefully-operations" => {
                     // The layers a service would typically have: a request timeout and an
                     // explicit disconnect policy (the request's token is made only if the
                     // handler asks for it or does not answer at once).
@@ -74,6 +76,14 @@ fn main() -> std::io::Result<()> {
                             .layer(policy)
                             .service(Router::new().route("/", get(hello)));
                         tokio::spawn(HttpServer::new(listener, app).run(shutdown))
+                    } else if mode == "gracefully-operations" {
+                        let operations = gracefully_host::Operations::new();
+                        let app = tower::ServiceBuilder::new()
+                            .layer(timeout)
+                            .layer(policy)
+                            .service(Router::new().route("/", get(hello)));
+                        let run = HttpServer::new(listener, app).run(shutdown);
+                        tokio::spawn(operations.scope().scoped(run))
                     } else {
                         let app = Router::new().route("/", get(hello)).layer(timeout).layer(policy);
                         tokio::spawn(HttpServer::new(listener, app).run(shutdown))
@@ -86,7 +96,7 @@ fn main() -> std::io::Result<()> {
                 }
                 other => {
                     eprintln!(
-                        "unknown mode {other:?}: use `axum`, `gracefully` or `gracefully-route-layers`"
+                        "unknown mode {other:?}: use `axum`, `gracefully`, `gracefully-route-layers` or `gracefully-operations`"
                     );
                     std::process::exit(2);
                 }

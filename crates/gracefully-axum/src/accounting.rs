@@ -60,6 +60,10 @@ impl RequestAccount {
         }
     }
 
+    pub(crate) fn has_client_left(&self) -> bool {
+        self.client_left.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn client_left(&self) {
         self.client_left.store(true, Ordering::Relaxed);
     }
@@ -126,6 +130,7 @@ impl RequestAccount {
     pub(crate) fn lost(self, ctx: &RequestContext) {
         self.note_hard_stop(ctx);
         inc(&self.state.stats.lost);
+        metrics::counter!("gracefully_http_requests_lost_total").increment(1);
         tracing::debug!("request dropped before its answer");
     }
 }

@@ -20,6 +20,7 @@ pub(crate) struct Config {
     pub(crate) max_header_bytes: usize,
     pub(crate) token_in_extensions: bool,
     pub(crate) incoming_deadlines: IncomingDeadlines,
+    pub(crate) record_operations: bool,
 }
 
 impl Default for Config {
@@ -32,6 +33,7 @@ impl Default for Config {
             max_header_bytes: 64 * 1024,
             token_in_extensions: false,
             incoming_deadlines: IncomingDeadlines::default(),
+            record_operations: true,
         }
     }
 }

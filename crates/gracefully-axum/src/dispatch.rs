@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use gracefully::Reason;
+use gracefully::operation::{Operation, OperationKind, OperationScope, Scoped};
 use http::{Request, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
@@ -68,8 +69,9 @@ pub(crate) struct HyperService<S> {
     pub(crate) conn: Arc<ConnState>,
 }
 
-/// The app's answer (its `Infallible` error is unwrapped by `InRequest`).
-type AppFuture<S> = Oneshot<S, Request<Body>>;
+/// The app's answer (its `Infallible` error is unwrapped by `InRequest`), polled in the
+/// request's operation scope (nothing is touched when no operation is recorded).
+type AppFuture<S> = Scoped<Oneshot<S, Request<Body>>>;
 
 impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> {
     type Response = Response;
@@ -103,14 +105,18 @@ impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> 
                 .insert(crate::RequestToken(ctx.token()));
         }
         let account = RequestAccount::start(state.clone(), self.conn.clone());
-        let future: AppFuture<S> = self.app.clone().oneshot(request);
+        let op = match &state.operations {
+            Some(scope) => begin_request(scope, &request),
+            None => Operation::none(),
+        };
+        let future: AppFuture<S> = op.scoped(self.app.clone().oneshot(request));
 
         if version == Version::HTTP_2 {
             // hyper drops an HTTP/2 stream's future when the client resets the stream;
             // run the handler as a task so the policy decides what happens to it.
             let ctx = Arc::new(ctx);
             let (tx, rx) = oneshot::channel();
-            let task = InRequest::new(future, ctx.clone(), account, false);
+            let task = InRequest::new(future, ctx.clone(), account, op, false);
             let abort = {
                 let mut handlers = self.conn.handlers();
                 // Reap finished tasks so a long-lived HTTP/2 connection does not pile them up.
@@ -129,10 +135,30 @@ impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> 
             }
         } else {
             RequestFuture::Inline {
-                handler: InRequest::new(future, ctx, account, true),
+                handler: InRequest::new(future, ctx, account, op, true),
             }
         }
     }
+}
+
+/// The request's operation, named `METHOD /path` until a route names it
+/// ([`OperationNameLayer`](crate::OperationNameLayer)). Its deadline is recorded once its
+/// token exists (`InRequest`).
+#[inline(never)]
+fn begin_request(scope: &OperationScope, request: &Request<Body>) -> Operation {
+    let (method, path) = (request.method().as_str(), request.uri().path());
+    // Most names fit on the stack: no allocation for them (the registry shares one copy).
+    let mut buffer = [0u8; 128];
+    let len = method.len() + 1 + path.len();
+    if len <= buffer.len() {
+        buffer[..method.len()].copy_from_slice(method.as_bytes());
+        buffer[method.len()] = b' ';
+        buffer[method.len() + 1..len].copy_from_slice(path.as_bytes());
+        if let Ok(name) = std::str::from_utf8(&buffer[..len]) {
+            return scope.begin(OperationKind::Request, name, None);
+        }
+    }
+    scope.begin(OperationKind::Request, &format!("{method} {path}"), None)
 }
 
 impl<S: HttpApp> HyperService<S> {

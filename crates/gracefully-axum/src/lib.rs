@@ -70,6 +70,17 @@
 //! routes ([`health_routes`]) answer readiness 503 from the instant shutdown is triggered,
 //! before the pre-stop delay, so load balancers stop routing while the server still serves.
 //!
+//! ## Seeing why requests stopped
+//!
+//! Run the server under a host with an operations registry
+//! (`HostBuilder::operations`) and each request is an operation — named by its route with
+//! [`OperationNameLayer`], with its deadline, its queries and outbound calls under it, and
+//! when it ends, its outcome and the reason with its origin (a departed client shows as
+//! `Disconnected`). The [`admin`] module serves the registry as a live page, as JSON, and
+//! Prometheus metrics, on a listener of their own (never the public one):
+//!
+//! ![The operations page](https://raw.githubusercontent.com/gracefully-rs/gracefully/main/docs/operations-page.png)
+//!
 //! ## Robustness
 //!
 //! Malformed requests are answered 400 by hyper and closed; oversized heads are rejected;
@@ -99,6 +110,7 @@
 // stream; `dispatch` gives each request its context and account and runs its handler in an
 // `InRequest`. Nothing below imports from above.
 mod accounting;
+pub mod admin;
 mod app;
 mod config;
 mod conn_state;
@@ -109,6 +121,7 @@ mod header_guard;
 mod health;
 mod incoming_deadline;
 mod layers;
+mod operation_names;
 mod policy;
 mod request;
 mod request_future;
@@ -129,6 +142,7 @@ pub use incoming_deadline::{
     BudgetFormat, ENVOY_EXPECTED_RQ_TIMEOUT_MS, GRPC_TIMEOUT, IncomingDeadlines, REQUEST_TIMEOUT_MS,
 };
 pub use layers::{DisconnectPolicyLayer, Timeout, TimeoutLayer, WithDisconnectPolicy};
+pub use operation_names::{OperationName, OperationNameLayer};
 pub use policy::DisconnectPolicy;
 pub use request::{RequestToken, current_request_token, request_token};
 pub use response::{CLIENT_CLOSED_REQUEST, HttpCancelled, cancelled_response, mark_cancelled};

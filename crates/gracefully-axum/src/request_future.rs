@@ -14,13 +14,14 @@ use std::time::Duration;
 use axum::response::Response;
 use futures_util::FutureExt;
 use futures_util::future::CatchUnwind;
-use gracefully::Reason;
+use gracefully::operation::{Operation, OperationOutcome};
+use gracefully::{Reason, ReasonKind};
 
-use crate::accounting::{RequestAccount, panic_response};
+use crate::accounting::{PanicMarker, RequestAccount, panic_response};
 use crate::conn_state::ConnState;
 use crate::policy::DisconnectPolicy;
 use crate::request::{RequestContext, in_request};
-use crate::response::CLIENT_CLOSED_REQUEST;
+use crate::response::{CLIENT_CLOSED_REQUEST, CancelledMarker};
 use crate::socket::Peek;
 
 /// How long to wait before looking at a socket again when unread bytes (a request body the
@@ -105,6 +106,9 @@ pin_project_lite::pin_project! {
 struct RequestEnd<C: Borrow<RequestContext>> {
     ctx: C,
     account: Option<RequestAccount>,
+    /// The request's operation (inert unless recorded); ended with the answer, or here on
+    /// drop.
+    op: Operation,
 }
 
 impl<C: Borrow<RequestContext>> Drop for RequestEnd<C> {
@@ -115,10 +119,12 @@ impl<C: Borrow<RequestContext>> Drop for RequestEnd<C> {
             let ctx = self.ctx.borrow();
             if ctx.dropped_on_disconnect() {
                 account.dropped(ctx);
+                std::mem::take(&mut self.op).cancelled(Reason::disconnected());
             } else {
                 account.lost(ctx);
             }
         }
+        // Otherwise the operation, if still unended, ends `Abandoned` as it drops.
     }
 }
 
@@ -139,12 +145,19 @@ where
     F: Future,
     C: Borrow<RequestContext>,
 {
-    pub(crate) fn new(future: F, ctx: C, account: RequestAccount, http1: bool) -> Self {
+    pub(crate) fn new(
+        future: F,
+        ctx: C,
+        account: RequestAccount,
+        op: Operation,
+        http1: bool,
+    ) -> Self {
         InRequest {
             future: AssertUnwindSafe(future).catch_unwind(),
             end: RequestEnd {
                 ctx,
                 account: Some(account),
+                op,
             },
             watch: Watch::NotYet,
             http1,
@@ -176,6 +189,10 @@ where
                 if let Ok(response) = &mut answer
                     && let Some(account) = this.end.account.take()
                 {
+                    if this.end.op.is_recording() {
+                        let outcome = request_outcome(response, ctx, account.has_client_left());
+                        std::mem::take(&mut this.end.op).end(outcome);
+                    }
                     account.finish(response, ctx, *this.http1);
                 }
                 onto_the_wire(&mut answer);
@@ -186,7 +203,10 @@ where
                 Watch::NotYet => {
                     // The handler waits: from now on it can be cancelled (the hard stop,
                     // its timeout, a departed client), so it needs its token.
-                    ctx.source();
+                    let source = ctx.source();
+                    if this.end.op.is_recording() {
+                        this.end.op.set_deadline(source.as_token().deadline());
+                    }
                     *this.watch = match &this.end.account {
                         Some(account)
                             if *this.http1 && ctx.policy() != DisconnectPolicy::Detached =>
@@ -225,6 +245,7 @@ where
                                 if let Some(account) = this.end.account.take() {
                                     account.dropped(ctx);
                                 }
+                                std::mem::take(&mut this.end.op).cancelled(Reason::disconnected());
                                 // No answer (hyper closes the connection, and drops us and
                                 // the handler with us).
                                 return Poll::Ready(Err(NoAnswer::client_gone()));
@@ -243,4 +264,32 @@ fn watching(conn: &Arc<ConnState>) -> Watch {
         Some(watch) => Watch::Watching(Box::pin(watch)),
         None => Watch::Off,
     }
+}
+
+/// How a request that was answered ended, as its operation records it: cancelled with its
+/// token's reason if the client left or the handler answered a cancellation; failed for a
+/// panic or another 5xx; completed otherwise.
+#[cold]
+fn request_outcome(
+    response: &Response,
+    ctx: &RequestContext,
+    client_left: bool,
+) -> OperationOutcome {
+    let reason = ctx.source_if_made().and_then(|s| s.as_token().reason());
+    if response.extensions().get::<PanicMarker>().is_some() {
+        return OperationOutcome::Failed("the handler panicked (500)".into());
+    }
+    let disconnected = reason
+        .as_ref()
+        .is_some_and(|r| r.kind() == ReasonKind::Disconnected);
+    if client_left || disconnected {
+        return OperationOutcome::Cancelled(reason.unwrap_or_else(Reason::disconnected));
+    }
+    if let Some(CancelledMarker(kind)) = response.extensions().get::<CancelledMarker>() {
+        return OperationOutcome::Cancelled(reason.unwrap_or_else(|| Reason::new(*kind)));
+    }
+    if response.status().is_server_error() {
+        return OperationOutcome::Failed(format!("answered {}", response.status()).into());
+    }
+    OperationOutcome::Completed
 }

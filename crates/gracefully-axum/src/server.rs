@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use gracefully::CancellationToken;
+use gracefully::operation::OperationScope;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -212,6 +213,24 @@ impl<S: HttpApp> HttpServer<S> {
         self
     }
 
+    /// Whether each request registers as an operation (default: on). It does when the
+    /// server runs inside a recorded operation: as a service of a host with an operations
+    /// registry (`HostBuilder::operations`), or run by hand inside
+    /// `operations.scope().scoped(server.run(shutdown))`. Each request is then an
+    /// operation of kind `Request`, named by its method and path (by its matched route
+    /// with [`OperationNameLayer`](crate::OperationNameLayer)), with its deadline, under
+    /// the server's service; what its handler begins (queries, outbound calls) runs under
+    /// it; it ends completed, cancelled with its token's reason (a departed client:
+    /// `Disconnected`, with where that was noticed), failed (a panic, a 5xx answer) or
+    /// abandoned (dropped before its answer).
+    ///
+    /// Turn it off for a server whose requests should not show: the admin listener that
+    /// serves the operations page itself ([`admin`](crate::admin) does).
+    pub fn record_operations(mut self, on: bool) -> Self {
+        self.config.record_operations = on;
+        self
+    }
+
     /// The largest request head accepted (default 64 KiB); larger ones are answered
     /// `431`/closed by hyper. Valid: 1 KiB to 4 GiB − 1 (HTTP/2's limit).
     pub fn max_header_bytes(mut self, bytes: usize) -> Self {
@@ -371,12 +390,20 @@ async fn serve<S: HttpApp>(
     shutdown: Shutdown,
     service: Option<gracefully_host::ServiceContext>,
 ) -> ServerReport {
+    // Registered at 0, so a scrape shows it before anything is lost (it should stay 0).
+    metrics::counter!("gracefully_http_requests_lost_total").increment(0);
     let abort = gracefully::CancellationSource::new();
     let aborted = abort.token();
     // Cancels `aborted` if this future is dropped before it finishes.
     let _abort_on_drop = abort.drop_guard();
     let builder = crate::dispatch::builder(config.max_header_bytes);
+    let operations = if config.record_operations {
+        OperationScope::current()
+    } else {
+        None
+    };
     let state = Arc::new(ServerState {
+        operations,
         config,
         builder,
         stopping: shutdown.stopping.clone(),

@@ -1,6 +1,7 @@
 //! [`ServerState`]: what every connection and request of one server reads.
 
 use gracefully::CancellationToken;
+use gracefully::operation::OperationScope;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 
@@ -25,4 +26,7 @@ pub(crate) struct ServerState {
     /// Fires when readiness ends: the host's `stop_requested` (before the pre-stop delay),
     /// or `stopping` for a server run by hand.
     pub(crate) not_ready: CancellationToken,
+    /// Where each request registers as an operation: the scope the server runs in (its host
+    /// service's, with an operations registry installed), unless turned off.
+    pub(crate) operations: Option<OperationScope>,
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::config::{Config, ServiceSpec};
 use crate::host::Host;
 use crate::lifetime::Lifetime;
+use crate::operations::Operations;
 use crate::options::ServiceOptions;
 use crate::policy::FailurePolicy;
 use crate::service::BackgroundService;
@@ -50,6 +51,7 @@ const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 pub struct HostBuilder {
     config: Config,
     services: Vec<ServiceSpec>,
+    operations: Option<Operations>,
 }
 
 impl HostBuilder {
@@ -64,6 +66,7 @@ impl HostBuilder {
                 log_report: true,
             },
             services: Vec::new(),
+            operations: None,
         }
     }
 
@@ -128,6 +131,23 @@ impl HostBuilder {
         self
     }
 
+    /// Installs an operations registry (default: none, and nothing is recorded): each
+    /// service and tracked task then registers as an operation, and so does everything
+    /// that begins while they run (requests, queries, outbound calls), under the operation
+    /// it runs in. Keep a clone to show it (`gracefully-axum` serves it as a page and JSON).
+    ///
+    /// ```
+    /// use gracefully_host::{Host, Operations};
+    ///
+    /// let operations = Operations::new();
+    /// let host = Host::builder().operations(operations.clone()).build().unwrap();
+    /// assert!(host.lifetime().operations().is_some());
+    /// ```
+    pub fn operations(mut self, operations: Operations) -> Self {
+        self.operations = Some(operations);
+        self
+    }
+
     /// Registers a service under `name` with the default [`ServiceOptions`]: stop the host
     /// if it fails; start after the service registered before it.
     pub fn service<S: BackgroundService>(
@@ -172,7 +192,7 @@ impl HostBuilder {
                 ),
             ));
         }
-        let lifetime = Lifetime::new(self.services.len());
+        let lifetime = Lifetime::new(self.services.len(), self.operations);
         Ok(Host {
             config: self.config,
             services: self.services,

@@ -72,6 +72,7 @@
 //! | [`Lifetime`], [`Phase`] | the phase the host is in, readiness, `started`/`stopping`/`hard_stop` tokens, `stop(reason)` | `IHostApplicationLifetime` | `request_shutdown` |
 //! | [`Lifetime::spawn`], [`Lifetime::shield`] | tracked tasks; cleanup that survives its caller | — | nested subsystems |
 //! | [`FailurePolicy`], [`RestartPolicy`] | stop host / ignore / restart with backoff and an intensity limit | `BackgroundServiceExceptionBehavior` | `ErrorAction` |
+//! | [`Operations`] | opt-in registry: what runs now, why recent work stopped; metrics and spans | `Activity` listeners | — |
 //! | [`ShutdownReport`] | per service and task: the [`Phase`] it ended in, time, outcome; exit code | — | `GracefulShutdownError` |
 //!
 //! ## Exit codes
@@ -104,6 +105,7 @@ mod context;
 mod dropper;
 mod host;
 mod lifetime;
+mod operations;
 mod options;
 mod outcome;
 mod phase;
@@ -125,6 +127,9 @@ pub use builder::{ConfigError, HostBuilder};
 pub use context::ServiceContext;
 pub use host::Host;
 pub use lifetime::Lifetime;
+pub use operations::{
+    DEFAULT_KEEP_FINISHED, FinishedOperation, OperationRecord, Operations, OperationsSnapshot,
+};
 pub use options::ServiceOptions;
 pub use outcome::{BoxError, Outcome, TaskOutput, panic_message};
 pub use phase::Phase;

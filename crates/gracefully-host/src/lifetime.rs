@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use gracefully::{CancellationToken, Reason};
 
 use crate::dropper::Dropper;
+use crate::operations::Operations;
 use crate::outcome::TaskOutput;
 use crate::phase::Phase;
 use crate::timeline::Timeline;
@@ -22,6 +23,8 @@ pub(crate) struct HostState {
     pub(crate) tracker: TaskTracker,
     /// In an `Arc` of its own: its thread holds a `Weak` to it (see `dropper.rs`).
     pub(crate) dropper: Arc<Dropper>,
+    /// The operations registry, if one was installed.
+    pub(crate) operations: Option<Operations>,
 }
 
 impl AsRef<Dropper> for HostState {
@@ -33,6 +36,10 @@ impl AsRef<Dropper> for HostState {
 impl TaskHost for HostState {
     fn tracker(&self) -> &TaskTracker {
         &self.tracker
+    }
+
+    fn operations(&self) -> Option<&Operations> {
+        self.operations.as_ref()
     }
 
     fn end_of_task(&self) -> (Phase, bool) {
@@ -84,14 +91,21 @@ pub struct Lifetime {
 static CURRENT: Mutex<Option<Lifetime>> = Mutex::new(None);
 
 impl Lifetime {
-    pub(crate) fn new(service_count: usize) -> Lifetime {
+    pub(crate) fn new(service_count: usize, operations: Option<Operations>) -> Lifetime {
         Lifetime {
             state: Arc::new(HostState {
                 timeline: Timeline::new(service_count),
                 tracker: TaskTracker::new(),
                 dropper: Dropper::new(),
+                operations,
             }),
         }
+    }
+
+    /// The operations registry installed with
+    /// [`HostBuilder::operations`](crate::HostBuilder::operations), if any.
+    pub fn operations(&self) -> Option<&Operations> {
+        self.state.operations.as_ref()
     }
 
     /// The host's timeline (phase and tokens).

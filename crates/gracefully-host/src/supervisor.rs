@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures_util::stream::StreamExt;
+use gracefully::operation::{Operation, OperationKind};
 use gracefully::{CancellationSource, CancellationToken, Reason, ReasonKind};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -21,6 +22,7 @@ use crate::config::{Config, ServiceSpec};
 use crate::context::ServiceContext;
 use crate::dropper::{DropElsewhere, Straggler};
 use crate::lifetime::Lifetime;
+use crate::operations::operation_outcome;
 use crate::outcome::Outcome;
 use crate::phase::Phase;
 use crate::report::{RawReport, ServiceRecord, ShutdownReport};
@@ -106,10 +108,20 @@ fn start_services(
             lifetime: lifetime.clone(),
         };
         let span = tracing::info_span!("service", name = %spec.name);
+        // With a registry, the service is an operation, and what it begins runs under it.
+        let op = lifetime.operations().map_or_else(Operation::none, |ops| {
+            ops.scope().begin(OperationKind::Service, &spec.name, None)
+        });
+        let stopping = cx.stopping();
+        let run = async move {
+            let end = op.scoped(task.run()).await;
+            op.end(operation_outcome(&end.outcome, stopping.reason()));
+            end
+        };
         // Boxed so that, if the abort phase drops it unfinished, its destructor runs on the
         // dropper's thread (see `dropper.rs`).
         let task = DropElsewhere::new(
-            Box::pin(task.run().instrument(span)),
+            Box::pin(run.instrument(span)),
             Straggler::Service(i),
             Arc::clone(&lifetime.state),
         );
@@ -325,6 +337,7 @@ impl Supervisor {
                 }
             })
             .collect();
+        record_phase_durations(&shutdown.phase_starts, ended_at);
         let report = ShutdownReport::build(RawReport {
             trigger: shutdown.trigger,
             forced: shutdown.forced,
@@ -362,4 +375,21 @@ fn shutdown_reason(trigger: &Reason) -> Reason {
         message.push_str(&source.to_string());
     }
     Reason::shutdown().with_message(message)
+}
+
+/// Each shutdown phase's duration, into the `metrics` facade:
+/// `gracefully_shutdown_phase_seconds{phase}` (a histogram; a phase that was skipped
+/// records nothing).
+fn record_phase_durations(starts: &[Option<Instant>; Phase::ALL.len()], ended_at: Instant) {
+    for (i, start) in starts.iter().enumerate() {
+        let Some(start) = start else { continue };
+        let end = starts[i + 1..]
+            .iter()
+            .flatten()
+            .next()
+            .copied()
+            .unwrap_or(ended_at);
+        metrics::histogram!("gracefully_shutdown_phase_seconds", "phase" => Phase::ALL[i].as_str())
+            .record(end.saturating_duration_since(*start).as_secs_f64());
+    }
 }

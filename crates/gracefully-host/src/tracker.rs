@@ -27,12 +27,14 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use futures_util::FutureExt;
-use gracefully::{Cancelled, Reason};
+use gracefully::operation::{Operation, OperationKind, OperationScope};
+use gracefully::{Cancelled, Reason, find_cancelled};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::dropper::{DropElsewhere, Dropper, Straggler};
+use crate::operations::{Operations, operation_outcome};
 use crate::outcome::{BoxError, Outcome, outcome_of, panicked};
 use crate::phase::Phase;
 use crate::report::{TaskCounts, TaskRecord};
@@ -42,6 +44,9 @@ use crate::report::{TaskCounts, TaskRecord};
 pub(crate) trait TaskHost: AsRef<Dropper> + Send + Sync + 'static {
     /// The host's tracked tasks.
     fn tracker(&self) -> &TaskTracker;
+
+    /// The host's operations registry, if one was installed.
+    fn operations(&self) -> Option<&Operations>;
 
     /// The phase in which work ending now ended, and whether a stop had been requested
     /// (work ending before that is only counted).
@@ -245,8 +250,15 @@ where
 {
     track(host, name, async move {
         match AssertUnwindSafe(task).catch_unwind().await {
-            Ok(result) => outcome_of(result),
-            Err(panic) => Outcome::Failed(panicked(&*panic)),
+            Ok(result) => {
+                let reason = result
+                    .as_ref()
+                    .err()
+                    .and_then(|error| find_cancelled(&**error))
+                    .map(|cancelled| cancelled.reason().clone());
+                (outcome_of(result), reason)
+            }
+            Err(panic) => (Outcome::Failed(panicked(&*panic)), None),
         }
     });
 }
@@ -268,17 +280,31 @@ where
         };
         // The caller may have stopped waiting: that is the point of shielding.
         let _ = tx.send(result);
-        outcome
+        (outcome, None)
     });
     Shielded { rx }
 }
 
-/// Spawns `task` (which never panics: callers catch) and records it when it ends.
+/// Spawns `task` (which never panics: callers catch) and records it when it ends; the
+/// task's output is its outcome and, if it was cancelled, the reason.
+///
+/// With an operations registry, the task is an operation under the code that spawned it (a
+/// request, a service), or a root operation of the host's registry.
 fn track<H, F>(host: &Arc<H>, name: Cow<'static, str>, task: F)
 where
     H: TaskHost,
-    F: Future<Output = Outcome> + Send + 'static,
+    F: Future<Output = (Outcome, Option<Reason>)> + Send + 'static,
 {
+    let op = OperationScope::current()
+        .or_else(|| host.operations().map(Operations::scope))
+        .map_or_else(Operation::none, |scope| {
+            scope.begin(OperationKind::Task, &name, None)
+        });
+    let task = async move {
+        let (outcome, reason) = op.scoped(task).await;
+        op.end(operation_outcome(&outcome, reason));
+        outcome
+    };
     let tracked = host.tracker().insert(name, task, |id, task| {
         // Boxed so that, if the abort phase drops it unfinished, its destructor runs on
         // the dropper's thread (see `dropper.rs`). The wrapper's reference to the host

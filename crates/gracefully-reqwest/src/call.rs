@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::time::{Duration, SystemTime};
 
+use gracefully::operation::{OperationKind, OperationScope};
 use gracefully::{CancellationSource, CancellationToken, Cancelled, Reason};
 
 use crate::body;
@@ -32,7 +33,43 @@ pub(crate) trait Transport: Send {
 
 /// Sends `request` with `token`: once, or under `policy` (whose attempt timeout bounds even
 /// a request it may not retry).
+///
+/// Inside a recorded operation (see `gracefully::operation`), the call is an operation of
+/// kind `Outbound` under it, named `METHOD scheme://host:port` (the origin only, so that
+/// metric labels stay bounded), from the send until the response's head arrived (or the
+/// call failed or was cancelled; retries included).
 pub(crate) async fn run<T: Transport>(
+    transport: &mut T,
+    request: reqwest::Request,
+    token: &CancellationToken,
+    propagation: &DeadlinePropagation,
+    policy: Option<&RetryPolicy>,
+) -> Result<reqwest::Response, T::Error> {
+    let Some(scope) = OperationScope::current() else {
+        return run_unrecorded(transport, request, token, propagation, policy).await;
+    };
+    let url = request.url();
+    let name = format!(
+        "{} {}",
+        request.method(),
+        url.origin().ascii_serialization()
+    );
+    let op = scope.begin(OperationKind::Outbound, &name, token.deadline());
+    let result = op
+        .scoped(run_unrecorded(
+            transport,
+            request,
+            token,
+            propagation,
+            policy,
+        ))
+        .await;
+    op.end_with(&result);
+    result
+}
+
+/// [`run`], without registering an operation.
+async fn run_unrecorded<T: Transport>(
     transport: &mut T,
     request: reqwest::Request,
     token: &CancellationToken,

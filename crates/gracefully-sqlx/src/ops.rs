@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gracefully::operation::{Operation, OperationKind, OperationOutcome};
 use gracefully::{CancellationToken, Reason};
 use sqlx::{Connection, Transaction};
 
@@ -79,6 +80,22 @@ impl<DB: Backend> GracefulPool<DB> {
     /// also cancel on the server. Differences: the caller's `Err` waits until the server
     /// stopped (bounded by the cancellation timeout); and a connection is verified before reuse.
     pub async fn run<T, E, F>(&self, token: &CancellationToken, body: F) -> Result<T, E>
+    where
+        F: for<'c> FnOnce(&'c mut DB::Connection) -> BoxFuture<'c, Result<T, E>>,
+        E: From<Error>,
+    {
+        let op = Operation::begin(OperationKind::Query, self.label.unwrap_or("query"), None);
+        if !op.is_recording() {
+            return self.run_unrecorded(token, body).await;
+        }
+        op.set_deadline(token.deadline());
+        let result = op.scoped(self.run_unrecorded(token, body)).await;
+        end_operation(op, token, &result);
+        result
+    }
+
+    /// [`run`](Self::run), without registering an operation.
+    async fn run_unrecorded<T, E, F>(&self, token: &CancellationToken, body: F) -> Result<T, E>
     where
         F: for<'c> FnOnce(&'c mut DB::Connection) -> BoxFuture<'c, Result<T, E>>,
         E: From<Error>,
@@ -206,6 +223,33 @@ impl<DB: Backend> GracefulPool<DB> {
         ) -> BoxFuture<'c, Result<T, E>>,
         E: From<Error>,
     {
+        let op = Operation::begin(
+            OperationKind::Transaction,
+            self.label.unwrap_or("transaction"),
+            None,
+        );
+        if !op.is_recording() {
+            return self.transaction_unrecorded(token, body).await;
+        }
+        op.set_deadline(token.deadline());
+        let result = op.scoped(self.transaction_unrecorded(token, body)).await;
+        end_operation(op, token, &result);
+        result
+    }
+
+    /// [`transaction`](Self::transaction), without registering an operation.
+    async fn transaction_unrecorded<T, E, F>(
+        &self,
+        token: &CancellationToken,
+        body: F,
+    ) -> Result<T, E>
+    where
+        F: for<'c> FnOnce(
+            &'c mut Transaction<'_, DB>,
+            CancellationToken,
+        ) -> BoxFuture<'c, Result<T, E>>,
+        E: From<Error>,
+    {
         token.check().map_err(|c| E::from(Error::from(c)))?;
         let mut lease = self.lease(token).await.map_err(E::from)?;
         let hint = Arc::new(DropHint::default());
@@ -273,6 +317,18 @@ impl<DB: Backend> GracefulPool<DB> {
         let millis = u64::try_from(left.as_millis()).ok()?.saturating_add(1);
         (millis <= MAX_TIMEOUT_MILLIS).then_some(millis)
     }
+}
+
+/// Ends a query's or transaction's operation. `E` is the caller's error type, which need
+/// not be a `std::error::Error`; but an `Err` returned while the token is cancelled *is*
+/// the cancellation (see `run`'s outcomes), so the token tells which it was.
+fn end_operation<T, E>(op: Operation, token: &CancellationToken, result: &Result<T, E>) {
+    let outcome = match (result, token.reason()) {
+        (Ok(_), _) => OperationOutcome::Completed,
+        (Err(_), Some(reason)) => OperationOutcome::Cancelled(reason),
+        (Err(_), None) => OperationOutcome::Failed("returned an error".into()),
+    };
+    op.end(outcome);
 }
 
 /// How the part of a transaction that borrows the connection ended.

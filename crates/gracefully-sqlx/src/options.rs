@@ -211,6 +211,7 @@ impl<DB: Backend> GracefulPoolOptions<DB> {
         let pool = self.pool.connect_lazy_with(options);
         Ok(GracefulPool {
             core: Arc::new(PoolCore::new(pool, canceller, settings, target)),
+            label: None,
         })
     }
 }

@@ -46,12 +46,15 @@ use crate::pool_core::PoolCore;
 /// with the server before reuse, never assumed clean.
 pub struct GracefulPool<DB: Backend> {
     pub(crate) core: Arc<PoolCore<DB>>,
+    /// What its operations are called in an operations registry (see [`labelled`](Self::labelled)).
+    pub(crate) label: Option<&'static str>,
 }
 
 impl<DB: Backend> Clone for GracefulPool<DB> {
     fn clone(&self) -> Self {
         GracefulPool {
             core: Arc::clone(&self.core),
+            label: self.label,
         }
     }
 }
@@ -94,6 +97,34 @@ impl<DB: Backend> GracefulPool<DB> {
     /// As [`GracefulPoolOptions::connect`].
     pub async fn connect_with(options: ConnectOptionsOf<DB>) -> Result<Self, Error> {
         GracefulPoolOptions::new().connect_with(options).await
+    }
+
+    /// The same pool (a clone: one reference count), whose operations are named `label` in
+    /// an operations registry: the page's name for them and the `name` label of their
+    /// metrics. Unlabelled, a [`run`](Self::run) is named `query` and a
+    /// [`transaction`](Self::transaction) `transaction`. A `&'static str`, so that labels
+    /// stay a fixed set (metric labels must not grow without bound).
+    ///
+    /// ```no_run
+    /// # async fn f(pool: gracefully_sqlx::PgGracefulPool, token: gracefully::CancellationToken)
+    /// # -> Result<(), gracefully_sqlx::Error> {
+    /// let orders = pool.labelled("orders.list");
+    /// orders.run(&token, |conn| Box::pin(async move {
+    ///     sqlx::query("SELECT * FROM orders").fetch_all(&mut *conn).await?;
+    ///     Ok::<_, gracefully_sqlx::Error>(())
+    /// })).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Each `run` and `transaction` registers with the registry of the code that calls it
+    /// (see `gracefully::operation`): under the HTTP request or job it runs for, with the
+    /// token's deadline, ending completed, cancelled with the token's reason, or failed.
+    /// Without a registry nothing is recorded.
+    pub fn labelled(&self, label: &'static str) -> Self {
+        GracefulPool {
+            core: Arc::clone(&self.core),
+            label: Some(label),
+        }
     }
 
     /// Connections open (idle or in use), as the sqlx pool counts them.

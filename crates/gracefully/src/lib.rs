@@ -106,6 +106,14 @@
 //! only its path stack and the list of wakers it wakes. A
 //! timeout fires 81–92 µs after its deadline at the median (95th percentile 90–140 µs).
 //!
+//! ## Seeing why work stopped
+//!
+//! The [`operation`] module is the interface through which every integration crate
+//! registers its operations (requests, queries, outbound calls, tasks) with a registry, such
+//! as `gracefully-host`'s `Operations`, which shows them live and says why each one stopped.
+//! Nothing is recorded, and nothing is paid beyond a thread-local read per operation, unless
+//! a registry is installed.
+//!
 //! ## Features and build configurations
 //!
 //! The crate has no dependencies and no cargo features. Built with
@@ -118,6 +126,7 @@
 mod cancelled;
 mod clock;
 mod future;
+pub mod operation;
 mod reason;
 mod registration;
 mod source;

@@ -16,6 +16,8 @@ mod memory;
 #[cfg(not(loom))]
 mod model;
 #[cfg(not(loom))]
+mod operations;
+#[cfg(not(loom))]
 mod semantics;
 
 #[cfg(loom)]

@@ -1,0 +1,203 @@
+//! The operations registry: a bounded list of finished operations, parent links through
+//! scopes, services and tracked tasks, and reasons that keep their origin.
+
+use std::time::{Duration, Instant};
+
+use gracefully::operation::{Operation, OperationKind};
+use gracefully::{Cancelled, Reason, ReasonKind};
+use gracefully_host::{Host, Operations, service_fn};
+
+#[test]
+fn the_finished_list_keeps_only_the_newest_n() {
+    let operations = Operations::keeping(3);
+    let scope = operations.scope();
+    for i in 0..10 {
+        scope
+            .begin(OperationKind::Query, &format!("q{i}"), None)
+            .complete();
+    }
+    let snapshot = operations.snapshot();
+    let names: Vec<&str> = snapshot
+        .finished
+        .iter()
+        .map(|f| f.operation.name.as_str())
+        .collect();
+    assert_eq!(names, ["q9", "q8", "q7"], "newest first, at most 3");
+    assert!(snapshot.live.is_empty());
+    assert_eq!(snapshot.started_total, 10);
+}
+
+#[test]
+fn keeping_none_still_shows_live_operations() {
+    let operations = Operations::keeping(0);
+    let op = operations.scope().begin(OperationKind::Job, "email", None);
+    assert_eq!(operations.snapshot().live.len(), 1);
+    op.complete();
+    let snapshot = operations.snapshot();
+    assert!(snapshot.live.is_empty() && snapshot.finished.is_empty());
+}
+
+#[test]
+fn live_operations_carry_their_deadline_and_new_name_and_leave_when_they_end() {
+    let operations = Operations::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let op = operations
+        .scope()
+        .begin(OperationKind::Request, "GET /orders/42", None);
+    op.rename("GET /orders/{id}");
+    op.set_deadline(Some(deadline));
+    let live = &operations.snapshot().live[0];
+    assert_eq!(live.name, "GET /orders/{id}");
+    assert_eq!(live.deadline, Some(deadline));
+    assert_eq!(live.kind, OperationKind::Request);
+    let id = op.id();
+    op.complete();
+    let snapshot = operations.snapshot();
+    assert!(snapshot.live.is_empty());
+    assert_eq!(Some(snapshot.finished[0].operation.id), id);
+    assert_eq!(snapshot.finished[0].outcome.as_str(), "completed");
+}
+
+#[test]
+fn ids_stay_unique_when_slots_are_reused() {
+    let operations = Operations::new();
+    let scope = operations.scope();
+    let first = scope.begin(OperationKind::Task, "a", None);
+    let first_id = first.id().unwrap();
+    first.complete();
+    let second = scope.begin(OperationKind::Task, "b", None);
+    assert_ne!(second.id().unwrap(), first_id);
+    // A stale id changes nothing: the slot's new occupant keeps its name.
+    operations
+        .scope()
+        .begin(OperationKind::Task, "c", None)
+        .complete();
+    second.rename("b2");
+    assert_eq!(operations.snapshot().live[0].name, "b2");
+}
+
+#[tokio::test]
+async fn a_cancelled_operation_keeps_its_reason_and_origin() {
+    let operations = Operations::new();
+    let request = operations
+        .scope()
+        .begin(OperationKind::Request, "GET /slow", None);
+    let source = gracefully::CancellationSource::new();
+    let line = line!() + 1;
+    source.cancel_with(Reason::disconnected().with_message("client went away"));
+    let result: Result<(), Cancelled> = source.token().check();
+    request.end_with(&result);
+    let snapshot = operations.snapshot();
+    let reason = snapshot.finished[0].reason().expect("cancelled");
+    assert_eq!(reason.kind(), ReasonKind::Disconnected);
+    assert_eq!(reason.message(), Some("client went away"));
+    assert!(reason.origin().file().ends_with("operations.rs"));
+    assert_eq!(reason.origin().line(), line);
+}
+
+#[tokio::test]
+async fn children_link_to_the_operation_they_run_under() {
+    let operations = Operations::new();
+    let request = operations
+        .scope()
+        .begin(OperationKind::Request, "GET /", None);
+    request
+        .scoped(async {
+            let query = Operation::begin(OperationKind::Query, "orders.list", None);
+            query
+                .scoped(async {
+                    Operation::begin(OperationKind::Outbound, "GET /stock", None).complete()
+                })
+                .await;
+            query.complete();
+        })
+        .await;
+    request.complete();
+    let snapshot = operations.snapshot();
+    let by_name = |n: &str| {
+        snapshot
+            .finished
+            .iter()
+            .find(|f| f.operation.name == n)
+            .unwrap()
+            .operation
+            .clone()
+    };
+    let (req, query, call) = (
+        by_name("GET /"),
+        by_name("orders.list"),
+        by_name("GET /stock"),
+    );
+    assert_eq!(req.parent, None);
+    assert_eq!(query.parent, Some(req.id));
+    assert_eq!(call.parent, Some(query.id));
+}
+
+#[tokio::test]
+async fn services_and_tracked_tasks_register_with_the_hosts_registry() {
+    let operations = Operations::new();
+    let host = Host::builder()
+        .handle_signals(false)
+        .operations(operations.clone())
+        .service(
+            "worker",
+            service_fn(|stopping, cx| async move {
+                // Begun inside the service: its child.
+                Operation::begin(OperationKind::Job, "nightly", None).complete();
+                // A tracked task spawned by the service: its child too, cancelled at hard stop.
+                let hard_stop = cx.hard_stop();
+                cx.spawn("flush", async move {
+                    let reason = hard_stop.cancelled().await;
+                    Err::<(), _>(Cancelled::new(reason))
+                });
+                stopping.cancelled().await;
+            }),
+        )
+        .shutdown_timeout(Duration::from_secs(2))
+        .cancel_grace(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let lifetime = host.lifetime();
+    let run = tokio::spawn(host.run());
+    lifetime.started().cancelled().await;
+    // Wait until the task runs (it is spawned by the service after it started).
+    for _ in 0..200 {
+        if operations.snapshot().live.iter().any(|o| o.name == "flush") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let live = operations.snapshot().live;
+    let service = live
+        .iter()
+        .find(|o| o.name == "worker")
+        .expect("service live");
+    assert_eq!(service.kind, OperationKind::Service);
+    let task = live.iter().find(|o| o.name == "flush").expect("task live");
+    assert_eq!(task.kind, OperationKind::Task);
+    assert_eq!(task.parent, Some(service.id));
+
+    lifetime.stop(Reason::shutdown().with_message("test"));
+    let report = run.await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    let snapshot = operations.snapshot();
+    assert!(snapshot.live.is_empty(), "{:?}", snapshot.live);
+    let job = snapshot
+        .finished
+        .iter()
+        .find(|f| f.operation.name == "nightly")
+        .unwrap();
+    assert_eq!(job.operation.parent, Some(service.id));
+    let flush = snapshot
+        .finished
+        .iter()
+        .find(|f| f.operation.name == "flush")
+        .unwrap();
+    assert_eq!(flush.reason().map(Reason::kind), Some(ReasonKind::Shutdown));
+    let worker = snapshot
+        .finished
+        .iter()
+        .find(|f| f.operation.name == "worker")
+        .unwrap();
+    assert_eq!(worker.outcome.as_str(), "completed");
+}
