@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream;
-use gracefully_axum::{Drain, RequestToken, TimeoutLayer, cancelled_response, health_routes};
+use gracefully_axum::{
+    Drain, OperationNameLayer, RequestToken, TimeoutLayer, cancelled_response, health_routes,
+};
 use serde::Deserialize;
 
 use gracefully_mediator::{Error as MediatorError, Mediator};
@@ -45,6 +47,8 @@ pub fn router(state: AppState, report_timeout: Duration) -> Router {
         .route("/events", get(events))
         .merge(report)
         .with_state(state)
+        // Each request's operation is named by its route (`GET /orders/{id}`).
+        .layer(OperationNameLayer::new())
         .merge(health_routes())
 }
 

@@ -173,7 +173,7 @@ impl Database {
             )
         };
         let never = CancellationToken::never();
-        on_pool!(&pool, p => p.run(&never, |conn| Box::pin(async move {
+        on_pool!(&pool, p => p.labelled("schema").run(&never, |conn| Box::pin(async move {
             for statement in schema {
                 sqlx::query(*statement).execute(&mut *conn).await?;
             }
@@ -223,7 +223,7 @@ impl Database {
         quantity: i64,
     ) -> Result<Order, Error> {
         let jobs = &self.jobs;
-        let order = on_pool!(&self.pool, p => p.transaction(token, |tx, _token| {
+        let order = on_pool!(&self.pool, p => p.labelled("orders.create").transaction(token, |tx, _token| {
             let (item, jobs) = (item.clone(), jobs.clone());
             Box::pin(async move {
                 let id: i64 = sqlx::query(
@@ -260,7 +260,7 @@ impl Database {
         token: &CancellationToken,
         id: i64,
     ) -> Result<Option<OrderView>, Error> {
-        let found = on_pool!(&self.pool, p => p.run(token, |conn| Box::pin(async move {
+        let found = on_pool!(&self.pool, p => p.labelled("orders.get").run(token, |conn| Box::pin(async move {
             let row = sqlx::query(
                 "SELECT id, item, quantity, tracking, fulfilment_job FROM orders WHERE id = $1",
             )
@@ -303,7 +303,7 @@ impl Database {
 
     /// The latest orders, newest first.
     pub async fn list_orders(&self, token: &CancellationToken) -> Result<Vec<Order>, Error> {
-        on_pool!(&self.pool, p => p.run(token, |conn| Box::pin(async move {
+        on_pool!(&self.pool, p => p.labelled("orders.list").run(token, |conn| Box::pin(async move {
             let rows = sqlx::query(
                 "SELECT id, item, quantity FROM orders ORDER BY id DESC LIMIT 100",
             )
@@ -325,7 +325,7 @@ impl Database {
     /// A deliberately slow query (a recursive count to `rows`): seconds of CPU inside the
     /// database for large `rows`, stopped there as soon as `token` fires.
     pub async fn slow_report(&self, token: &CancellationToken, rows: i64) -> Result<i64, Error> {
-        on_pool!(&self.pool, p => p.run(token, |conn| Box::pin(async move {
+        on_pool!(&self.pool, p => p.labelled("orders.slow_report").run(token, |conn| Box::pin(async move {
             let row = sqlx::query(
                 "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $1)
                  SELECT count(*) AS n FROM c",
@@ -339,7 +339,7 @@ impl Database {
 
     /// Number of orders.
     pub async fn count_orders(&self, token: &CancellationToken) -> Result<i64, Error> {
-        on_pool!(&self.pool, p => p.run(token, |conn| Box::pin(async move {
+        on_pool!(&self.pool, p => p.labelled("orders.count").run(token, |conn| Box::pin(async move {
             let row = sqlx::query("SELECT count(*) AS n FROM orders")
                 .fetch_one(&mut *conn)
                 .await?;
@@ -356,7 +356,7 @@ impl Database {
         order_id: i64,
         budget_ms: Option<i64>,
     ) -> Result<String, Error> {
-        on_pool!(&self.pool, p => p.run(token, |conn| Box::pin(async move {
+        on_pool!(&self.pool, p => p.labelled("shipments.ship").run(token, |conn| Box::pin(async move {
             sqlx::query(
                 "INSERT INTO shipments (order_id, calls, budget_ms) VALUES ($1, 1, $2)
                  ON CONFLICT (order_id) DO UPDATE
@@ -380,7 +380,7 @@ impl Database {
         job: Job<Fulfil>,
         tracking: String,
     ) -> Result<(), Error> {
-        on_pool!(&self.pool, p => p.transaction(token, |tx, _token| Box::pin(async move {
+        on_pool!(&self.pool, p => p.labelled("orders.fulfil").transaction(token, |tx, _token| Box::pin(async move {
             let order_id = job.payload().order_id;
             let changed = sqlx::query(
                 "UPDATE orders SET tracking = $1 WHERE id = $2 AND tracking IS NULL",
@@ -424,7 +424,7 @@ async fn add_missing_columns(pool: &Pool) -> Result<(), Error> {
                    AND column_name = $1"
             }
         };
-        on_pool!(pool, p => p.run(&never, |conn| Box::pin(async move {
+        on_pool!(pool, p => p.labelled("schema").run(&never, |conn| Box::pin(async move {
             let n: i64 = sqlx::query(exists_sql)
                 .bind(*column)
                 .fetch_one(&mut *conn)

@@ -31,7 +31,7 @@ mod orders;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gracefully_host::{Host, ShutdownReport, service_fn};
+use gracefully_host::{Host, Operations, ShutdownReport, service_fn};
 
 pub use api::{AppState, router};
 
@@ -53,6 +53,10 @@ pub struct Config {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub listen: SocketAddr,
+    /// The admin listener: the live operations page (`/operations`, `/operations.json`)
+    /// and Prometheus `/metrics`. Keep it private (never the public address).
+    #[arg(long, default_value = "127.0.0.1:3001")]
+    pub admin: SocketAddr,
     /// Database URL: `sqlite://demo.db?mode=rwc` (the default, no server needed) or
     /// `postgres://user@host/db` (many instances then share the jobs).
     #[arg(
@@ -129,6 +133,15 @@ pub async fn build(config: &Config) -> Result<(Host, SocketAddr), StartError> {
     let addr = listener
         .local_addr()
         .map_err(|e| StartError(format!("cannot read the listening address: {e}")))?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin)
+        .await
+        .map_err(|e| StartError(format!("cannot listen on {} (--admin): {e}", config.admin)))?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|e| StartError(format!("cannot read the admin address: {e}")))?;
+    let operations = Operations::new();
+    let admin = gracefully_axum::admin::admin_server(admin_listener, &operations)
+        .map_err(|e| StartError(format!("cannot serve /metrics: {e}")))?;
     let mediator = mediator(&database).map_err(|e| StartError(format!("bad wiring: {e}")))?;
     let state = AppState {
         mediator,
@@ -149,6 +162,9 @@ pub async fn build(config: &Config) -> Result<(Host, SocketAddr), StartError> {
     )
     .map_err(|e| StartError(format!("bad configuration: {e}")))?;
     tracing::info!(database = database.backend(), "database open");
+    tracing::info!(
+        "operations page on http://{admin_addr}/operations, metrics on http://{admin_addr}/metrics"
+    );
     Host::builder()
         .handle_signals(config.handle_signals)
         // `main` prints the report it gets back: once.
@@ -156,8 +172,12 @@ pub async fn build(config: &Config) -> Result<(Host, SocketAddr), StartError> {
         .shutdown_timeout(Duration::from_secs(config.shutdown_timeout))
         .cancel_grace(Duration::from_secs(config.cancel_grace))
         .pre_stop_delay(Duration::from_secs(config.pre_stop_delay))
-        // Registered first: starts first, stops last (after the HTTP server drained), so
-        // in-flight requests keep their database.
+        .operations(operations)
+        // The admin listener first: it starts first and stops last, so the page and the
+        // metrics show the whole shutdown.
+        .service("admin", admin)
+        // Registered before the HTTP server: starts before it and stops after it drained,
+        // so in-flight requests keep their database.
         .service("database", database)
         .service(
             "http",

@@ -30,6 +30,8 @@ async fn on_postgres_a_slow_report_abandoned_by_its_client_is_gone_from_the_serv
         "demo",
         "--listen",
         "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
         "--database",
         db.url.as_str(),
     ]);

@@ -50,6 +50,8 @@ fn a_bad_listen_address_or_database_fails_at_start_with_a_clear_message() {
         .args([
             "--listen",
             "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
             "--database",
             "mysql://x@127.0.0.1/y",
         ])
@@ -127,4 +129,84 @@ fn wrk_load_with_sigterm_in_the_middle_sees_no_errors() {
             );
         }
     }
+}
+
+/// The operations page's JSON on the admin listener shows a slow report while it runs —
+/// named by its route, with its deadline and its query under it — and, once its client
+/// left, the reason; `/metrics` counts it. Neither is served on the public listener.
+#[test]
+fn the_admin_listener_shows_a_running_request_and_why_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = Demo::start(&sqlite_url(dir.path()), &[]);
+    let client = reqwest::blocking::Client::new();
+    let public = client
+        .get(format!("{}/operations.json", demo.base))
+        .send()
+        .unwrap();
+    assert_eq!(public.status(), 404, "never on the public listener");
+
+    let base = demo.base.clone();
+    let leaving = std::thread::spawn(move || {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_millis(1500))
+            .build()
+            .unwrap()
+            .get(format!("{base}/report?rows=10000000000"))
+            .send()
+    });
+    let started = std::time::Instant::now();
+    let live = loop {
+        let json: serde_json::Value = client
+            .get(format!("{}/operations.json", demo.admin))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        let text = json.to_string();
+        if text.contains("GET /report") && text.contains("orders.slow_report") {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the running report never appeared: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(leaving.join().unwrap().is_err(), "the client gave up");
+    let finished = loop {
+        let text = client
+            .get(format!("{}/operations.json", demo.admin))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        if text.contains("Disconnected") {
+            break text;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the report never ended Disconnected: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let metrics = client
+        .get(format!("{}/metrics", demo.admin))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        metrics.contains("gracefully_cancellations_total"),
+        "{metrics}"
+    );
+    let page = client
+        .get(format!("{}/operations", demo.admin))
+        .send()
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().unwrap().contains("<html"), "a page");
+    demo.signal(libc::SIGTERM);
+    let (status, _, _) = demo.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0));
+    let _ = (live, finished);
 }

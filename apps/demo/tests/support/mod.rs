@@ -13,6 +13,8 @@ pub struct Demo {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// The admin listener: `http://127.0.0.1:PORT`.
+    pub admin: String,
     stderr: Arc<Mutex<String>>,
     stdout: Arc<Mutex<String>>,
 }
@@ -26,7 +28,8 @@ impl Demo {
     /// Starts `demo --listen 127.0.0.1:0 --database URL EXTRA…` and waits until it listens.
     pub fn start(database: &str, extra: &[&str]) -> Demo {
         let mut child = Command::new(env!("CARGO_BIN_EXE_demo"))
-            .args(["--listen", "127.0.0.1:0", "--database", database])
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--database", database])
             .args(extra)
             .env("RUST_LOG", "info,sqlx=warn")
             .env_remove("DATABASE_URL")
@@ -38,12 +41,18 @@ impl Demo {
         let stderr = Arc::new(Mutex::new(String::new()));
         let stdout = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
+        let (admin_tx, admin_rx) = mpsc::channel();
         {
             let pipe = child.stderr.take().unwrap();
             let stderr = Arc::clone(&stderr);
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines() {
                     let Ok(line) = line else { break };
+                    if let Some(at) = line.find("operations page on http://") {
+                        let rest = &line[at + "operations page on ".len()..];
+                        let addr = rest.split("/operations").next().unwrap().to_string();
+                        let _ = admin_tx.send(addr);
+                    }
                     if let Some(at) = line.find("demo listening on http://") {
                         let addr = line[at + "demo listening on ".len()..].trim().to_string();
                         let _ = tx.send(addr);
@@ -80,9 +89,13 @@ impl Demo {
                 );
             }
         };
+        let admin = admin_rx
+            .recv_timeout(Duration::from_secs(1))
+            .expect("the demo logs its admin address");
         Demo {
             child,
             base,
+            admin,
             stderr,
             stdout,
         }
