@@ -42,17 +42,26 @@ type Slot = Mutex<Option<reqwest::Body>>;
 /// headers, extensions (the remote address among them) and URL are kept.
 pub(crate) fn guard(response: reqwest::Response, token: CancellationToken) -> reqwest::Response {
     let url = response.url().clone();
-    let (mut parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
+    let (parts, body) = http::Response::<reqwest::Body>::from(response).into_parts();
     // reqwest keeps a response's URL in a private extension that only `ResponseBuilderExt`
-    // can set; take it from a builder.
-    let (url_parts, ()) = http::Response::builder()
-        .url(url)
-        .body(())
-        .expect("a builder with only a URL extension is valid")
-        .into_parts();
-    parts.extensions.extend(url_parts.extensions);
+    // can set, so the response is rebuilt with a builder that is handed the original parts
+    // first: the URL then goes into the response's own extensions (no second map made and
+    // merged).
+    let mut builder = http::Response::builder()
+        .status(parts.status)
+        .version(parts.version);
+    if let Some(headers) = builder.headers_mut() {
+        *headers = parts.headers;
+    }
+    if let Some(extensions) = builder.extensions_mut() {
+        *extensions = parts.extensions;
+    }
     let body = reqwest::Body::wrap(TokenBody::new(body, token));
-    reqwest::Response::from(http::Response::from_parts(parts, body))
+    let response = builder
+        .url(url)
+        .body(body)
+        .expect("a builder given a valid response's status, version and headers is valid");
+    reqwest::Response::from(response)
 }
 
 /// A response body raced against a token (see the module docs).

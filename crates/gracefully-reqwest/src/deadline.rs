@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use gracefully::{CancellationToken, Cancelled, Reason};
+use http::header::Entry;
 use http::{HeaderName, HeaderValue};
 
 /// The header that carries the caller's remaining budget downstream, in whole milliseconds
@@ -173,15 +174,23 @@ impl DeadlinePropagation {
             }
         }
         if let Some(name) = &self.header {
-            let smaller_already_set = request
-                .headers()
-                .get(name)
-                .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
-                .is_some_and(|set| set <= budget_ms);
-            if !smaller_already_set {
-                request
-                    .headers_mut()
-                    .insert(name.clone(), HeaderValue::from(budget_ms));
+            // One lookup (the name hashed once) whether or not the caller set it already.
+            match request.headers_mut().entry(name) {
+                Entry::Vacant(slot) => {
+                    slot.insert(HeaderValue::from(budget_ms));
+                }
+                Entry::Occupied(mut set) => {
+                    let smaller_already_set = set
+                        .get()
+                        .to_str()
+                        .ok()
+                        .and_then(|value| value.parse::<u64>().ok())
+                        .is_some_and(|set| set <= budget_ms);
+                    if !smaller_already_set {
+                        // As `HeaderMap::insert`: the one value, replacing every other.
+                        set.insert(HeaderValue::from(budget_ms));
+                    }
+                }
             }
         }
         Ok(())

@@ -402,3 +402,31 @@ async fn the_attempt_timeout_bounds_a_request_that_is_not_retried() {
     assert_eq!(server.received().len(), 1, "a POST is not retried");
     assert!(budget(&server.received()[0]) <= 200 - 5);
 }
+
+#[tokio::test]
+async fn a_guarded_response_keeps_its_head_as_plain_reqwest_reports_it() {
+    let server = ScriptServer::start(|_| Reply::status(201).header("x-kept", "yes")).await;
+    let plain = client()
+        .get(server.url("/head"))
+        .send()
+        .await
+        .expect("a plain response");
+    let source = CancellationSource::new();
+    let guarded = client()
+        .get(server.url("/head"))
+        .with_token(&source.token())
+        .send()
+        .await
+        .expect("a guarded response");
+    // The body is swapped for one that watches the token; everything else is as reqwest
+    // reported it: status, version, headers, the remote address (an extension) and the URL.
+    assert_eq!(guarded.status(), 201);
+    assert_eq!(guarded.status(), plain.status());
+    assert_eq!(guarded.version(), plain.version());
+    assert_eq!(guarded.headers(), plain.headers());
+    assert_eq!(guarded.headers()["x-kept"], "yes");
+    assert!(guarded.remote_addr().is_some());
+    assert_eq!(guarded.remote_addr(), plain.remote_addr());
+    assert_eq!(guarded.url(), plain.url());
+    assert!(guarded.url().path().ends_with("/head"));
+}

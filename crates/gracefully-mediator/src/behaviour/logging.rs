@@ -91,13 +91,18 @@ where
     fn call(&mut self, call: Call<R>) -> Self::Future {
         let request = call.request_type();
         // `current()` is the most verbose level any subscriber records (one atomic load):
-        // `OFF` means no event below can be recorded, so there is nothing to time.
-        let start = (LevelFilter::current() != LevelFilter::OFF).then(Instant::now);
-        let span = tracing::debug_span!("request", request);
-        let inner = {
-            let _entered = span.enter();
-            self.inner.call(call)
-        };
+        // `OFF` means no span or event below can be recorded, so there is nothing to time
+        // and no span to make (`debug_span!` would make a disabled one).
+        let recording = LevelFilter::current() != LevelFilter::OFF;
+        let start = recording.then(Instant::now);
+        // A disabled span (DEBUG off: the usual production setting) is not kept, so neither
+        // this call nor any poll enters it.
+        let span = recording
+            .then(|| tracing::debug_span!("request", request))
+            .filter(|span| !span.is_disabled());
+        let entered = span.as_ref().map(tracing::Span::enter);
+        let inner = self.inner.call(call);
+        drop(entered);
         LoggingFuture {
             inner,
             span,
@@ -117,7 +122,8 @@ pin_project! {
     pub struct LoggingFuture<F> {
         #[pin]
         inner: F,
-        span: tracing::Span,
+        // `None` when the span would be disabled.
+        span: Option<tracing::Span>,
         request: &'static str,
         start: Option<Instant>,
     }
@@ -131,7 +137,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
+        let _entered = this.span.as_ref().map(tracing::Span::enter);
         let result = ready!(this.inner.poll(cx));
         let elapsed = this.start.map_or(Duration::ZERO, |start| start.elapsed());
         log(this.request, elapsed, &result);

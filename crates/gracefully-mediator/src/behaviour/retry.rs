@@ -153,16 +153,25 @@ where
     }
 
     fn call(&mut self, call: Call<R>) -> Self::Future {
-        // tower's rule: the service that was polled ready takes this call; the future keeps
-        // it for later attempts, and a fresh clone stays here.
-        let clone = self.inner.clone();
-        let mut service = std::mem::replace(&mut self.inner, clone);
         let next = if self.policy.retries > 0 {
             call.clone_for_retry()
         } else {
             None
         };
-        let fut = service.call(call);
+        // A request that cannot be retried (a command, or no retries configured) makes one
+        // attempt: no service is kept for later ones, so nothing is cloned.
+        let mut service = if next.is_some() {
+            // tower's rule: the service that was polled ready takes this call; the future
+            // keeps it for later attempts, and a fresh clone stays here.
+            let clone = self.inner.clone();
+            Some(std::mem::replace(&mut self.inner, clone))
+        } else {
+            None
+        };
+        let fut = match &mut service {
+            Some(service) => service.call(call),
+            None => self.inner.call(call),
+        };
         RetryFuture {
             state: State::Calling { fut },
             service,
@@ -183,7 +192,9 @@ pin_project! {
     pub struct RetryFuture<S, R, F> {
         #[pin]
         state: State<F>,
-        service: S,
+        // The service for later attempts; `None` when there will be none (`next` is `None`
+        // from the start).
+        service: Option<S>,
         // The copy for the next attempt (taken before each attempt starts); `None` if the
         // request is not retryable or no attempt is left.
         next: Option<Call<R>>,
@@ -265,13 +276,14 @@ where
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {
-                    ready!(this.service.poll_ready(cx))?;
+                    let service = this.service.as_mut().expect("a retry has its service");
+                    ready!(service.poll_ready(cx))?;
                     let call = this.next.take().expect("a retry has its copy");
                     *this.attempts += 1;
                     if *this.attempts <= this.policy.retries {
                         *this.next = call.clone_for_retry();
                     }
-                    let fut = this.service.call(call);
+                    let fut = service.call(call);
                     this.state.set(State::Calling { fut });
                 }
             }

@@ -1,0 +1,208 @@
+//! [`NewJob`]: a job to enqueue, with its options.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use crate::error::Error;
+use crate::state::to_millis;
+
+/// The attempts a job gets unless [`NewJob::max_attempts`] says otherwise.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 25;
+
+/// A job to enqueue: a queue name, a payload serialized to JSON, and options.
+///
+/// ```
+/// use std::time::Duration;
+/// use gracefully_jobs::NewJob;
+///
+/// #[derive(serde::Serialize)]
+/// struct SendReceipt { order: u64 }
+///
+/// let job = NewJob::new("receipts", &SendReceipt { order: 42 })
+///     .delay(Duration::from_secs(5))      // not before 5 s from now (database clock)
+///     .priority(10)                       // higher runs first (default 0)
+///     .max_attempts(5)                    // genuine failures allowed (default 25)
+///     .unique_key("receipt-42");          // enqueuing this key again on this queue is a no-op
+/// # let _ = job;
+/// ```
+///
+/// *Anchors:* River's `InsertOpts` (`ScheduledAt`, `Priority`, `MaxAttempts`, `UniqueOpts`),
+/// graphile-worker's `add_job` spec (`run_at`, `priority`, `max_attempts`, `job_key`).
+#[derive(Debug)]
+pub struct NewJob {
+    pub(crate) queue: String,
+    pub(crate) payload: Result<String, serde_json::Error>,
+    pub(crate) priority: i32,
+    pub(crate) run_at_ms: Option<i64>,
+    pub(crate) delay_ms: i64,
+    pub(crate) max_attempts: u32,
+    pub(crate) unique_key: Option<String>,
+}
+
+impl NewJob {
+    /// A job for `queue` with `payload`, due now. Serialization errors are reported by
+    /// the enqueue call ([`Error::Payload`]).
+    pub fn new<T: Serialize + ?Sized>(queue: impl Into<String>, payload: &T) -> NewJob {
+        NewJob {
+            queue: queue.into(),
+            payload: serde_json::to_string(payload),
+            priority: 0,
+            run_at_ms: None,
+            delay_ms: 0,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            unique_key: None,
+        }
+    }
+
+    /// Not before `at` (replaces a [`delay`](Self::delay)).
+    pub fn run_at(mut self, at: SystemTime) -> NewJob {
+        self.run_at_ms = Some(to_millis(at));
+        self.delay_ms = 0;
+        self
+    }
+
+    /// Not before `delay` from the enqueue, by the database's clock (replaces a
+    /// [`run_at`](Self::run_at)).
+    pub fn delay(mut self, delay: Duration) -> NewJob {
+        self.delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 4);
+        self.run_at_ms = None;
+        self
+    }
+
+    /// Higher runs first among due jobs of a queue (default 0; may be negative).
+    pub fn priority(mut self, priority: i32) -> NewJob {
+        self.priority = priority;
+        self
+    }
+
+    /// Attempts (genuine failures) before the job is dead; at least 1 (default
+    /// [`DEFAULT_MAX_ATTEMPTS`]). A shutdown or a lost lease never uses one up.
+    pub fn max_attempts(mut self, attempts: u32) -> NewJob {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// At most one job with this key on this queue, whatever its state: enqueuing it
+    /// again is a no-op that returns the existing job's id. (An idempotency key: the
+    /// fulfilment job of order 42 is enqueued once, however often the request is retried.)
+    pub fn unique_key(mut self, key: impl Into<String>) -> NewJob {
+        self.unique_key = Some(key.into());
+        self
+    }
+
+    /// Checks the options; takes the payload out (it is used once).
+    pub(crate) fn validate(&mut self) -> Result<String, Error> {
+        validate_queue(&self.queue)?;
+        if self.max_attempts == 0 {
+            return Err(Error::config(
+                "max_attempts",
+                format!("job for queue `{}`: must be at least 1, got 0", self.queue),
+            ));
+        }
+        if self.max_attempts > i32::MAX as u32 {
+            return Err(Error::config(
+                "max_attempts",
+                format!("must be at most {}, got {}", i32::MAX, self.max_attempts),
+            ));
+        }
+        let payload = std::mem::replace(&mut self.payload, Ok(String::new()));
+        payload.map_err(|source| Error::Payload {
+            queue: self.queue.clone(),
+            source,
+        })
+    }
+}
+
+/// A queue name: 1 to 128 characters, none of them control characters.
+pub(crate) fn validate_queue(queue: &str) -> Result<(), Error> {
+    if queue.is_empty() || queue.len() > 128 || queue.chars().any(char::is_control) {
+        return Err(Error::config(
+            "queue",
+            format!(
+                "a queue name has 1 to 128 characters and no control characters, got {queue:?}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A validated job, ready for the database.
+#[derive(Debug)]
+pub(crate) struct Row {
+    pub(crate) queue: String,
+    pub(crate) payload: String,
+    pub(crate) priority: i32,
+    pub(crate) run_at_ms: Option<i64>,
+    pub(crate) delay_ms: i64,
+    pub(crate) max_attempts: i32,
+    pub(crate) unique_key: Option<String>,
+}
+
+impl Row {
+    pub(crate) fn from_new(mut job: NewJob) -> Result<Row, Error> {
+        let payload = job.validate()?;
+        Ok(Row {
+            queue: job.queue,
+            payload,
+            priority: job.priority,
+            run_at_ms: job.run_at_ms,
+            delay_ms: job.delay_ms,
+            max_attempts: job.max_attempts as i32,
+            unique_key: job.unique_key,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_max_attempts_is_rejected_naming_the_option() {
+        let err = Row::from_new(NewJob::new("q", &1).max_attempts(0)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Config {
+                    option: "max_attempts",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_empty_queue_name_is_rejected_naming_the_option() {
+        let err = Row::from_new(NewJob::new("", &1)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Config {
+                    option: "queue",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_payload_that_does_not_serialize_is_an_error_not_a_panic() {
+        let mut bad = std::collections::HashMap::new();
+        bad.insert(vec![1u8], 1); // JSON object keys must be strings
+        let err = Row::from_new(NewJob::new("q", &bad)).unwrap_err();
+        assert!(matches!(err, Error::Payload { .. }), "{err}");
+    }
+
+    #[test]
+    fn run_at_and_delay_replace_each_other() {
+        let job = NewJob::new("q", &1)
+            .delay(Duration::from_secs(1))
+            .run_at(SystemTime::UNIX_EPOCH);
+        assert_eq!((job.run_at_ms, job.delay_ms), (Some(0), 0));
+        let job = job.delay(Duration::from_millis(5));
+        assert_eq!((job.run_at_ms, job.delay_ms), (None, 5));
+    }
+}

@@ -1,0 +1,644 @@
+//! One run of a worker's `execute`: the loop that fetches, starts, settles, renews and
+//! drains.
+//!
+//! # Invariants (cited as "run #n")
+//!
+//! 1. A job is in `held` from its fetch until its ending was written (or found fenced):
+//!    its lease is renewed all that time, including while a write is pending after a
+//!    database error. Only running handlers (and a fetch in flight) count against the
+//!    concurrency.
+//! 2. Every handler runs in a task of its own, with a token that is a child of the host's
+//!    hard stop and is registered with the [`Jobs`] (so `cancel` from this process fires
+//!    it directly).
+//! 3. Nothing is fetched once `stopping` fired (drain); jobs of a fetch that was in flight
+//!    then are returned at once, unstarted. The run ends when nothing is held and no
+//!    database call is in flight.
+//! 5. At most one fetch and one batch of endings are in flight at a time; the loop keeps
+//!    running handlers meanwhile, so endings that arrive during a write go in the next
+//!    batch (batches grow with the load, with no timer).
+//! 4. If the run is dropped (the host's abort), the running handlers are aborted and their
+//!    jobs returned to the queue by a task on the runtime; the drop waits for it at most
+//!    150 ms when it is not on a runtime thread (the host drops aborted work on a thread of
+//!    its own).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use gracefully::{CancellationSource, CancellationToken, Reason};
+use gracefully_host::ServiceContext;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::{Instant, sleep_until};
+
+use super::counts::{
+    self, ABORTED, CANCELLED, DEAD, FINISHED_DURING_DRAIN, INTERRUPTED, LEASE_LOST, RECLAIMED,
+    RETRIED, RETURNED_UNSTARTED, SUCCEEDED,
+};
+use super::endings::{self, Done, Pending, Written};
+use super::listener::{self, Event};
+use super::verdict::{Ended, Verdict, verdict};
+use super::{ErasedHandler, Settings};
+use crate::error::Error;
+use crate::job::Lease;
+use crate::jobs::Jobs;
+use crate::state::{JobId, JobState};
+use crate::store::{Fetched, Store};
+
+/// The first wait after a database error; it doubles up to [`MAX_DB_BACKOFF`].
+const FIRST_DB_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_DB_BACKOFF: Duration = Duration::from_secs(5);
+
+/// A job this worker holds (run #1).
+struct Held {
+    run: i64,
+    attempt: u32,
+    /// The source of the handler's token; `None` for a job returned unstarted.
+    source: Option<Arc<CancellationSource>>,
+    abort: Option<AbortHandle>,
+    completed_in_tx: Arc<AtomicBool>,
+    /// The worker fired the token because the lease was lost.
+    lost: bool,
+}
+
+impl Held {
+    /// A job fetched as the drain began, to be returned without running.
+    fn unstarted(run: i64) -> Held {
+        Held {
+            run,
+            attempt: 0,
+            source: None,
+            abort: None,
+            completed_in_tx: Arc::new(AtomicBool::new(false)),
+            lost: false,
+        }
+    }
+}
+
+/// What a fetch brought: the jobs, and if it found fewer than asked, in how many
+/// milliseconds the next waiting job is due.
+struct Fetch {
+    jobs: Vec<Fetched>,
+    next_due: Option<i64>,
+}
+
+type TaskFuture = BoxFuture<'static, (i64, Ended)>;
+
+pub(crate) struct Run {
+    jobs: Jobs,
+    store: Store,
+    settings: Arc<Settings>,
+    handler: ErasedHandler,
+    cx: ServiceContext,
+    held: HashMap<i64, Held>,
+    tasks: FuturesUnordered<TaskFuture>,
+    /// Fetched, not started (at most `prefetch`); held (run #1) like the running ones.
+    buffer: VecDeque<Fetched>,
+    pending: Vec<Pending>,
+    draining: bool,
+    /// No database call before this (after an error).
+    backoff_until: Option<Instant>,
+    backoff: Duration,
+    last_renewed: Instant,
+    listener: Option<AbortHandle>,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Run {
+    pub(crate) fn new(
+        jobs: Jobs,
+        settings: Arc<Settings>,
+        handler: ErasedHandler,
+        cx: ServiceContext,
+    ) -> Run {
+        let store = jobs.store().clone();
+        Run {
+            jobs,
+            store,
+            settings,
+            handler,
+            cx,
+            held: HashMap::new(),
+            tasks: FuturesUnordered::new(),
+            buffer: VecDeque::new(),
+            pending: Vec::new(),
+            draining: false,
+            backoff_until: None,
+            backoff: FIRST_DB_BACKOFF,
+            last_renewed: Instant::now(),
+            listener: None,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        }
+    }
+
+    fn lease_ms(&self) -> i64 {
+        self.settings.lease.as_millis() as i64
+    }
+
+    pub(crate) async fn go(&mut self, stopping: CancellationToken) {
+        counts::init(&self.cx);
+        let queue = Arc::clone(&self.settings.queue);
+        let mut wake = self.jobs.inner.wake.subscribe();
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        if let Store::Postgres(pg) = &self.store {
+            let task = tokio::spawn(listener::listen(
+                self.jobs.clone(),
+                Arc::clone(pg),
+                Arc::clone(&queue),
+                events_tx,
+            ));
+            self.listener = Some(task.abort_handle());
+        } else {
+            drop(events_tx);
+        }
+        let sqlite = matches!(self.store, Store::Sqlite(_));
+        let poll = self.settings.poll_interval;
+        let heartbeat = self.settings.heartbeat;
+        let mut want_fetch = true;
+        let mut read_cancels = false;
+        let mut next_poll = Instant::now() + poll;
+        let mut next_heartbeat = Instant::now() + heartbeat;
+        // Fetch when this many slots are free (or nothing runs): batches, not one by one.
+        let refill = (self.settings.concurrency + self.settings.prefetch)
+            .div_ceil(4)
+            .max(1);
+        // The database calls in flight (run #5): a fetch, a batch of
+        // endings.
+        let mut fetching: Option<BoxFuture<'static, Result<Fetch, Error>>> = None;
+        // Wake-ups so far, and how many there had been when the fetch in flight started:
+        // a wake-up during a fetch that finds nothing means "look again", not "idle".
+        let mut wakes: u64 = 0;
+        let mut wakes_at_fetch: u64 = 0;
+        let mut writing: Option<BoxFuture<'static, Written>> = None;
+        tracing::debug!(queue = %queue, concurrency = self.settings.concurrency, "worker started");
+        loop {
+            let db_ok = self.backoff_until.is_none_or(|t| Instant::now() >= t);
+            if writing.is_none() && db_ok && !self.pending.is_empty() {
+                let batch = std::mem::take(&mut self.pending);
+                writing = Some(Box::pin(endings::write(
+                    self.store.clone(),
+                    Arc::clone(&queue),
+                    batch,
+                )));
+            }
+            if db_ok && read_cancels && !self.held.is_empty() {
+                read_cancels = false;
+                self.read_cancel_requests().await;
+            }
+            self.start_buffered();
+            let free = (self.settings.concurrency + self.settings.prefetch)
+                .saturating_sub(self.tasks.len() + self.buffer.len());
+            if fetching.is_none()
+                && !self.draining
+                && want_fetch
+                && db_ok
+                && free > 0
+                && (free >= refill || (self.tasks.is_empty() && self.buffer.is_empty()))
+            {
+                let (store, queue, lease, worker) = (
+                    self.store.clone(),
+                    Arc::clone(&queue),
+                    self.lease_ms(),
+                    self.settings.worker_id.clone(),
+                );
+                wakes_at_fetch = wakes;
+                fetching = Some(Box::pin(async move {
+                    let jobs = store.fetch(&queue, free, lease, &worker).await?;
+                    // Found none: when is the next job due? (Not asked when some were
+                    // found, so that they start without waiting for another round trip.)
+                    let next_due = if jobs.is_empty() {
+                        store.next_due(&queue).await.ok().flatten()
+                    } else {
+                        None
+                    };
+                    Ok(Fetch { jobs, next_due })
+                }));
+            }
+            if self.draining && self.held.is_empty() && fetching.is_none() && writing.is_none() {
+                break;
+            }
+            let backoff_until = self.backoff_until;
+            tokio::select! {
+                biased;
+                _ = stopping.cancelled(), if !self.draining => {
+                    self.draining = true;
+                    self.return_buffered();
+                    tracing::info!(queue = %queue, running = self.tasks.len(), "draining: no new jobs; running jobs may finish");
+                }
+                Some((id, ended)) = self.tasks.next(), if !self.tasks.is_empty() => {
+                    self.ended(id, ended);
+                    // Take everything else that is ready into the same batch.
+                    while let Some(Some((id, ended))) = self.tasks.next().now_or_never() {
+                        self.ended(id, ended);
+                    }
+                }
+                written = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
+                    writing = None;
+                    self.apply(written);
+                }
+                fetched = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
+                    fetching = None;
+                    match fetched {
+                        Ok(Fetch { jobs, next_due }) => {
+                            self.db_recovered();
+                            let got = jobs.len();
+                            for job in jobs {
+                                self.held.insert(job.id, Held::unstarted(job.run));
+                                self.buffer.push_back(job);
+                            }
+                            if self.draining {
+                                // Fetched as the drain began: back at once, unstarted.
+                                self.return_buffered();
+                            }
+                            self.start_buffered();
+                            if got == 0 && wakes == wakes_at_fetch {
+                                // No more due jobs: wait for a wake-up, the poll, or the
+                                // next job's run time.
+                                want_fetch = false;
+                                next_poll = Instant::now() + poll;
+                                if let Some(due_in) = next_due {
+                                    let due = Instant::now() + Duration::from_millis(due_in.max(0) as u64);
+                                    next_poll = next_poll.min(due);
+                                }
+                            }
+                        }
+                        Err(e) => self.db_failed("fetch jobs", &e),
+                    }
+                }
+                Ok(()) = wake.changed() => {
+                    want_fetch = true;
+                    wakes += 1;
+                }
+                Some(event) = events.recv() => {
+                    want_fetch = true;
+                    wakes += 1;
+                    if event == Event::Reconnected {
+                        read_cancels = true;
+                    }
+                }
+                _ = sleep_until(next_poll) => {
+                    want_fetch = true;
+                    wakes += 1;
+                    read_cancels |= sqlite;
+                    next_poll = Instant::now() + poll;
+                }
+                _ = sleep_until(next_heartbeat) => {
+                    if self.heartbeat(&queue).await {
+                        want_fetch = true;
+                        wakes += 1;
+                    }
+                    next_heartbeat = Instant::now() + heartbeat;
+                }
+                _ = sleep_until(backoff_until.unwrap_or_else(Instant::now)), if backoff_until.is_some() => {
+                    self.backoff_until = None;
+                }
+            }
+        }
+        if let Some(l) = self.listener.take() {
+            l.abort();
+        }
+        tracing::debug!(queue = %queue, "worker stopped");
+    }
+
+    fn db_failed(&mut self, what: &str, e: &Error) {
+        tracing::warn!(
+            queue = %self.settings.queue,
+            error = %e,
+            retry_in_ms = self.backoff.as_millis() as u64,
+            "could not {what}; backing off"
+        );
+        self.backoff_until = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_DB_BACKOFF);
+    }
+
+    fn db_recovered(&mut self) {
+        self.backoff = FIRST_DB_BACKOFF;
+        self.backoff_until = None;
+    }
+
+    /// Starts buffered jobs while handler slots are free.
+    fn start_buffered(&mut self) {
+        while self.tasks.len() < self.settings.concurrency
+            && let Some(job) = self.buffer.pop_front()
+        {
+            if self.held.get(&job.id).is_some_and(|h| h.lost) {
+                self.release(job.id); // its lease went while it waited: fenced, nothing to write
+                continue;
+            }
+            self.start(job);
+        }
+    }
+
+    /// The drain: every buffered job goes back to the queue at once, unstarted.
+    fn return_buffered(&mut self) {
+        let n = self.buffer.len() as u64;
+        for job in self.buffer.drain(..) {
+            self.pending.push(Pending::Interrupt(job.id, job.run));
+        }
+        if n > 0 {
+            self.cx.count(RETURNED_UNSTARTED, n);
+        }
+    }
+
+    /// Starts one fetched job in a task of its own (run #2).
+    fn start(&mut self, fetched: Fetched) {
+        let (id, run) = (fetched.id, fetched.run);
+        let attempt = (fetched.attempts.max(0) as u32).saturating_add(1);
+        let source = Arc::new(self.cx.hard_stop().child());
+        let completed_in_tx = Arc::new(AtomicBool::new(false));
+        let lease = Lease {
+            run,
+            store: self.store.clone(),
+            completed_in_tx: Arc::clone(&completed_in_tx),
+        };
+        let mut held = Held {
+            run,
+            attempt,
+            source: Some(Arc::clone(&source)),
+            abort: None,
+            completed_in_tx,
+            lost: false,
+        };
+        match (self.handler)(
+            fetched,
+            lease,
+            Arc::clone(&self.settings.queue),
+            source.token(),
+        ) {
+            Ok(fut) => {
+                self.jobs.register(id, run, source);
+                let task = tokio::spawn(fut);
+                held.abort = Some(task.abort_handle());
+                self.tasks.push(Box::pin(async move {
+                    let ended = task.await.map_err(|e| match e.try_into_panic() {
+                        Ok(p) => gracefully_host::panic_message(&*p).to_owned(),
+                        Err(e) => e.to_string(),
+                    });
+                    (id, ended)
+                }));
+            }
+            Err(decode) => {
+                tracing::error!(queue = %self.settings.queue, job = id, error = %decode, "job is dead: its payload does not decode");
+                self.pending.push(Pending::Dead {
+                    id,
+                    run,
+                    error: decode,
+                });
+            }
+        }
+        self.held.insert(id, held);
+    }
+
+    /// A handler's task ended: decide, and queue the write.
+    fn ended(&mut self, id: i64, ended: Ended) {
+        let Some(held) = self.held.get(&id) else {
+            return;
+        };
+        self.jobs.unregister(id, held.run);
+        let run = held.run;
+        let reason = held.source.as_ref().and_then(|s| s.token().reason());
+        let in_tx = held.completed_in_tx.load(Ordering::Acquire);
+        let pending = match verdict(ended, reason, in_tx) {
+            Verdict::Succeed => Pending::Succeed(id, run),
+            // Fenced: a no-op if its transaction committed (store #1); counted at the flush.
+            Verdict::CompletedInTx => Pending::Interrupt(id, run),
+            Verdict::Interrupt => Pending::Interrupt(id, run),
+            Verdict::Cancelled(error) => Pending::Cancelled { id, run, error },
+            Verdict::Fail(error) => {
+                let delay = self.settings.backoff.delay(held.attempt);
+                tracing::warn!(queue = %self.settings.queue, job = id, attempt = held.attempt, error = %error, "job failed");
+                Pending::Fail {
+                    id,
+                    run,
+                    error,
+                    delay_ms: delay.as_millis() as i64,
+                }
+            }
+        };
+        self.pending.push(pending);
+    }
+
+    fn count_success(&self) {
+        self.cx.count(SUCCEEDED, 1);
+        if self.draining {
+            self.cx.count(FINISHED_DURING_DRAIN, 1);
+        }
+    }
+
+    /// Applies a written batch: counts, releases the holds (run #1); after a database
+    /// error keeps what is left for the next batch and backs off.
+    fn apply(&mut self, written: Written) {
+        for done in written.done {
+            let id = done.id();
+            match done {
+                Done::Succeeded(_) => self.count_success(),
+                Done::Interrupted { returned, .. } => {
+                    let completed = self
+                        .held
+                        .get(&id)
+                        .is_some_and(|h| h.completed_in_tx.load(Ordering::Acquire));
+                    let unstarted = self.held.get(&id).is_some_and(|h| h.source.is_none());
+                    if returned && completed {
+                        tracing::warn!(queue = %self.settings.queue, job = id, "the handler completed the job in a transaction that did not commit; it is back in the queue");
+                    }
+                    if returned && !unstarted {
+                        self.cx.count(INTERRUPTED, 1);
+                    } else if completed {
+                        self.count_success();
+                    }
+                }
+                Done::Failed { state, .. } => match state {
+                    Some(JobState::Dead) => self.cx.count(DEAD, 1),
+                    Some(_) => self.cx.count(RETRIED, 1),
+                    None => {}
+                },
+                Done::Dead(_) => self.cx.count(DEAD, 1),
+                Done::Cancelled(_) => self.cx.count(CANCELLED, 1),
+            }
+            self.release(id);
+        }
+        if let Some(e) = written.error {
+            self.db_failed("record how jobs ended", &e);
+            let mut left = written.left;
+            left.append(&mut self.pending);
+            self.pending = left;
+        }
+    }
+
+    fn release(&mut self, id: i64) {
+        self.held.remove(&id);
+    }
+
+    /// Renews the held leases, fires the tokens of jobs whose lease was lost or that are
+    /// to be cancelled, and reclaims expired leases of the queue. Returns whether jobs
+    /// were reclaimed (so a fetch is worth it).
+    async fn heartbeat(&mut self, queue: &str) -> bool {
+        let held: Vec<(i64, i64)> = self
+            .held
+            .iter()
+            // A job its handler completed in its own transaction is no longer running in
+            // the table: not a lost lease.
+            .filter(|(_, h)| !h.lost && !h.completed_in_tx.load(Ordering::Acquire))
+            .map(|(id, h)| (*id, h.run))
+            .collect();
+        if held.is_empty() {
+            self.last_renewed = Instant::now();
+        } else {
+            match self.store.renew(&held, self.lease_ms()).await {
+                Ok(renewed) => {
+                    self.last_renewed = Instant::now();
+                    let mut found: HashMap<i64, Option<String>> = renewed
+                        .into_iter()
+                        .map(|r| (r.id, r.cancel_message))
+                        .collect();
+                    for (id, _) in held {
+                        match found.remove(&id) {
+                            Some(Some(message)) => self.fire_cancel(id, message),
+                            Some(None) => {}
+                            None => self.lose(id, "another worker took the job over, or its lease expired and it was reclaimed"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(queue, error = %e, "could not renew job leases");
+                    if self.last_renewed.elapsed() >= self.settings.lease {
+                        for (id, _) in held {
+                            self.lose(id, "its lease could not be renewed (the database was unreachable) and has expired");
+                        }
+                    }
+                }
+            }
+        }
+        match self.store.reclaim(queue).await {
+            Ok(0) => false,
+            Ok(n) => {
+                tracing::warn!(
+                    queue,
+                    jobs = n,
+                    "reclaimed jobs whose worker stopped renewing their lease"
+                );
+                self.cx.count(RECLAIMED, n);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(queue, error = %e, "could not reclaim expired leases");
+                false
+            }
+        }
+    }
+
+    fn lose(&mut self, id: i64, why: &str) {
+        let Some(h) = self.held.get_mut(&id) else {
+            return;
+        };
+        // Completed in its transaction since the renewal was sent: not lost.
+        if h.lost || h.completed_in_tx.load(Ordering::Acquire) {
+            return;
+        }
+        h.lost = true;
+        let Some(source) = &h.source else { return };
+        self.cx.count(LEASE_LOST, 1);
+        tracing::warn!(queue = %self.settings.queue, job = id, "lease lost: {why}; the attempt is stopped and fenced");
+        source.cancel_with(
+            Reason::failed(Error::LeaseLost {
+                id: JobId::from(id),
+            })
+            .with_message(format!("lease lost: {why}")),
+        );
+    }
+
+    fn fire_cancel(&mut self, id: i64, message: String) {
+        if let Some(source) = self.held.get(&id).and_then(|h| h.source.as_ref()) {
+            source.cancel_with(Reason::requested().with_message(message));
+        } else if let Some(at) = self.buffer.iter().position(|j| j.id == id) {
+            // Cancelled while it waited in the buffer: it never starts.
+            let job = self.buffer.remove(at).expect("found");
+            self.pending.push(Pending::Cancelled {
+                id,
+                run: job.run,
+                error: format!("cancelled before it started: {message}"),
+            });
+        }
+    }
+
+    /// Reads cancel requests for the held jobs from the table (SQLite's way across
+    /// processes; PostgreSQL's after a notification may have been missed).
+    async fn read_cancel_requests(&mut self) {
+        let held: Vec<(i64, i64)> = self
+            .held
+            .iter()
+            .filter(|(_, h)| {
+                h.abort.is_some() && h.source.as_ref().is_some_and(|s| !s.is_cancelled())
+            })
+            .map(|(id, h)| (*id, h.run))
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        match self.store.cancel_requests(&held).await {
+            Ok(requests) => {
+                for r in requests {
+                    self.fire_cancel(r.id, r.cancel_message.unwrap_or_default());
+                }
+            }
+            Err(e) => self.db_failed("read cancel requests", &e),
+        }
+    }
+}
+
+impl Drop for Run {
+    /// The host's abort (run #4).
+    fn drop(&mut self) {
+        if let Some(l) = self.listener.take() {
+            l.abort();
+        }
+        if self.held.is_empty() {
+            return;
+        }
+        let mut succeed = Vec::new();
+        for p in &self.pending {
+            if let Pending::Succeed(id, run) = p {
+                succeed.push((*id, *run));
+            }
+        }
+        let mut aborted = 0;
+        let mut interrupt = Vec::new();
+        for (id, h) in &self.held {
+            if let Some(abort) = &h.abort
+                && !abort.is_finished()
+            {
+                abort.abort();
+                aborted += 1;
+            }
+            if !succeed.iter().any(|(i, _)| i == id) {
+                interrupt.push((*id, h.run));
+            }
+            self.jobs.unregister(*id, h.run);
+        }
+        self.cx.count(ABORTED, aborted);
+        let Some(runtime) = self.runtime.clone() else {
+            return;
+        };
+        let store = self.store.clone();
+        let queue = Arc::clone(&self.settings.queue);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        runtime.spawn(async move {
+            if !succeed.is_empty() {
+                let _ = store.succeed(&succeed).await;
+            }
+            match store.interrupt(&queue, &interrupt).await {
+                Ok(ids) => tracing::warn!(queue = %queue, jobs = ids.len(), "aborted jobs returned to the queue"),
+                Err(e) => tracing::warn!(queue = %queue, error = %e, "aborted jobs could not be returned; they will be reclaimed when their lease expires"),
+            }
+            let _ = done_tx.send(());
+        });
+        if tokio::runtime::Handle::try_current().is_err() {
+            let _ = done_rx.recv_timeout(Duration::from_millis(150));
+        }
+    }
+}
