@@ -3,41 +3,64 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream;
-use gracefully_axum::{Drain, RequestToken, TimeoutLayer, cancelled_response, health_routes};
+use gracefully_axum::{
+    Drain, OperationNameLayer, RequestToken, TimeoutLayer, cancelled_response, health_routes,
+};
 use serde::Deserialize;
 
-use crate::db::{Database, Order};
+use gracefully_mediator::{Error as MediatorError, Mediator};
+
+use crate::db::{Database, Order, OrderView};
+use crate::orders::{CreateOrder, GetOrder, ListOrders, SlowReport};
+
+/// What the routes share: the mediator (every use case goes through it) and the database
+/// (for `/events` and the shipping service's side).
+#[derive(Clone)]
+pub struct AppState {
+    /// The use cases.
+    pub mediator: Mediator,
+    /// The database.
+    pub db: Database,
+    /// How long `/shipping` takes to ship (a stand-in for a partner's API).
+    pub shipping_delay: Duration,
+}
 
 /// The demo's routes (including `/healthz` and `/readyz`); `/report` times out after
 /// `report_timeout`.
-pub fn router(db: Database, report_timeout: Duration) -> Router {
+pub fn router(state: AppState, report_timeout: Duration) -> Router {
     let report = Router::new()
         .route("/report", get(slow_report))
-        // A cooperative timeout: the query is interrupted in SQLite and the answer is 504.
+        // A cooperative timeout: the query is stopped in the database and the answer is 504.
         .layer(TimeoutLayer::new(report_timeout));
     Router::new()
         .route("/", get(index))
         .route("/orders", get(list_orders).post(create_order))
+        .route("/orders/{id}", get(get_order))
+        .route("/shipping", post(ship))
         .route("/events", get(events))
         .merge(report)
-        .with_state(db)
+        .with_state(state)
+        // Each request's operation is named by its route (`GET /orders/{id}`).
+        .layer(OperationNameLayer::new())
         .merge(health_routes())
 }
 
 async fn index() -> &'static str {
     "gracefully demo: an orders API\n\
      \n\
-     POST /orders          {\"item\": \"tea\", \"quantity\": 2}  (one transaction)\n\
+     POST /orders          {\"item\": \"tea\", \"quantity\": 2}  (one transaction, with its fulfilment job)\n\
      GET  /orders          the latest 100 orders\n\
+     GET  /orders/{id}     one order, its fulfilment job's state and its tracking code\n\
      GET  /report?rows=N   a slow query (try rows=100000000, then leave with Ctrl-C)\n\
      GET  /events          new orders as Server-Sent Events (end when the drain begins)\n\
+     POST /shipping        {\"order_id\": 1}  the shipping service the fulfilment jobs call\n\
      GET  /healthz, /readyz\n"
 }
 
@@ -47,16 +70,28 @@ enum ApiError {
     /// The request's token fired: 499 (client left), 504 (timeout) or 503 (shutdown).
     Cancelled(gracefully::Cancelled),
     /// The request itself was wrong.
-    BadRequest(String),
-    /// The database failed (logged; the client gets a generic message).
-    Database(gracefully_sqlx::Error),
+    Invalid(String),
+    /// No such order.
+    NotFound,
+    /// Something failed (logged; the client gets a generic message).
+    Failed(String),
+}
+
+impl From<MediatorError> for ApiError {
+    fn from(error: MediatorError) -> Self {
+        match error {
+            MediatorError::Cancelled(cancelled) => ApiError::Cancelled(cancelled),
+            MediatorError::Invalid(invalid) => ApiError::Invalid(invalid.to_string()),
+            other => ApiError::Failed(other.to_string()),
+        }
+    }
 }
 
 impl From<gracefully_sqlx::Error> for ApiError {
     fn from(error: gracefully_sqlx::Error) -> Self {
         match error {
             gracefully_sqlx::Error::Cancelled(cancelled) => ApiError::Cancelled(cancelled),
-            other => ApiError::Database(other),
+            other => ApiError::Failed(other.to_string()),
         }
     }
 }
@@ -65,12 +100,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
             ApiError::Cancelled(cancelled) => cancelled_response(&cancelled),
-            ApiError::BadRequest(message) => {
+            ApiError::Invalid(message) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, message).into_response()
             }
-            ApiError::Database(error) => {
-                tracing::error!(%error, "database error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "database error").into_response()
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "no such order").into_response(),
+            ApiError::Failed(error) => {
+                tracing::error!(%error, "request failed");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
             }
         }
     }
@@ -83,26 +119,34 @@ struct NewOrder {
 }
 
 async fn create_order(
-    State(db): State<Database>,
+    State(app): State<AppState>,
     RequestToken(token): RequestToken,
     Json(order): Json<NewOrder>,
 ) -> Result<(StatusCode, Json<Order>), ApiError> {
-    let item = order.item.trim().to_string();
-    if item.is_empty() || item.len() > 100 {
-        return Err(ApiError::BadRequest("item: 1 to 100 characters".into()));
-    }
-    if !(1..=1000).contains(&order.quantity) {
-        return Err(ApiError::BadRequest("quantity: 1 to 1000".into()));
-    }
-    let order = db.create_order(&token, item, order.quantity).await?;
+    let request = CreateOrder {
+        item: order.item,
+        quantity: order.quantity,
+    };
+    let order = app.mediator.send(request, &token).await?;
     Ok((StatusCode::CREATED, Json(order)))
 }
 
+async fn get_order(
+    State(app): State<AppState>,
+    RequestToken(token): RequestToken,
+    Path(id): Path<i64>,
+) -> Result<Json<OrderView>, ApiError> {
+    match app.mediator.send(GetOrder { id }, &token).await? {
+        Some(order) => Ok(Json(order)),
+        None => Err(ApiError::NotFound),
+    }
+}
+
 async fn list_orders(
-    State(db): State<Database>,
+    State(app): State<AppState>,
     RequestToken(token): RequestToken,
 ) -> Result<Json<Vec<Order>>, ApiError> {
-    Ok(Json(db.list_orders(&token).await?))
+    Ok(Json(app.mediator.send(ListOrders, &token).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,20 +155,49 @@ struct ReportQuery {
 }
 
 async fn slow_report(
-    State(db): State<Database>,
+    State(app): State<AppState>,
     RequestToken(token): RequestToken,
     Query(query): Query<ReportQuery>,
 ) -> Result<String, ApiError> {
     let rows = query.rows.unwrap_or(10_000_000);
-    if !(1..=10_000_000_000).contains(&rows) {
-        return Err(ApiError::BadRequest("rows: 1 to 10000000000".into()));
-    }
-    let counted = db.slow_report(&token, rows).await?;
+    let counted = app.mediator.send(SlowReport { rows }, &token).await?;
     Ok(format!("counted {counted} rows\n"))
 }
 
-async fn events(State(db): State<Database>, drain: Drain) -> impl IntoResponse {
-    let orders = db.subscribe();
+#[derive(Debug, Deserialize, serde::Serialize)]
+pub(crate) struct ShipRequest {
+    pub(crate) order_id: i64,
+}
+
+#[derive(Debug, Deserialize, serde::Serialize)]
+pub(crate) struct Shipped {
+    pub(crate) tracking: String,
+}
+
+/// The shipping service (in a real system, another service): records the shipment,
+/// idempotently, after `shipping_delay` — a stand-in for a partner's API. The caller's
+/// deadline arrives in the request's header and narrows this request's token.
+async fn ship(
+    State(app): State<AppState>,
+    RequestToken(token): RequestToken,
+    Json(request): Json<ShipRequest>,
+) -> Result<Json<Shipped>, ApiError> {
+    // The caller's budget, as it arrived (the fulfilment job sends its deadline).
+    let budget_ms = token.deadline().map(|deadline| {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        i64::try_from(left.as_millis()).unwrap_or(i64::MAX)
+    });
+    token
+        .run_until_cancelled(tokio::time::sleep(app.shipping_delay))
+        .await
+        .map_err(ApiError::Cancelled)?;
+    let tracking = app.db.ship(&token, request.order_id, budget_ms).await?;
+    tracing::info!(order_id = request.order_id, budget_ms, "shipped");
+    Ok(Json(Shipped { tracking }))
+}
+
+async fn events(State(app): State<AppState>, drain: Drain) -> impl IntoResponse {
+    let orders = app.db.subscribe();
     let feed = stream::unfold(orders, |mut orders| async move {
         loop {
             match orders.recv().await {

@@ -1,48 +1,69 @@
 //! The demo service: an orders API that ties the gracefully crates together.
 //!
-//! * [`gracefully_host`] runs three services — the database pool, the HTTP server and a
-//!   background statistics job — and shuts them down in three phases with a report.
+//! * [`gracefully_host`] runs the services — the database pool, the HTTP server, the
+//!   fulfilment workers and a statistics job — and shuts them down in three phases with a
+//!   report.
 //! * [`gracefully_axum`] serves the API; every request has a token that fires when the
-//!   client leaves, when the route's timeout passes, or at the hard stop.
+//!   client leaves, when the route's timeout or the caller's propagated deadline passes,
+//!   or at the hard stop.
+//! * [`gracefully_mediator`] carries each use case from the HTTP handler to its handler,
+//!   with the request's token, through logging, validation and retry behaviours.
 //! * [`gracefully_sqlx`] runs the queries on SQLite (the embedded default, no server
-//!   needed): a cancelled query is interrupted inside SQLite, and an order is written in a
-//!   transaction that commits only if nothing was cancelled.
+//!   needed) or PostgreSQL (`--database postgres://…`): a cancelled query stops inside the
+//!   database, and an order is written in a transaction that commits only if nothing was
+//!   cancelled.
+//! * [`gracefully_reqwest`] makes the fulfilment's call to the shipping service with the
+//!   job's token: its deadline travels in a header.
 //!
 //! Endpoints: `GET /` (this list), `POST /orders` (`{"item": "tea", "quantity": 2}`),
-//! `GET /orders`, `GET /report?rows=N` (a deliberately slow query: leave with Ctrl-C on
-//! curl, and SQLite stops), `GET /events` (Server-Sent Events of new orders; they end when
-//! the drain begins), `GET /healthz`, `GET /readyz`.
+//! `GET /orders`, `GET /orders/{id}`, `GET /report?rows=N` (a deliberately slow query:
+//! leave with Ctrl-C on curl, and the database stops), `GET /events` (Server-Sent Events
+//! of new orders; they end when the drain begins), `POST /shipping`, `GET /healthz`,
+//! `GET /readyz`.
 
 #![warn(missing_docs)]
 
 mod api;
 mod db;
+mod fulfil;
+mod orders;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gracefully_host::{Host, ShutdownReport, service_fn};
+use gracefully_host::{Host, Operations, ShutdownReport, service_fn};
 
-pub use api::router;
+pub use api::{AppState, router};
 
 /// The workspace README's examples (they use every crate), compiled and run as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
-pub use db::Database;
+pub use db::{Database, FULFILMENT, Fulfil, Fulfilment, Order, OrderView};
+pub use fulfil::FULFILMENT_DEADLINE;
+pub use orders::{CreateOrder, GetOrder, ListOrders, SlowReport, mediator};
 
 /// Command-line configuration.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
     name = "demo",
-    about = "The gracefully demo service: an orders API on SQLite."
+    about = "The gracefully demo service: an orders API on SQLite or PostgreSQL."
 )]
 pub struct Config {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:3000")]
     pub listen: SocketAddr,
-    /// Database URL (SQLite). `sqlite::memory:` keeps nothing.
-    #[arg(long, default_value = "sqlite://demo.db?mode=rwc")]
+    /// The admin listener: the live operations page (`/operations`, `/operations.json`)
+    /// and Prometheus `/metrics`. Keep it private (never the public address).
+    #[arg(long, default_value = "127.0.0.1:3001")]
+    pub admin: SocketAddr,
+    /// Database URL: `sqlite://demo.db?mode=rwc` (the default, no server needed) or
+    /// `postgres://user@host/db` (many instances then share the jobs).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://demo.db?mode=rwc"
+    )]
     pub database: String,
     /// The whole shutdown's budget, in seconds.
     #[arg(long, default_value_t = 30)]
@@ -56,6 +77,20 @@ pub struct Config {
     /// The `/report` route's timeout, in seconds (its query is interrupted, the answer is 504).
     #[arg(long, default_value_t = 10)]
     pub report_timeout: u64,
+    /// The shipping service the fulfilment jobs call (default: this instance's own
+    /// `/shipping`).
+    #[arg(long)]
+    pub shipping_url: Option<String>,
+    /// How long this instance's `/shipping` takes, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub shipping_delay_ms: u64,
+    /// Fulfilment jobs run at once.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Seconds a fulfilment job's lease lasts without renewal: how soon another worker
+    /// takes over the jobs of an instance that crashed (renewed every third of it).
+    #[arg(long, default_value_t = 30)]
+    pub job_lease: u64,
     /// Install SIGINT/SIGTERM/SIGQUIT handlers (tests turn this off).
     #[arg(skip = true)]
     pub handle_signals: bool,
@@ -76,6 +111,19 @@ impl std::error::Error for StartError {}
 /// Builds the host (without running it): opens the database and binds the listener.
 /// Returns the host and the address it will serve on.
 pub async fn build(config: &Config) -> Result<(Host, SocketAddr), StartError> {
+    // The flags' own ranges, named as the user typed them (the crates name their fields).
+    if !(1..=10_000).contains(&config.workers) {
+        return Err(StartError(format!(
+            "bad configuration: --workers must be from 1 to 10000, got {}",
+            config.workers
+        )));
+    }
+    if !(1..=86_400).contains(&config.job_lease) {
+        return Err(StartError(format!(
+            "bad configuration: --job-lease must be from 1 to 86400 seconds, got {}",
+            config.job_lease
+        )));
+    }
     let database = Database::open(&config.database)
         .await
         .map_err(|e| StartError(format!("cannot open the database: {e}")))?;
@@ -85,21 +133,60 @@ pub async fn build(config: &Config) -> Result<(Host, SocketAddr), StartError> {
     let addr = listener
         .local_addr()
         .map_err(|e| StartError(format!("cannot read the listening address: {e}")))?;
-    let app = router(database.clone(), Duration::from_secs(config.report_timeout));
+    let admin_listener = tokio::net::TcpListener::bind(config.admin)
+        .await
+        .map_err(|e| StartError(format!("cannot listen on {} (--admin): {e}", config.admin)))?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|e| StartError(format!("cannot read the admin address: {e}")))?;
+    let operations = Operations::new();
+    let admin = gracefully_axum::admin::admin_server(admin_listener, &operations)
+        .map_err(|e| StartError(format!("cannot serve /metrics: {e}")))?;
+    let mediator = mediator(&database).map_err(|e| StartError(format!("bad wiring: {e}")))?;
+    let state = AppState {
+        mediator,
+        db: database.clone(),
+        shipping_delay: Duration::from_millis(config.shipping_delay_ms),
+    };
+    let app = router(state, Duration::from_secs(config.report_timeout));
     let stats_db = database.clone();
+    let shipping_url = config
+        .shipping_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}/shipping"));
+    let worker = fulfil::worker(
+        &database,
+        shipping_url,
+        config.workers,
+        Duration::from_secs(config.job_lease),
+    )
+    .map_err(|e| StartError(format!("bad configuration: {e}")))?;
+    tracing::info!(database = database.backend(), "database open");
+    tracing::info!(
+        "operations page on http://{admin_addr}/operations, metrics on http://{admin_addr}/metrics"
+    );
     Host::builder()
         .handle_signals(config.handle_signals)
+        // `main` prints the report it gets back: once.
+        .log_report(false)
         .shutdown_timeout(Duration::from_secs(config.shutdown_timeout))
         .cancel_grace(Duration::from_secs(config.cancel_grace))
         .pre_stop_delay(Duration::from_secs(config.pre_stop_delay))
-        // Registered first: starts first, stops last (after the HTTP server drained), so
-        // in-flight requests keep their database.
+        .operations(operations)
+        // The admin listener first: it starts first and stops last, so the page and the
+        // metrics show the whole shutdown.
+        .service("admin", admin)
+        // Registered before the HTTP server: starts before it and stops after it drained,
+        // so in-flight requests keep their database.
         .service("database", database)
         .service(
             "http",
             gracefully_axum::HttpServer::new(listener, app)
                 .request_timeout(Duration::from_secs(30)),
         )
+        // Registered after the HTTP server: stops before it, so the jobs still running at
+        // the drain reach this instance's /shipping.
+        .service("fulfilment", worker)
         .service(
             "stats",
             service_fn(move |stopping, _cx| {

@@ -8,6 +8,7 @@
 //! Ctrl-C (or SIGTERM) shuts it down gracefully and prints the shutdown report; a second
 //! signal aborts at once. The exit status is the report's (0 only for a clean stop).
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -19,6 +20,10 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
+        // Colour only for a person at a terminal (and not with NO_COLOR): log files and
+        // collectors get plain text.
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -29,6 +34,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(demo::run(config)) {
         Ok(report) => {
+            // The host does not log it (`log_report(false)`): printed once, here.
             println!("{report}");
             ExitCode::from(u8::try_from(report.exit_code()).unwrap_or(1))
         }

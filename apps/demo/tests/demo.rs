@@ -23,6 +23,8 @@ async fn start(extra: &[&str]) -> Demo {
         "demo",
         "--listen",
         "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
         "--database",
         url.as_str(),
     ];
@@ -175,6 +177,8 @@ async fn a_bad_database_url_is_a_clear_error_not_a_panic() {
     let config = demo::Config::parse_from([
         "demo",
         "--listen",
+        "127.0.0.1:0",
+        "--admin",
         "127.0.0.1:0",
         "--database",
         "postgres://nobody:secret@127.0.0.1:1/x",

@@ -17,11 +17,22 @@ use crate::stats::inc;
 #[derive(Clone, Copy)]
 pub(crate) struct PanicMarker;
 
+/// Marks `response` as the answer to a handler panic, so the server counts it with the
+/// panics (`panicked (500)` in the report) whatever its status. For an app that answers a
+/// panic in its own protocol — gracefully-tonic answers gRPC `INTERNAL` — after catching it
+/// itself; a plain handler's panic is caught and answered 500 by the server.
+///
+/// *Anchors:* tower-http's `CatchPanicLayer` with a custom response; the HTTP server keeps
+/// serving either way.
+pub fn mark_panicked(response: &mut Response) {
+    response.extensions_mut().insert(PanicMarker);
+}
+
 pub(crate) fn panic_response(panic: Box<dyn std::any::Any + Send>) -> Response {
     let message = gracefully_host::panic_message(&*panic);
     tracing::error!(panic = %message, "request handler panicked");
     let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    response.extensions_mut().insert(PanicMarker);
+    mark_panicked(&mut response);
     response
 }
 

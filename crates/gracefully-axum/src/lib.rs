@@ -134,6 +134,7 @@ mod stats;
 mod streams;
 mod wake_gate;
 
+pub use accounting::mark_panicked;
 pub use app::HttpApp;
 pub use config::ConfigError;
 pub use health::health_routes;

@@ -106,7 +106,7 @@ pub struct ServerReport {
     /// Requests that never finished: dropped with their connection (abort, or a broken
     /// connection under HTTP/2 without a cooperative handler).
     pub lost: u64,
-    /// Handlers that panicked (answered 500).
+    /// Handlers that panicked (answered 500, or in the app's own terms after [`mark_panicked`](crate::mark_panicked)).
     pub panicked: u64,
     /// HTTP/2 streams refused with `REFUSED_STREAM` because the connection already ran as
     /// many handlers as its stream limit allows — handlers that outlive their reset stream

@@ -63,6 +63,7 @@ impl HostBuilder {
                 pre_stop_delay: Duration::ZERO,
                 startup_timeout: Duration::from_secs(30),
                 handle_signals: true,
+                log_report: true,
             },
             services: Vec::new(),
             operations: None,
@@ -119,6 +120,14 @@ impl HostBuilder {
     /// process then, as [`Host::run_and_exit`] does.
     pub fn handle_signals(mut self, enabled: bool) -> Self {
         self.config.handle_signals = enabled;
+        self
+    }
+
+    /// Whether [`Host::run`] logs the shutdown report when it is done (at `info` for a clean
+    /// stop, at `error` otherwise). Default `true`. Turn it off when the program prints the
+    /// report it gets back from `run` itself, so it appears once (a CLI, the demo service).
+    pub fn log_report(mut self, enabled: bool) -> Self {
+        self.config.log_report = enabled;
         self
     }
 

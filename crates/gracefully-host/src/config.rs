@@ -16,6 +16,7 @@ pub(crate) struct Config {
     pub(crate) pre_stop_delay: Duration,
     pub(crate) startup_timeout: Duration,
     pub(crate) handle_signals: bool,
+    pub(crate) log_report: bool,
 }
 
 /// A registered service.

@@ -348,10 +348,10 @@ impl Supervisor {
             tasks,
             before_stop,
         });
-        if report.is_clean() {
-            tracing::info!("{report}");
-        } else {
-            tracing::error!("{report}");
+        match (self.config.log_report, report.is_clean()) {
+            (false, _) => {}
+            (true, true) => tracing::info!("{report}"),
+            (true, false) => tracing::error!("{report}"),
         }
         timeline.stopped.cancel_with(shutdown.reason);
         report

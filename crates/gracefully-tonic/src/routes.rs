@@ -11,6 +11,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -87,7 +88,23 @@ impl Future for RpcFuture {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Ok(mut response) = std::task::ready!(this.inner.poll(cx));
+        // A panicking handler is answered here, in gRPC's terms (HTTP 200, `grpc-status:
+        // INTERNAL`), rather than by the HTTP server's plain 500 that a gRPC client can only
+        // read as `UNKNOWN`; the server still counts it as a panic and keeps serving. The
+        // inner future is not polled again after a panic: `Ready` is returned.
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| this.inner.poll(cx)));
+        let mut response = match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Ok(response))) => response,
+            Err(panic) => {
+                let message = gracefully_host::panic_message(&*panic);
+                tracing::error!(panic = %message, "gRPC handler panicked");
+                let mut response =
+                    tonic::Status::internal("the handler panicked").into_http::<Body>();
+                gracefully_axum::mark_panicked(&mut response);
+                response
+            }
+        };
         // A handler's `Status` made from a `Cancelled` (tonic puts an error status in the
         // response's extensions): the server counts it as that cancellation.
         if let Some(cancelled) = response

@@ -67,7 +67,8 @@ use crate::routes::GrpcRoutes;
 /// `UNIMPLEMENTED`); tonic's `transport::Server` settings (concurrency limits, its own
 /// timeout layer, TLS) do not apply — put tower layers on the routes' router instead
 /// (`Routes::into_axum_router().layer(…)`, then `Routes::from`). A handler panic answers
-/// HTTP 500 (the client sees `INTERNAL`/`UNKNOWN`) and the server keeps serving.
+/// gRPC `INTERNAL` ("the handler panicked"), is counted in the report's `panicked`, and the
+/// server keeps serving.
 ///
 /// *Anchors:* tonic's `transport::Server::serve_with_shutdown`, which stops accepting but
 /// never tells handlers, has no drain deadline and drops a handler whose client cancels;

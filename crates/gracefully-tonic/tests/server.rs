@@ -251,3 +251,28 @@ async fn a_server_streaming_handler_sees_its_client_cancel() {
     assert_eq!(kind, ReasonKind::Disconnected);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_panicking_handler_answers_grpc_internal_is_counted_and_the_server_keeps_serving() {
+    let service = WorkerServer::new(|request: Request<support::WorkRequest>| async move {
+        if request.get_ref().label == "panic" {
+            panic!("a bug in the handler");
+        }
+        Ok(Response::new(WorkReply {
+            label: "fine".to_owned(),
+        }))
+    });
+    let server = TestGrpcServer::start(service).await;
+    let mut client = server.plain_client().await;
+    let status = client
+        .work(work(0, "panic"))
+        .await
+        .expect_err("the handler panicked");
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(status.message(), "the handler panicked", "{status:?}");
+    // The same connection goes on serving.
+    let reply = client.work(work(0, "next")).await.unwrap();
+    assert_eq!(reply.into_inner().label, "fine");
+    let report = server.stop().await;
+    assert_eq!(report.panicked, 1, "{report}");
+}
