@@ -59,3 +59,90 @@ async fn bad_worker_options_are_rejected_naming_them() {
         }
     }
 }
+
+/// Each job is an operation (`OperationKind::Job`) named by its queue, under its worker's
+/// service; what its handler begins runs under it; a job stopped by the shutdown ends
+/// cancelled with the token's reason (docs/architecture.md, "Operations").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_job_is_an_operation_under_its_worker_ending_with_the_tokens_reason() {
+    use gracefully::operation::{Operation, OperationKind};
+    use gracefully::{CancellationToken, Reason, ReasonKind};
+    use gracefully_host::{Host, Operations};
+    use gracefully_jobs::{Job, NewJob};
+    use std::time::Duration;
+
+    let b = support::sqlite().await;
+    let worker = b
+        .jobs
+        .worker("ops")
+        .concurrency(2)
+        .handler(|job: Job<u32>, token: CancellationToken| async move {
+            // Begun inside the handler: a child of the job's operation.
+            Operation::begin(OperationKind::Query, "inside", None).complete();
+            if *job.payload() == 1 {
+                return Ok(());
+            }
+            token
+                .run_until_cancelled(tokio::time::sleep(Duration::from_secs(60)))
+                .await
+        })
+        .build()
+        .unwrap();
+    let operations = Operations::new();
+    let host = Host::builder()
+        .handle_signals(false)
+        .shutdown_timeout(Duration::from_secs(2))
+        .cancel_grace(Duration::from_secs(1))
+        .operations(operations.clone())
+        .service("worker", worker)
+        .build()
+        .unwrap();
+    let lifetime = host.lifetime();
+    let report = support::run(host);
+    b.jobs.enqueue(NewJob::new("ops", &1u32)).await.unwrap();
+    b.jobs.enqueue(NewJob::new("ops", &2u32)).await.unwrap();
+    support::until("one job done, one running", Duration::from_secs(10), || {
+        let snapshot = operations.snapshot();
+        let done = snapshot
+            .finished
+            .iter()
+            .any(|f| f.operation.kind == OperationKind::Job);
+        let running = snapshot.live.iter().any(|o| o.kind == OperationKind::Job);
+        async move { done && running }
+    })
+    .await;
+    lifetime.stop(Reason::shutdown());
+    let report = report.await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+
+    let snapshot = operations.snapshot();
+    let service = snapshot
+        .finished
+        .iter()
+        .find(|f| f.operation.kind == OperationKind::Service && f.operation.name == "worker")
+        .expect("the worker's service operation");
+    let jobs: Vec<_> = snapshot
+        .finished
+        .iter()
+        .filter(|f| f.operation.kind == OperationKind::Job)
+        .collect();
+    assert_eq!(jobs.len(), 2, "{:?}", snapshot.finished);
+    for job in &jobs {
+        assert_eq!(job.operation.name, "ops");
+        assert_eq!(job.operation.parent, Some(service.operation.id));
+        let inside = snapshot
+            .finished
+            .iter()
+            .filter(|f| f.operation.name == "inside")
+            .filter(|f| f.operation.parent == Some(job.operation.id))
+            .count();
+        assert_eq!(inside, 1, "the handler's work runs under its job");
+    }
+    let (stopped, done) = (jobs[0], jobs[1]); // newest first
+    assert_eq!(done.outcome.as_str(), "completed");
+    assert_eq!(stopped.outcome.as_str(), "cancelled");
+    assert_eq!(
+        stopped.reason().expect("the token's reason").kind(),
+        ReasonKind::Shutdown
+    );
+}

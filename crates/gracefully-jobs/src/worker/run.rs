@@ -32,6 +32,7 @@ use futures_util::FutureExt;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
+use gracefully::operation::{Operation, OperationKind, OperationScope};
 use gracefully::{CancellationSource, CancellationToken, Reason};
 use gracefully_host::ServiceContext;
 use tokio::sync::mpsc;
@@ -374,6 +375,24 @@ impl Run {
             source.token(),
         ) {
             Ok(fut) => {
+                // The job is an operation (docs/architecture.md, "Operations") under the
+                // worker's service — `start` runs while the host polls the worker in its
+                // scope —, named by its queue, and what the handler begins (a query, a call)
+                // is its child. Inert without a registry.
+                let op = match OperationScope::current() {
+                    Some(scope) => scope.begin(OperationKind::Job, &self.settings.queue, None),
+                    None => Operation::none(),
+                };
+                let token = source.token();
+                let fut = async move {
+                    let result = op.scoped(fut).await;
+                    match (&result, token.reason()) {
+                        (Ok(()), _) => op.complete(),
+                        (Err(_), Some(reason)) => op.cancelled(reason),
+                        (Err(error), None) => op.failed(error),
+                    }
+                    result
+                };
                 self.jobs.register(id, run, source);
                 let task = tokio::spawn(fut);
                 held.abort = Some(task.abort_handle());
