@@ -107,16 +107,21 @@ impl Future for RpcFuture {
         };
         // A handler's `Status` made from a `Cancelled` (tonic puts an error status in the
         // response's extensions): the server counts it as that cancellation.
-        if let Some(cancelled) = response
+        let cancelled = response
             .extensions()
             .get::<tonic::Status>()
             .and_then(crate::cancellation_of)
-            .cloned()
-        {
-            gracefully_axum::mark_cancelled(&mut response, &cancelled);
+            .cloned();
+        if let Some(cancelled) = &cancelled {
+            gracefully_axum::mark_cancelled(&mut response, cancelled);
         }
         let rpc = this.rpc.take();
-        end_rpc(std::mem::take(this.op), &response, rpc.as_ref());
+        end_rpc(
+            std::mem::take(this.op),
+            &response,
+            rpc.as_ref(),
+            cancelled.as_ref(),
+        );
         Poll::Ready(Ok(response.map(|body| {
             Body::new(StreamGuard {
                 body,
@@ -128,14 +133,25 @@ impl Future for RpcFuture {
 }
 
 /// Ends the RPC's operation when its handler answers: cancelled with the token's reason if
-/// it fired, failed if the answer is an error status, completed otherwise. (A response
-/// stream that runs on after the handler is not part of it.)
-fn end_rpc(op: Operation, response: &Response, rpc: Option<&CancellationSource>) {
+/// it fired — or with the reason of the `Cancelled` its status was made from (a narrower
+/// deadline of the handler's own), as the server counts it —, failed if the answer is
+/// another error status, completed otherwise. (A response stream that runs on after the
+/// handler is not part of it.)
+fn end_rpc(
+    op: Operation,
+    response: &Response,
+    rpc: Option<&CancellationSource>,
+    cancelled: Option<&gracefully::Cancelled>,
+) {
     if !op.is_recording() {
         return;
     }
     if let Some(reason) = rpc.and_then(|rpc| rpc.token().reason()) {
         op.cancelled(reason);
+        return;
+    }
+    if let Some(cancelled) = cancelled {
+        op.cancelled(cancelled.reason().clone());
         return;
     }
     let status = response

@@ -153,3 +153,54 @@ async fn an_outbound_call_registers_under_its_caller_and_ends_with_the_tokens_re
     caller.complete();
     server.stop().await;
 }
+
+/// A handler that gives up at a deadline of its own (narrower than the call's) answers
+/// with that cancellation as its status: its operation ends cancelled with
+/// `DeadlineExceeded`, as the server counts it — not failed.
+#[tokio::test]
+async fn an_rpc_stopped_by_the_handlers_own_deadline_ends_cancelled_not_failed() {
+    let server = WorkerServer::new(|request: Request<support::WorkRequest>| {
+        Box::pin(async move {
+            let own = request
+                .token()
+                .child_with_timeout(std::time::Duration::from_millis(20));
+            own.token()
+                .run_until_cancelled(tokio::time::sleep(std::time::Duration::from_secs(10)))
+                .await
+                .into_status()?;
+            Ok(Response::new(WorkReply::default()))
+        }) as support::WorkFuture
+    });
+    let operations = Operations::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stopping, hard_stop) = (CancellationSource::new(), CancellationSource::new());
+    let run = GrpcServer::new(listener, Routes::new(server)).run(Shutdown {
+        stopping: stopping.token(),
+        hard_stop: hard_stop.token(),
+    });
+    let task = tokio::spawn(operations.scope().scoped(run));
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = WorkerClient::new(channel)
+        .work(work(0, "own deadline"))
+        .await
+        .expect_err("the handler gave up");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    stopping.cancel();
+    tokio::time::timeout(SOON, task).await.unwrap().unwrap();
+    let snapshot = operations.snapshot();
+    let rpc = snapshot
+        .finished
+        .iter()
+        .find(|f| f.operation.kind == OperationKind::Rpc)
+        .expect("the RPC's operation");
+    assert_eq!(rpc.outcome.as_str(), "cancelled", "{rpc:?}");
+    assert_eq!(
+        rpc.reason().expect("with its reason").kind(),
+        ReasonKind::DeadlineExceeded
+    );
+}
