@@ -172,14 +172,7 @@ impl Database {
                 SCHEMA_SQLITE,
             )
         };
-        let never = CancellationToken::never();
-        on_pool!(&pool, p => p.labelled("schema").run(&never, |conn| Box::pin(async move {
-            for statement in schema {
-                sqlx::query(*statement).execute(&mut *conn).await?;
-            }
-            Ok::<_, Error>(())
-        })).await)?;
-        add_missing_columns(&pool).await?;
+        migrate(&pool, schema).await?;
         let (jobs, jobs_pool) = open_jobs(url, postgres).await?;
         let (new_orders, _) = broadcast::channel(64);
         Ok(Database {
@@ -410,34 +403,47 @@ fn jobs_error(error: gracefully_jobs::Error) -> Error {
     }
 }
 
-/// Adds the columns an older `demo.db` (or database) lacks.
-async fn add_missing_columns(pool: &Pool) -> Result<(), Error> {
+/// Creates the tables and adds the columns an older `demo.db` (or database) lacks, in one
+/// transaction. On PostgreSQL under an advisory lock first: replicas starting together on
+/// a fresh database would otherwise race on `CREATE TABLE IF NOT EXISTS` (a unique
+/// violation in `pg_type`) and on the column checks.
+async fn migrate(pool: &Pool, schema: &'static [&'static str]) -> Result<(), Error> {
+    let (lock, exists_sql) = match pool {
+        Pool::Sqlite(_) => (
+            None,
+            "SELECT count(*) AS n FROM pragma_table_info('orders') WHERE name = $1",
+        ),
+        Pool::Postgres(_) => (
+            Some(SCHEMA_LOCK),
+            "SELECT count(*) AS n FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = 'orders'
+               AND column_name = $1",
+        ),
+    };
     let never = CancellationToken::never();
-    for (column, add) in ADDED_COLUMNS {
-        let exists_sql = match pool {
-            Pool::Sqlite(_) => {
-                "SELECT count(*) AS n FROM pragma_table_info('orders') WHERE name = $1"
-            }
-            Pool::Postgres(_) => {
-                "SELECT count(*) AS n FROM information_schema.columns
-                 WHERE table_schema = current_schema() AND table_name = 'orders'
-                   AND column_name = $1"
-            }
-        };
-        on_pool!(pool, p => p.labelled("schema").run(&never, |conn| Box::pin(async move {
+    on_pool!(pool, p => p.labelled("schema").transaction(&never, |tx, _token| Box::pin(async move {
+        if let Some(lock) = lock {
+            sqlx::query(lock).execute(&mut **tx).await?;
+        }
+        for statement in schema {
+            sqlx::query(*statement).execute(&mut **tx).await?;
+        }
+        for (column, add) in ADDED_COLUMNS {
             let n: i64 = sqlx::query(exists_sql)
                 .bind(*column)
-                .fetch_one(&mut *conn)
+                .fetch_one(&mut **tx)
                 .await?
                 .try_get("n")?;
             if n == 0 {
-                sqlx::query(*add).execute(&mut *conn).await?;
+                sqlx::query(*add).execute(&mut **tx).await?;
             }
-            Ok::<_, Error>(())
-        })).await)?;
-    }
-    Ok(())
+        }
+        Ok::<_, Error>(())
+    })).await)
 }
+
+/// Serialises the schema's creation between instances (PostgreSQL).
+const SCHEMA_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('gracefully-demo schema'))";
 
 /// The job store, on a pool of its own in the same database.
 async fn open_jobs(url: &str, postgres: bool) -> Result<(Jobs, JobsPool), Error> {

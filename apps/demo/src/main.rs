@@ -1,9 +1,14 @@
 //! `cargo run -p gracefully-demo` — the demo service on its embedded default (SQLite).
 //!
 //! ```text
-//! demo [--listen 127.0.0.1:3000] [--database sqlite://demo.db?mode=rwc]
+//! demo [--listen 127.0.0.1:3000] [--admin 127.0.0.1:3001]
+//!      [--database sqlite://demo.db?mode=rwc | postgres://…]   (or DATABASE_URL)
 //!      [--shutdown-timeout 30] [--cancel-grace 5] [--pre-stop-delay 0]
+//!      [--report-timeout 10] [--workers 4] [--job-lease 30]
+//!      [--shipping-url URL] [--shipping-delay-ms 200]
 //! ```
+//!
+//! `demo --help` describes each.
 //!
 //! Ctrl-C (or SIGTERM) shuts it down gracefully and prints the shutdown report; a second
 //! signal aborts at once. The exit status is the report's (0 only for a clean stop).
