@@ -212,7 +212,11 @@ impl Run {
                 );
                 wakes_at_fetch = wakes;
                 fetching = Some(Box::pin(async move {
-                    let jobs = store.fetch(&queue, free, lease, &worker).await?;
+                    let started = std::time::Instant::now();
+                    let mut jobs = store.fetch(&queue, free, lease, &worker).await?;
+                    for job in &mut jobs {
+                        job.fetch_started = started;
+                    }
                     // Found none: when is the next job due? (Not asked when some were
                     // found, so that they start without waiting for another round trip.)
                     let next_due = if jobs.is_empty() {
@@ -351,7 +355,7 @@ impl Run {
 
     /// Starts one fetched job in a task of its own (run #2).
     fn start(&mut self, fetched: Fetched) {
-        let (id, run) = (fetched.id, fetched.run);
+        let (id, run, fetch_started) = (fetched.id, fetched.run, fetched.fetch_started);
         let attempt = (fetched.attempts.max(0) as u32).saturating_add(1);
         let source = Arc::new(self.cx.hard_stop().child());
         let completed_in_tx = Arc::new(AtomicBool::new(false));
@@ -393,7 +397,7 @@ impl Run {
                     }
                     result
                 };
-                self.jobs.register(id, run, source);
+                self.jobs.register(id, run, fetch_started, source);
                 let task = tokio::spawn(fut);
                 held.abort = Some(task.abort_handle());
                 self.tasks.push(Box::pin(async move {

@@ -33,6 +33,7 @@ macro_rules! contract_tests {
             cancelling_a_running_job_fires_its_token_with_the_message_and_ends_it_cancelled,
             cancelling_a_running_job_from_another_handle_reaches_it,
             cancelling_a_waiting_job_means_it_never_runs,
+            a_cancelled_job_that_is_retried_runs_and_succeeds,
             a_lost_lease_fires_the_token_and_the_stale_attempt_cannot_complete,
             a_job_reclaimed_after_its_lease_expired_runs_again_without_using_an_attempt,
             complete_in_commits_the_success_with_the_handlers_writes_exactly_once,
@@ -653,6 +654,46 @@ pub async fn cancelling_a_waiting_job_means_it_never_runs(b: Backend) {
         b.jobs.cancel(missing, "x").await.unwrap(),
         CancelOutcome::NotFound
     );
+}
+
+/// The cancel of the first attempt (heard by this process's listener on PostgreSQL after
+/// the attempt ended, too) must not reach the attempt after a `retry`.
+pub async fn a_cancelled_job_that_is_retried_runs_and_succeeds(b: Backend) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    let worker = b
+        .jobs
+        .worker("work")
+        .poll_interval(Duration::from_millis(50))
+        .handler(move |_job: Job<Work>, token: CancellationToken| {
+            let first = c.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    // Waits for the cancel.
+                    Err(Cancelled::new(token.cancelled().await))
+                } else {
+                    busy(300, &token).await
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let (host, lifetime) = hosted(worker, SECS_10);
+    let report = run(host);
+    let id = b.jobs.enqueue(work(1)).await.unwrap().id;
+    wait_state(&b, id, JobState::Running).await;
+    assert_eq!(
+        b.jobs.cancel(id, "first time").await.unwrap(),
+        CancelOutcome::Requested
+    );
+    wait_state(&b, id, JobState::Cancelled).await;
+    // Let every notification of the cancel arrive before the retry.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(b.jobs.retry(id).await.unwrap());
+    wait_state(&b, id, JobState::Succeeded).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    lifetime.stop(Reason::shutdown());
+    report.await.unwrap();
 }
 
 pub async fn a_lost_lease_fires_the_token_and_the_stale_attempt_cannot_complete(b: Backend) {
