@@ -16,7 +16,8 @@ pub enum Error {
         /// What was wrong and what would be right.
         message: String,
     },
-    /// A payload could not be serialized to JSON at enqueue.
+    /// A payload could not be serialized to JSON at enqueue, or its JSON contains the NUL
+    /// character (`\u0000`, refused on both backends: PostgreSQL's `jsonb` cannot store it).
     Payload {
         /// The queue the job was for.
         queue: String,

@@ -243,6 +243,10 @@ impl Jobs {
     /// `CancellationTokenSource.Cancel()` for a job's token. Most job crates cancel queued
     /// jobs only.
     pub async fn cancel(&self, id: JobId, message: &str) -> Result<CancelOutcome, Error> {
+        // PostgreSQL refuses NUL characters in text; both backends store the message
+        // without them.
+        let message = crate::worker::verdict::without_nul(message.to_owned());
+        let message = message.as_str();
         let outcome = self.inner.store.cancel(id, message).await?;
         if outcome == CancelOutcome::Requested {
             self.fire_local(

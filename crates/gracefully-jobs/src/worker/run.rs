@@ -413,7 +413,7 @@ impl Run {
                 self.pending.push(Pending::Dead {
                     id,
                     run,
-                    error: decode,
+                    error: super::verdict::without_nul(decode),
                 });
             }
         }

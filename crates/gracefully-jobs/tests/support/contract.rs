@@ -25,6 +25,8 @@ macro_rules! contract_tests {
             higher_priority_runs_first_and_a_delayed_job_waits_for_its_time,
             a_genuine_failure_retries_after_backoff_and_uses_an_attempt,
             a_job_out_of_attempts_is_dead_with_its_last_error,
+            an_error_containing_a_nul_character_is_retried_and_dead_normally,
+            a_payload_or_cancel_message_with_a_nul_character_is_handled_alike,
             a_panicking_handler_is_a_genuine_failure,
             an_undecodable_payload_goes_dead_without_calling_the_handler,
             shutdown_returns_running_jobs_at_once_without_using_an_attempt,
@@ -333,6 +335,59 @@ pub async fn a_job_out_of_attempts_is_dead_with_its_last_error(b: Backend) {
         (counter(&report, "retried"), counter(&report, "dead")),
         (2, 1)
     );
+}
+
+/// PostgreSQL refuses NUL in text: the ending is written without it, and the worker's
+/// later endings are not blocked behind it.
+pub async fn an_error_containing_a_nul_character_is_retried_and_dead_normally(b: Backend) {
+    let worker = b
+        .jobs
+        .worker("work")
+        .backoff(Backoff::exponential(
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+        ))
+        .handler(move |job: Job<Work>, _token| {
+            let (n, attempt) = (job.payload().n, job.attempt());
+            async move {
+                if n == 1 {
+                    Err::<(), _>(format!("bad\0byte {attempt}"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let (host, lifetime) = hosted(worker, SECS_10);
+    let report = run(host);
+    let id = b.jobs.enqueue(work(1).max_attempts(2)).await.unwrap().id;
+    wait_state(&b, id, JobState::Dead).await;
+    let later = b.jobs.enqueue(work(2)).await.unwrap().id;
+    wait_state(&b, later, JobState::Succeeded).await;
+    lifetime.stop(Reason::shutdown());
+    report.await.unwrap();
+    let info = b.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (info.attempts, info.last_error.as_deref()),
+        (2, Some("badbyte 2"))
+    );
+}
+
+pub async fn a_payload_or_cancel_message_with_a_nul_character_is_handled_alike(b: Backend) {
+    let err = b
+        .jobs
+        .enqueue(NewJob::new("work", &"a\0b"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Payload { .. }), "{err}");
+    let id = b.jobs.enqueue(work(1)).await.unwrap().id;
+    assert_eq!(
+        b.jobs.cancel(id, "no\0pe").await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    let info = b.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Cancelled);
 }
 
 pub async fn a_panicking_handler_is_a_genuine_failure(b: Backend) {
