@@ -238,6 +238,18 @@ impl Run {
                     self.return_buffered();
                     tracing::info!(queue = %queue, running = self.tasks.len(), "draining: no new jobs; running jobs may finish");
                 }
+                // The heartbeat (lease renewal) comes before every branch that can be ready
+                // again and again: with `biased`, a busy queue (endings, fetches, wake-ups
+                // always ready) would otherwise starve it, the leases would expire and the
+                // running jobs would be reclaimed elsewhere. It is ready once per period,
+                // so it cannot starve the others; only the one-shot drain start precedes it.
+                _ = sleep_until(next_heartbeat) => {
+                    if self.heartbeat(&queue).await {
+                        want_fetch = true;
+                        wakes += 1;
+                    }
+                    next_heartbeat = Instant::now() + heartbeat;
+                }
                 Some((id, run, ended)) = self.tasks.next(), if !self.tasks.is_empty() => {
                     self.ended(id, run, ended);
                     // Take everything else that is ready into the same batch.
@@ -294,13 +306,6 @@ impl Run {
                     wakes += 1;
                     read_cancels |= sqlite;
                     next_poll = Instant::now() + poll;
-                }
-                _ = sleep_until(next_heartbeat) => {
-                    if self.heartbeat(&queue).await {
-                        want_fetch = true;
-                        wakes += 1;
-                    }
-                    next_heartbeat = Instant::now() + heartbeat;
                 }
                 _ = sleep_until(backoff_until.unwrap_or_else(Instant::now)), if backoff_until.is_some() => {
                     self.backoff_until = None;
