@@ -7,7 +7,7 @@ use crate::state::JobState;
 use crate::store::Store;
 
 /// An ending waiting to be written.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Pending {
     Succeed(i64, i64),
     /// Return to the queue (shutdown, lost lease, a transaction that did not commit, or a
@@ -47,6 +47,18 @@ pub(crate) enum Done {
     },
     Dead(i64),
     Cancelled(i64),
+}
+
+impl Pending {
+    /// The job and the attempt (`run`) it ends.
+    pub(crate) fn job(&self) -> (i64, i64) {
+        match self {
+            Pending::Succeed(id, run) | Pending::Interrupt(id, run) => (*id, *run),
+            Pending::Fail { id, run, .. }
+            | Pending::Dead { id, run, .. }
+            | Pending::Cancelled { id, run, .. } => (*id, *run),
+        }
+    }
 }
 
 impl Done {

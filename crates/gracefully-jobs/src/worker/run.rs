@@ -18,8 +18,11 @@
 //! 5. At most one fetch and one batch of endings are in flight at a time; the loop keeps
 //!    running handlers meanwhile, so endings that arrive during a write go in the next
 //!    batch (batches grow with the load, with no timer).
-//! 4. If the run is dropped (the host's abort), the running handlers are aborted and their
-//!    jobs returned to the queue by a task on the runtime; the drop waits for it at most
+//! 4. If the run is dropped (the host's abort), handlers that already finished (their
+//!    results not yet collected) and endings queued or in a write the drop cancelled get
+//!    their real endings (fenced writes, so one that had committed is a no-op); the still
+//!    running handlers are aborted and their jobs returned to the queue — all by a task on
+//!    the runtime; the drop waits for it at most
 //!    150 ms when it is not on a runtime thread (the host drops aborted work on a thread of
 //!    its own).
 
@@ -104,6 +107,9 @@ pub(crate) struct Run {
     /// Fetched, not started (at most `prefetch`); held (run #1) like the running ones.
     buffer: VecDeque<Fetched>,
     pending: Vec<Pending>,
+    /// A copy of the batch of endings being written, so that the host's abort (which
+    /// drops the write with the loop) writes them again rather than re-running the jobs.
+    writing: Vec<Pending>,
     draining: bool,
     /// No database call before this (after an error).
     backoff_until: Option<Instant>,
@@ -131,6 +137,7 @@ impl Run {
             tasks: FuturesUnordered::new(),
             buffer: VecDeque::new(),
             pending: Vec::new(),
+            writing: Vec::new(),
             draining: false,
             backoff_until: None,
             backoff: FIRST_DB_BACKOFF,
@@ -184,6 +191,7 @@ impl Run {
             let db_ok = self.backoff_until.is_none_or(|t| Instant::now() >= t);
             if writing.is_none() && db_ok && !self.pending.is_empty() {
                 let batch = std::mem::take(&mut self.pending);
+                self.writing = batch.clone();
                 writing = Some(Box::pin(endings::write(
                     self.store.clone(),
                     Arc::clone(&queue),
@@ -259,6 +267,7 @@ impl Run {
                 }
                 written = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
                     writing = None;
+                    self.writing.clear();
                     self.apply(written);
                 }
                 fetched = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
@@ -633,7 +642,9 @@ impl Run {
 }
 
 impl Drop for Run {
-    /// The host's abort (run #4).
+    /// The host's abort (run #4). Handlers that already finished (their result not yet
+    /// collected) and endings queued or being written get their real endings; the
+    /// others are aborted and returned to the queue.
     fn drop(&mut self) {
         if let Some(l) = self.listener.take() {
             l.abort();
@@ -641,12 +652,19 @@ impl Drop for Run {
         if self.held.is_empty() {
             return;
         }
-        let mut succeed = Vec::new();
-        for p in &self.pending {
-            if let Pending::Succeed(id, run) = p {
-                succeed.push((*id, *run));
+        // Collect the tasks that already finished. `FuturesUnordered` may return
+        // `Pending` to yield after polling many futures: try a bounded number of times.
+        for _ in 0..=(self.tasks.len() * 2 + 1) {
+            match self.tasks.next().now_or_never() {
+                Some(Some((id, run, ended))) => self.ended(id, run, ended),
+                Some(None) => break,
+                None => continue,
             }
         }
+        // The batch whose write the abort dropped, then the endings not yet sent. The
+        // writes are fenced (`run` and state `running`), so one that did commit is a no-op.
+        let mut endings = std::mem::take(&mut self.writing);
+        endings.append(&mut self.pending);
         let mut aborted = 0;
         let mut interrupt = Vec::new();
         for (id, h) in &self.held {
@@ -656,7 +674,7 @@ impl Drop for Run {
                 abort.abort();
                 aborted += 1;
             }
-            if !succeed.iter().any(|(i, _)| i == id) {
+            if !endings.iter().any(|p| p.job() == (*id, h.run)) {
                 interrupt.push((*id, h.run));
             }
             self.jobs.unregister(*id, h.run);
@@ -669,12 +687,17 @@ impl Drop for Run {
         let queue = Arc::clone(&self.settings.queue);
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         runtime.spawn(async move {
-            if !succeed.is_empty() {
-                let _ = store.succeed(&succeed).await;
+            if !endings.is_empty() {
+                let written = endings::write(store.clone(), Arc::clone(&queue), endings).await;
+                if let Some(e) = written.error {
+                    tracing::warn!(queue = %queue, error = %e, jobs = written.left.len(), "endings of aborted jobs could not be written; they will be reclaimed when their lease expires");
+                }
             }
-            match store.interrupt(&queue, &interrupt).await {
-                Ok(ids) => tracing::warn!(queue = %queue, jobs = ids.len(), "aborted jobs returned to the queue"),
-                Err(e) => tracing::warn!(queue = %queue, error = %e, "aborted jobs could not be returned; they will be reclaimed when their lease expires"),
+            if !interrupt.is_empty() {
+                match store.interrupt(&queue, &interrupt).await {
+                    Ok(ids) => tracing::warn!(queue = %queue, jobs = ids.len(), "aborted jobs returned to the queue"),
+                    Err(e) => tracing::warn!(queue = %queue, error = %e, "aborted jobs could not be returned; they will be reclaimed when their lease expires"),
+                }
             }
             let _ = done_tx.send(());
         });

@@ -31,6 +31,7 @@ macro_rules! contract_tests {
             an_undecodable_payload_goes_dead_without_calling_the_handler,
             shutdown_returns_running_jobs_at_once_without_using_an_attempt,
             jobs_that_finish_during_the_drain_succeed_and_are_counted,
+            the_abort_returns_a_stuck_job_and_keeps_finished_ones_finished,
             prefetched_jobs_go_back_unstarted_at_the_drain,
             cancelling_a_running_job_fires_its_token_with_the_message_and_ends_it_cancelled,
             cancelling_a_running_job_from_another_handle_reaches_it,
@@ -558,6 +559,38 @@ pub async fn jobs_that_finish_during_the_drain_succeed_and_are_counted(b: Backen
         (2, 1),
         "nothing new was fetched in the drain"
     );
+}
+
+pub async fn the_abort_returns_a_stuck_job_and_keeps_finished_ones_finished(b: Backend) {
+    let worker = b
+        .jobs
+        .worker("work")
+        .concurrency(4)
+        .handler(|job: Job<Work>, _token| async move {
+            // Ignores its token: only the abort stops it.
+            tokio::time::sleep(Duration::from_millis(job.payload().ms)).await;
+            Ok::<_, Error>(())
+        })
+        .build()
+        .unwrap();
+    let (host, lifetime) = hosted(worker, Duration::from_millis(400));
+    let report = run(host);
+    let done = b.jobs.enqueue(work(1)).await.unwrap().id;
+    wait_state(&b, done, JobState::Succeeded).await;
+    let stuck = b
+        .jobs
+        .enqueue(NewJob::new("work", &Work { n: 2, ms: 60_000 }))
+        .await
+        .unwrap()
+        .id;
+    wait_state(&b, stuck, JobState::Running).await;
+    lifetime.stop(Reason::shutdown());
+    let report = report.await.unwrap();
+    assert_eq!(counter(&report, "aborted"), 1, "{report}");
+    wait_state(&b, stuck, JobState::Interrupted).await;
+    let info = b.jobs.get(stuck).await.unwrap().unwrap();
+    assert_eq!(info.attempts, 0, "an abort uses no attempt");
+    assert_eq!(state(&b, done).await, JobState::Succeeded);
 }
 
 pub async fn prefetched_jobs_go_back_unstarted_at_the_drain(b: Backend) {
