@@ -35,8 +35,9 @@ pub enum Error {
         connection: &'static str,
     },
     /// The attempt no longer holds the job: its lease expired and the job was reclaimed
-    /// (or another worker took it over), or it was cancelled. It cannot complete the job
-    /// (fencing); roll back the transaction.
+    /// (or another worker took it over). It cannot complete the job (fencing); roll back
+    /// the transaction. (A cancel request is not this: the job stays `running`, and
+    /// completing it still succeeds.)
     LeaseLost {
         /// The job.
         id: JobId,

@@ -606,7 +606,11 @@ impl Run {
         if let Some(source) = self.held.get(&id).and_then(|h| h.source.as_ref()) {
             source.cancel_with(Reason::requested().with_message(message));
         } else if let Some(at) = self.buffer.iter().position(|j| j.id == id) {
-            // Cancelled while it waited in the buffer: it never starts.
+            // Cancelled while it waited in the buffer, and the heartbeat found it first: it
+            // never starts. (A cancel that reaches this process first through
+            // `Jobs::cancel` here or PostgreSQL's notification is remembered instead, and the
+            // job starts with its token already fired, so its handler sees it at once and
+            // the job ends `cancelled` unless the handler returns `Ok`.)
             let job = self.buffer.remove(at).expect("found");
             self.pending.push(Pending::Cancelled {
                 id,
