@@ -40,6 +40,7 @@ macro_rules! contract_tests {
             a_lost_lease_fires_the_token_and_the_stale_attempt_cannot_complete,
             a_job_reclaimed_after_its_lease_expired_runs_again_without_using_an_attempt,
             complete_in_commits_the_success_with_the_handlers_writes_exactly_once,
+            complete_in_after_a_cancel_request_succeeds,
             a_dead_job_can_be_retried_with_its_attempts_reset,
             counts_and_list_show_the_states,
         );
@@ -909,6 +910,46 @@ pub async fn complete_in_commits_the_success_with_the_handlers_writes_exactly_on
     assert_eq!(counter(&report, "succeeded"), 20, "{report}");
     // Job 3's first transaction rolled back after complete_in (a failed commit): it ran again.
     assert_eq!(counter(&report, "interrupted and returned"), 1, "{report}");
+}
+
+/// A cancel request leaves the job `running`: a handler that completes it in its
+/// transaction anyway is not fenced (`LeaseLost` is for a lost lease only).
+pub async fn complete_in_after_a_cancel_request_succeeds(b: Backend) {
+    let pool = b.db_handle();
+    let result = Arc::new(Mutex::new(None));
+    let r = Arc::clone(&result);
+    let worker = b
+        .jobs
+        .worker("work")
+        .handler(move |job: Job<Work>, token: CancellationToken| {
+            let (pool, r) = (pool.clone(), Arc::clone(&r));
+            async move {
+                token.cancelled().await;
+                let done = pool.complete(&job).await;
+                let ok = done.is_ok();
+                *r.lock().unwrap() = Some(done);
+                if ok {
+                    Ok(())
+                } else {
+                    Err("complete_in failed")
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let (host, lifetime) = hosted(worker, SECS_10);
+    let report = run(host);
+    let id = b.jobs.enqueue(work(1)).await.unwrap().id;
+    wait_state(&b, id, JobState::Running).await;
+    assert_eq!(
+        b.jobs.cancel(id, "too late").await.unwrap(),
+        CancelOutcome::Requested
+    );
+    wait_state(&b, id, JobState::Succeeded).await;
+    lifetime.stop(Reason::shutdown());
+    report.await.unwrap();
+    let done = result.lock().unwrap().take().expect("the handler ran");
+    assert!(done.is_ok(), "{done:?}");
 }
 
 pub async fn a_dead_job_can_be_retried_with_its_attempts_reset(b: Backend) {
