@@ -400,6 +400,7 @@ mod tests {
         let jobs = jobs().await;
         assert!(!jobs.fire_local(7, None, Reason::requested().with_message("old")));
         // The job ended cancelled, was retried, and a later fetch claims it again.
+        std::thread::sleep(Duration::from_millis(2));
         let fetch_started = Instant::now();
         let source = Arc::new(CancellationSource::new());
         jobs.register(7, 2, fetch_started, Arc::clone(&source));
