@@ -16,7 +16,8 @@ pub enum Error {
         /// What was wrong and what would be right.
         message: String,
     },
-    /// A payload could not be serialized to JSON at enqueue.
+    /// A payload could not be serialized to JSON at enqueue, or its JSON contains the NUL
+    /// character (`\u0000`, refused on both backends: PostgreSQL's `jsonb` cannot store it).
     Payload {
         /// The queue the job was for.
         queue: String,
@@ -34,8 +35,9 @@ pub enum Error {
         connection: &'static str,
     },
     /// The attempt no longer holds the job: its lease expired and the job was reclaimed
-    /// (or another worker took it over), or it was cancelled. It cannot complete the job
-    /// (fencing); roll back the transaction.
+    /// (or another worker took it over). It cannot complete the job (fencing); roll back
+    /// the transaction. (A cancel request is not this: the job stays `running`, and
+    /// completing it still succeeds.)
     LeaseLost {
         /// The job.
         id: JobId,

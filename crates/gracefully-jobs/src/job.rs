@@ -70,9 +70,10 @@ impl<T> Job<T> {
     /// again after its lease expires); one that commits leaves both.
     ///
     /// Fenced: if this attempt no longer holds the job (its lease expired and the job was
-    /// reclaimed, another worker took it over, or it was cancelled), nothing is written
-    /// and [`Error::LeaseLost`] is returned — return that error so the transaction rolls
-    /// back. Call it as the transaction's last statement before `COMMIT`, and return `Ok`
+    /// reclaimed, or another worker took it over), nothing is written and
+    /// [`Error::LeaseLost`] is returned — return that error so the transaction rolls
+    /// back. A cancel request does not take the job away: the job stays `running` until
+    /// its attempt ends, so `complete_in` still succeeds and the job ends `succeeded`. Call it as the transaction's last statement before `COMMIT`, and return `Ok`
     /// only once the commit succeeded. (If the commit fails after all, the worker finds the
     /// job still running under this attempt and puts it back in the queue at once.)
     ///

@@ -243,6 +243,10 @@ impl Jobs {
     /// `CancellationTokenSource.Cancel()` for a job's token. Most job crates cancel queued
     /// jobs only.
     pub async fn cancel(&self, id: JobId, message: &str) -> Result<CancelOutcome, Error> {
+        // PostgreSQL refuses NUL characters in text; both backends store the message
+        // without them.
+        let message = crate::worker::verdict::without_nul(message.to_owned());
+        let message = message.as_str();
         let outcome = self.inner.store.cancel(id, message).await?;
         if outcome == CancelOutcome::Requested {
             self.fire_local(
@@ -258,6 +262,8 @@ impl Jobs {
     /// `false` if the job is in another state (or does not exist).
     pub async fn retry(&self, id: JobId) -> Result<bool, Error> {
         let retried = self.inner.store.retry(id).await?;
+        // A cancel remembered for the job's last attempt must not reach the new one.
+        self.early_cancels().retain(|(i, _, _)| *i != id.get());
         if retried {
             self.wake_local();
         }
@@ -279,15 +285,32 @@ impl Jobs {
     }
 
     /// Registers a running job's token source (so a cancel in this process fires it),
-    /// and fires it at once if a cancel request for it came just before.
-    pub(crate) fn register(&self, id: i64, run: i64, source: Arc<CancellationSource>) {
+    /// and fires it at once if a cancel request for it came just before — after the
+    /// fetch that claimed this attempt began. A cancel heard before that fetch began was
+    /// committed before it, so it concerned an earlier attempt (one that has ended, since
+    /// the job could be claimed again — e.g. cancelled, then `retry`): it is dropped, not
+    /// applied, else the retried job would be cancelled again with the old reason.
+    pub(crate) fn register(
+        &self,
+        id: i64,
+        run: i64,
+        fetch_started: Instant,
+        source: Arc<CancellationSource>,
+    ) {
         self.registry().insert(id, (run, Arc::clone(&source)));
         let early = {
             let mut early = self.early_cancels();
-            let found = early.iter().position(|(i, _, _)| *i == id);
+            let mut found = None;
+            early.retain(|(i, reason, at)| {
+                if *i != id {
+                    return true;
+                }
+                if *at >= fetch_started && found.is_none() {
+                    found = Some(reason.clone());
+                }
+                false
+            });
             found
-                .and_then(|at| early.remove(at))
-                .map(|(_, reason, _)| reason)
         };
         if let Some(reason) = early {
             source.cancel_with(reason);
@@ -356,9 +379,10 @@ mod tests {
     #[tokio::test]
     async fn a_cancel_that_arrives_before_its_job_is_registered_fires_at_registration() {
         let jobs = jobs().await;
+        let fetch_started = Instant::now();
         assert!(!jobs.fire_local(7, None, Reason::requested().with_message("early")));
         let source = Arc::new(CancellationSource::new());
-        jobs.register(7, 1, Arc::clone(&source));
+        jobs.register(7, 1, fetch_started, Arc::clone(&source));
         let reason = source.token().reason().expect("fired at registration");
         assert_eq!(
             (reason.kind(), reason.message()),
@@ -366,9 +390,38 @@ mod tests {
         );
         // Remembered once only.
         let again = Arc::new(CancellationSource::new());
-        jobs.register(8, 1, Arc::clone(&again));
-        jobs.register(7, 2, Arc::clone(&again));
+        jobs.register(8, 1, fetch_started, Arc::clone(&again));
+        jobs.register(7, 2, fetch_started, Arc::clone(&again));
         assert!(!again.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_cancel_heard_before_the_fetch_began_does_not_reach_the_fetched_attempt() {
+        let jobs = jobs().await;
+        assert!(!jobs.fire_local(7, None, Reason::requested().with_message("old")));
+        // The job ended cancelled, was retried, and a later fetch claims it again.
+        std::thread::sleep(Duration::from_millis(2));
+        let fetch_started = Instant::now();
+        let source = Arc::new(CancellationSource::new());
+        jobs.register(7, 2, fetch_started, Arc::clone(&source));
+        assert!(!source.is_cancelled());
+        assert!(
+            jobs.early_cancels().is_empty(),
+            "the stale entry is dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_forgets_a_remembered_cancel() {
+        let jobs = jobs().await;
+        let id = jobs.enqueue(NewJob::new("q", &1)).await.unwrap().id;
+        assert_eq!(
+            jobs.cancel(id, "x").await.unwrap(),
+            CancelOutcome::Cancelled
+        );
+        jobs.fire_local(id.get(), None, Reason::requested());
+        assert!(jobs.retry(id).await.unwrap());
+        assert!(jobs.early_cancels().is_empty());
     }
 
     #[tokio::test]
@@ -384,7 +437,7 @@ mod tests {
     async fn a_cancel_reaches_a_registered_job_of_the_same_attempt_only() {
         let jobs = jobs().await;
         let source = Arc::new(CancellationSource::new());
-        jobs.register(3, 5, Arc::clone(&source));
+        jobs.register(3, 5, Instant::now(), Arc::clone(&source));
         assert!(
             !jobs.fire_local(3, Some(4), Reason::requested()),
             "another attempt"

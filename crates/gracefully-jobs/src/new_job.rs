@@ -106,12 +106,51 @@ impl NewJob {
                 format!("must be at most {}, got {}", i32::MAX, self.max_attempts),
             ));
         }
+        if self.unique_key.as_deref().is_some_and(|k| k.contains('\0')) {
+            return Err(Error::config(
+                "unique_key",
+                format!(
+                    "job for queue `{}`: must not contain the NUL character (PostgreSQL cannot store it)",
+                    self.queue
+                ),
+            ));
+        }
         let payload = std::mem::replace(&mut self.payload, Ok(String::new()));
-        payload.map_err(|source| Error::Payload {
+        let payload = payload.map_err(|source| Error::Payload {
             queue: self.queue.clone(),
             source,
-        })
+        })?;
+        // PostgreSQL's jsonb refuses `\u0000`; SQLite would store it. Both refuse it here,
+        // so that a job accepted by one backend is accepted by the other.
+        if has_nul_escape(&payload) {
+            return Err(Error::Payload {
+                queue: self.queue.clone(),
+                source: <serde_json::Error as serde::ser::Error>::custom(
+                    "a string in it contains the NUL character (\\u0000), which PostgreSQL's jsonb cannot store",
+                ),
+            });
+        }
+        Ok(payload)
     }
+}
+
+/// Whether serialized JSON contains the escape `\u0000` (a NUL in a string or a key); an
+/// escaped backslash followed by `u0000` (the text `\\u0000`) is not one.
+fn has_nul_escape(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' {
+            if bytes[i + 1..].starts_with(b"u0000") {
+                return true;
+            }
+            // Skip the escaped character (a backslash escapes exactly one).
+            i += 2;
+        } else {
+            i += 1;
+        }
+    }
+    false
 }
 
 /// A queue name: 1 to 128 characters, none of them control characters.
@@ -181,6 +220,29 @@ mod tests {
                 err,
                 Error::Config {
                     option: "queue",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_payload_with_a_nul_character_is_refused_on_both_backends() {
+        let err = Row::from_new(NewJob::new("q", &"a\0b")).unwrap_err();
+        assert!(matches!(err, Error::Payload { .. }), "{err}");
+        assert!(err.to_string().contains("NUL"), "{err}");
+        let key = std::collections::HashMap::from([("k\0", 1)]);
+        assert!(Row::from_new(NewJob::new("q", &key)).is_err());
+        // The text `\u0000` (an escaped backslash) is fine.
+        assert!(Row::from_new(NewJob::new("q", &"\\u0000")).is_ok());
+        assert!(Row::from_new(NewJob::new("q", &"\\\\")).is_ok());
+        let err = Row::from_new(NewJob::new("q", &1).unique_key("a\0")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Config {
+                    option: "unique_key",
                     ..
                 }
             ),

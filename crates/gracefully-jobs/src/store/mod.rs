@@ -40,6 +40,9 @@ pub(crate) struct Fetched {
     pub(crate) run: i64,
     pub(crate) priority: i32,
     pub(crate) run_at: i64,
+    /// When the fetch that claimed this job began (set by the worker): a cancel heard
+    /// before then concerns an earlier attempt, not this one (see `Jobs::register`).
+    pub(crate) fetch_started: std::time::Instant,
 }
 
 /// A fetch's rows, in the order they are to start (store #4): `RETURNING` promises none.
@@ -55,6 +58,7 @@ pub(crate) fn in_order(rows: Vec<(i64, String, i32, i32, i64, i32, i64)>) -> Vec
                 run,
                 priority,
                 run_at,
+                fetch_started: std::time::Instant::now(),
             },
         )
         .collect();

@@ -7,7 +7,7 @@ use crate::state::JobState;
 use crate::store::Store;
 
 /// An ending waiting to be written.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Pending {
     Succeed(i64, i64),
     /// Return to the queue (shutdown, lost lease, a transaction that did not commit, or a
@@ -49,6 +49,18 @@ pub(crate) enum Done {
     Cancelled(i64),
 }
 
+impl Pending {
+    /// The job and the attempt (`run`) it ends.
+    pub(crate) fn job(&self) -> (i64, i64) {
+        match self {
+            Pending::Succeed(id, run) | Pending::Interrupt(id, run) => (*id, *run),
+            Pending::Fail { id, run, .. }
+            | Pending::Dead { id, run, .. }
+            | Pending::Cancelled { id, run, .. } => (*id, *run),
+        }
+    }
+}
+
 impl Done {
     pub(crate) fn id(&self) -> i64 {
         match self {
@@ -69,7 +81,8 @@ pub(crate) struct Written {
 }
 
 /// Writes a batch: successes in one statement, returns in one, the rest one by one. Stops
-/// at the first database error and gives back what is left.
+/// at the first database error and gives back what is left — except that an ending the
+/// server refuses is given back while the ones after it are still written.
 pub(crate) async fn write(
     store: Store,
     queue: std::sync::Arc<str>,
@@ -152,6 +165,12 @@ pub(crate) async fn write(
         };
         match result {
             Ok(done) => out.done.push(done),
+            // The server refused this statement (not the connection): the others may
+            // still be written, so one ending that always fails does not block them.
+            Err(Error::Database(sqlx::Error::Database(e))) => {
+                out.left.push(p);
+                out.error = Some(Error::Database(sqlx::Error::Database(e)));
+            }
             Err(e) => {
                 out.left.push(p);
                 out.left.extend(rest);
@@ -161,4 +180,58 @@ pub(crate) async fn write(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Jobs, NewJob};
+
+    /// Bypasses the NUL stripping of `verdict` to get an ending the server refuses.
+    #[tokio::test]
+    #[ignore = "needs PostgreSQL: set DATABASE_URL"]
+    async fn an_ending_the_server_refuses_does_not_block_the_ones_after_it() {
+        let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        let schema = format!(
+            "jobs_endings_{:016x}",
+            std::hash::BuildHasher::hash_one(
+                &std::hash::RandomState::new(),
+                std::time::SystemTime::now()
+            )
+        );
+        let jobs = Jobs::postgres_in_schema(pool.clone(), &schema)
+            .await
+            .unwrap();
+        jobs.enqueue(NewJob::new("q", &1)).await.unwrap();
+        jobs.enqueue(NewJob::new("q", &2)).await.unwrap();
+        let store = jobs.store().clone();
+        let fetched = store.fetch("q", 2, 60_000, "w").await.unwrap();
+        assert_eq!(fetched.len(), 2);
+        let (a, b) = (&fetched[0], &fetched[1]);
+        let batch = vec![
+            Pending::Dead {
+                id: a.id,
+                run: a.run,
+                error: "bad\0byte".into(),
+            },
+            Pending::Dead {
+                id: b.id,
+                run: b.run,
+                error: "fine".into(),
+            },
+        ];
+        let written = write(store, "q".into(), batch).await;
+        assert!(written.error.is_some());
+        assert_eq!(written.left.len(), 1);
+        assert_eq!(written.left[0].job(), (a.id, a.run));
+        assert_eq!(written.done.len(), 1);
+        assert!(matches!(written.done[0].0, Done::Dead(id) if id == b.id));
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA \"{schema}\" CASCADE"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
 }

@@ -18,8 +18,11 @@
 //! 5. At most one fetch and one batch of endings are in flight at a time; the loop keeps
 //!    running handlers meanwhile, so endings that arrive during a write go in the next
 //!    batch (batches grow with the load, with no timer).
-//! 4. If the run is dropped (the host's abort), the running handlers are aborted and their
-//!    jobs returned to the queue by a task on the runtime; the drop waits for it at most
+//! 4. If the run is dropped (the host's abort), handlers that already finished (their
+//!    results not yet collected) and endings queued or in a write the drop cancelled get
+//!    their real endings (fenced writes, so one that had committed is a no-op); the still
+//!    running handlers are aborted and their jobs returned to the queue — all by a task on
+//!    the runtime; the drop waits for it at most
 //!    150 ms when it is not on a runtime thread (the host drops aborted work on a thread of
 //!    its own).
 
@@ -104,6 +107,9 @@ pub(crate) struct Run {
     /// Fetched, not started (at most `prefetch`); held (run #1) like the running ones.
     buffer: VecDeque<Fetched>,
     pending: Vec<Pending>,
+    /// A copy of the batch of endings being written, so that the host's abort (which
+    /// drops the write with the loop) writes them again rather than re-running the jobs.
+    writing: Vec<Pending>,
     draining: bool,
     /// No database call before this (after an error).
     backoff_until: Option<Instant>,
@@ -131,6 +137,7 @@ impl Run {
             tasks: FuturesUnordered::new(),
             buffer: VecDeque::new(),
             pending: Vec::new(),
+            writing: Vec::new(),
             draining: false,
             backoff_until: None,
             backoff: FIRST_DB_BACKOFF,
@@ -184,6 +191,7 @@ impl Run {
             let db_ok = self.backoff_until.is_none_or(|t| Instant::now() >= t);
             if writing.is_none() && db_ok && !self.pending.is_empty() {
                 let batch = std::mem::take(&mut self.pending);
+                self.writing = batch.clone();
                 writing = Some(Box::pin(endings::write(
                     self.store.clone(),
                     Arc::clone(&queue),
@@ -212,7 +220,11 @@ impl Run {
                 );
                 wakes_at_fetch = wakes;
                 fetching = Some(Box::pin(async move {
-                    let jobs = store.fetch(&queue, free, lease, &worker).await?;
+                    let started = std::time::Instant::now();
+                    let mut jobs = store.fetch(&queue, free, lease, &worker).await?;
+                    for job in &mut jobs {
+                        job.fetch_started = started;
+                    }
                     // Found none: when is the next job due? (Not asked when some were
                     // found, so that they start without waiting for another round trip.)
                     let next_due = if jobs.is_empty() {
@@ -234,6 +246,18 @@ impl Run {
                     self.return_buffered();
                     tracing::info!(queue = %queue, running = self.tasks.len(), "draining: no new jobs; running jobs may finish");
                 }
+                // The heartbeat (lease renewal) comes before every branch that can be ready
+                // again and again: with `biased`, a busy queue (endings, fetches, wake-ups
+                // always ready) would otherwise starve it, the leases would expire and the
+                // running jobs would be reclaimed elsewhere. It is ready once per period,
+                // so it cannot starve the others; only the one-shot drain start precedes it.
+                _ = sleep_until(next_heartbeat) => {
+                    if self.heartbeat(&queue).await {
+                        want_fetch = true;
+                        wakes += 1;
+                    }
+                    next_heartbeat = Instant::now() + heartbeat;
+                }
                 Some((id, run, ended)) = self.tasks.next(), if !self.tasks.is_empty() => {
                     self.ended(id, run, ended);
                     // Take everything else that is ready into the same batch.
@@ -243,6 +267,7 @@ impl Run {
                 }
                 written = async { writing.as_mut().expect("guarded").await }, if writing.is_some() => {
                     writing = None;
+                    self.writing.clear();
                     self.apply(written);
                 }
                 fetched = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
@@ -290,13 +315,6 @@ impl Run {
                     wakes += 1;
                     read_cancels |= sqlite;
                     next_poll = Instant::now() + poll;
-                }
-                _ = sleep_until(next_heartbeat) => {
-                    if self.heartbeat(&queue).await {
-                        want_fetch = true;
-                        wakes += 1;
-                    }
-                    next_heartbeat = Instant::now() + heartbeat;
                 }
                 _ = sleep_until(backoff_until.unwrap_or_else(Instant::now)), if backoff_until.is_some() => {
                     self.backoff_until = None;
@@ -351,7 +369,7 @@ impl Run {
 
     /// Starts one fetched job in a task of its own (run #2).
     fn start(&mut self, fetched: Fetched) {
-        let (id, run) = (fetched.id, fetched.run);
+        let (id, run, fetch_started) = (fetched.id, fetched.run, fetched.fetch_started);
         let attempt = (fetched.attempts.max(0) as u32).saturating_add(1);
         let source = Arc::new(self.cx.hard_stop().child());
         let completed_in_tx = Arc::new(AtomicBool::new(false));
@@ -393,7 +411,7 @@ impl Run {
                     }
                     result
                 };
-                self.jobs.register(id, run, source);
+                self.jobs.register(id, run, fetch_started, source);
                 let task = tokio::spawn(fut);
                 held.abort = Some(task.abort_handle());
                 self.tasks.push(Box::pin(async move {
@@ -409,7 +427,7 @@ impl Run {
                 self.pending.push(Pending::Dead {
                     id,
                     run,
-                    error: decode,
+                    error: super::verdict::without_nul(decode),
                 });
             }
         }
@@ -588,7 +606,11 @@ impl Run {
         if let Some(source) = self.held.get(&id).and_then(|h| h.source.as_ref()) {
             source.cancel_with(Reason::requested().with_message(message));
         } else if let Some(at) = self.buffer.iter().position(|j| j.id == id) {
-            // Cancelled while it waited in the buffer: it never starts.
+            // Cancelled while it waited in the buffer, and the heartbeat found it first: it
+            // never starts. (A cancel that reaches this process first through
+            // `Jobs::cancel` here or PostgreSQL's notification is remembered instead, and the
+            // job starts with its token already fired, so its handler sees it at once and
+            // the job ends `cancelled` unless the handler returns `Ok`.)
             let job = self.buffer.remove(at).expect("found");
             self.pending.push(Pending::Cancelled {
                 id,
@@ -624,7 +646,9 @@ impl Run {
 }
 
 impl Drop for Run {
-    /// The host's abort (run #4).
+    /// The host's abort (run #4). Handlers that already finished (their result not yet
+    /// collected) and endings queued or being written get their real endings; the
+    /// others are aborted and returned to the queue.
     fn drop(&mut self) {
         if let Some(l) = self.listener.take() {
             l.abort();
@@ -632,12 +656,19 @@ impl Drop for Run {
         if self.held.is_empty() {
             return;
         }
-        let mut succeed = Vec::new();
-        for p in &self.pending {
-            if let Pending::Succeed(id, run) = p {
-                succeed.push((*id, *run));
+        // Collect the tasks that already finished. `FuturesUnordered` may return
+        // `Pending` to yield after polling many futures: try a bounded number of times.
+        for _ in 0..=(self.tasks.len() * 2 + 1) {
+            match self.tasks.next().now_or_never() {
+                Some(Some((id, run, ended))) => self.ended(id, run, ended),
+                Some(None) => break,
+                None => continue,
             }
         }
+        // The batch whose write the abort dropped, then the endings not yet sent. The
+        // writes are fenced (`run` and state `running`), so one that did commit is a no-op.
+        let mut endings = std::mem::take(&mut self.writing);
+        endings.append(&mut self.pending);
         let mut aborted = 0;
         let mut interrupt = Vec::new();
         for (id, h) in &self.held {
@@ -647,7 +678,7 @@ impl Drop for Run {
                 abort.abort();
                 aborted += 1;
             }
-            if !succeed.iter().any(|(i, _)| i == id) {
+            if !endings.iter().any(|p| p.job() == (*id, h.run)) {
                 interrupt.push((*id, h.run));
             }
             self.jobs.unregister(*id, h.run);
@@ -660,12 +691,17 @@ impl Drop for Run {
         let queue = Arc::clone(&self.settings.queue);
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         runtime.spawn(async move {
-            if !succeed.is_empty() {
-                let _ = store.succeed(&succeed).await;
+            if !endings.is_empty() {
+                let written = endings::write(store.clone(), Arc::clone(&queue), endings).await;
+                if let Some(e) = written.error {
+                    tracing::warn!(queue = %queue, error = %e, jobs = written.left.len(), "endings of aborted jobs could not be written; they will be reclaimed when their lease expires");
+                }
             }
-            match store.interrupt(&queue, &interrupt).await {
-                Ok(ids) => tracing::warn!(queue = %queue, jobs = ids.len(), "aborted jobs returned to the queue"),
-                Err(e) => tracing::warn!(queue = %queue, error = %e, "aborted jobs could not be returned; they will be reclaimed when their lease expires"),
+            if !interrupt.is_empty() {
+                match store.interrupt(&queue, &interrupt).await {
+                    Ok(ids) => tracing::warn!(queue = %queue, jobs = ids.len(), "aborted jobs returned to the queue"),
+                    Err(e) => tracing::warn!(queue = %queue, error = %e, "aborted jobs could not be returned; they will be reclaimed when their lease expires"),
+                }
             }
             let _ = done_tx.send(());
         });

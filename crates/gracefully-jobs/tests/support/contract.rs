@@ -25,17 +25,22 @@ macro_rules! contract_tests {
             higher_priority_runs_first_and_a_delayed_job_waits_for_its_time,
             a_genuine_failure_retries_after_backoff_and_uses_an_attempt,
             a_job_out_of_attempts_is_dead_with_its_last_error,
+            an_error_containing_a_nul_character_is_retried_and_dead_normally,
+            a_payload_or_cancel_message_with_a_nul_character_is_handled_alike,
             a_panicking_handler_is_a_genuine_failure,
             an_undecodable_payload_goes_dead_without_calling_the_handler,
             shutdown_returns_running_jobs_at_once_without_using_an_attempt,
             jobs_that_finish_during_the_drain_succeed_and_are_counted,
+            the_abort_returns_a_stuck_job_and_keeps_finished_ones_finished,
             prefetched_jobs_go_back_unstarted_at_the_drain,
             cancelling_a_running_job_fires_its_token_with_the_message_and_ends_it_cancelled,
             cancelling_a_running_job_from_another_handle_reaches_it,
             cancelling_a_waiting_job_means_it_never_runs,
+            a_cancelled_job_that_is_retried_runs_and_succeeds,
             a_lost_lease_fires_the_token_and_the_stale_attempt_cannot_complete,
             a_job_reclaimed_after_its_lease_expired_runs_again_without_using_an_attempt,
             complete_in_commits_the_success_with_the_handlers_writes_exactly_once,
+            complete_in_after_a_cancel_request_succeeds,
             a_dead_job_can_be_retried_with_its_attempts_reset,
             counts_and_list_show_the_states,
         );
@@ -334,6 +339,59 @@ pub async fn a_job_out_of_attempts_is_dead_with_its_last_error(b: Backend) {
     );
 }
 
+/// PostgreSQL refuses NUL in text: the ending is written without it, and the worker's
+/// later endings are not blocked behind it.
+pub async fn an_error_containing_a_nul_character_is_retried_and_dead_normally(b: Backend) {
+    let worker = b
+        .jobs
+        .worker("work")
+        .backoff(Backoff::exponential(
+            Duration::from_millis(10),
+            Duration::from_millis(10),
+        ))
+        .handler(move |job: Job<Work>, _token| {
+            let (n, attempt) = (job.payload().n, job.attempt());
+            async move {
+                if n == 1 {
+                    Err::<(), _>(format!("bad\0byte {attempt}"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let (host, lifetime) = hosted(worker, SECS_10);
+    let report = run(host);
+    let id = b.jobs.enqueue(work(1).max_attempts(2)).await.unwrap().id;
+    wait_state(&b, id, JobState::Dead).await;
+    let later = b.jobs.enqueue(work(2)).await.unwrap().id;
+    wait_state(&b, later, JobState::Succeeded).await;
+    lifetime.stop(Reason::shutdown());
+    report.await.unwrap();
+    let info = b.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (info.attempts, info.last_error.as_deref()),
+        (2, Some("badbyte 2"))
+    );
+}
+
+pub async fn a_payload_or_cancel_message_with_a_nul_character_is_handled_alike(b: Backend) {
+    let err = b
+        .jobs
+        .enqueue(NewJob::new("work", &"a\0b"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Payload { .. }), "{err}");
+    let id = b.jobs.enqueue(work(1)).await.unwrap().id;
+    assert_eq!(
+        b.jobs.cancel(id, "no\0pe").await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    let info = b.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Cancelled);
+}
+
 pub async fn a_panicking_handler_is_a_genuine_failure(b: Backend) {
     let worker = b
         .jobs
@@ -504,6 +562,38 @@ pub async fn jobs_that_finish_during_the_drain_succeed_and_are_counted(b: Backen
     );
 }
 
+pub async fn the_abort_returns_a_stuck_job_and_keeps_finished_ones_finished(b: Backend) {
+    let worker = b
+        .jobs
+        .worker("work")
+        .concurrency(4)
+        .handler(|job: Job<Work>, _token| async move {
+            // Ignores its token: only the abort stops it.
+            tokio::time::sleep(Duration::from_millis(job.payload().ms)).await;
+            Ok::<_, Error>(())
+        })
+        .build()
+        .unwrap();
+    let (host, lifetime) = hosted(worker, Duration::from_millis(400));
+    let report = run(host);
+    let done = b.jobs.enqueue(work(1)).await.unwrap().id;
+    wait_state(&b, done, JobState::Succeeded).await;
+    let stuck = b
+        .jobs
+        .enqueue(NewJob::new("work", &Work { n: 2, ms: 60_000 }))
+        .await
+        .unwrap()
+        .id;
+    wait_state(&b, stuck, JobState::Running).await;
+    lifetime.stop(Reason::shutdown());
+    let report = report.await.unwrap();
+    assert_eq!(counter(&report, "aborted"), 1, "{report}");
+    wait_state(&b, stuck, JobState::Interrupted).await;
+    let info = b.jobs.get(stuck).await.unwrap().unwrap();
+    assert_eq!(info.attempts, 0, "an abort uses no attempt");
+    assert_eq!(state(&b, done).await, JobState::Succeeded);
+}
+
 pub async fn prefetched_jobs_go_back_unstarted_at_the_drain(b: Backend) {
     let started = Arc::new(AtomicU32::new(0));
     let s = Arc::clone(&started);
@@ -655,6 +745,46 @@ pub async fn cancelling_a_waiting_job_means_it_never_runs(b: Backend) {
     );
 }
 
+/// The cancel of the first attempt (heard by this process's listener on PostgreSQL after
+/// the attempt ended, too) must not reach the attempt after a `retry`.
+pub async fn a_cancelled_job_that_is_retried_runs_and_succeeds(b: Backend) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = Arc::clone(&calls);
+    let worker = b
+        .jobs
+        .worker("work")
+        .poll_interval(Duration::from_millis(50))
+        .handler(move |_job: Job<Work>, token: CancellationToken| {
+            let first = c.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    // Waits for the cancel.
+                    Err(Cancelled::new(token.cancelled().await))
+                } else {
+                    busy(300, &token).await
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let (host, lifetime) = hosted(worker, SECS_10);
+    let report = run(host);
+    let id = b.jobs.enqueue(work(1)).await.unwrap().id;
+    wait_state(&b, id, JobState::Running).await;
+    assert_eq!(
+        b.jobs.cancel(id, "first time").await.unwrap(),
+        CancelOutcome::Requested
+    );
+    wait_state(&b, id, JobState::Cancelled).await;
+    // Let every notification of the cancel arrive before the retry.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(b.jobs.retry(id).await.unwrap());
+    wait_state(&b, id, JobState::Succeeded).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    lifetime.stop(Reason::shutdown());
+    report.await.unwrap();
+}
+
 pub async fn a_lost_lease_fires_the_token_and_the_stale_attempt_cannot_complete(b: Backend) {
     // The first attempt waits for its token, then tries to complete anyway.
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -780,6 +910,46 @@ pub async fn complete_in_commits_the_success_with_the_handlers_writes_exactly_on
     assert_eq!(counter(&report, "succeeded"), 20, "{report}");
     // Job 3's first transaction rolled back after complete_in (a failed commit): it ran again.
     assert_eq!(counter(&report, "interrupted and returned"), 1, "{report}");
+}
+
+/// A cancel request leaves the job `running`: a handler that completes it in its
+/// transaction anyway is not fenced (`LeaseLost` is for a lost lease only).
+pub async fn complete_in_after_a_cancel_request_succeeds(b: Backend) {
+    let pool = b.db_handle();
+    let result = Arc::new(Mutex::new(None));
+    let r = Arc::clone(&result);
+    let worker = b
+        .jobs
+        .worker("work")
+        .handler(move |job: Job<Work>, token: CancellationToken| {
+            let (pool, r) = (pool.clone(), Arc::clone(&r));
+            async move {
+                token.cancelled().await;
+                let done = pool.complete(&job).await;
+                let ok = done.is_ok();
+                *r.lock().unwrap() = Some(done);
+                if ok {
+                    Ok(())
+                } else {
+                    Err("complete_in failed")
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let (host, lifetime) = hosted(worker, SECS_10);
+    let report = run(host);
+    let id = b.jobs.enqueue(work(1)).await.unwrap().id;
+    wait_state(&b, id, JobState::Running).await;
+    assert_eq!(
+        b.jobs.cancel(id, "too late").await.unwrap(),
+        CancelOutcome::Requested
+    );
+    wait_state(&b, id, JobState::Succeeded).await;
+    lifetime.stop(Reason::shutdown());
+    report.await.unwrap();
+    let done = result.lock().unwrap().take().expect("the handler ran");
+    assert!(done.is_ok(), "{done:?}");
 }
 
 pub async fn a_dead_job_can_be_retried_with_its_attempts_reset(b: Backend) {
