@@ -128,6 +128,13 @@ async fn drain_hands_back_unstarted_messages_at_once_and_lets_in_flight_ones_fin
     let host = run("c", consumer, None).await;
     // Two handlers run, four messages wait in the consumer: six unacked on the server.
     in_flight(&s, 6).await;
+    // The server counts a message unacked once it sent it; the handler starts a moment
+    // later (a loaded CI machine once saw 0 started here).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while started.load(Ordering::SeqCst) < 2 {
+        assert!(std::time::Instant::now() < deadline, "two handlers start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(started.load(Ordering::SeqCst), 2);
 
     let lifetime = host.lifetime().clone();
