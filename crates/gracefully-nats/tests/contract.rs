@@ -80,6 +80,36 @@ async fn run(
         .unwrap()
 }
 
+/// `handler`, counting in `started` each call the consumer makes, that is each handler it
+/// starts. The server counts a message unacked the moment it sends it; the handler starts a
+/// moment later, so a test that needs a handler running waits on this count (a loaded CI
+/// machine saw 0 started just after the server counted them).
+fn counted<Fut>(
+    started: &Arc<AtomicUsize>,
+    handler: impl Fn(Message<Bytes>, CancellationToken) -> Fut + Send + Sync + 'static,
+) -> impl Fn(Message<Bytes>, CancellationToken) -> Fut + Send + Sync + 'static {
+    let started = Arc::clone(started);
+    move |msg, token| {
+        started.fetch_add(1, Ordering::SeqCst);
+        handler(msg, token)
+    }
+}
+
+/// Waits until `n` handlers counted by [`counted`] started.
+async fn running(started: &AtomicUsize, n: usize) {
+    eventually(
+        &format!("{n} handler(s) started"),
+        Duration::from_secs(10),
+        async || started.load(Ordering::SeqCst) >= n,
+    )
+    .await;
+    assert_eq!(
+        started.load(Ordering::SeqCst),
+        n,
+        "no more than {n} started"
+    );
+}
+
 /// Waits until `n` messages are delivered and unacked on `c`.
 async fn in_flight(s: &TestStream, n: usize) {
     eventually(
@@ -128,14 +158,7 @@ async fn drain_hands_back_unstarted_messages_at_once_and_lets_in_flight_ones_fin
     let host = run("c", consumer, None).await;
     // Two handlers run, four messages wait in the consumer: six unacked on the server.
     in_flight(&s, 6).await;
-    // The server counts a message unacked once it sent it; the handler starts a moment
-    // later (a loaded CI machine once saw 0 started here).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while started.load(Ordering::SeqCst) < 2 {
-        assert!(std::time::Instant::now() < deadline, "two handlers start");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(started.load(Ordering::SeqCst), 2);
+    running(&started, 2).await;
 
     let lifetime = host.lifetime().clone();
     let stopping = tokio::spawn(host.stop(Reason::shutdown().with_message("test")));
@@ -196,26 +219,31 @@ async fn cancel_phase_fires_tokens_and_hands_back_messages_whose_handlers_return
 
     let reasons: Arc<Mutex<Vec<ReasonKind>>> = Arc::default();
     let log = Arc::clone(&reasons);
+    let started = Arc::new(AtomicUsize::new(0));
     let consumer = consumer_of(&s)
         .concurrency(2)
         .prefetch(0)
-        .handler(move |_msg: Message<Bytes>, token: CancellationToken| {
-            let log = Arc::clone(&log);
-            async move {
-                // Honours its token: stops with `Cancelled` at the hard stop.
-                let stopped = token
-                    .run_until_cancelled(tokio::time::sleep(Duration::from_secs(60)))
-                    .await;
-                if let Err(cancelled) = &stopped {
-                    log.lock().unwrap().push(cancelled.kind());
+        .handler(counted(
+            &started,
+            move |_msg: Message<Bytes>, token: CancellationToken| {
+                let log = Arc::clone(&log);
+                async move {
+                    // Honours its token: stops with `Cancelled` at the hard stop.
+                    let stopped = token
+                        .run_until_cancelled(tokio::time::sleep(Duration::from_secs(60)))
+                        .await;
+                    if let Err(cancelled) = &stopped {
+                        log.lock().unwrap().push(cancelled.kind());
+                    }
+                    stopped
                 }
-                stopped
-            }
-        })
+            },
+        ))
         .build()
         .unwrap();
     let host = run("c", consumer, Some((3, 2))).await;
     in_flight(&s, 2).await;
+    running(&started, 2).await;
     let report = host.stop(Reason::shutdown()).await.unwrap();
     assert_eq!(report.exit_code(), 0, "{report}");
     assert_eq!(
@@ -249,14 +277,16 @@ async fn a_handler_that_ignores_its_token_is_aborted_counted_and_its_message_han
     let s = TestStream::create("ABORT").await;
     s.durable("c", Duration::from_secs(30)).await;
     s.publish_numbers(0..1).await;
+    let started = Arc::new(AtomicUsize::new(0));
     let consumer = consumer_of(&s)
         .concurrency(1)
         .prefetch(0)
-        .handler(stuck)
+        .handler(counted(&started, stuck))
         .build()
         .unwrap();
     let host = run("c", consumer, Some((2, 1))).await;
     in_flight(&s, 1).await;
+    running(&started, 1).await;
     let report = host.stop(Reason::shutdown()).await.unwrap();
     assert_eq!(report.exit_code(), 2, "{report}");
     assert_eq!(
@@ -321,15 +351,17 @@ async fn progress_stops_once_the_token_fired_so_a_stuck_handlers_message_is_rede
     let s = TestStream::create("STUCK").await;
     s.durable("c", Duration::from_secs(2)).await;
     s.publish_numbers(0..1).await;
+    let started = Arc::new(AtomicUsize::new(0));
     let consumer = consumer_of(&s)
         .concurrency(1)
         .prefetch(0)
-        .handler(stuck)
+        .handler(counted(&started, stuck))
         .build()
         .unwrap();
     // Hard stop 1 s after the stop request; the abort only 8 s after it.
     let stuck_host = run("stuck", consumer, Some((9, 8))).await;
     in_flight(&s, 1).await;
+    running(&started, 1).await;
     // Progress holds it past two AckWaits while the token lives.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(s.consumer_info("c").await.num_redelivered, 0);
@@ -675,26 +707,31 @@ async fn a_consumer_cut_off_from_nats_still_drains_at_once_when_the_host_stops()
     let proxy = support::Proxy::start().await;
     let reasons: Arc<Mutex<Vec<ReasonKind>>> = Arc::default();
     let log = Arc::clone(&reasons);
+    let started = Arc::new(AtomicUsize::new(0));
     let consumer = Consumer::builder(&proxy.url)
         .stream(&s.name)
         .consumer("c")
         .concurrency(2)
-        .handler(move |_msg: Message<Bytes>, token: CancellationToken| {
-            let log = Arc::clone(&log);
-            async move {
-                let stopped = token
-                    .run_until_cancelled(tokio::time::sleep(Duration::from_secs(60)))
-                    .await;
-                if let Err(cancelled) = &stopped {
-                    log.lock().unwrap().push(cancelled.kind());
+        .handler(counted(
+            &started,
+            move |_msg: Message<Bytes>, token: CancellationToken| {
+                let log = Arc::clone(&log);
+                async move {
+                    let stopped = token
+                        .run_until_cancelled(tokio::time::sleep(Duration::from_secs(60)))
+                        .await;
+                    if let Err(cancelled) = &stopped {
+                        log.lock().unwrap().push(cancelled.kind());
+                    }
+                    stopped
                 }
-                stopped
-            }
-        })
+            },
+        ))
         .build()
         .unwrap();
     let host = run("c", consumer, None).await;
     in_flight(&s, 4).await; // two running, two buffered
+    running(&started, 2).await;
     proxy.refuse();
     assert_eq!(proxy.cut(), 1);
     eventually(
