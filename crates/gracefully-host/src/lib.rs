@@ -128,7 +128,8 @@ pub use context::ServiceContext;
 pub use host::Host;
 pub use lifetime::Lifetime;
 pub use operations::{
-    DEFAULT_KEEP_FINISHED, FinishedOperation, OperationRecord, Operations, OperationsSnapshot,
+    CANCELLATION_SERIES, DEFAULT_KEEP_FINISHED, FinishedOperation, OTHER_NAME, OperationRecord,
+    Operations, OperationsSnapshot,
 };
 pub use options::ServiceOptions;
 pub use outcome::{BoxError, Outcome, TaskOutput, panic_message};

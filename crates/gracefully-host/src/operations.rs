@@ -14,6 +14,11 @@
 //!    `keep_finished` of the whole registry are among the shards' lists, which a snapshot
 //!    merges: memory is bounded by `keep_finished` records per shard (shards: twice the
 //!    CPUs, at most 64).
+//! 4. Each shard counts cancellations under at most [`CANCELLATION_SERIES`] distinct
+//!    (kind, name, reason) keys; a cancellation that would add one more is counted under
+//!    the name [`OTHER_NAME`]. Names come from outside (an unmatched request's path, an
+//!    unknown gRPC method), so without the bound a client cancelling requests to made-up
+//!    paths would grow the map, and the `/metrics` page, without end.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -53,7 +58,9 @@ const MAX_SHARDS: usize = 1 << SHARD_BITS;
 ///   (which `gracefully-axum`'s `/metrics` route calls):
 ///   `gracefully_operations_started_total{kind}`,
 ///   `gracefully_operations_ended_total{kind, outcome}`, and
-///   `gracefully_cancellations_total{kind, name, reason}` (`name`: the route, for requests);
+///   `gracefully_cancellations_total{kind, name, reason}` (`name`: the route, for requests;
+///   bounded: past [`CANCELLATION_SERIES`] distinct series per shard, further names are
+///   counted as [`OTHER_NAME`], so made-up paths cannot grow it without end);
 /// * is a `tracing` span named `operation` at `DEBUG` (`kind`, `name`, `id`, `parent`),
 ///   which records `outcome`, `reason` and `origin` when it ends. The end is logged in that
 ///   span: a cancellation at `DEBUG` with its reason, never as an error; a genuine failure
@@ -168,6 +175,15 @@ struct Shard {
 
 /// How many names each shard keeps for reuse.
 const NAME_CACHE: usize = 32;
+
+/// How many distinct (kind, name, reason) cancellation counts each shard keeps
+/// (invariant 4): far more than an application's routes × reasons, few enough that the
+/// whole registry's `/metrics` page stays small (at most 64 shards × this many series).
+pub const CANCELLATION_SERIES: usize = 256;
+
+/// The name cancellations are counted under once a shard has [`CANCELLATION_SERIES`]
+/// distinct keys (invariant 4).
+pub const OTHER_NAME: &str = "(other)";
 
 /// The outcomes counted, in [`outcome_index`] order.
 const OUTCOMES: [&str; 4] = ["completed", "cancelled", "failed", "abandoned"];
@@ -543,7 +559,15 @@ impl OperationRecorder for Registry {
         count_of(&mut shard.ended, kind, [0; OUTCOMES.len()])[outcome_index(&outcome)] += 1;
         if let OperationOutcome::Cancelled(reason) = &outcome {
             let key = (kind, Arc::clone(&record.name), reason.kind());
-            *shard.cancellations.entry(key).or_default() += 1;
+            if let Some(n) = shard.cancellations.get_mut(&key) {
+                *n += 1;
+            } else if shard.cancellations.len() < CANCELLATION_SERIES {
+                shard.cancellations.insert(key, 1);
+            } else {
+                // Invariant 4: one more series would be unbounded growth; count it as other.
+                let other = (kind, Arc::from(OTHER_NAME), reason.kind());
+                *shard.cancellations.entry(other).or_default() += 1;
+            }
         }
         // Logged after the lock is released; copied only when something listens (a
         // subscriber at DEBUG, or the error line of a failure).

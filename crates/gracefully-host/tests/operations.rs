@@ -201,3 +201,112 @@ async fn services_and_tracked_tasks_register_with_the_hosts_registry() {
         .unwrap();
     assert_eq!(worker.outcome.as_str(), "completed");
 }
+
+/// A `metrics` recorder that keeps each counter's last absolute value by its full key.
+#[derive(Default)]
+struct Counters(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+struct CounterCell(std::sync::Arc<Counters>, String);
+
+impl metrics::CounterFn for CounterCell {
+    fn increment(&self, value: u64) {
+        *(self.0)
+            .0
+            .lock()
+            .unwrap()
+            .entry(self.1.clone())
+            .or_default() += value;
+    }
+    fn absolute(&self, value: u64) {
+        (self.0).0.lock().unwrap().insert(self.1.clone(), value);
+    }
+}
+
+struct Recorder(std::sync::Arc<Counters>);
+
+impl metrics::Recorder for Recorder {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let name = format!("{}{{{}}}", key.name(), labels.join(","));
+        metrics::Counter::from_arc(std::sync::Arc::new(CounterCell(self.0.clone(), name)))
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+#[test]
+fn cancellations_under_made_up_names_are_counted_in_bounded_series() {
+    let operations = Operations::new();
+    let scope = operations.scope();
+    // A client cancelling requests to 10,000 different paths (no route names them).
+    const PATHS: usize = 10_000;
+    for i in 0..PATHS {
+        scope
+            .begin(OperationKind::Request, &format!("GET /made-up/{i}"), None)
+            .cancelled(Reason::disconnected());
+    }
+    // And one real route, cancelled after the bound was reached: still counted.
+    scope
+        .begin(OperationKind::Request, "GET /orders/{id}", None)
+        .cancelled(Reason::disconnected());
+    let counters = std::sync::Arc::new(Counters::default());
+    metrics::with_local_recorder(&Recorder(counters.clone()), || operations.export_metrics());
+    let counters = counters.0.lock().unwrap();
+    let series: Vec<(&String, &u64)> = counters
+        .iter()
+        .filter(|(k, _)| k.starts_with("gracefully_cancellations_total"))
+        .collect();
+    // This test runs on one thread, so everything lands in one shard.
+    assert!(
+        series.len() <= gracefully_host::CANCELLATION_SERIES + 1,
+        "{} series",
+        series.len()
+    );
+    let total: u64 = series.iter().map(|(_, n)| **n).sum();
+    assert_eq!(total, PATHS as u64 + 1, "no cancellation goes uncounted");
+    let other = format!(
+        "gracefully_cancellations_total{{kind=request,name={},reason=disconnected}}",
+        gracefully_host::OTHER_NAME
+    );
+    assert_eq!(
+        counters.get(&other),
+        Some(&(PATHS as u64 + 1 - gracefully_host::CANCELLATION_SERIES as u64)),
+        "{series:?}"
+    );
+    assert_eq!(
+        counters.get("gracefully_operations_ended_total{kind=request,outcome=cancelled}"),
+        Some(&(PATHS as u64 + 1))
+    );
+}
