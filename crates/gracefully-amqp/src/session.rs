@@ -39,6 +39,10 @@ pub(crate) struct Session {
     /// Parent of every in-flight handler's token; a child of the host's hard stop.
     handlers: CancellationSource,
     lost: AtomicBool,
+    /// Fired by [`Session::mark_lost`] only (unlike `handlers`, which the hard stop fires
+    /// too): what an ack or nack in progress races, since lapin may never resolve one
+    /// whose frame was queued on a connection that then died.
+    lost_signal: CancellationSource,
 }
 
 /// Why a publish did not happen.
@@ -48,6 +52,8 @@ pub(crate) enum PublishError {
     Broker(lapin::Error),
     /// The broker could not route it (`basic.return`) or refused it (`basic.nack`).
     Refused(&'static str),
+    /// The connection was found lost while waiting for the confirm.
+    Lost,
 }
 
 impl std::fmt::Display for PublishError {
@@ -55,6 +61,9 @@ impl std::fmt::Display for PublishError {
         match self {
             PublishError::Broker(e) => write!(f, "{e}"),
             PublishError::Refused(why) => f.write_str(why),
+            PublishError::Lost => {
+                f.write_str("the connection was lost before the broker confirmed it")
+            }
         }
     }
 }
@@ -104,6 +113,7 @@ impl Session {
             publisher: Mutex::new(Some(publisher)),
             handlers: hard_stop.child(),
             lost: AtomicBool::new(false),
+            lost_signal: CancellationSource::new(),
         })
     }
 
@@ -119,9 +129,21 @@ impl Session {
         if self.lost.swap(true, Ordering::AcqRel) {
             return false;
         }
-        self.handlers
-            .cancel_with(Reason::disconnected().with_message(why));
+        let reason = Reason::disconnected().with_message(why);
+        self.lost_signal.cancel_with(reason.clone());
+        self.handlers.cancel_with(reason);
         true
+    }
+
+    /// `settling` (an ack or a nack), or `None` if the connection is found lost first.
+    /// A settle on a connection that died after it was sent can wait for ever in lapin;
+    /// the consumer's connection watch marks the session lost, which ends the wait.
+    pub(crate) async fn unless_lost<T>(&self, settling: impl Future<Output = T>) -> Option<T> {
+        self.lost_signal
+            .token()
+            .run_until_cancelled(settling)
+            .await
+            .ok()
     }
 
     pub(crate) fn is_lost(&self) -> bool {
@@ -131,6 +153,18 @@ impl Session {
     /// Publishes `body` with `properties` to `exchange`/`routing_key`, mandatory, and
     /// waits for the broker's confirm. Only a confirmed, routed publish is `Ok`.
     pub(crate) async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        self.unless_lost(self.publish_confirmed(exchange, routing_key, body, properties))
+            .await
+            .unwrap_or(Err(PublishError::Lost))
+    }
+
+    async fn publish_confirmed(
         &self,
         exchange: &str,
         routing_key: &str,

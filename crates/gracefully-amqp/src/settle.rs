@@ -232,10 +232,18 @@ impl Settle<'_> {
 
     /// Acks; `false` (counted as lost) if the ack could not be sent.
     async fn ack(&self, envelope: &Envelope, acker: &Acker) -> bool {
-        match acker.ack(BasicAckOptions::default()).await {
-            Ok(_) => true,
-            Err(error) => {
+        match self
+            .session
+            .unless_lost(acker.ack(BasicAckOptions::default()))
+            .await
+        {
+            Some(Ok(_)) => true,
+            Some(Err(error)) => {
                 self.unsent(envelope, "ack", &error);
+                false
+            }
+            None => {
+                self.lost(envelope, "ack");
                 false
             }
         }
@@ -247,10 +255,14 @@ impl Settle<'_> {
             multiple: false,
             requeue: true,
         };
-        match acker.nack(options).await {
-            Ok(_) => true,
-            Err(error) => {
+        match self.session.unless_lost(acker.nack(options)).await {
+            Some(Ok(_)) => true,
+            Some(Err(error)) => {
                 self.unsent(envelope, "nack", &error);
+                false
+            }
+            None => {
+                self.lost(envelope, "nack");
                 false
             }
         }
