@@ -105,8 +105,12 @@ impl HostBuilder {
         self
     }
 
-    /// Whether [`Host::run`] handles SIGINT, SIGTERM and SIGQUIT (Ctrl-C on Windows):
-    /// the first starts a graceful shutdown, the second skips to the abort. Default `true`.
+    /// Whether [`Host::run`] handles SIGINT, SIGTERM, SIGQUIT and SIGHUP (Ctrl-C on
+    /// Windows): the first starts a graceful shutdown, the second skips to the abort.
+    /// Default `true`. SIGHUP (the terminal or SSH session closed) is among them because
+    /// its default action kills the process with no drain; .NET's console lifetime leaves
+    /// it out. An application that uses SIGHUP to reload its configuration turns this off
+    /// and forwards the others to [`Lifetime::stop`](crate::Lifetime::stop) itself.
     /// Turn it off in tests, or when something else owns the signals (then call
     /// [`Lifetime::stop`](crate::Lifetime::stop) yourself).
     ///

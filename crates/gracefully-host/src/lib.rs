@@ -42,7 +42,7 @@
 //! ## The shutdown sequence
 //!
 //! ```text
-//! trigger (SIGINT/SIGTERM/SIGQUIT | lifetime.stop(reason) | a failed service)
+//! trigger (SIGINT/SIGTERM/SIGQUIT/SIGHUP | lifetime.stop(reason) | a failed service)
 //!  │                                  readiness (Lifetime::is_ready) is false from here
 //!  └ 0. pre-stop delay    (default 0)  keep serving while load balancers notice
 //!  └ 1. drain   `stopping` fires; services are stopped in reverse start order;

@@ -57,7 +57,7 @@ impl SignalWatcher {
                         .await;
                 });
             })?;
-        // A short blocking wait (a thread start and three `sigaction`s), once per `run`,
+        // A short blocking wait (a thread start and four `sigaction`s), once per `run`,
         // before any service starts.
         installed.recv().unwrap_or_else(|_| {
             Err(io::Error::other(
@@ -82,6 +82,10 @@ struct Signals {
     terminate: tokio::signal::unix::Signal,
     #[cfg(unix)]
     quit: tokio::signal::unix::Signal,
+    /// A closed terminal or SSH session: its default action kills the process with no
+    /// drain, losing the work in flight; here it stops gracefully like the others.
+    #[cfg(unix)]
+    hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -94,6 +98,7 @@ impl Signals {
             interrupt: signal(SignalKind::interrupt())?,
             terminate: signal(SignalKind::terminate())?,
             quit: signal(SignalKind::quit())?,
+            hangup: signal(SignalKind::hangup())?,
         })
     }
 
@@ -109,6 +114,7 @@ impl Signals {
             Some(()) = self.interrupt.recv() => Some("SIGINT"),
             Some(()) = self.terminate.recv() => Some("SIGTERM"),
             Some(()) = self.quit.recv() => Some("SIGQUIT"),
+            Some(()) = self.hangup.recv() => Some("SIGHUP"),
             else => None,
         }
     }

@@ -177,8 +177,13 @@ fn sigterm_stops_services_that_honour_their_token_with_exit_0_well_inside_the_dr
 }
 
 #[test]
-fn sigint_and_sigquit_also_stop_gracefully_and_the_report_names_the_signal() {
-    for (signal, name) in [(libc::SIGINT, "SIGINT"), (libc::SIGQUIT, "SIGQUIT")] {
+fn sigint_sigquit_and_sighup_also_stop_gracefully_and_the_report_names_the_signal() {
+    for (signal, name) in [
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGQUIT, "SIGQUIT"),
+        // A closed terminal: without a handler it would kill the process, no drain.
+        (libc::SIGHUP, "SIGHUP"),
+    ] {
         let worker = Proc::start("worker", &[]);
         worker.wait_for_stdout("ready");
         worker.signal(signal);
