@@ -10,6 +10,7 @@
 mod support;
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -36,10 +37,12 @@ impl Driver {
             .local_addr()
             .unwrap()
             .port();
+        // In a process group of its own, so that the browsers it starts end with it.
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("start chromedriver");
         let mut driver = Driver {
@@ -144,7 +147,11 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // Ends the browser with the driver.
+        // Ends the driver and the browsers it started (its process group): killing the
+        // driver alone left Chromium running after the test.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
