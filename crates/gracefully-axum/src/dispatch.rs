@@ -25,6 +25,7 @@ use crate::app::HttpApp;
 use crate::conn_state::ConnState;
 use crate::policy::DisconnectPolicy;
 use crate::request::RequestContext;
+use crate::request_body::GuardedBody;
 use crate::request_future::{Answer, InRequest, NoAnswer};
 use crate::socket::Monitor;
 use crate::state::ServerState;
@@ -92,7 +93,8 @@ impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> 
         }
         // The head arrived: the bytes read so far are this request's, not a slow head's.
         self.conn.account_bytes();
-        let mut request = request.map(Body::new);
+        // The body's reads end when the request's token fires (see `request_body`).
+        let mut request = request.map(|body| Body::new(GuardedBody::new(body)));
         // The caller's budget, if it sent one: narrows, never extends (deadlines only move
         // earlier; the routes' timeouts apply on top). Read from the request as the app gets
         // it, which is built in place.

@@ -1,6 +1,7 @@
 //! Liveness and readiness routes.
 
 use axum::Router;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use http::StatusCode;
 
@@ -37,10 +38,20 @@ pub fn health_routes() -> Router {
                 let not_ready =
                     with_current(|ctx| ctx.server.not_ready.is_cancelled()).unwrap_or(false);
                 if not_ready {
-                    (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+                    // The answer the probe is for, not a failure: the request's operation
+                    // ends completed, and nothing is logged as an error.
+                    let mut response =
+                        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response();
+                    response.extensions_mut().insert(NotReadyMarker);
+                    response
                 } else {
-                    (StatusCode::OK, "ready")
+                    (StatusCode::OK, "ready").into_response()
                 }
             }),
         )
 }
+
+/// Marks `/readyz`'s 503 during shutdown: a designed answer, which the request's operation
+/// records as completed rather than failed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NotReadyMarker;

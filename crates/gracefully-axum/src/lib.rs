@@ -91,6 +91,14 @@
 //! that outlive their reset stream count — and gets its streams refused, then GOAWAY. None
 //! of it affects other connections or holds up a shutdown.
 //!
+//! A request body is read under the request's token: a client that sends its body slowly,
+//! or stops sending it, while the handler waits in an extractor (`Json`, `Bytes`) is
+//! answered 504 at the route's timeout and 503 with `Connection: close` at the hard stop —
+//! never left to the abort, so stalled uploads cannot make every shutdown spend its whole
+//! budget. (The extractor's own 400 for the failed read is replaced by the cancellation's
+//! answer.) Like `axum::serve` and Go's `Server` (`IdleTimeout` 0), an idle keep-alive
+//! connection has no timeout of its own before the drain.
+//!
 //! A client that closes (or half-closes) its side while its handler runs has left, as Go
 //! and nginx count it: the token fires with `Disconnected`, and no answer is sent — 499
 //! appears in logs and counts, never on the wire.
@@ -124,6 +132,7 @@ mod layers;
 mod operation_names;
 mod policy;
 mod request;
+mod request_body;
 mod request_future;
 mod response;
 mod server;

@@ -37,6 +37,9 @@ pub(crate) struct RequestContext {
     /// Set when an HTTP/2 handler is aborted because its stream was reset on a `Drop` route
     /// (counted as dropped on disconnect, not as lost).
     dropped_on_disconnect: AtomicBool,
+    /// Set when the token fired while the handler waited for the request's body
+    /// (`request_body::GuardedBody`): the answer is then the cancellation's.
+    body_cut: AtomicBool,
     /// The server, for long-lived responses that must end at drain.
     pub(crate) server: Arc<ServerState>,
 }
@@ -54,6 +57,7 @@ impl RequestContext {
             pending_timeout: Mutex::new(None),
             policy: AtomicU8::new(policy.to_u8()),
             dropped_on_disconnect: AtomicBool::new(false),
+            body_cut: AtomicBool::new(false),
             server,
         }
     }
@@ -92,6 +96,15 @@ impl RequestContext {
         self.dropped_on_disconnect.store(true, Ordering::Release);
     }
 
+    pub(crate) fn mark_body_cut(&self) {
+        self.body_cut.store(true, Ordering::Release);
+    }
+
+    /// Whether the token cut the request's body short (see `request_body`).
+    pub(crate) fn body_cut(&self) -> bool {
+        self.body_cut.load(Ordering::Acquire)
+    }
+
     pub(crate) fn dropped_on_disconnect(&self) -> bool {
         self.dropped_on_disconnect.load(Ordering::Acquire)
     }
@@ -112,7 +125,14 @@ impl RequestContext {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         // Deadlines only move earlier.
-        let earlier = pending.is_none_or(|p| now + timeout < p.set_at + p.timeout);
+        // A timeout too large for the clock (`Duration::MAX`) is no deadline at all, as in
+        // the core; it must never panic a request.
+        let at = |set_at: Instant, timeout: Duration| set_at.checked_add(timeout);
+        let earlier = pending.is_none_or(|p| match (at(now, timeout), at(p.set_at, p.timeout)) {
+            (Some(new), Some(old)) => new < old,
+            (Some(_), None) => true,
+            (None, _) => false,
+        });
         if earlier {
             *pending = Some(PendingTimeout {
                 timeout,

@@ -186,6 +186,9 @@ where
                     Ok(Err(never)) => match never {},
                     Err(panic) => Ok(panic_response(panic)),
                 };
+                if ctx.body_cut() {
+                    answer = answer.map(|response| answer_for_cut_body(response, ctx));
+                }
                 if let Ok(response) = &mut answer
                     && let Some(account) = this.end.account.take()
                 {
@@ -266,6 +269,21 @@ fn watching(conn: &Arc<ConnState>) -> Watch {
     }
 }
 
+/// The answer to a request whose body the token cut short (`request_body`): the
+/// cancellation's (504, 503 with `Connection: close`, or none for a client that left) in
+/// place of the error the extractor made of the failed read. A success stands.
+#[cold]
+fn answer_for_cut_body(response: Response, ctx: &RequestContext) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    match ctx.source_if_made().and_then(|s| s.as_token().reason()) {
+        Some(reason) => crate::response::cancelled_response(&gracefully::Cancelled::new(reason)),
+        None => response,
+    }
+}
+
 /// How a request that was answered ended, as its operation records it: cancelled with its
 /// token's reason if the client left or the handler answered a cancellation; failed for a
 /// panic or another 5xx; completed otherwise.
@@ -288,7 +306,12 @@ fn request_outcome(
     if let Some(CancelledMarker(kind)) = response.extensions().get::<CancelledMarker>() {
         return OperationOutcome::Cancelled(reason.unwrap_or_else(|| Reason::new(*kind)));
     }
-    if response.status().is_server_error() {
+    if response.status().is_server_error()
+        && response
+            .extensions()
+            .get::<crate::health::NotReadyMarker>()
+            .is_none()
+    {
         return OperationOutcome::Failed(format!("answered {}", response.status()).into());
     }
     OperationOutcome::Completed

@@ -186,3 +186,35 @@ async fn an_http2_request_whose_stream_is_reset_ends_disconnected() {
         .unwrap();
     assert_eq!(report.exit_code(), 0, "{report}");
 }
+
+#[tokio::test]
+async fn readiness_answering_503_during_shutdown_is_a_completed_operation_not_a_failure() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let operations = Operations::new();
+    let host = gracefully_host::Host::builder()
+        .handle_signals(false)
+        .operations(operations.clone())
+        .pre_stop_delay(std::time::Duration::from_millis(500))
+        .service(
+            "http",
+            gracefully_axum::HttpServer::new(listener, gracefully_axum::health_routes()),
+        )
+        .build()
+        .unwrap();
+    let lifetime = host.lifetime();
+    let run = tokio::spawn(host.run());
+    tokio::time::timeout(SOON, lifetime.started().cancelled())
+        .await
+        .unwrap();
+    lifetime.stop(gracefully::Reason::shutdown());
+    // In the pre-stop delay: still served, and not ready.
+    let mut stream = send_raw(addr, b"GET /readyz HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    let response = read_response(&mut stream).await;
+    assert_eq!(status_of(&response), 503, "{response}");
+    drop(stream);
+    let report = run.await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    let readyz = finished(&operations, "GET /readyz").expect("recorded");
+    assert_eq!(readyz.outcome.as_str(), "completed", "{:?}", readyz.outcome);
+}

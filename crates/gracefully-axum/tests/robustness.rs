@@ -249,3 +249,74 @@ async fn http2_rapid_reset_cannot_run_more_handlers_than_the_stream_limit() {
     );
     server.stop().await;
 }
+
+/// A POST whose head says `len` bytes of body follow, and only the first ten do.
+fn stalled_upload(len: usize) -> String {
+    format!(
+        "POST /upload HTTP/1.1\r\nhost: x\r\ncontent-type: application/octet-stream\r\n\
+         content-length: {len}\r\n\r\n0123456789"
+    )
+}
+
+/// A route whose handler waits in the `Bytes` extractor for the whole body.
+fn upload_app() -> Router {
+    Router::new().route(
+        "/upload",
+        axum::routing::post(|body: axum::body::Bytes| async move { format!("{}", body.len()) }),
+    )
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_answered_504_at_the_route_timeout() {
+    let app = upload_app().layer(gracefully_axum::TimeoutLayer::new(Duration::from_millis(
+        300,
+    )));
+    let server = TestServer::start(app).await;
+    let started = Instant::now();
+    let mut stream = send_raw(server.addr, stalled_upload(100_000).as_bytes()).await;
+    let response = tokio::time::timeout(SOON, read_response(&mut stream))
+        .await
+        .expect("answered, not left waiting for the body");
+    assert_eq!(status_of(&response), 504, "{response}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let report = server.stop().await;
+    assert_eq!(report.cancelled_deadline, 1, "{report}");
+}
+
+#[tokio::test]
+async fn a_stalled_upload_is_answered_503_at_the_hard_stop_and_nothing_is_aborted() {
+    let hosted = support::start_hosted(
+        upload_app(),
+        |s| s,
+        |h| {
+            h.shutdown_timeout(Duration::from_secs(2))
+                .cancel_grace(Duration::from_secs(1))
+        },
+    )
+    .await;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        streams.push(send_raw(hosted.addr, stalled_upload(99_999_999).as_bytes()).await);
+    }
+    // The handlers are waiting for their bodies.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stop = Instant::now();
+    hosted.lifetime.stop(gracefully::Reason::shutdown());
+    for stream in &mut streams {
+        let response = tokio::time::timeout(SOON, read_response(stream))
+            .await
+            .expect("answered at the hard stop");
+        assert_eq!(status_of(&response), 503, "{response}");
+        assert!(
+            response.to_ascii_lowercase().contains("connection: close"),
+            "{response}"
+        );
+    }
+    let report = hosted.run.await.unwrap();
+    assert!(
+        stop.elapsed() < Duration::from_millis(1900),
+        "ended in the cancel phase, not at the abort: {:?}\n{report}",
+        stop.elapsed()
+    );
+    assert_eq!(report.exit_code(), 0, "{report}");
+}

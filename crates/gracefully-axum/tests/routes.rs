@@ -91,6 +91,29 @@ async fn the_server_default_timeout_and_a_shorter_route_timeout_keep_the_earlies
 }
 
 #[tokio::test]
+async fn a_route_timeout_too_large_for_the_clock_is_no_deadline_and_never_panics() {
+    let app = Router::new()
+        .route(
+            "/",
+            get(|RequestToken(token): RequestToken| async move {
+                let left = token
+                    .deadline()
+                    .map(|d| d.saturating_duration_since(Instant::now()));
+                format!("{left:?}")
+            }),
+        )
+        .layer(TimeoutLayer::new(Duration::MAX));
+    // The server's own request timeout is set first; the route's cannot move it later.
+    let server = TestServer::start_with(app, |s| s.request_timeout(Duration::from_secs(30))).await;
+    let response = reqwest::get(server.url("/")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.starts_with("Some("), "the server's 30 s stays: {text}");
+    let report = server.stop().await;
+    assert_eq!(report.panicked, 0, "{report}");
+}
+
+#[tokio::test]
 async fn middleware_reads_the_same_token_as_the_handler() {
     async fn mark(request: Request, next: Next) -> axum::response::Response {
         let token = request_token(&request);
