@@ -50,6 +50,15 @@ pub fn router(state: AppState, report_timeout: Duration) -> Router {
         // Each request's operation is named by its route (`GET /orders/{id}`).
         .layer(OperationNameLayer::new())
         .merge(health_routes())
+        .fallback(not_found)
+}
+
+/// Any path the API does not have: 404, saying so.
+async fn not_found(uri: axum::http::Uri) -> (StatusCode, String) {
+    (
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {}; GET / lists them\n", uri.path()),
+    )
 }
 
 async fn index() -> &'static str {
@@ -73,6 +82,8 @@ enum ApiError {
     Invalid(String),
     /// No such order.
     NotFound,
+    /// The database could not be reached or dropped the connection: 503, retry later.
+    Unavailable(String),
     /// Something failed (logged; the client gets a generic message).
     Failed(String),
 }
@@ -81,8 +92,30 @@ impl From<MediatorError> for ApiError {
     fn from(error: MediatorError) -> Self {
         match error {
             MediatorError::Cancelled(cancelled) => ApiError::Cancelled(cancelled),
-            MediatorError::Invalid(invalid) => ApiError::Invalid(invalid.to_string()),
-            other => ApiError::Failed(other.to_string()),
+            // What the client sent that was wrong, field by field (the mediator's own
+            // message also names the Rust request type, which is for the logs).
+            MediatorError::Invalid(invalid) => ApiError::Invalid(format!(
+                "invalid request: {}",
+                invalid
+                    .problems()
+                    .map(|(field, message)| match field {
+                        Some(field) => format!("{field}: {message}"),
+                        None => message.to_owned(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+            other => {
+                let unavailable = other
+                    .as_failure()
+                    .and_then(|e| e.downcast_ref::<gracefully_sqlx::Error>())
+                    .is_some_and(database_unavailable);
+                if unavailable {
+                    ApiError::Unavailable(other.to_string())
+                } else {
+                    ApiError::Failed(other.to_string())
+                }
+            }
         }
     }
 }
@@ -91,8 +124,33 @@ impl From<gracefully_sqlx::Error> for ApiError {
     fn from(error: gracefully_sqlx::Error) -> Self {
         match error {
             gracefully_sqlx::Error::Cancelled(cancelled) => ApiError::Cancelled(cancelled),
+            other if database_unavailable(&other) => ApiError::Unavailable(other.to_string()),
             other => ApiError::Failed(other.to_string()),
         }
+    }
+}
+
+/// Whether `error` says the database could not be reached or dropped the connection (a
+/// restart, a failover, a terminated backend) rather than that the request was wrong: the
+/// client may retry, so the answer is 503 with `Retry-After`, not 500.
+fn database_unavailable(error: &gracefully_sqlx::Error) -> bool {
+    use gracefully_sqlx::Error;
+    let source = match error {
+        Error::Connect { .. } => return true,
+        Error::Database(source) => source,
+        _ => return false,
+    };
+    match source {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // PostgreSQL: connection exceptions (08…), the server shutting down or a
+            // backend terminated (57P01–57P03).
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
     }
 }
 
@@ -104,6 +162,19 @@ impl IntoResponse for ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, message).into_response()
             }
             ApiError::NotFound => (StatusCode::NOT_FOUND, "no such order").into_response(),
+            ApiError::Unavailable(error) => {
+                tracing::warn!(%error, "database unavailable; answering 503");
+                let mut response = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the database is unavailable; retry shortly\n",
+                )
+                    .into_response();
+                response.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+                response
+            }
             ApiError::Failed(error) => {
                 tracing::error!(%error, "request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()

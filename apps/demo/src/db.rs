@@ -153,6 +153,28 @@ impl Database {
     /// `postgres://…` — and creates the tables (the job store's too).
     pub async fn open(url: &str) -> Result<Database, Error> {
         let postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
+        if url.trim().is_empty() {
+            return Err(Error::Database(sqlx::Error::Configuration(
+                "the database URL is empty (--database or DATABASE_URL): give a file, \
+                 sqlite://demo.db?mode=rwc, or postgres://user@host/db"
+                    .into(),
+            )));
+        }
+        // `sqlite:` or `sqlite://` with no file name: SQLite opens a private temporary
+        // database per connection, as for `:memory:`.
+        let sqlite_file = url
+            .strip_prefix("sqlite:")
+            .map(|rest| rest.trim_start_matches("//"))
+            .map(|rest| rest.split('?').next().unwrap_or(""));
+        if sqlite_file.is_some_and(str::is_empty) {
+            return Err(Error::Database(sqlx::Error::Configuration(
+                format!(
+                    "`{url}` names no database file (SQLite would give each connection a \
+                     private temporary one): use sqlite://demo.db?mode=rwc"
+                )
+                .into(),
+            )));
+        }
         if !postgres && (url.contains(":memory:") || url.contains("mode=memory")) {
             return Err(Error::Database(sqlx::Error::Configuration(
                 "an in-memory SQLite database cannot be shared by the API and the job \
@@ -428,6 +450,11 @@ async fn migrate(pool: &Pool, schema: &'static [&'static str]) -> Result<(), Err
         for statement in schema {
             sqlx::query(*statement).execute(&mut **tx).await?;
         }
+        // A write that touches nothing, so a read-only database (`mode=ro`, a read-only
+        // file, a standby server) fails here, at start, rather than on every order.
+        sqlx::query("DELETE FROM orders WHERE 1 = 0")
+            .execute(&mut **tx)
+            .await?;
         for (column, add) in ADDED_COLUMNS {
             let n: i64 = sqlx::query(exists_sql)
                 .bind(*column)

@@ -91,7 +91,7 @@ pub struct Config {
     /// takes over the jobs of an instance that crashed (renewed every third of it).
     #[arg(long, default_value_t = 30)]
     pub job_lease: u64,
-    /// Install SIGINT/SIGTERM/SIGQUIT handlers (tests turn this off).
+    /// Install SIGINT/SIGTERM/SIGQUIT/SIGHUP handlers (tests turn this off).
     #[arg(skip = true)]
     pub handle_signals: bool,
 }
@@ -123,6 +123,42 @@ pub async fn build(config: &Config) -> Result<(Host, SocketAddr), StartError> {
             "bad configuration: --job-lease must be from 1 to 86400 seconds, got {}",
             config.job_lease
         )));
+    }
+    if !(1..=86_400).contains(&config.report_timeout) {
+        return Err(StartError(format!(
+            "bad configuration: --report-timeout must be from 1 to 86400 seconds, got {}",
+            config.report_timeout
+        )));
+    }
+    if !(1..=86_400).contains(&config.shutdown_timeout) {
+        return Err(StartError(format!(
+            "bad configuration: --shutdown-timeout must be from 1 to 86400 seconds, got {}",
+            config.shutdown_timeout
+        )));
+    }
+    if config.cancel_grace >= config.shutdown_timeout {
+        return Err(StartError(format!(
+            "bad configuration: --cancel-grace ({} s) must be shorter than --shutdown-timeout \
+             ({} s): the drain gets the rest",
+            config.cancel_grace, config.shutdown_timeout
+        )));
+    }
+    if config.pre_stop_delay > 86_400 {
+        return Err(StartError(format!(
+            "bad configuration: --pre-stop-delay must be at most 86400 seconds, got {}",
+            config.pre_stop_delay
+        )));
+    }
+    if config.shipping_delay_ms > 86_400_000 {
+        return Err(StartError(format!(
+            "bad configuration: --shipping-delay-ms must be at most 86400000, got {}",
+            config.shipping_delay_ms
+        )));
+    }
+    if let Some(url) = &config.shipping_url {
+        shipping_url_ok(url).map_err(|why| {
+            StartError(format!("bad configuration: --shipping-url `{url}`: {why}"))
+        })?;
     }
     let database = Database::open(&config.database)
         .await
@@ -199,9 +235,33 @@ pub async fn build(config: &Config) -> Result<(Host, SocketAddr), StartError> {
         .map_err(|e| StartError(format!("bad configuration: {e}")))
 }
 
+/// Whether `url` can be the shipping service's: an absolute `http` or `https` URL with a
+/// host.
+fn shipping_url_ok(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "the scheme must be http or https, not {}",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("it names no host".into());
+    }
+    Ok(())
+}
+
 /// Runs the demo until it is shut down; returns the host's shutdown report.
 pub async fn run(config: Config) -> Result<ShutdownReport, StartError> {
     let (host, addr) = build(&config).await?;
-    tracing::info!("demo listening on http://{addr}");
-    Ok(host.run().await)
+    // Announce only once the host has started: its signal handlers are installed by then,
+    // so an orchestrator's SIGTERM sent right after this line drains instead of killing.
+    let started = host.lifetime().started();
+    let run = host.run();
+    tokio::pin!(run);
+    tokio::select! {
+        report = &mut run => return Ok(report),
+        _ = started.cancelled() => tracing::info!("demo listening on http://{addr}"),
+    }
+    Ok(run.await)
 }

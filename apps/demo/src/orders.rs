@@ -25,7 +25,7 @@ impl Request for CreateOrder {
     fn validate(&self) -> Result<(), Invalid> {
         let mut invalid = Invalid::new();
         let item = self.item.trim();
-        if item.is_empty() || item.len() > 100 {
+        if item.is_empty() || item.chars().count() > 100 {
             invalid = invalid.with("item", "1 to 100 characters");
         }
         if !(1..=1000).contains(&self.quantity) {

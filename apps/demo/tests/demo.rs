@@ -73,7 +73,39 @@ async fn orders_are_created_listed_and_validated() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 422);
-    assert!(bad.text().await.unwrap().contains("quantity"));
+    let message = bad.text().await.unwrap();
+    assert!(message.contains("quantity"), "{message}");
+    assert!(
+        !message.contains("::"),
+        "names the field, not a Rust type: {message}"
+    );
+
+    // Characters, not bytes: 100 euro signs (300 bytes) are a valid item.
+    let euros = client
+        .post(format!("{}/orders", demo.base))
+        .json(&serde_json::json!({"item": "€".repeat(100), "quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(euros.status(), 201);
+    let too_long = client
+        .post(format!("{}/orders", demo.base))
+        .json(&serde_json::json!({"item": "€".repeat(101), "quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_long.status(), 422);
+
+    let missing = client
+        .get(format!("{}/no/such/thing", demo.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    assert!(
+        missing.text().await.unwrap().contains("/no/such/thing"),
+        "a 404 says what was not found"
+    );
 
     let listed: serde_json::Value = client
         .get(format!("{}/orders", demo.base))
@@ -83,7 +115,7 @@ async fn orders_are_created_listed_and_validated() {
         .json()
         .await
         .unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
     let report = demo.stop().await;
     assert_eq!(report.exit_code(), 0, "{report}");
 }

@@ -64,6 +64,73 @@ fn a_bad_listen_address_or_database_fails_at_start_with_a_clear_message() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// Runs the binary with `args` (and `DATABASE_URL` unset), expecting it to refuse to start:
+/// exit 1, one clear line naming `names`, no panic.
+fn refuses(args: &[&str], names: &str) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_demo"))
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(stderr.contains(names), "{args:?} names {names}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+}
+
+#[test]
+fn flags_out_of_range_and_unusable_databases_are_refused_at_start_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sqlite_url(dir.path());
+    // Past what the clock can add: it once started, then every /report panicked.
+    refuses(
+        &[
+            "--database",
+            &db,
+            "--report-timeout",
+            "18446744073709551615",
+        ],
+        "--report-timeout",
+    );
+    refuses(
+        &["--database", &db, "--report-timeout", "0"],
+        "--report-timeout",
+    );
+    refuses(
+        &["--database", &db, "--shipping-url", "not a url"],
+        "--shipping-url",
+    );
+    refuses(
+        &["--database", &db, "--shipping-url", "ftp://x/"],
+        "--shipping-url",
+    );
+    refuses(
+        &[
+            "--database",
+            &db,
+            "--shutdown-timeout",
+            "5",
+            "--cancel-grace",
+            "5",
+        ],
+        "--cancel-grace",
+    );
+    // No file: SQLite would give each pool a private temporary database.
+    refuses(&["--database", ""], "empty");
+    refuses(&["--database", "sqlite://"], "names no database file");
+    // A database that cannot be written: refused at start, not a 500 on every order.
+    let file = dir.path().join("ro.db");
+    let rw = format!("sqlite://{}?mode=rwc", file.display());
+    let demo = Demo::start(&rw, &[]);
+    demo.signal(libc::SIGTERM);
+    let (status, stdout, stderr) = demo.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(file.exists());
+    let ro = format!("sqlite://{}?mode=ro", file.display());
+    refuses(&["--database", &ro], "readonly");
+}
+
 /// `wrk` against `GET /orders` with SIGTERM in the middle: every request on a connection
 /// the server accepted is answered with 2xx — no read errors, no timeouts (connections
 /// refused after the listener closed are expected and not counted).
