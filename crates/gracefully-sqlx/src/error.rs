@@ -90,18 +90,46 @@ impl fmt::Display for Error {
         match self {
             Error::Cancelled(cancelled) => fmt::Display::fmt(cancelled, f),
             Error::Config { target, source } => {
-                write!(f, "invalid connection options `{target}`: {source}")
+                write!(f, "invalid connection options `{target}`: {}", Sqlx(source))
             }
             Error::Connect { target, source } => {
-                write!(f, "cannot connect to `{target}`: {source}")
+                write!(f, "cannot connect to `{target}`: {}", Sqlx(source))
             }
-            Error::Database(source) => write!(f, "database error: {source}"),
+            Error::Database(source) => write!(f, "database error: {}", Sqlx(source)),
             Error::RolledBack { source } => write!(
                 f,
                 "transaction rolled back, nothing was committed: a statement in it had failed \
-                 and the body returned Ok anyway ({source})"
+                 and the body returned Ok anyway ({})",
+                Sqlx(source)
             ),
         }
+    }
+}
+
+/// A sqlx error as a user should read it. An error the server returned shows its message,
+/// its SQLSTATE code and, when the server gave them, its detail and hint — not sqlx 0.9's
+/// own rendering of a PostgreSQL error, which appends the *server's C source line*
+/// (`database "x" does not exist at line 948`) and drops the code, detail and hint.
+struct Sqlx<'a>(&'a sqlx::Error);
+
+impl fmt::Display for Sqlx<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sqlx::Error::Database(db) = self.0 else {
+            return fmt::Display::fmt(self.0, f);
+        };
+        write!(f, "the database answered: {}", db.message())?;
+        if let Some(code) = db.code() {
+            write!(f, " (SQLSTATE {code})")?;
+        }
+        if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+            if let Some(detail) = pg.detail() {
+                write!(f, "; detail: {detail}")?;
+            }
+            if let Some(hint) = pg.hint() {
+                write!(f, "; hint: {hint}")?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -20,8 +20,8 @@ use gracefully_test::Walk;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use sqlx::{Connection, Postgres};
 use support::{
-    Bad, assert_connect_fails, execute, execute_in_transaction, integer, integer_in_transaction,
-    integer_on, rows_in_batch, spawn_execute,
+    Bad, TestDb, assert_connect_fails, execute, execute_in_transaction, integer,
+    integer_in_transaction, integer_on, rows_in_batch, spawn_execute,
 };
 
 fn database_url() -> String {
@@ -528,6 +528,46 @@ async fn bad_credentials_are_a_clear_error_with_the_password_redacted() {
     );
     let shown = ["gs_no_such_role", "***"];
     assert_connect_fails::<Postgres>(&bad, Bad::Connect, &shown, Some("s3cretpw")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL (set DATABASE_URL)"]
+async fn a_server_error_shows_its_message_and_sqlstate_not_the_servers_source_line() {
+    let _serial = support::serial().await;
+    let options = PgConnectOptions::from_str(&database_url()).unwrap();
+    let url = format!(
+        "postgres://{}@{}:{}/gs_no_such_database",
+        options.get_username(),
+        options.get_host(),
+        options.get_port(),
+    );
+    let shown = [
+        "gs_no_such_database",
+        "database \"gs_no_such_database\" does not exist",
+        "SQLSTATE 3D000",
+    ];
+    let message = assert_connect_fails::<Postgres>(&url, Bad::Connect, &shown, None).await;
+    // sqlx 0.9 renders a PostgreSQL error with the server's C source line appended.
+    assert!(!message.contains(" at line "), "{message}");
+
+    // A failed statement: the server's detail is shown too.
+    let pool = pool(&unique("sqlstate"), 1).await;
+    let sql = r#"SELECT '{"a":}'::json"#.to_owned();
+    let message = pool
+        .run(&CancellationToken::never(), |conn| {
+            Postgres::execute(conn, sql)
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    let shown = [
+        "invalid input syntax for type json",
+        "SQLSTATE 22P02",
+        "; detail: Expected JSON value",
+    ];
+    for part in shown {
+        assert!(message.contains(part), "`{part}` not in: {message}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
