@@ -149,40 +149,12 @@ enum JobsPool {
 }
 
 impl Database {
-    /// Opens the database at `url` — `sqlite:…` (created if needed with `?mode=rwc`) or
-    /// `postgres://…` — and creates the tables (the job store's too).
+    /// Opens the database at `url` — `sqlite:…` or a file name (the file created if
+    /// missing), or `postgres://…` — and creates the tables (the job store's too). A URL
+    /// the demo cannot use is refused before anything connects, naming what is wrong.
     pub async fn open(url: &str) -> Result<Database, Error> {
-        let postgres = url.starts_with("postgres:") || url.starts_with("postgresql:");
-        if url.trim().is_empty() {
-            return Err(Error::Database(sqlx::Error::Configuration(
-                "the database URL is empty (--database or DATABASE_URL): give a file, \
-                 sqlite://demo.db?mode=rwc, or postgres://user@host/db"
-                    .into(),
-            )));
-        }
-        // `sqlite:` or `sqlite://` with no file name: SQLite opens a private temporary
-        // database per connection, as for `:memory:`.
-        let sqlite_file = url
-            .strip_prefix("sqlite:")
-            .map(|rest| rest.trim_start_matches("//"))
-            .map(|rest| rest.split('?').next().unwrap_or(""));
-        if sqlite_file.is_some_and(str::is_empty) {
-            return Err(Error::Database(sqlx::Error::Configuration(
-                format!(
-                    "`{url}` names no database file (SQLite would give each connection a \
-                     private temporary one): use sqlite://demo.db?mode=rwc"
-                )
-                .into(),
-            )));
-        }
-        if !postgres && (url.contains(":memory:") || url.contains("mode=memory")) {
-            return Err(Error::Database(sqlx::Error::Configuration(
-                "an in-memory SQLite database cannot be shared by the API and the job \
-                 workers (each pool would get its own): use a file, \
-                 sqlite://demo.db?mode=rwc"
-                    .into(),
-            )));
-        }
+        let (url, postgres) = database_url(url)?;
+        let url = url.as_str();
         let (pool, schema) = if postgres {
             (
                 Pool::Postgres(PgGracefulPool::connect(url).await?),
@@ -469,6 +441,78 @@ async fn migrate(pool: &Pool, schema: &'static [&'static str]) -> Result<(), Err
     })).await)
 }
 
+/// The URL to open for what the user gave (`--database` or `DATABASE_URL`), and whether it
+/// is PostgreSQL's; or an error naming what is wrong with it, before anything connects.
+///
+/// * `postgres://…` / `postgresql://…`: as given.
+/// * `sqlite:…`: a file, created if missing (`mode=rwc` unless a `mode` is given); its
+///   directory must exist. Not `:memory:` or an empty name, which give each pool — the API's
+///   and the job workers' — a private database of its own.
+/// * A path with no scheme (`orders.db`, `/var/lib/demo/orders.db`): that SQLite file.
+/// * Any other scheme (`mysql:`, `redis:`): refused, naming the two the demo runs on.
+fn database_url(url: &str) -> Result<(String, bool), Error> {
+    let bad = |message: String| Error::Database(sqlx::Error::Configuration(message.into()));
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(bad(
+            "the database URL is empty (--database or DATABASE_URL): give a file, \
+             sqlite://demo.db?mode=rwc, or postgres://user@host/db"
+                .into(),
+        ));
+    }
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        return Ok((url.to_owned(), true));
+    }
+    let scheme = url
+        .split_once(':')
+        .map(|(scheme, _)| scheme)
+        .filter(|scheme| {
+            scheme.len() > 1
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        });
+    let (rest, sqlite_url) = match scheme {
+        Some("sqlite") => {
+            let rest = &url["sqlite:".len()..];
+            (rest.trim_start_matches("//"), true)
+        }
+        Some(other) => {
+            return Err(bad(format!(
+                "`{url}`: the demo runs on SQLite or PostgreSQL, not `{other}:` — give \
+                 sqlite://demo.db?mode=rwc, a file name, or postgres://user@host/db"
+            )));
+        }
+        None => (url, false),
+    };
+    let (file, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if file.is_empty() || file == ":memory:" || query.split('&').any(|p| p == "mode=memory") {
+        return Err(bad(format!(
+            "`{url}` names no database file: SQLite would give the API and the job workers \
+             a private temporary database each; use a file, sqlite://demo.db?mode=rwc"
+        )));
+    }
+    let dir = std::path::Path::new(file).parent();
+    if let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+        return Err(bad(format!(
+            "`{url}`: the directory {} does not exist",
+            dir.display()
+        )));
+    }
+    // A plain path becomes a URL; a URL keeps its parameters, and creates the file if
+    // missing unless it says how to open it.
+    let mut opened = if sqlite_url {
+        url.to_owned()
+    } else {
+        format!("sqlite://{file}")
+    };
+    if !query.split('&').any(|p| p.starts_with("mode=")) {
+        opened.push(if opened.contains('?') { '&' } else { '?' });
+        opened.push_str("mode=rwc");
+    }
+    Ok((opened, false))
+}
+
 /// Serialises the schema's creation between instances (PostgreSQL).
 const SCHEMA_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('gracefully-demo schema'))";
 
@@ -531,5 +575,78 @@ pub(crate) async fn log_stats_until(
             Err(error) if error.is_cancelled() => return Ok(()),
             Err(error) => tracing::warn!(%error, "statistics query failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::database_url;
+
+    fn opened(url: &str) -> (String, bool) {
+        database_url(url).unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
+    fn refused(url: &str) -> String {
+        match database_url(url) {
+            Ok(opened) => panic!("{url} was accepted as {opened:?}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn database_urls_the_demo_can_use_are_opened_creating_a_missing_sqlite_file() {
+        let pg = "postgres://postgres@127.0.0.1:5432/test";
+        assert_eq!(opened(pg), (pg.to_owned(), true));
+        assert!(opened("postgresql:///test").1);
+        assert_eq!(
+            opened("sqlite://demo.db?mode=rwc"),
+            ("sqlite://demo.db?mode=rwc".into(), false)
+        );
+        assert_eq!(
+            opened("sqlite:demo.db"),
+            ("sqlite:demo.db?mode=rwc".into(), false)
+        );
+        assert_eq!(
+            opened("sqlite://demo.db?busy_timeout=5"),
+            ("sqlite://demo.db?busy_timeout=5&mode=rwc".into(), false)
+        );
+        // A mode given is kept (read-only stays read-only).
+        assert_eq!(opened("sqlite:demo.db?mode=ro").0, "sqlite:demo.db?mode=ro");
+        // A plain path is a SQLite file.
+        assert_eq!(
+            opened("orders.db"),
+            ("sqlite://orders.db?mode=rwc".into(), false)
+        );
+        assert_eq!(
+            opened("/tmp/orders.db").0,
+            "sqlite:///tmp/orders.db?mode=rwc"
+        );
+    }
+
+    #[test]
+    fn database_urls_the_demo_cannot_use_are_refused_naming_what_is_wrong() {
+        assert!(refused("").contains("empty"));
+        assert!(refused("   ").contains("empty"));
+        let mysql = refused("mysql://root@127.0.0.1/test");
+        assert!(mysql.contains("not `mysql:`"), "{mysql}");
+        assert!(mysql.contains("mysql://root@127.0.0.1/test"), "{mysql}");
+        for no_file in [
+            "sqlite:",
+            "sqlite://",
+            "sqlite::memory:",
+            "sqlite://x.db?mode=memory",
+        ] {
+            let message = refused(no_file);
+            assert!(
+                message.contains("names no database file"),
+                "{no_file}: {message}"
+            );
+        }
+        let missing = refused("sqlite:///no/such/directory/demo.db");
+        assert!(
+            missing.contains("the directory /no/such/directory does not exist"),
+            "{missing}"
+        );
+        assert!(refused("/no/such/directory/demo.db").contains("does not exist"));
     }
 }

@@ -57,8 +57,9 @@ pub struct Config {
     /// and Prometheus `/metrics`. Keep it private (never the public address).
     #[arg(long, default_value = "127.0.0.1:3001")]
     pub admin: SocketAddr,
-    /// Database URL: `sqlite://demo.db?mode=rwc` (the default, no server needed) or
-    /// `postgres://user@host/db` (many instances then share the jobs).
+    /// Database URL: `sqlite://demo.db?mode=rwc` (the default, no server needed; a plain
+    /// file name works too, and a missing file is created) or `postgres://user@host/db`
+    /// (many instances then share the jobs).
     #[arg(
         long,
         env = "DATABASE_URL",

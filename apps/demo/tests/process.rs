@@ -119,6 +119,21 @@ fn flags_out_of_range_and_unusable_databases_are_refused_at_start_naming_them() 
     // No file: SQLite would give each pool a private temporary database.
     refuses(&["--database", ""], "empty");
     refuses(&["--database", "sqlite://"], "names no database file");
+    refuses(
+        &["--database", "mysql://root@127.0.0.1/test"],
+        "not `mysql:`",
+    );
+    refuses(
+        &["--database", "sqlite:///no/such/directory/demo.db"],
+        "the directory /no/such/directory does not exist",
+    );
+    // A plain file name is a SQLite database, created if missing.
+    let plain = dir.path().join("plain.db");
+    let demo = Demo::start(plain.to_str().unwrap(), &[]);
+    demo.signal(libc::SIGTERM);
+    let (status, stdout, stderr) = demo.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(plain.exists(), "the plain path was created as the database");
     // A database that cannot be written: refused at start, not a 500 on every order.
     let file = dir.path().join("ro.db");
     let rw = format!("sqlite://{}?mode=rwc", file.display());
