@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::{ConfigError, MAX_DURATION, check_duration};
+use crate::config_error::{ConfigError, MAX_DURATION, check_duration};
 
 /// `grpc-timeout`: the budget a gRPC client sends with every call that has a deadline
 /// (`300m`, `2S`, `1500000u`; [`BudgetFormat::GrpcTimeout`]).

@@ -121,6 +121,7 @@ mod accounting;
 pub mod admin;
 mod app;
 mod config;
+mod config_error;
 mod conn_state;
 mod connection;
 mod counting_io;
@@ -145,7 +146,7 @@ mod wake_gate;
 
 pub use accounting::mark_panicked;
 pub use app::HttpApp;
-pub use config::ConfigError;
+pub use config_error::ConfigError;
 pub use health::health_routes;
 pub use incoming_deadline::{
     BudgetFormat, ENVOY_EXPECTED_RQ_TIMEOUT_MS, GRPC_TIMEOUT, IncomingDeadlines, REQUEST_TIMEOUT_MS,

@@ -13,7 +13,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::app::HttpApp;
-use crate::config::{Config, ConfigError, check_duration, check_header_bytes};
+use crate::config::Config;
+use crate::config_error::{ConfigError, check_duration, check_header_bytes};
 use crate::policy::DisconnectPolicy;
 use crate::state::ServerState;
 use crate::stats::{DrainReport, ServerReport, Stats};
