@@ -17,7 +17,6 @@ use crate::state::{CancelOutcome, JobId, JobInfo, JobState, StateCounts};
 use crate::store::Store;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
-use crate::worker::WorkerBuilder;
 
 /// The default PostgreSQL schema of the job table.
 pub const DEFAULT_SCHEMA: &str = "gracefully_jobs";
@@ -245,7 +244,7 @@ impl Jobs {
     pub async fn cancel(&self, id: JobId, message: &str) -> Result<CancelOutcome, Error> {
         // PostgreSQL refuses NUL characters in text; both backends store the message
         // without them.
-        let message = crate::worker::verdict::without_nul(message.to_owned());
+        let message = crate::store::without_nul(message.to_owned());
         let message = message.as_str();
         let outcome = self.inner.store.cancel(id, message).await?;
         if outcome == CancelOutcome::Requested {
@@ -268,12 +267,6 @@ impl Jobs {
             self.wake_local();
         }
         Ok(retried)
-    }
-
-    /// A builder for a worker of `queue`: [`WorkerBuilder::handler`], then
-    /// [`build`](WorkerBuilder::build), then register it with the host.
-    pub fn worker(&self, queue: impl Into<String>) -> WorkerBuilder {
-        WorkerBuilder::new(self.clone(), queue.into())
     }
 
     fn registry(&self) -> MutexGuard<'_, HashMap<i64, (i64, Arc<CancellationSource>)>> {

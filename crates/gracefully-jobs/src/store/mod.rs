@@ -267,6 +267,17 @@ impl Store {
     }
 }
 
+/// `text` without NUL characters: PostgreSQL refuses them in `text` columns, and an ending
+/// that can never be written would block the worker's later endings (they are written in
+/// order and retried from the first that failed).
+pub(crate) fn without_nul(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "")
+    } else {
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

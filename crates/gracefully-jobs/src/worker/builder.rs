@@ -264,3 +264,14 @@ impl fmt::Debug for WorkerBuilder {
             .finish_non_exhaustive()
     }
 }
+
+impl Jobs {
+    /// A builder for a worker of `queue`: [`WorkerBuilder::handler`], then
+    /// [`build`](WorkerBuilder::build), then register it with the host.
+    ///
+    /// (Defined beside the builder, so that the store handle does not depend on the worker
+    /// that depends on it.)
+    pub fn worker(&self, queue: impl Into<String>) -> WorkerBuilder {
+        WorkerBuilder::new(self.clone(), queue.into())
+    }
+}

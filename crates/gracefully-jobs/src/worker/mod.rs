@@ -10,7 +10,7 @@ mod counts;
 mod endings;
 mod listener;
 mod run;
-pub(crate) mod verdict;
+mod verdict;
 
 use std::fmt;
 use std::sync::Arc;

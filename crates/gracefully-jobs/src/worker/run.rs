@@ -427,7 +427,7 @@ impl Run {
                 self.pending.push(Pending::Dead {
                     id,
                     run,
-                    error: super::verdict::without_nul(decode),
+                    error: crate::store::without_nul(decode),
                 });
             }
         }

@@ -34,24 +34,13 @@ pub(crate) fn verdict(ended: Ended, reason: Option<Reason>, completed_in_tx: boo
         Ok(Err(e)) => error_text(&*e),
         Err(panic) => format!("the handler panicked: {panic}"),
     };
-    let error = without_nul(error);
+    let error = crate::store::without_nul(error);
     match reason.as_ref().map(Reason::kind) {
         // The hard stop, or the worker for a lost lease (the only Failed it fires).
         Some(ReasonKind::Shutdown | ReasonKind::Failed) => Verdict::Interrupt,
         Some(ReasonKind::Requested) => Verdict::Cancelled(error),
         // Any other kind came from elsewhere (the handler's own deadline): a genuine failure.
         _ => Verdict::Fail(error),
-    }
-}
-
-/// `text` without NUL characters: PostgreSQL refuses them in `text` columns, and an ending
-/// that can never be written would block the worker's later endings (they are written in
-/// order and retried from the first that failed).
-pub(crate) fn without_nul(text: String) -> String {
-    if text.contains('\0') {
-        text.replace('\0', "")
-    } else {
-        text
     }
 }
 
