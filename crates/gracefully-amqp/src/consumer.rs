@@ -47,7 +47,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::BoxError;
-use crate::config::{Config, ConsumerBuilder};
+use crate::builder::ConsumerBuilder;
+use crate::config::Config;
 use crate::decode::Raw;
 use crate::handler::{Dispatch, Outcome};
 use crate::message::Envelope;

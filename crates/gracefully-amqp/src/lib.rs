@@ -155,6 +155,7 @@
 // No unsafe code: the crate is lapin, tokio and the gracefully core put together.
 #![forbid(unsafe_code)]
 
+mod builder;
 mod config;
 mod consumer;
 mod decode;
@@ -172,7 +173,7 @@ mod stats;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use config::ConsumerBuilder;
+pub use builder::ConsumerBuilder;
 pub use consumer::Consumer;
 pub use decode::{Decode, DecodeFn, Json, Raw};
 pub use error::{ConfigError, Error};
