@@ -3,14 +3,9 @@
 
 use std::fmt;
 use std::fs::Permissions;
-use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use gracefully::CancellationToken;
-
 use crate::error::Error;
-use crate::local::{self, FileWriter};
 
 /// The default chunk: the token is checked between chunks, so this bounds how much is
 /// written after a cancellation (1 MiB: about a millisecond into the page cache).
@@ -145,48 +140,6 @@ impl WriteOptions {
             ));
         }
         Ok(())
-    }
-
-    /// [`write()`](crate::write) with these options.
-    ///
-    /// # Cancel safety
-    ///
-    /// See [`write()`](crate::write): dropping the future cancels the write, whose blocking
-    /// thread removes the temporary file at its next chunk.
-    pub async fn write(
-        &self,
-        path: impl AsRef<Path>,
-        contents: impl Into<Bytes>,
-        token: &CancellationToken,
-    ) -> Result<(), Error> {
-        local::write(self, path.as_ref(), contents.into(), token).await
-    }
-
-    /// [`copy()`](crate::copy) with these options.
-    ///
-    /// # Cancel safety
-    ///
-    /// See [`copy()`](crate::copy).
-    pub async fn copy(
-        &self,
-        from: impl AsRef<Path>,
-        to: impl AsRef<Path>,
-        token: &CancellationToken,
-    ) -> Result<u64, Error> {
-        local::copy(self, from.as_ref(), to.as_ref(), token).await
-    }
-
-    /// [`FileWriter::create`] with these options.
-    ///
-    /// # Cancel safety
-    ///
-    /// See [`FileWriter::create`].
-    pub async fn create(
-        &self,
-        path: impl AsRef<Path>,
-        token: &CancellationToken,
-    ) -> Result<FileWriter, Error> {
-        FileWriter::create_with(self, path.as_ref(), token).await
     }
 }
 

@@ -287,3 +287,49 @@ impl<'a> Chunks<'a> {
         self.written
     }
 }
+
+/// The local operations, as methods of their options (here, beside what they call, so that
+/// the options do not depend on the files that read them).
+impl WriteOptions {
+    /// [`write()`](crate::write) with these options.
+    ///
+    /// # Cancel safety
+    ///
+    /// See [`write()`](crate::write): dropping the future cancels the write, whose blocking
+    /// thread removes the temporary file at its next chunk.
+    pub async fn write(
+        &self,
+        path: impl AsRef<Path>,
+        contents: impl Into<Bytes>,
+        token: &CancellationToken,
+    ) -> Result<(), Error> {
+        write(self, path.as_ref(), contents.into(), token).await
+    }
+
+    /// [`copy()`](crate::copy) with these options.
+    ///
+    /// # Cancel safety
+    ///
+    /// See [`copy()`](crate::copy).
+    pub async fn copy(
+        &self,
+        from: impl AsRef<Path>,
+        to: impl AsRef<Path>,
+        token: &CancellationToken,
+    ) -> Result<u64, Error> {
+        copy(self, from.as_ref(), to.as_ref(), token).await
+    }
+
+    /// [`FileWriter::create`] with these options.
+    ///
+    /// # Cancel safety
+    ///
+    /// See [`FileWriter::create`].
+    pub async fn create(
+        &self,
+        path: impl AsRef<Path>,
+        token: &CancellationToken,
+    ) -> Result<FileWriter, Error> {
+        FileWriter::create_with(self, path.as_ref(), token).await
+    }
+}
