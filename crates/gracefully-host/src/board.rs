@@ -34,8 +34,9 @@ pub(crate) enum Waited {
 pub(crate) struct Slot {
     pub(crate) name: Cow<'static, str>,
     pub(crate) cx: ServiceContext,
-    /// This service's own stop token: a child of hard stop, fired earlier in the drain
-    /// once every service that depends on it has ended.
+    /// This service's own stop token, fired once every service that depends on it has
+    /// ended (in the drain or the cancel phase), or at the abort; not a child of hard stop
+    /// (docs/architecture.md, shutdown rule 6).
     pub(crate) stop: CancellationSource,
     pub(crate) abort: AbortHandle,
     /// How it ended, once it has.
@@ -118,6 +119,13 @@ impl Board {
             if *waiting == 0 {
                 slot.stop.cancel_with(reason.clone());
             }
+        }
+    }
+
+    /// Tells every service to stop, whatever still depends on it (the abort).
+    pub(crate) fn stop_all(&self, reason: &Reason) {
+        for slot in &self.slots {
+            slot.stop.cancel_with(reason.clone());
         }
     }
 

@@ -53,9 +53,13 @@ use crate::outcome::{BoxError, TaskOutput};
 ///
 /// # The stopping token
 ///
-/// `stopping` is this service's own token. It fires in the drain phase — services stop in
-/// the reverse of their start order, so it fires once every service that depends on this
-/// one has ended — and at the latest when the host's hard stop fires. Its reason has
+/// `stopping` is this service's own token. Services stop in the reverse of their start
+/// order: it fires once every service that depends on this one has ended — in the drain,
+/// or in the cancel phase if they were still running then — and at the latest at the
+/// abort. So a database pool stays open while the worker that depends on it, interrupted by
+/// the hard stop, records how its jobs ended. (Unlike .NET's `StopAsync`, which stops
+/// hosted services in reverse order only until the shutdown timeout.) To react to the hard
+/// stop itself, read [`ServiceContext::hard_stop`](crate::ServiceContext::hard_stop). Its reason has
 /// [`ReasonKind::Shutdown`](gracefully::ReasonKind::Shutdown). Returning `Ok(())`, or a
 /// [`Cancelled`](gracefully::Cancelled) error (`stopping.check()?`), is a clean stop;
 /// any other error, or a panic, is a failure handled by the service's

@@ -57,8 +57,10 @@ pub(crate) async fn run(
     supervisor.cancel(&mut shutdown).await;
     let tasks_still_dropping = supervisor.abort(&mut shutdown).await;
 
-    // Whatever descends from hard stop and is still waiting hears it now.
+    // Whatever descends from hard stop, or waits on a service's stop token, and is still
+    // waiting hears it now (a shutdown that ended before the cancel phase fired neither).
     let reason = shutdown.reason.clone();
+    supervisor.board.stop_all(&reason);
     supervisor.timeline().hard_stop.cancel_with(reason);
     drop(signals); // stops the watcher
     supervisor.report(shutdown, &tasks_still_dropping)
@@ -89,7 +91,11 @@ fn start_services(
     let started_tokens: Vec<CancellationToken> = started.iter().map(|s| s.token()).collect();
     let mut board = Board::new(dependencies);
     for (i, (spec, started)) in services.into_iter().zip(started).enumerate() {
-        let stop = lifetime.timeline().hard_stop.token().child();
+        // Not a child of hard stop: a service is told to stop only once every service that
+        // depends on it has ended — in the cancel phase too, where a database pool must
+        // outlive the worker still recording how its interrupted jobs ended — and at the
+        // abort at the latest (docs/architecture.md, shutdown rule 6).
+        let stop = CancellationSource::new();
         let cx = ServiceContext::new(spec.name.clone(), lifetime.clone(), stop.token());
         let task = ServiceRun {
             name: spec.name.clone(),
@@ -294,7 +300,11 @@ impl Supervisor {
         }
         self.enter(shutdown, Phase::Abort);
         let aborted_at = Instant::now();
-        // Take the ends that are already in, so nothing that finished is called aborted.
+        // A service still waiting for a stuck dependent hears its stop now; what stops the
+        // moment it is polled has its turn (as at a phase's deadline) and is not called
+        // aborted. Then take the ends that are already in.
+        self.board.stop_all(&shutdown.reason);
+        tokio::task::yield_now().await;
         self.board.sweep(&self.lifetime);
         let stragglers = self.board.still_running(&self.lifetime);
         if shutdown.forced {

@@ -100,10 +100,11 @@ async fn a_straggler_is_aborted_at_the_shutdown_timeout_and_named_with_exit_code
     assert_eq!(stubborn.phase(), Phase::Abort);
     assert_eq!(stubborn.outcome(), &Outcome::Aborted);
     assert_eq!(stubborn.elapsed(), Some(secs(30.0)));
-    // The polite one is stopped after the stubborn one (reverse order), so it only hears
-    // its token at the hard stop, and ends in the cancel phase.
+    // The polite one is stopped after the stubborn one (reverse order), which never ends:
+    // it hears its token only at the abort, and stops there, not aborted (it stops the
+    // moment it is polled).
     let polite = report.entry("polite").unwrap();
-    assert_eq!(polite.phase(), Phase::Cancel);
+    assert_eq!(polite.phase(), Phase::Abort);
     assert_eq!(polite.outcome(), &Outcome::Completed);
     assert_eq!(report.exit_code(), ShutdownReport::EXIT_ABORTED);
     assert_eq!(report.total(), secs(30.0));
@@ -878,4 +879,99 @@ async fn a_tracked_task_that_fails_before_the_stop_makes_the_exit_code_1() {
 
     assert_eq!(report.finished_before_stop().failed, 1);
     assert_eq!(report.exit_code(), ShutdownReport::EXIT_FAILED, "{report}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_outlives_its_dependents_in_the_cancel_phase_too() {
+    // A worker that ignores the drain and, interrupted at hard stop, needs 2 s more to
+    // record how its work ended through the database service it depends on.
+    let events: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let (db_events, worker_events) = (Arc::clone(&events), Arc::clone(&events));
+    let db = service_fn(move |stopping: CancellationToken, _cx| {
+        let events = Arc::clone(&db_events);
+        async move {
+            stopping.cancelled().await;
+            events.lock().unwrap().push("db closed");
+        }
+    });
+    let worker = service_fn(move |_stopping, cx: ServiceContext| {
+        let events = Arc::clone(&worker_events);
+        async move {
+            cx.hard_stop().cancelled().await;
+            events.lock().unwrap().push("worker interrupted");
+            sleep(secs(2.0)).await; // writing the endings
+            events.lock().unwrap().push("worker recorded its endings");
+        }
+    });
+    let host = host()
+        .shutdown_timeout(secs(20.0))
+        .cancel_grace(secs(10.0))
+        .service("db", db)
+        .service_with("worker", worker, ServiceOptions::new().depends_on(["db"]))
+        .build()
+        .unwrap();
+    let report = run_and_stop(host, Reason::shutdown()).await;
+
+    assert_eq!(
+        *events.lock().unwrap(),
+        [
+            "worker interrupted",
+            "worker recorded its endings",
+            "db closed"
+        ],
+        "{report}"
+    );
+    let worker = report.entry("worker").unwrap();
+    assert_eq!(worker.phase(), Phase::Cancel);
+    assert_eq!(worker.elapsed(), Some(secs(12.0)));
+    let db = report.entry("db").unwrap();
+    assert_eq!(db.phase(), Phase::Cancel);
+    assert_eq!(db.outcome(), &Outcome::Completed);
+    assert_eq!(report.exit_code(), 0, "{report}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_service_whose_dependent_is_stuck_hears_its_stop_at_the_abort() {
+    let slot: Arc<Mutex<Option<CancellationToken>>> = Arc::default();
+    let keep = Arc::clone(&slot);
+    let db = service_fn(move |stopping: CancellationToken, _cx| {
+        *keep.lock().unwrap() = Some(stopping);
+        std::future::pending::<()>()
+    });
+    let host = host()
+        .shutdown_timeout(secs(10.0))
+        .cancel_grace(secs(5.0))
+        .service("db", db)
+        .service_with(
+            "stuck",
+            stubborn(),
+            ServiceOptions::new().depends_on(["db"]),
+        )
+        .build()
+        .unwrap();
+    let lifetime = host.lifetime();
+    let run = tokio::spawn(host.run());
+    lifetime.started().cancelled().await;
+    let db_stopping = loop {
+        if let Some(token) = slot.lock().unwrap().clone() {
+            break token;
+        }
+        sleep(secs(0.001)).await;
+    };
+    lifetime.stop(Reason::shutdown());
+    sleep(secs(7.0)).await; // in the cancel phase: hard stop fired, "stuck" still runs
+    assert_eq!(lifetime.phase(), Phase::Cancel);
+    assert!(lifetime.hard_stop().is_cancelled());
+    assert!(
+        !db_stopping.is_cancelled(),
+        "db is not told to stop while its dependent still runs"
+    );
+    let report = run.await.unwrap();
+    assert_eq!(report.exit_code(), ShutdownReport::EXIT_ABORTED, "{report}");
+    assert_eq!(
+        db_stopping.reason().map(|r| r.kind()),
+        Some(ReasonKind::Shutdown),
+        "told at the abort at the latest"
+    );
+    assert_eq!(report.entry("stuck").unwrap().outcome(), &Outcome::Aborted);
 }

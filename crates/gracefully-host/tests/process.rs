@@ -231,10 +231,13 @@ fn a_service_ignoring_its_token_is_aborted_at_the_shutdown_timeout_named_with_ex
         "{stdout}"
     );
     assert!(stderr.contains("aborting stragglers"), "{stderr}");
-    // The polite one is stopped after the straggler (reverse order): at the hard stop.
+    // The polite one is stopped after the straggler (reverse order), which never ends: it
+    // hears its token only at the abort (docs/architecture.md, shutdown rule 6). It then
+    // usually stops before the abort reaches it (phases.rs checks that on one thread); on
+    // this multi-thread runtime the abort may also win that race.
     let polite = row(&stdout, "queue-consumer");
     assert!(
-        polite.contains("cancel") && polite.contains("completed"),
+        polite.contains("abort") && (polite.contains("completed") || polite.contains("aborted")),
         "{polite}"
     );
 }
