@@ -292,3 +292,95 @@ fn the_admin_listener_shows_a_running_request_and_why_it_stopped() {
     assert_eq!(status.code(), Some(0));
     let _ = (live, finished);
 }
+
+/// Eight fulfilment jobs still running when the drain budget is spent: at the hard stop the
+/// worker interrupts them and records each as returned, through the database, which stays
+/// open until the worker has ended (docs/architecture.md, shutdown rule 6). Before, the
+/// database closed at the same instant: only one job was recorded, the others stayed
+/// "running" until their lease ran out, each stop cost them a lease, and the stop ended
+/// in the abort with exit code 2.
+#[test]
+fn jobs_running_at_the_hard_stop_are_all_returned_and_the_stop_is_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let slow = [
+        "--shipping-delay-ms",
+        "10000",
+        "--shutdown-timeout",
+        "4",
+        "--cancel-grace",
+        "2",
+        "--workers",
+        "8",
+    ];
+    let demo = Demo::start(&url, &slow);
+    let client = reqwest::blocking::Client::new();
+    let ids: Vec<i64> = (0..8)
+        .map(|i| {
+            let created: serde_json::Value = client
+                .post(format!("{}/orders", demo.base))
+                .json(&serde_json::json!({"item": format!("item {i}"), "quantity": 1}))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            created["id"].as_i64().expect("an id")
+        })
+        .collect();
+    let state = |id: i64| -> String {
+        let view: serde_json::Value = client
+            .get(format!("{}/orders/{id}", demo.base))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        view["fulfilment"]["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let started = std::time::Instant::now();
+    while !ids.iter().all(|&id| state(id) == "running") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the eight jobs never ran at once: {:?}",
+            ids.iter().map(|&id| state(id)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    demo.signal(libc::SIGTERM);
+    let (status, stdout, stderr) = demo.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("closed pool"), "{stderr}");
+    assert!(
+        stdout.contains("interrupted and returned: 8"),
+        "every running job recorded as returned:\n{stdout}"
+    );
+
+    // After a restart every job is queued again at once (no lease to wait out), with no
+    // attempt used, and runs to its end.
+    let demo = Demo::start(&url, &["--shipping-delay-ms", "10"]);
+    let started = std::time::Instant::now();
+    for &id in &ids {
+        loop {
+            let view: serde_json::Value = client
+                .get(format!("{}/orders/{id}", demo.base))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            if view["fulfilment"]["state"] == "succeeded" {
+                assert_eq!(view["fulfilment"]["attempts"], 0, "{view}");
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "order {id} was not fulfilled after the restart: {view}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    demo.signal(libc::SIGTERM);
+    let (status, stdout, stderr) = demo.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
+}
