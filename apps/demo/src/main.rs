@@ -13,7 +13,7 @@
 //! Ctrl-C (or SIGTERM) shuts it down gracefully and prints the shutdown report; a second
 //! signal aborts at once. The exit status is the report's (0 only for a clean stop).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -33,19 +33,29 @@ fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("demo: cannot start the async runtime: {error}");
+            say(
+                std::io::stderr(),
+                format_args!("demo: cannot start the async runtime: {error}"),
+            );
             return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(demo::run(config)) {
         Ok(report) => {
             // The host does not log it (`log_report(false)`): printed once, here.
-            println!("{report}");
+            // A closed stdout (a pipe whose reader left) loses the report, not the exit code.
+            say(std::io::stdout(), format_args!("{report}"));
             ExitCode::from(u8::try_from(report.exit_code()).unwrap_or(1))
         }
         Err(error) => {
-            eprintln!("demo: {error}");
+            say(std::io::stderr(), format_args!("demo: {error}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes one line, ignoring a write error: `println!` panics on a closed pipe, which
+/// turned the report's exit code into 101 and a backtrace.
+fn say(mut to: impl Write, line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(to, "{line}").and_then(|()| to.flush());
 }

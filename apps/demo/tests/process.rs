@@ -384,3 +384,37 @@ fn jobs_running_at_the_hard_stop_are_all_returned_and_the_stop_is_clean() {
     let (status, stdout, stderr) = demo.wait(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{stdout}\n{stderr}");
 }
+
+/// A reader of the report that left (a closed pipe on stdout) loses the report, not the
+/// exit code: `println!` panicked there, exiting 101 with a backtrace.
+#[test]
+fn a_closed_stdout_loses_the_report_not_the_exit_code() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_demo"))
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--database", &sqlite_url(dir.path())])
+        .env_remove("DATABASE_URL")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader left
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("demo listening") {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "exited early: {seen}"
+        );
+        seen.push_str(&line);
+    }
+    // SAFETY: kill(2) with the pid of a child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    stderr.read_to_string(&mut seen).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{seen}");
+    assert!(!seen.contains("panicked at"), "{seen}");
+}
