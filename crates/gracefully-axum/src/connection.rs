@@ -128,14 +128,23 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
                 Signal::IdleGraceOver => {
                     let now = IdleWatch::observe(&conn);
                     let before = draining.replace(now);
-                    if before
-                        .is_some_and(|before| before.idle && now.idle && before.bytes == now.bytes)
-                    {
+                    let stalled = before.is_some_and(|before| {
+                        before.quiet && now.quiet && before.bytes == now.bytes
+                    });
+                    if stalled && now.idle {
                         // Idle for a whole grace, and nothing waits in the socket: hyper
                         // closes an idle connection at once.
                         shutting_down = true;
                         inc(&state.stats.idle_closed);
                         connection.as_mut().graceful_shutdown();
+                    } else if stalled {
+                        // Part of a request head, and not one byte more for a whole grace:
+                        // a client that stopped sending (hyper would wait for the rest
+                        // until the header-read timeout, holding the drain). No request of
+                        // it was accepted; close it.
+                        inc(&state.stats.idle_closed);
+                        tracing::debug!("request head stalled during the drain; closing");
+                        break;
                     } else {
                         idle_timer
                             .as_mut()
@@ -147,8 +156,14 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
                     // closes now; a busy one after its answer (which carries
                     // `Connection: close`).
                     shutting_down = true;
-                    if IdleWatch::observe(&conn).idle {
+                    let now = IdleWatch::observe(&conn);
+                    if now.idle {
                         inc(&state.stats.idle_closed);
+                    } else if now.quiet {
+                        // Only part of a request head (no request to answer): hyper would
+                        // wait for the rest; the drain budget is spent, so close now.
+                        inc(&state.stats.idle_closed);
+                        break;
                     }
                     connection.as_mut().graceful_shutdown();
                 }
@@ -192,21 +207,23 @@ enum Signal {
 }
 
 /// One look at a draining connection, for the idle grace: closed only after two looks a
-/// grace apart that both found it idle with no byte read in between.
+/// grace apart that both found it quiet with no byte read in between.
 #[derive(Clone, Copy)]
 struct IdleWatch {
     bytes: u64,
+    /// No request in flight and nothing waiting in the socket (a request hyper has not
+    /// read yet): nothing to answer now.
+    quiet: bool,
+    /// Quiet, and no part of a request head read either.
     idle: bool,
 }
 
 impl IdleWatch {
     fn observe(conn: &ConnState) -> IdleWatch {
         let bytes = conn.bytes_read.load(Ordering::Relaxed);
-        let idle = conn.in_flight.load(Ordering::Acquire) == 0
-            && bytes == conn.bytes_accounted.load(Ordering::Relaxed)
-            // A request hyper has not read yet.
-            && !conn.monitor.bytes_waiting();
-        IdleWatch { bytes, idle }
+        let quiet = conn.in_flight.load(Ordering::Acquire) == 0 && !conn.monitor.bytes_waiting();
+        let idle = quiet && bytes == conn.bytes_accounted.load(Ordering::Relaxed);
+        IdleWatch { bytes, quiet, idle }
     }
 }
 

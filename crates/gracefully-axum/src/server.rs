@@ -135,8 +135,11 @@ impl<S: HttpApp> HttpServer<S> {
     /// its way at that instant; closing it at once (as `axum::serve`, hyper and Go's
     /// `Server.Shutdown` do) loses that request. So the connection keeps reading: a request
     /// that arrives is answered with `Connection: close`, and a connection that stays idle
-    /// for this grace — no byte arrived and none is waiting in the socket — is closed. Make
-    /// it longer than a request's trip from your clients (or load balancer) to the server.
+    /// for this grace — no byte arrived and none is waiting in the socket — is closed. So
+    /// is one that sent part of a request head and then nothing for a whole grace (it would
+    /// otherwise hold the drain until the header-read timeout); at the hard stop, such a
+    /// connection is closed at once. Make it longer than a request's trip from your
+    /// clients (or load balancer) to the server.
     /// HTTP/2 needs no grace: it gets GOAWAY, which tells the client which streams will
     /// be served.
     ///

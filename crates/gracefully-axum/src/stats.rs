@@ -123,9 +123,10 @@ pub struct DrainReport {
     /// Connections open when the server stopped accepting.
     pub connections_open: u64,
     /// Keep-alive connections closed because they stayed idle for the idle grace
-    /// ([`HttpServer::idle_grace`](crate::HttpServer::idle_grace)), or were idle when the
-    /// hard stop came. (A connection idle at drain start is not closed at once: a request
-    /// may be on its way.)
+    /// ([`HttpServer::idle_grace`](crate::HttpServer::idle_grace)) — or sent part of a
+    /// request head and then nothing for that long — or were so when the hard stop came.
+    /// (A connection idle at drain start is not closed at once: a request may be on its
+    /// way.)
     pub idle_closed: u64,
     /// HTTP/1 answers given with `Connection: close` during the drain (each closed its
     /// connection once written).

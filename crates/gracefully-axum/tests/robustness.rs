@@ -320,3 +320,49 @@ async fn a_stalled_upload_is_answered_503_at_the_hard_stop_and_nothing_is_aborte
     );
     assert_eq!(report.exit_code(), 0, "{report}");
 }
+
+#[tokio::test]
+async fn a_head_stalled_mid_request_does_not_hold_the_drain_past_the_idle_grace() {
+    use tokio::io::AsyncWriteExt;
+    // The header-read timeout far away: only the drain's own logic can close it soon.
+    let hosted = support::start_hosted(
+        app(),
+        |s| s.header_read_timeout(Duration::from_secs(60)),
+        |h| {
+            h.shutdown_timeout(Duration::from_secs(30))
+                .cancel_grace(Duration::from_secs(5))
+        },
+    )
+    .await;
+    let mut stalled = send_raw(hosted.addr, b"GET / HTTP/1.1\r\nhost: te").await;
+    // A client still sending at the drain is given the time to finish its request.
+    let mut slow = send_raw(hosted.addr, b"GET / HTTP/1.1\r\n").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stop = Instant::now();
+    hosted.lifetime.stop(gracefully::Reason::shutdown());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    slow.write_all(b"host: test\r\n\r\n").await.unwrap();
+    let response = read_response(&mut slow).await;
+    assert_eq!(status_of(&response), 200, "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("connection: close"),
+        "{response}"
+    );
+    // The one that stopped sending is closed after the idle grace (1 s, two looks).
+    assert!(closed_within(&mut stalled, Duration::from_secs(10)).await);
+    let report = hosted.run.await.unwrap();
+    assert!(
+        stop.elapsed() < Duration::from_secs(10),
+        "the drain waited for the stalled head: {:?}\n{report}",
+        stop.elapsed()
+    );
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert_eq!(
+        report
+            .entry("http")
+            .unwrap()
+            .detail("idle connections closed"),
+        Some("1"),
+        "{report}"
+    );
+}
