@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
@@ -51,6 +51,34 @@ pub fn router(state: AppState, report_timeout: Duration) -> Router {
         .layer(OperationNameLayer::new())
         .merge(health_routes())
         .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(refuse_declared_oversize))
+}
+
+/// The largest request body accepted (axum's default, stated): an order is a few dozen
+/// bytes.
+const MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// 413 at once for a body whose declared length is over [`MAX_BODY`], before any of it is
+/// read: without this the limit is found only as the body arrives, and a client that
+/// declares 100 GB and sends two bytes holds its handler until the route's timeout (504).
+async fn refuse_declared_oversize(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) if len > MAX_BODY as u64 => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body of {len} bytes; at most {MAX_BODY} are accepted\n"),
+        )
+            .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 /// Any path the API does not have: 404, saying so.

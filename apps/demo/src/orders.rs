@@ -27,6 +27,10 @@ impl Request for CreateOrder {
         let item = self.item.trim();
         if item.is_empty() || item.chars().count() > 100 {
             invalid = invalid.with("item", "1 to 100 characters");
+        } else if item.chars().any(char::is_control) {
+            // A NUL or an escape sequence would reach logs, terminals and the shipping
+            // partner as it is.
+            invalid = invalid.with("item", "no control characters (NUL, escapes, line breaks)");
         }
         if !(1..=1000).contains(&self.quantity) {
             invalid = invalid.with("quantity", "1 to 1000");

@@ -95,6 +95,39 @@ async fn orders_are_created_listed_and_validated() {
         .await
         .unwrap();
     assert_eq!(too_long.status(), 422);
+    for control in ["tea\u{0}", "\u{1b}[31mred", "two\nlines"] {
+        let refused = client
+            .post(format!("{}/orders", demo.base))
+            .json(&serde_json::json!({"item": control, "quantity": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 422, "{control:?}");
+        let message = refused.text().await.unwrap();
+        assert!(message.contains("control characters"), "{message}");
+    }
+
+    // A body declared far over the limit is refused at once, before any of it is read
+    // (it used to wait for the body until the route timed out, then answer 504).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = demo.base.trim_start_matches("http://").to_owned();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(
+                b"POST /orders HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n\
+                  content-length: 99999999999\r\n\r\n{}",
+            )
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 1024];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .expect("answered before the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    }
 
     let missing = client
         .get(format!("{}/no/such/thing", demo.base))
