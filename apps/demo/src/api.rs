@@ -62,6 +62,8 @@ const MAX_BODY: usize = 2 * 1024 * 1024;
 /// 413 at once for a body whose declared length is over [`MAX_BODY`], before any of it is
 /// read: without this the limit is found only as the body arrives, and a client that
 /// declares 100 GB and sends two bytes holds its handler until the route's timeout (504).
+/// (tower-http's `RequestBodyLimitLayer` checks the same header; it is not a dependency of
+/// the workspace, and these few lines also say in the answer what the limit is.)
 async fn refuse_declared_oversize(
     request: axum::extract::Request,
     next: axum::middleware::Next,

@@ -60,16 +60,16 @@ impl Body for GuardedBody {
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
-        if this.waiter.is_none() {
-            // Read outside the server's poll of the handler (a task of the handler's own):
-            // no context, no guard; the handler's token is its own business then.
-            let Some(token) = with_current(|ctx| ctx.token()) else {
-                return Poll::Pending;
-            };
-            *this.waiter = Some(Box::pin(token.cancelled_owned()));
-        }
-        let Some(waiter) = this.waiter.as_mut() else {
-            return Poll::Pending;
+        let waiter = match this.waiter {
+            Some(waiter) => waiter,
+            None => {
+                // Read outside the server's poll of the handler (a task of the handler's
+                // own): no context, no guard; the handler's token is its own business then.
+                let Some(token) = with_current(|ctx| ctx.token()) else {
+                    return Poll::Pending;
+                };
+                this.waiter.insert(Box::pin(token.cancelled_owned()))
+            }
         };
         match waiter.as_mut().poll(cx) {
             Poll::Ready(reason) => {

@@ -189,24 +189,21 @@ async fn an_http2_request_whose_stream_is_reset_ends_disconnected() {
 
 #[tokio::test]
 async fn readiness_answering_503_during_shutdown_is_a_completed_operation_not_a_failure() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let operations = Operations::new();
-    let host = gracefully_host::Host::builder()
-        .handle_signals(false)
-        .operations(operations.clone())
-        .pre_stop_delay(std::time::Duration::from_millis(500))
-        .service(
-            "http",
-            gracefully_axum::HttpServer::new(listener, gracefully_axum::health_routes()),
-        )
-        .build()
-        .unwrap();
-    let lifetime = host.lifetime();
-    let run = tokio::spawn(host.run());
-    tokio::time::timeout(SOON, lifetime.started().cancelled())
-        .await
-        .unwrap();
+    let registry = operations.clone();
+    let support::HostedServer {
+        addr,
+        lifetime,
+        run,
+    } = support::start_hosted(
+        gracefully_axum::health_routes(),
+        |s| s,
+        |h| {
+            h.operations(registry)
+                .pre_stop_delay(std::time::Duration::from_millis(500))
+        },
+    )
+    .await;
     lifetime.stop(gracefully::Reason::shutdown());
     // In the pre-stop delay: still served, and not ready.
     let mut stream = send_raw(addr, b"GET /readyz HTTP/1.1\r\nhost: t\r\n\r\n").await;
