@@ -7,19 +7,28 @@
 //!
 //! Each round fills a fresh stream with `MESSAGES` 16-byte messages, then drains it once
 //! with each side (alternating which goes first), on its own connection and its own
-//! durable consumer:
+//! durable consumer, created (with the same default configuration) before either side's
+//! clock starts:
 //!
 //! - async-nats: `consumer.messages()` (batch 200, its default) and `msg.ack().await` per
-//!   message — the loop every async-nats user writes;
+//!   message — the loop every async-nats user writes; timed from before it connects until
+//!   the last ack is flushed;
 //! - gracefully: a `Consumer` under a host, concurrency 100 (prefetch 100: it holds at most
 //!   200, like the batch above), a handler that does nothing, so the consumer acks each
-//!   message. Timed from before the host starts (connect and bind included) until the
-//!   last message was handled.
+//!   message. Timed from before the host starts (connect and bind to the durable included,
+//!   as on the other side) until the last message was handled.
+//!
+//! Both sides' timed work is the same: connect, look up the stream and the consumer, pull
+//! and ack every message. After each fill the bench pauses for `SETTLE` before the first
+//! side starts, so that the side reading first does not share the cores with the broker
+//! still writing the fill away.
 //!
 //! Prints each round (rates, and this process's CPU time per message: user + system, which
 //! a loaded machine disturbs far less than the wall time), then the medians:
 //! `nats consume: gracefully <n>/s, async-nats <n>/s, ratio <r>` (target ≥ 0.95; the ratio
-//! is the median of the rounds' ratios). The broker runs on the same machine and shares its
+//! is the median of the rounds' ratios; `ROUNDS` is even, so each side goes first equally
+//! often), and before it the median ratio of the rounds each side went first in, with the
+//! order-balanced ratio (their geometric mean). The broker runs on the same machine and shares its
 //! cores with both sides: a loaded machine moves both figures; the ratio, measured in the
 //! same run, moves less.
 
@@ -36,8 +45,10 @@ use gracefully_test::{RunningHost, test_host};
 use tokio::sync::Notify;
 
 const MESSAGES: usize = 100_000;
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 16;
 const CONCURRENCY: usize = 100;
+/// The pause after each fill, before the first side starts.
+const SETTLE: Duration = Duration::from_secs(1);
 
 fn main() {
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
@@ -56,14 +67,18 @@ async fn run(url: &str) {
     let name = format!("BENCH_CONSUME_{}", std::process::id());
     let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let (mut our_cpu, mut their_cpu) = (Vec::new(), Vec::new());
+    // Ratios by which side read the fresh stream first.
+    let (mut ours_first, mut theirs_first) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         fill(&js, &name).await;
+        // Let the broker finish writing the fill before either side reads (see above).
+        tokio::time::sleep(SETTLE).await;
         let ((a, a_cpu), (b, b_cpu)) = if round % 2 == 0 {
             let b = timed(plain(url, &js, &name, "plain")).await;
-            let a = timed(gracefully(url, &name, "graceful")).await;
+            let a = timed(gracefully(url, &js, &name, "graceful")).await;
             (a, b)
         } else {
-            let a = timed(gracefully(url, &name, "graceful")).await;
+            let a = timed(gracefully(url, &js, &name, "graceful")).await;
             let b = timed(plain(url, &js, &name, "plain")).await;
             (a, b)
         };
@@ -75,6 +90,11 @@ async fn run(url: &str) {
         ours.push(a);
         theirs.push(b);
         ratios.push(a / b);
+        if round % 2 == 0 {
+            theirs_first.push(a / b);
+        } else {
+            ours_first.push(a / b);
+        }
         our_cpu.push(a_cpu);
         their_cpu.push(b_cpu);
         js.delete_stream(&name).await.unwrap();
@@ -84,6 +104,16 @@ async fn run(url: &str) {
         "cpu per message (this process, median): gracefully {:.2} µs, async-nats {:.2} µs",
         median(&mut our_cpu),
         median(&mut their_cpu)
+    );
+    // Whichever side reads a fresh stream first is slowed by it (the broker loads the
+    // stream's blocks for it): by the same factor `f` for either side, the rounds in which
+    // gracefully goes first show `f·r` and the others `r/f`, so the geometric mean of the
+    // two medians is the ratio `r` with the order taken out.
+    let (first, second) = (median(&mut ours_first), median(&mut theirs_first));
+    println!(
+        "by order: gracefully first {first:.3}, async-nats first {second:.3}, \
+         order-balanced ratio {:.3}",
+        (first * second).sqrt()
     );
     println!(
         "nats consume: gracefully {a:.0}/s, async-nats {b:.0}/s, ratio {r:.3}  \
@@ -153,8 +183,8 @@ async fn durable(js: &jetstream::Context, stream: &str, consumer: &str) {
 /// The anchor: async-nats's `messages()` and an explicit ack of each message.
 async fn plain(url: &str, js: &jetstream::Context, stream: &str, consumer: &str) -> f64 {
     durable(js, stream, consumer).await;
-    let client = async_nats::connect(url).await.unwrap();
     let started = Instant::now();
+    let client = async_nats::connect(url).await.unwrap();
     let consumer: jetstream::consumer::PullConsumer = jetstream::new(client.clone())
         .get_stream(stream)
         .await
@@ -174,7 +204,8 @@ async fn plain(url: &str, js: &jetstream::Context, stream: &str, consumer: &str)
 }
 
 /// A `Consumer` under a host, its handler doing nothing.
-async fn gracefully(url: &str, stream: &str, consumer: &str) -> f64 {
+async fn gracefully(url: &str, js: &jetstream::Context, stream: &str, consumer: &str) -> f64 {
+    durable(js, stream, consumer).await;
     let handled = Arc::new(AtomicUsize::new(0));
     let all = Arc::new(Notify::new());
     let (count, done) = (Arc::clone(&handled), Arc::clone(&all));
