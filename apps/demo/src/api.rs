@@ -1,6 +1,7 @@
 //! The HTTP API.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -14,6 +15,7 @@ use gracefully_axum::{
     Drain, OperationNameLayer, RequestToken, TimeoutLayer, cancelled_response, health_routes,
 };
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 
 use gracefully_mediator::{Error as MediatorError, Mediator};
 
@@ -33,12 +35,17 @@ pub struct AppState {
 }
 
 /// The demo's routes (including `/healthz` and `/readyz`); `/report` times out after
-/// `report_timeout`.
-pub fn router(state: AppState, report_timeout: Duration) -> Router {
+/// `report_timeout`, and at most `max_reports` of them run at once.
+pub fn router(state: AppState, report_timeout: Duration, max_reports: usize) -> Router {
     let report = Router::new()
         .route("/report", get(slow_report))
         // A cooperative timeout: the query is stopped in the database and the answer is 504.
-        .layer(TimeoutLayer::new(report_timeout));
+        .layer(TimeoutLayer::new(report_timeout))
+        // Checked first (the outer layer): a refused report never starts its clock.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(Semaphore::new(max_reports)),
+            one_of_few_reports,
+        ));
     Router::new()
         .route("/", get(index))
         .route("/orders", get(list_orders).post(create_order))
@@ -53,6 +60,33 @@ pub fn router(state: AppState, report_timeout: Duration) -> Router {
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
+}
+
+/// 503 at once, with `Retry-After`, while the most reports allowed are running: each holds
+/// a database connection for as long as it counts, and without a limit a burst of them
+/// took every connection of the pool (an order then waited seconds for one). Refusing at
+/// once rather than queueing: a report's client would rather retry than wait behind others
+/// for an answer it may no longer want. (tower's `ConcurrencyLimit` queues; with
+/// `LoadShed` in front it refuses, but answers an error this would still have to turn into
+/// a response.)
+async fn one_of_few_reports(
+    State(limit): State<Arc<Semaphore>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match Arc::clone(&limit).try_acquire_owned() {
+        Ok(permit) => {
+            let response = next.run(request).await;
+            drop(permit);
+            response
+        }
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "1")],
+            "the most reports allowed at once are running; try again shortly\n",
+        )
+            .into_response(),
+    }
 }
 
 /// The largest request body accepted (axum's default, stated): an order is a few dozen

@@ -78,6 +78,10 @@ pub struct Config {
     /// The `/report` route's timeout, in seconds (its query is interrupted, the answer is 504).
     #[arg(long, default_value_t = 10)]
     pub report_timeout: u64,
+    /// How many `/report` queries may run at once; more are refused at once with 503 and
+    /// `Retry-After` (each holds a database connection for as long as it counts).
+    #[arg(long, default_value_t = 2)]
+    pub max_reports: usize,
     /// The shipping service the fulfilment jobs call (default: this instance's own
     /// `/shipping`).
     #[arg(long)]
@@ -129,6 +133,12 @@ pub async fn build(config: &Config) -> Result<(Host, SocketAddr), StartError> {
         return Err(StartError(format!(
             "bad configuration: --report-timeout must be from 1 to 86400 seconds, got {}",
             config.report_timeout
+        )));
+    }
+    if !(1..=1_000).contains(&config.max_reports) {
+        return Err(StartError(format!(
+            "bad configuration: --max-reports must be from 1 to 1000, got {}",
+            config.max_reports
         )));
     }
     if !(1..=86_400).contains(&config.shutdown_timeout) {
@@ -185,7 +195,11 @@ pub async fn build(config: &Config) -> Result<(Host, SocketAddr), StartError> {
         db: database.clone(),
         shipping_delay: Duration::from_millis(config.shipping_delay_ms),
     };
-    let app = router(state, Duration::from_secs(config.report_timeout));
+    let app = router(
+        state,
+        Duration::from_secs(config.report_timeout),
+        config.max_reports,
+    );
     let stats_db = database.clone();
     let shipping_url = config
         .shipping_url

@@ -4,7 +4,7 @@
 //! demo [--listen 127.0.0.1:3000] [--admin 127.0.0.1:3001]
 //!      [--database sqlite://demo.db?mode=rwc | postgres://…]   (or DATABASE_URL)
 //!      [--shutdown-timeout 30] [--cancel-grace 5] [--pre-stop-delay 0]
-//!      [--report-timeout 10] [--workers 4] [--job-lease 30]
+//!      [--report-timeout 10] [--max-reports 2] [--workers 4] [--job-lease 30]
 //!      [--shipping-url URL] [--shipping-delay-ms 200]
 //! ```
 //!

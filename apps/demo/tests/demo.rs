@@ -179,6 +179,81 @@ async fn a_client_leaving_a_slow_query_stops_it_inside_sqlite_and_shutdown_is_im
 }
 
 #[tokio::test]
+async fn reports_over_the_limit_are_refused_at_once_and_orders_still_get_a_connection() {
+    let demo = start(&["--max-reports", "1"]).await;
+    // One report counting for minutes; its client gives up after a few seconds.
+    let slow_client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(4))
+        .build()
+        .unwrap();
+    let slow_url = format!("{}/report?rows=5000000000", demo.base);
+    let slow = tokio::spawn(async move { slow_client.get(slow_url).send().await });
+
+    // Once it runs, another report is refused at once, saying when to come back.
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + SOON;
+    let refused = loop {
+        let asked = Instant::now();
+        let answer = client
+            .get(format!("{}/report?rows=1000", demo.base))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == 503 {
+            assert!(asked.elapsed() < Duration::from_secs(1), "refused at once");
+            break answer;
+        }
+        // The slow one has not reached its handler yet: this small one ran instead.
+        assert_eq!(answer.status(), 200);
+        assert!(
+            Instant::now() < deadline,
+            "the second report was never refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert!(refused.text().await.unwrap().contains("try again"));
+
+    // Meanwhile an order still gets a connection and commits promptly.
+    let asked = Instant::now();
+    let created = client
+        .post(format!("{}/orders", demo.base))
+        .json(&serde_json::json!({"item": "tea", "quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    // The slow report's client leaves: its query stops, and the next report runs.
+    assert!(
+        slow.await.unwrap().is_err(),
+        "the slow report's client gave up"
+    );
+    let deadline = Instant::now() + SOON;
+    loop {
+        let answer = client
+            .get(format!("{}/report?rows=1000", demo.base))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == 200 {
+            assert_eq!(answer.text().await.unwrap(), "counted 1000 rows\n");
+            break;
+        }
+        assert_eq!(answer.status(), 503);
+        assert!(Instant::now() < deadline, "the limit was never given back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = demo.stop().await;
+    assert_eq!(report.exit_code(), 0, "{report}");
+}
+
+#[tokio::test]
 async fn the_report_route_times_out_cooperatively_with_504() {
     let demo = start(&["--report-timeout", "1"]).await;
     let fast = reqwest::get(format!("{}/report?rows=1000", demo.base))
