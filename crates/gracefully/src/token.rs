@@ -377,9 +377,16 @@ impl CancellationToken {
     /// `CreateLinkedTokenSource(token)` + `CancelAfter(d)`.
     #[track_caller]
     pub fn child_with_timeout(&self, timeout: Duration) -> CancellationSource {
-        let child = self.child();
-        child.set_timeout(timeout, Location::caller());
-        child
+        match self.node_ptr() {
+            Some(node) => CancellationSource::from_node(
+                crate::tree::deadline::new_child_with_timeout(node, timeout, Location::caller()),
+            ),
+            None => {
+                let child = CancellationSource::new();
+                child.set_timeout(timeout, Location::caller());
+                child
+            }
+        }
     }
 
     /// Runs `future` until it completes (`Ok`) or this token is cancelled (`Err` with the

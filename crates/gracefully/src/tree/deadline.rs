@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use crate::clock::Clock;
 use crate::reason::{Reason, ReasonKind};
-use crate::tree::node::{Extra, Node};
+use crate::tree::node::{Extra, Node, OwnedExtra};
 
 /// Visits `node` and every ancestor (each once per path; diamonds are rare), calling `f`
 /// with each node's `Extra` under that node's lock. Stops early when `f` returns `false`.
@@ -95,6 +95,51 @@ pub(crate) fn set_timeout(
     }
 }
 
+/// A new child of `parent` (as [`Node::new_child`]) with its deadline `timeout` from now on
+/// its tree's clock: the same as `new_child` and then [`set_timeout`], in one walk of the
+/// ancestry (the parent's: the child has no deadline or clock of its own yet) and with the
+/// child's `Extra` made before it is linked. A child born cancelled (its parent was) keeps
+/// no deadline, as `set_timeout` would have left it.
+pub(crate) fn new_child_with_timeout(
+    parent: NonNull<Node>,
+    timeout: std::time::Duration,
+    origin: &'static Location<'static>,
+) -> NonNull<Node> {
+    // SAFETY: the caller holds a reference to the parent.
+    let (clock, earliest) = ancestry(unsafe { parent.as_ref() });
+    let clock = clock.unwrap_or_default();
+    let now = clock.now();
+    // A timeout too large for an `Instant` sets no deadline.
+    let Some(at) = now.checked_add(timeout) else {
+        return Node::new_child(parent);
+    };
+    if at <= now {
+        let child = Node::new_child(parent);
+        // SAFETY: we hold the child's only reference.
+        unsafe { child.as_ref() }.cancel(Reason::at(ReasonKind::DeadlineExceeded, origin));
+        return child;
+    }
+    let extra = Extra::into_raw(Extra {
+        deadline: Some((at, origin)),
+        ..Extra::default()
+    });
+    let child = Node::new_child_with(parent, extra);
+    // SAFETY: we hold the child's only handle.
+    let guard = unsafe { child.as_ref() }.lock();
+    if guard.is_cancelled() {
+        // SAFETY: the child's own `Extra`, guarded by the lock we hold.
+        unsafe { (*extra).deadline = None };
+    } else if earliest.is_none_or(|e| e > at) {
+        // Not covered by an earlier deadline above (see `arm`). Node lock, then the
+        // queue's lock (invariant 2); the queue holds the node weakly.
+        let key = clock.arm(at, child.as_ptr(), origin);
+        // SAFETY: as above.
+        unsafe { (*extra).timer = Some((clock, key)) };
+    }
+    drop(guard);
+    child
+}
+
 /// Sets `node`'s deadline to `at` unless it already has an earlier one (deadlines only move
 /// earlier), arming a timer in `clock`. A deadline that is already due cancels the node
 /// before this returns. `origin` becomes the reason's origin when the deadline fires.
@@ -136,15 +181,20 @@ fn arm(
     // stale answer only means arming a timer that turns out to be unneeded.
     let covered = earliest.is_some_and(|e| e <= at);
 
-    // Allocate outside the lock; most nodes have no `Extra` yet.
-    let mut spare = Some(Box::new(Extra::default()));
+    // Allocate outside the lock; most nodes have no `Extra` yet. An unused one is freed
+    // (through this guard) after the lock is released.
+    let spare = Extra::into_raw(Extra::default());
+    // SAFETY: just made, and ours until it is given to the node below.
+    let mut spare = Some(unsafe { Extra::from_raw(spare) });
     let guard = n.lock();
     if guard.is_cancelled() {
         return;
     }
     let mut extra_ptr = guard.extra();
     if extra_ptr.is_null() {
-        extra_ptr = spare.take().map_or(std::ptr::null_mut(), Box::into_raw);
+        extra_ptr = spare
+            .take()
+            .map_or(std::ptr::null_mut(), OwnedExtra::into_raw);
         guard.set_extra(extra_ptr);
     }
     // SAFETY: guarded by the lock we hold.

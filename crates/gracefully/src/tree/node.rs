@@ -54,6 +54,52 @@ pub(crate) struct Extra {
     pub(crate) more_parents: Vec<(*const Node, *mut ExtLink)>,
 }
 
+impl Extra {
+    /// Moves `extra` to the heap (a cached block: see `tree/alloc.rs`), for a node's
+    /// `extra` pointer; [`from_raw`](Extra::from_raw) takes it back.
+    pub(crate) fn into_raw(extra: Extra) -> *mut Extra {
+        crate::tree::alloc::new(extra).as_ptr()
+    }
+
+    /// Takes back an `Extra` made by [`into_raw`](Extra::into_raw); it is freed when the
+    /// returned guard is dropped.
+    ///
+    /// # Safety
+    ///
+    /// `extra` came from `into_raw`, and nothing else uses it afterwards.
+    pub(crate) unsafe fn from_raw(extra: *mut Extra) -> OwnedExtra {
+        // SAFETY: non-null: it came from `into_raw` (caller).
+        OwnedExtra(unsafe { NonNull::new_unchecked(extra) })
+    }
+}
+
+/// An `Extra` taken back from a node (or not yet given to one), freed on drop.
+pub(crate) struct OwnedExtra(NonNull<Extra>);
+
+impl OwnedExtra {
+    /// Gives the `Extra` away as a node's pointer (the inverse of [`Extra::from_raw`]).
+    pub(crate) fn into_raw(self) -> *mut Extra {
+        let ptr = self.0.as_ptr();
+        std::mem::forget(self);
+        ptr
+    }
+}
+
+impl std::ops::Deref for OwnedExtra {
+    type Target = Extra;
+    fn deref(&self) -> &Extra {
+        // SAFETY: ours alone, alive until we drop it (`Extra::from_raw`).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Drop for OwnedExtra {
+    fn drop(&mut self) {
+        // SAFETY: made by `alloc::new` in `Extra::into_raw`, used by nobody else.
+        unsafe { crate::tree::alloc::delete(self.0) }
+    }
+}
+
 /// A node's membership in the child list of a parent other than its primary one.
 pub(crate) struct ExtLink {
     /// Guarded by the parent's lock (invariant 4).
@@ -153,10 +199,10 @@ impl Node {
     }
 
     /// A new root node with one reference (for the caller's handle).
-    pub(crate) fn new_root(extra: Option<Box<Extra>>) -> NonNull<Node> {
+    pub(crate) fn new_root(extra: Option<Extra>) -> NonNull<Node> {
         Node::alloc(
             ptr::null_mut(),
-            extra.map_or(ptr::null_mut(), Box::into_raw),
+            extra.map_or(ptr::null_mut(), Extra::into_raw),
         )
     }
 
@@ -167,9 +213,15 @@ impl Node {
     /// pointer, not one made from a `&Node`): the child that empties the parent's child list
     /// releases the list's reference through it, and that may be the last one.
     pub(crate) fn new_child(parent_ptr: NonNull<Node>) -> NonNull<Node> {
+        Node::new_child_with(parent_ptr, ptr::null_mut())
+    }
+
+    /// [`new_child`](Node::new_child) with its `Extra` given: `extra` is null or came from
+    /// [`Extra::into_raw`], and becomes the child's.
+    pub(crate) fn new_child_with(parent_ptr: NonNull<Node>, extra: *mut Extra) -> NonNull<Node> {
         // SAFETY: the caller holds a reference to the parent.
         let parent = unsafe { parent_ptr.as_ref() };
-        let child = Node::alloc(parent_ptr.as_ptr(), ptr::null_mut());
+        let child = Node::alloc(parent_ptr.as_ptr(), extra);
         // SAFETY: `child` was just allocated and is not shared yet.
         let child_ref = unsafe { child.as_ref() };
         let guard = parent.lock();
@@ -192,11 +244,9 @@ impl Node {
     /// allocations' provenance.
     pub(crate) fn new_linked(parents: &[NonNull<Node>], clock: Option<Clock>) -> NonNull<Node> {
         let Some((primary, more)) = parents.split_first() else {
-            let extra = clock.map(|clock| {
-                Box::new(Extra {
-                    clock: Some(clock),
-                    ..Extra::default()
-                })
+            let extra = clock.map(|clock| Extra {
+                clock: Some(clock),
+                ..Extra::default()
             });
             return Node::new_root(extra);
         };
@@ -204,10 +254,10 @@ impl Node {
             return Node::new_child(*primary);
         }
         // Allocate everything before taking any lock (no allocation under a lock).
-        let extra = Box::into_raw(Box::new(Extra {
+        let extra = Extra::into_raw(Extra {
             clock,
             ..Extra::default()
-        }));
+        });
         let node = Node::alloc(primary.as_ptr(), extra);
         let node_ptr = node.as_ptr().cast_const();
         for parent in more {
@@ -351,8 +401,8 @@ impl Node {
                 drop(guard);
             }
             if !extra.is_null() {
-                // SAFETY: `extra` came from Box::into_raw and is ours now.
-                let extra = unsafe { Box::from_raw(extra) };
+                // SAFETY: `extra` came from `Extra::into_raw` and is ours now.
+                let extra = unsafe { Extra::from_raw(extra) };
                 for &(parent, link) in &extra.more_parents {
                     // SAFETY: that parent's non-empty list (our link is in it) holds a
                     // reference to it.

@@ -58,16 +58,19 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
+    #[inline]
     fn before(&self, a: u32, b: u32) -> bool {
         let (a, b) = (&self.slots[a as usize], &self.slots[b as usize]);
         (a.at, a.seq) < (b.at, b.seq)
     }
 
+    #[inline]
     fn place(&mut self, pos: usize, slot: u32) {
         self.heap[pos] = slot;
         self.slots[slot as usize].heap_pos = pos as u32;
     }
 
+    #[inline]
     fn sift_up(&mut self, mut pos: usize) {
         let slot = self.heap[pos];
         while pos > 0 {
@@ -81,6 +84,7 @@ impl Queue {
         self.place(pos, slot);
     }
 
+    #[inline]
     fn sift_down(&mut self, mut pos: usize) {
         let slot = self.heap[pos];
         let len = self.heap.len();
@@ -105,6 +109,7 @@ impl Queue {
     }
 
     /// Removes the heap entry at `pos` and frees its slot; returns the slot's contents.
+    #[inline]
     fn remove_at(&mut self, pos: usize) -> (*const Node, &'static Location<'static>) {
         let slot = self.heap[pos];
         let last = self.heap.pop().expect("non-empty");
@@ -128,6 +133,7 @@ impl Queue {
     }
 
     /// Arms a deadline; returns its key and whether it is now the earliest.
+    #[inline]
     pub(crate) fn insert(
         &mut self,
         at: Instant,
@@ -160,6 +166,7 @@ impl Queue {
     }
 
     /// Disarms a deadline; a no-op if it fired (or was disarmed) already.
+    #[inline]
     pub(crate) fn remove(&mut self, key: &TimerKey) {
         let Some(s) = self.slots.get(key.slot as usize) else {
             return;
