@@ -121,6 +121,24 @@ fn deadline_is_the_minimum_through_all_ancestors_including_linked_parents() {
 }
 
 #[test]
+fn a_timeout_child_of_a_cancelled_parent_is_born_cancelled_with_no_deadline_or_timer() {
+    let clock = ManualClock::new();
+    let root = CancellationSource::with_clock(&clock);
+    root.cancel();
+    let child = root.token().child_with_timeout(60 * SEC);
+    assert_eq!(
+        child.token().reason().unwrap().kind(),
+        ReasonKind::Requested,
+        "the parent's reason, not a deadline"
+    );
+    assert_eq!(child.token().deadline(), None);
+    assert_eq!(clock.armed(), 0);
+    // And a zero timeout under a cancelled parent keeps the parent's reason too.
+    let zero = root.token().child_with_timeout(Duration::ZERO);
+    assert_eq!(zero.token().reason().unwrap().kind(), ReasonKind::Requested);
+}
+
+#[test]
 fn a_timeout_covered_by_an_earlier_ancestor_deadline_arms_no_timer() {
     let clock = ManualClock::new();
     let root = CancellationSource::with_clock(&clock);
