@@ -142,8 +142,10 @@ async fn index() -> &'static str {
 enum ApiError {
     /// The request's token fired: 499 (client left), 504 (timeout) or 503 (shutdown).
     Cancelled(gracefully::Cancelled),
-    /// The request itself was wrong.
+    /// The request itself was wrong: 422.
     Invalid(String),
+    /// The request could not even be read as one (a malformed path): 400.
+    BadRequest(String),
     /// No such order.
     NotFound,
     /// The database could not be reached or dropped the connection: 503, retry later.
@@ -225,6 +227,7 @@ impl IntoResponse for ApiError {
             ApiError::Invalid(message) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, message).into_response()
             }
+            ApiError::BadRequest(message) => (StatusCode::BAD_REQUEST, message).into_response(),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "no such order").into_response(),
             ApiError::Unavailable(error) => {
                 tracing::warn!(%error, "database unavailable; answering 503");
@@ -269,8 +272,17 @@ async fn create_order(
 async fn get_order(
     State(app): State<AppState>,
     RequestToken(token): RequestToken,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> Result<Json<OrderView>, ApiError> {
+    // Parsed here rather than by `Path<i64>`, whose 400 echoes the segment as it came —
+    // control characters (`%00`, escape sequences) included.
+    let id = id.parse::<i64>().map_err(|_| {
+        let shown: String = id.chars().take(64).collect();
+        ApiError::BadRequest(format!(
+            "the order id must be a whole number, not {shown:?}{}\n",
+            if shown.len() < id.len() { "…" } else { "" }
+        ))
+    })?;
     match app.mediator.send(GetOrder { id }, &token).await? {
         Some(order) => Ok(Json(order)),
         None => Err(ApiError::NotFound),

@@ -179,6 +179,38 @@ async fn a_client_leaving_a_slow_query_stops_it_inside_sqlite_and_shutdown_is_im
 }
 
 #[tokio::test]
+async fn a_malformed_order_id_is_refused_with_400_and_never_echoed_raw() {
+    let demo = start(&[]).await;
+    for (path, shown) in [
+        ("1%00", r#""1\0""#),
+        ("%1B%5B31mred", r#""\u{1b}[31mred""#),
+        ("abc", r#""abc""#),
+    ] {
+        let answer = reqwest::get(format!("{}/orders/{path}", demo.base))
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 400, "{path}");
+        let body = answer.text().await.unwrap();
+        assert!(
+            !body.chars().any(|c| c.is_control() && c != '\n'),
+            "{path}: {body:?}"
+        );
+        assert!(body.contains(shown), "{path}: {body:?}");
+    }
+    let long = "9".repeat(5000);
+    let answer = reqwest::get(format!("{}/orders/{long}", demo.base))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 400);
+    assert!(
+        answer.text().await.unwrap().len() < 200,
+        "the id is cut short"
+    );
+    let report = demo.stop().await;
+    assert_eq!(report.exit_code(), 0, "{report}");
+}
+
+#[tokio::test]
 async fn reports_over_the_limit_are_refused_at_once_and_orders_still_get_a_connection() {
     let demo = start(&["--max-reports", "1"]).await;
     // One report counting for minutes; its client gives up after a few seconds.
