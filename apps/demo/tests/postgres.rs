@@ -120,3 +120,49 @@ async fn instances_starting_together_on_a_fresh_database_all_start() {
         assert_eq!(report.exit_code(), 0, "{report}");
     }
 }
+
+/// The demo killed (SIGKILL: nothing can be cancelled from inside) while a report counts on
+/// the server: the server notices within seconds that its client is gone and stops the
+/// statement (gracefully-sqlx turns on `client_connection_check_interval` for every
+/// connection it adopts), instead of counting for hours for nobody.
+#[test]
+#[ignore = "needs PostgreSQL: set DATABASE_URL"]
+fn a_report_of_a_killed_demo_stops_on_the_server_within_seconds() {
+    const COUNTING: &str = "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND state = 'active' AND query ILIKE '%WITH RECURSIVE%'";
+    let db = TestDb::create("killed");
+    let observer = support::Db::connect(&db.url);
+    let demo = support::Demo::start(&db.url, &[]);
+    // Hours of counting for the server; the answer never comes (the demo is killed).
+    let url = format!("{}/report?rows=10000000000", demo.base);
+    std::thread::spawn(move || {
+        support::on_own_runtime(async move {
+            let _ = reqwest::Client::new().get(url).send().await;
+        })
+    });
+    let asked = Instant::now();
+    while observer.scalar(COUNTING) == 0 {
+        assert!(
+            asked.elapsed() < Duration::from_secs(5),
+            "the report's query never started on the server"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    demo.signal(libc::SIGKILL);
+    let (status, _, _) = demo.wait(Duration::from_secs(5));
+    assert!(!status.success(), "killed");
+    let killed = Instant::now();
+    while observer.scalar(COUNTING) > 0 {
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "the killed demo's report still counts on the server 5 s later"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "demo killed → its report gone from pg_stat_activity: {:.0} ms",
+        killed.elapsed().as_secs_f64() * 1000.0
+    );
+}

@@ -46,8 +46,10 @@
 //! ## The mechanism
 //!
 //! A [`GracefulPool`] wraps a `sqlx::Pool`. Every connection it hands out has been *adopted*
-//! once: PostgreSQL's backend pid read (`SELECT pg_backend_pid()`), SQLite's progress handler
-//! installed. An operation ([`run`](GracefulPool::run), [`transaction`](GracefulPool::transaction))
+//! once: PostgreSQL's backend pid read (`SELECT pg_backend_pid()`) and its check for a
+//! departed client turned on (`client_connection_check_interval`, 1 s, PostgreSQL 14+, unless
+//! already set: a statement whose process was killed stops within a second instead of
+//! running on for nobody), SQLite's progress handler installed. An operation ([`run`](GracefulPool::run), [`transaction`](GracefulPool::transaction))
 //! polls your body and the token together. When the token fires:
 //!
 //! 1. **Drop the body.** Its future is dropped first, so it sends nothing more on the
@@ -160,8 +162,8 @@
 //! * A progress handler you install on a pooled SQLite connection yourself replaces ours.
 //! * The pool keeps adopted connections in its own idle list (sqlx's pool cannot attach the
 //!   pid to a connection): `after_release`/`before_acquire` hooks do not run per operation.
-//!   Adopting costs one round trip per connection, once (`SELECT pg_backend_pid()`; SQLite:
-//!   one worker round trip), and PostgreSQL pools keep one extra connection open for
+//!   Adopting costs two round trips per connection, once (`SELECT pg_backend_pid()` and the
+//!   client check's `set_config`; SQLite: one worker round trip), and PostgreSQL pools keep one extra connection open for
 //!   cancels.
 //!
 //! The crate depends on the core (`gracefully`), tokio, sqlx 0.9 and `url` (to redact

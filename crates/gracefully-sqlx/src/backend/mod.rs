@@ -5,7 +5,7 @@
 //!
 //! | step | PostgreSQL ([`postgres`]) | SQLite ([`sqlite`]) |
 //! |---|---|---|
-//! | adopt a new connection | `SELECT pg_backend_pid()` once | install a progress handler reading a per-connection flag |
+//! | adopt a new connection | `SELECT pg_backend_pid()` once; `client_connection_check_interval` on | install a progress handler reading a per-connection flag |
 //! | token fires | (the operation wakes) | the `on_cancel` callback raises the flag at once |
 //! | stop the statement | `pg_cancel_backend(pid)` from the canceller, then drain | raise the flag, then a worker round trip |
 //! | give up | `pg_terminate_backend(pid)`, close | close (the flag stays raised) |

@@ -88,6 +88,11 @@ enum Signal {
     Terminate,
 }
 
+/// Turns on PostgreSQL's check for a departed client, every second while a statement
+/// runs, unless it is set already (see `adopt`).
+const CHECK_CLIENT: &str = "SELECT set_config('client_connection_check_interval', '1000', false) \
+     WHERE current_setting('client_connection_check_interval', true) = '0'";
+
 impl Canceller {
     fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
         // A panic while holding this lock cannot leave the Vec inconsistent.
@@ -203,6 +208,15 @@ impl Sealed for Postgres {
         let pid = sqlx::query_scalar::<_, i32>("SELECT pg_backend_pid()")
             .fetch_one(&mut *conn)
             .await?;
+        // A process that dies mid-statement (killed, crashed: no cancel can be sent) must
+        // not leave the statement running on the server for nobody. PostgreSQL 14+ checks
+        // that its client is still connected every `client_connection_check_interval`
+        // while a statement runs, and ends the statement when it is not; off by default,
+        // turned on here unless something set it already (the URL's `options`, the role,
+        // the server). Older servers have no such setting: the WHERE clause selects
+        // nothing and nothing is called. A server on a platform without the kernel support
+        // refuses a non-zero value: the error is ignored and the connection works as before.
+        let _ = sqlx::query(CHECK_CLIENT).execute(&mut *conn).await;
         Ok(BackendPid { pid })
     }
 
