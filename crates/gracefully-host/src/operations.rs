@@ -519,19 +519,25 @@ impl OperationRecorder for Registry {
     }
 
     fn rename(&self, id: OperationId, name: &str) {
-        let (shard, _, _) = decode(id);
+        // One lock for the name and the record (a request is renamed once it is routed).
+        let (shard, slot, generation) = decode(id);
         let Some(shard) = self.shards.get(shard) else {
             return;
         };
         let mut shard = lock(shard);
         let name = shard.intern(name);
-        drop(shard);
-        self.with_live(id, |live| {
+        let Some(entry) = shard.slots.get_mut(slot) else {
+            return;
+        };
+        if entry.generation != generation {
+            return;
+        }
+        if let Some(live) = entry.live.as_mut() {
             if let Some(span) = &live.span {
                 span.record("name", &*name);
             }
             live.record.name = name;
-        });
+        }
     }
 
     fn set_deadline(&self, id: OperationId, deadline: Option<Instant>) {
