@@ -100,9 +100,15 @@ impl Dropper {
         }
         let (sender, receiver) = mpsc::channel::<Unfinished>();
         let dropper = Arc::downgrade(self); // invariant 2
+        // Destructors may need the runtime the work ran on: a pooled database connection
+        // returns itself to its pool with `tokio::spawn` (sqlx's `PoolConnection`), which
+        // panics outside a runtime. So the thread enters the host's runtime. Once that
+        // runtime has shut down, what they spawn is dropped at once, without a panic.
+        let runtime = tokio::runtime::Handle::try_current().ok();
         std::thread::Builder::new()
             .name("gracefully-host-drop".into())
             .spawn(move || {
+                let _in_runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
                 for (straggler, future) in receiver {
                     let dropped = catch_unwind(AssertUnwindSafe(move || drop(future)));
                     if let Err(panic) = &dropped {

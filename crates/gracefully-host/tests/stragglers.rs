@@ -227,3 +227,84 @@ fn current_thread_with_zero_budgets_work_that_stops_when_polled_is_not_aborted()
 fn multi_thread_with_zero_budgets_work_that_stops_when_polled_is_not_aborted() {
     with_zero_budgets_work_that_stops_when_polled_is_not_aborted(Flavor::MultiThread);
 }
+
+/// Holds nothing but needs the runtime when it is dropped, as a pooled database connection
+/// does (it returns itself to its pool with `tokio::spawn`).
+struct SpawnsInDrop(Arc<AtomicUsize>);
+
+impl Drop for SpawnsInDrop {
+    fn drop(&mut self) {
+        // Panics ("must be called from the context of a Tokio runtime") if there is none.
+        drop(tokio::spawn(async {}));
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Aborted work whose destructor spawns on the runtime (a pooled database connection held
+/// by a service that ignored its token) is dropped in the runtime's context: no panic in
+/// the dropper's thread, and the report says aborted, not panicked.
+fn aborted_work_whose_destructor_spawns_is_dropped_without_a_panic(flavor: Flavor) {
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let (in_service, in_task) = (Arc::clone(&dropped), Arc::clone(&dropped));
+    let report = on_runtime(
+        flavor,
+        Duration::from_secs(20),
+        || {},
+        "run did not return",
+        async move || {
+            let host = Host::builder()
+                .handle_signals(false)
+                .shutdown_timeout(Duration::from_millis(300))
+                .cancel_grace(Duration::from_millis(100))
+                .service(
+                    "holds-a-connection",
+                    service_fn(move |_stopping, _cx| {
+                        let held = SpawnsInDrop(Arc::clone(&in_service));
+                        async move {
+                            let _held = held;
+                            pending::<()>().await;
+                        }
+                    }),
+                )
+                .build()
+                .unwrap();
+            let lifetime = host.lifetime();
+            let held = SpawnsInDrop(in_task);
+            lifetime.spawn("holds-a-connection-too", async move {
+                let _held = held;
+                pending::<()>().await;
+            });
+            let run = tokio::spawn(host.run());
+            lifetime.started().cancelled().await;
+            lifetime.stop(Reason::shutdown().with_message("test"));
+            run.await.expect("run does not panic")
+        },
+    );
+    // The dropper's thread drops them right after `run` returned, or just before.
+    let waited = std::time::Instant::now();
+    while dropped.load(Ordering::SeqCst) < 2 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "the destructors did not complete (they panicked?)"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    for name in ["holds-a-connection", "holds-a-connection-too"] {
+        assert_eq!(
+            report.entry(name).unwrap().outcome(),
+            &Outcome::Aborted,
+            "{report}"
+        );
+    }
+    assert_eq!(report.exit_code(), ShutdownReport::EXIT_ABORTED, "{report}");
+}
+
+#[test]
+fn current_thread_aborted_work_whose_destructor_spawns_is_dropped_without_a_panic() {
+    aborted_work_whose_destructor_spawns_is_dropped_without_a_panic(Flavor::CurrentThread);
+}
+
+#[test]
+fn multi_thread_aborted_work_whose_destructor_spawns_is_dropped_without_a_panic() {
+    aborted_work_whose_destructor_spawns_is_dropped_without_a_panic(Flavor::MultiThread);
+}
