@@ -87,7 +87,11 @@ impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> 
         {
             return self.refuse(request);
         }
-        let ctx = RequestContext::new(state.config.disconnect_policy, state.clone());
+        let ctx = RequestContext::new(
+            state.config.disconnect_policy,
+            state.clone(),
+            (version != Version::HTTP_2).then(|| self.conn.clone()),
+        );
         if let Some(timeout) = state.config.request_timeout {
             ctx.cancel_after(timeout);
         }

@@ -42,6 +42,10 @@ pub(crate) struct RequestContext {
     body_cut: AtomicBool,
     /// The server, for long-lived responses that must end at drain.
     pub(crate) server: Arc<ServerState>,
+    /// The HTTP/1 connection the request came on, for long-lived responses that must end
+    /// when their client leaves (`Drain::sse`). `None` on HTTP/2, where a departed client
+    /// resets the stream and hyper drops the response with it.
+    pub(crate) http1_conn: Option<Arc<crate::conn_state::ConnState>>,
 }
 
 #[derive(Clone, Copy)]
@@ -51,7 +55,11 @@ struct PendingTimeout {
 }
 
 impl RequestContext {
-    pub(crate) fn new(policy: DisconnectPolicy, server: Arc<ServerState>) -> Self {
+    pub(crate) fn new(
+        policy: DisconnectPolicy,
+        server: Arc<ServerState>,
+        http1_conn: Option<Arc<crate::conn_state::ConnState>>,
+    ) -> Self {
         RequestContext {
             source: OnceLock::new(),
             pending_timeout: Mutex::new(None),
@@ -59,6 +67,7 @@ impl RequestContext {
             dropped_on_disconnect: AtomicBool::new(false),
             body_cut: AtomicBool::new(false),
             server,
+            http1_conn,
         }
     }
 

@@ -17,7 +17,9 @@ use futures_util::Stream;
 use gracefully::CancellationToken;
 use http::request::Parts;
 
+use crate::conn_state::ConnState;
 use crate::request::with_current;
+use crate::socket::Peek;
 use crate::state::ServerState;
 use crate::stats::inc;
 
@@ -45,15 +47,26 @@ use crate::stats::inc;
 #[derive(Clone)]
 pub struct Drain {
     server: Option<Arc<ServerState>>,
+    /// The request's HTTP/1 connection, already watched (see `from_request_parts`).
+    conn: Option<Arc<ConnState>>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Drain {
     type Rejection = Infallible;
 
     async fn from_request_parts(_: &mut Parts, _: &S) -> Result<Self, Infallible> {
-        Ok(Drain {
-            server: with_current(|ctx| ctx.server.clone()),
+        let (server, conn) = with_current(|ctx| {
+            // Start watching the connection now, while the request is being handled (what
+            // the socket module's safety argument needs): a later watch of it (`sse`) only
+            // reuses this one, whenever it is made.
+            let conn = ctx
+                .http1_conn
+                .clone()
+                .filter(|conn| conn.monitor.watch().is_some());
+            (Some(ctx.server.clone()), conn)
         })
+        .unwrap_or_default();
+        Ok(Drain { server, conn })
     }
 }
 
@@ -75,15 +88,24 @@ impl Drain {
     }
 
     /// An SSE response over `stream` that ends when the drain begins (the client sees the
-    /// stream finish and may reconnect elsewhere), tracked by the server until then.
+    /// stream finish and may reconnect elsewhere), tracked by the server until then. It
+    /// also ends as soon as its client leaves, even while `stream` has nothing to send:
+    /// hyper only notices a departed client when it next writes, so without this a feed
+    /// that is quiet kept every abandoned connection (its socket, its memory) open.
     pub fn sse<S, E>(&self, stream: S) -> Sse<DrainingStream<S>>
     where
         S: Stream<Item = Result<Event, E>> + Send + 'static,
         E: Into<axum::BoxError>,
     {
+        let departed = self
+            .conn
+            .as_ref()
+            .and_then(|conn| conn.monitor.watch())
+            .map(|watch| Box::pin(watch) as Pin<Box<dyn Future<Output = Peek> + Send>>);
         Sse::new(DrainingStream {
             stream,
             stopping: self.stopping().cancelled_owned(),
+            departed,
             guard: LongLived::new(self.server.clone()),
             ended: false,
         })
@@ -158,6 +180,9 @@ pin_project_lite::pin_project! {
         #[pin]
         stream: S,
         stopping: gracefully::WaitForCancellationOwned,
+        // Resolves when the client of an HTTP/1 connection leaves; `None` on HTTP/2 (a reset
+        // stream drops the response) and once the client was seen sending.
+        departed: Option<Pin<Box<dyn Future<Output = Peek> + Send>>>,
         guard: LongLived,
         ended: bool,
     }
@@ -177,6 +202,20 @@ impl<S: Stream> Stream for DrainingStream<S> {
                 inc(&server.stats.sse_streams_ended);
             }
             return Poll::Ready(None);
+        }
+        if let Some(departed) = this.departed {
+            match departed.as_mut().poll(cx) {
+                Poll::Ready(Peek::Gone) => {
+                    // Ending the body lets hyper finish the response, find the connection
+                    // closed and drop it.
+                    *this.ended = true;
+                    return Poll::Ready(None);
+                }
+                // The client is there and sending (a pipelined request): nothing more to
+                // learn from its socket.
+                Poll::Ready(Peek::Data) => *this.departed = None,
+                Poll::Pending => {}
+            }
         }
         let next = this.stream.poll_next(cx);
         if let Poll::Ready(None) = next {

@@ -202,3 +202,41 @@ async fn a_websocket_stuck_in_send_is_cut_at_the_hard_stop() {
     let drain = report.drain.unwrap();
     assert!(drain.hard_stop_reached, "{drain}");
 }
+
+/// Clients that open a quiet SSE stream (nothing to send yet) and hang up are let go at
+/// once: the stream ends and the connection closes, instead of every abandoned connection
+/// staying open (its socket in CLOSE_WAIT, its memory held) until the feed next sends — a
+/// client opening and abandoning streams in a loop ran the server out of descriptors.
+#[tokio::test]
+async fn sse_clients_that_hang_up_on_a_quiet_stream_are_let_go_at_once() {
+    let app = Router::new().route(
+        "/quiet",
+        get(
+            |drain: Drain| async move { drain.sse(stream::pending::<Result<Event, Infallible>>()) },
+        ),
+    );
+    let server = TestServer::start(app).await;
+    for _ in 0..50 {
+        let mut client =
+            support::send_raw(server.addr, b"GET /quiet HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let head = support::read_response(&mut client).await;
+        assert_eq!(support::status_of(&head), 200, "{head}");
+        drop(client); // hangs up
+    }
+    // One client that stays: its stream is still open at the drain, and ends there.
+    let mut staying =
+        support::send_raw(server.addr, b"GET /quiet HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(
+        support::status_of(&support::read_response(&mut staying).await),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let report = server.stop().await;
+    let drain = report.drain.unwrap();
+    assert_eq!(
+        drain.connections_open, 1,
+        "only the client that stayed: {drain}"
+    );
+    assert_eq!(drain.sse_ended, 1, "{drain}");
+    assert!(!drain.hard_stop_reached, "{drain}");
+}
