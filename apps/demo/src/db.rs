@@ -460,9 +460,6 @@ fn database_url(url: &str) -> Result<(String, bool), Error> {
                 .into(),
         ));
     }
-    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        return Ok((url.to_owned(), true));
-    }
     let scheme = url
         .split_once(':')
         .map(|(scheme, _)| scheme)
@@ -472,15 +469,29 @@ fn database_url(url: &str) -> Result<(String, bool), Error> {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
         });
-    let (rest, sqlite_url) = match scheme {
+    // Schemes are case-insensitive (RFC 3986): `POSTGRES://…` is `postgres://…`.
+    let lowered;
+    let (url, scheme) = match scheme {
+        Some(scheme) => {
+            let lower = scheme.to_ascii_lowercase();
+            lowered = format!("{lower}{}", &url[scheme.len()..]);
+            (lowered.as_str(), Some(lower))
+        }
+        None => (url, None),
+    };
+    if matches!(scheme.as_deref(), Some("postgres" | "postgresql")) {
+        return Ok((url.to_owned(), true));
+    }
+    let (rest, sqlite_url) = match scheme.as_deref() {
         Some("sqlite") => {
             let rest = &url["sqlite:".len()..];
             (rest.trim_start_matches("//"), true)
         }
         Some(other) => {
             return Err(bad(format!(
-                "`{url}`: the demo runs on SQLite or PostgreSQL, not `{other}:` — give \
-                 sqlite://demo.db?mode=rwc, a file name, or postgres://user@host/db"
+                "`{}`: the demo runs on SQLite or PostgreSQL, not `{other}:` — give \
+                 sqlite://demo.db?mode=rwc, a file name, or postgres://user@host/db",
+                shown(url)
             )));
         }
         None => (url, false),
@@ -488,15 +499,22 @@ fn database_url(url: &str) -> Result<(String, bool), Error> {
     let (file, query) = rest.split_once('?').unwrap_or((rest, ""));
     if file.is_empty() || file == ":memory:" || query.split('&').any(|p| p == "mode=memory") {
         return Err(bad(format!(
-            "`{url}` names no database file: SQLite would give the API and the job workers \
-             a private temporary database each; use a file, sqlite://demo.db?mode=rwc"
+            "`{}` names no database file: SQLite would give the API and the job workers \
+             a private temporary database each; use a file, sqlite://demo.db?mode=rwc",
+            shown(url)
         )));
     }
     let dir = std::path::Path::new(file).parent();
     if let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
         return Err(bad(format!(
-            "`{url}`: the directory {} does not exist",
-            dir.display()
+            "`{}`: the directory {} does not exist",
+            shown(url),
+            // A SQLite URL with a user part (`sqlite://user:password@/dir/x.db`) puts it in
+            // the path: shown up to its `@` masked.
+            shown(&match dir.display().to_string() {
+                d if d.contains('@') => format!("***{}", &d[d.rfind('@').unwrap_or(0)..]),
+                d => d,
+            })
         )));
     }
     // A plain path becomes a URL; a URL keeps its parameters, and creates the file if
@@ -511,6 +529,45 @@ fn database_url(url: &str) -> Result<(String, bool), Error> {
         opened.push_str("mode=rwc");
     }
     Ok((opened, false))
+}
+
+/// `url` as an error message shows it: a password in it masked (`user:***@host`,
+/// `password=***`), control characters escaped (a message must not carry a secret to the
+/// logs, nor an escape sequence to a terminal).
+fn shown(url: &str) -> String {
+    let mut masked = url.to_owned();
+    // The authority: after `scheme:` and its slashes, up to the path, query or fragment.
+    let after_scheme = masked.find(':').map_or(0, |i| i + 1);
+    let start = masked.len() - masked[after_scheme..].trim_start_matches('/').len();
+    let end = masked[start..]
+        .find(['/', '?', '#'])
+        .map_or(masked.len(), |i| start + i);
+    if let Some(at) = masked[start..end].rfind('@')
+        && let Some(colon) = masked[start..start + at].find(':')
+    {
+        masked.replace_range(start + colon + 1..start + at, "***");
+    }
+    // `password=` parameters (PostgreSQL's URLs take one).
+    let mut from = 0;
+    while let Some(found) = masked[from..].to_ascii_lowercase().find("password=") {
+        let value = from + found + "password=".len();
+        let value_end = masked[value..]
+            .find(['&', '#'])
+            .map_or(masked.len(), |i| value + i);
+        masked.replace_range(value..value_end, "***");
+        from = value + 3;
+    }
+    masked
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_unicode().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 /// Serialises the schema's creation between instances (PostgreSQL).
@@ -648,5 +705,41 @@ mod tests {
             "{missing}"
         );
         assert!(refused("/no/such/directory/demo.db").contains("does not exist"));
+    }
+
+    #[test]
+    fn schemes_are_case_insensitive() {
+        assert_eq!(
+            opened("POSTGRES://u@h/db"),
+            ("postgres://u@h/db".to_owned(), true)
+        );
+        assert_eq!(
+            opened("SQLite://demo.db").0,
+            "sqlite://demo.db?mode=rwc".to_owned()
+        );
+    }
+
+    #[test]
+    fn a_refused_url_never_shows_its_password_or_raw_control_characters() {
+        for url in [
+            "postgress://app:S3cretPassw0rd@db.internal:5432/orders",
+            "mysql://u:S3cretPassw0rd@h/db",
+            "redis://:S3cretPassw0rd@h:6379",
+            "sqlite://u:S3cretPassw0rd@/no/such/dir/x.db",
+            "mysql://h/db?user=u&password=S3cretPassw0rd&x=1",
+            "mysql://u:p@h/\u{1b}[31mRED\u{7}",
+        ] {
+            let Err(error) = super::database_url(url) else {
+                continue; // a PostgreSQL URL is accepted as it is, and redacted by the pool
+            };
+            let message = error.to_string();
+            assert!(!message.contains("S3cretPassw0rd"), "{message}");
+            assert!(!message.chars().any(|c| c.is_control()), "{message:?}");
+        }
+        let message = refused("postgress://app:S3cretPassw0rd@db.internal:5432/orders");
+        assert!(
+            message.contains("postgress://app:***@db.internal:5432/orders"),
+            "{message}"
+        );
     }
 }

@@ -82,6 +82,14 @@ pub(crate) fn redact(url: &str) -> String {
                 // Cannot fail: a URL with a password has a host.
                 let _ = parsed.set_password(Some("***"));
             }
+            // `postgres:/user:password@host/db` (one slash) has no authority for the
+            // parser, so the user part is in the path: masked up to its last `@`.
+            if !parsed.has_host()
+                && let Some(at) = parsed.path().rfind('@')
+            {
+                let path = format!("/***{}", &parsed.path()[at..]);
+                parsed.set_path(&path);
+            }
             if parsed.query().is_some() {
                 let pairs: Vec<(String, String)> = parsed
                     .query_pairs()
@@ -125,6 +133,13 @@ mod tests {
     fn redact_hides_the_user_info_password() {
         let shown = redact("postgres://alice:s3cret@db.example:5432/app");
         assert_eq!(shown, "postgres://alice:***@db.example:5432/app");
+    }
+
+    #[test]
+    fn redact_hides_a_password_behind_a_single_slash() {
+        let shown = redact("postgres:/alice:s3cret@db.example/app");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.ends_with("@db.example/app"), "{shown}");
     }
 
     #[test]
