@@ -12,7 +12,13 @@
 //! server then answers as for any cancellation (504 for a deadline, 503 with
 //! `Connection: close` at shutdown, nothing for a client that left), in place of the
 //! extractor's 400 (`request_future::request_outcome`).
+//!
+//! Once the drain has begun, a body that stalls — no byte for the server's idle grace — is
+//! cut the same way (the request's token fires with `Shutdown`, the answer is 503 with
+//! `Connection: close`), as a request head stalled mid-way already is: otherwise one client
+//! that stops sending mid-upload holds every shutdown until the hard stop.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -30,6 +36,9 @@ pin_project_lite::pin_project! {
         inner: Incoming,
         // Made at the first read that waits (boxed: only slow bodies pay for it).
         waiter: Option<Pin<Box<WaitForCancellationOwned>>>,
+        // Made at a read that waits, dropped when bytes arrive: resolves once the drain has
+        // begun and then the idle grace passed with this read still waiting.
+        stalled: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
         // The token fired: the body ends here.
         cut: bool,
     }
@@ -40,6 +49,7 @@ impl GuardedBody {
         GuardedBody {
             inner,
             waiter: None,
+            stalled: None,
             cut: false,
         }
     }
@@ -58,6 +68,7 @@ impl Body for GuardedBody {
             return Poll::Ready(None);
         }
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            *this.stalled = None; // progress: the stall is counted from the next wait
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         let waiter = match this.waiter {
@@ -71,6 +82,26 @@ impl Body for GuardedBody {
                 this.waiter.insert(Box::pin(token.cancelled_owned()))
             }
         };
+        if this.stalled.is_none() {
+            *this.stalled = with_current(|ctx| {
+                let (stopping, grace) = (ctx.server.stopping.clone(), ctx.server.config.idle_grace);
+                Box::pin(async move {
+                    stopping.cancelled().await;
+                    tokio::time::sleep(grace).await;
+                }) as Pin<Box<dyn Future<Output = ()> + Send>>
+            });
+        }
+        if let Some(stalled) = this.stalled.as_mut()
+            && stalled.as_mut().poll(cx).is_ready()
+        {
+            *this.stalled = None;
+            with_current(|ctx| {
+                ctx.source().cancel_with(
+                    gracefully::Reason::shutdown()
+                        .with_message("the request body stalled while the server drained"),
+                )
+            });
+        }
         match waiter.as_mut().poll(cx) {
             Poll::Ready(reason) => {
                 *this.cut = true;

@@ -161,3 +161,43 @@ async fn requests_on_other_connections_are_unaffected_by_one_clients_departure()
     assert_eq!(report.cancelled_other + report.client_left, 1, "{report}");
     let _ = ReasonKind::Disconnected;
 }
+
+/// A client that stops sending mid-upload does not hold the drain until the hard stop: once
+/// the drain has begun, a body with no byte for the idle grace is cut — 503 with
+/// `Connection: close` — and the server finishes its drain on its own.
+#[tokio::test]
+async fn an_upload_stalled_mid_body_is_cut_after_the_idle_grace_once_the_drain_begins() {
+    let app = Router::new().route(
+        "/upload",
+        axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+    );
+    let server = TestServer::start_with(app, |s| s.idle_grace(Duration::from_millis(300))).await;
+    // 100 bytes announced, one sent, then nothing.
+    let mut stalled = send_raw(
+        server.addr,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .await;
+    // Outside a drain, a slow body is the client's business: still waiting.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    server.stopping.cancel();
+    let answer = read_response(&mut stalled).await;
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    let report = tokio::time::timeout(SOON, server.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(report.lost, 0, "{report:?}");
+    let drain = report.drain.unwrap();
+    assert!(!drain.hard_stop_reached, "{drain}");
+}
