@@ -41,7 +41,12 @@ fn unique(test: &str) -> String {
 async fn pool(app: &str, max: u32) -> PgGracefulPool {
     let options = PgConnectOptions::from_str(&database_url())
         .expect("DATABASE_URL parses")
-        .application_name(app);
+        .application_name(app)
+        // JIT compilation (on by default; PostgreSQL uses it for costly statements like the
+        // CPU-bound one below, with LLVM optimisation and inlining) does not look for a
+        // cancel until it has finished: on a loaded CI machine it once took the statement
+        // past the pool's 2 s fallback. These tests are about the cancel, not about LLVM.
+        .options([("jit", "off")]);
     pool_with(options, max).await
 }
 
