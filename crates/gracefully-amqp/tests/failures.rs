@@ -211,9 +211,12 @@ async fn a_cut_connection_fires_in_flight_tokens_with_disconnected_and_the_consu
         .build(move |message: Message<Bytes>, token: CancellationToken| {
             let (record, seen) = (Arc::clone(&record), Arc::clone(&seen));
             async move {
-                // 40 ms of work that stops when the token fires.
+                // 300 ms of work that stops when the token fires. (The consumer learns of the
+                // cut when it next writes — with all work held past the cut, it had not
+                // noticed 20 s later — so the others must still run at the first ack after
+                // it: with 40 ms of work, a loaded CI machine once let them all finish first.)
                 if let Err(cancelled) = token
-                    .run_until_cancelled(tokio::time::sleep(Duration::from_millis(40)))
+                    .run_until_cancelled(tokio::time::sleep(Duration::from_millis(300)))
                     .await
                 {
                     seen.lock().unwrap().push(cancelled.kind());
