@@ -423,7 +423,21 @@ async fn a_guarded_response_keeps_its_head_as_plain_reqwest_reports_it() {
     assert_eq!(guarded.status(), 201);
     assert_eq!(guarded.status(), plain.status());
     assert_eq!(guarded.version(), plain.version());
-    assert_eq!(guarded.headers(), plain.headers());
+    // Two responses of the server: their `Date` differs when the second boundary falls
+    // between them (it did once in CI), so it is compared for presence only.
+    let without_date = |headers: &reqwest::header::HeaderMap| {
+        let mut headers = headers.clone();
+        headers.remove(reqwest::header::DATE);
+        headers
+    };
+    assert_eq!(
+        without_date(guarded.headers()),
+        without_date(plain.headers())
+    );
+    assert_eq!(
+        guarded.headers().contains_key(reqwest::header::DATE),
+        plain.headers().contains_key(reqwest::header::DATE)
+    );
     assert_eq!(guarded.headers()["x-kept"], "yes");
     assert!(guarded.remote_addr().is_some());
     assert_eq!(guarded.remote_addr(), plain.remote_addr());
