@@ -40,10 +40,13 @@ pub(crate) struct ConnState {
     /// done with the connection; a request that ends then notifies `ended`.
     pub(crate) tail_waiting: AtomicBool,
     pub(crate) ended: tokio::sync::Notify,
-    /// HTTP/2 handlers run as tasks of their own (hyper drops a stream's future when the
-    /// client resets it; a `Cooperative` or `Detached` handler must run on). They live here
-    /// so that the connection waits for them, and aborting the connection aborts them.
+    /// HTTP/2 handlers whose stream was reset before they answered, running on as tasks
+    /// (a `Cooperative` or `Detached` handler must; see `dispatch::StreamHandler`). They live
+    /// here so that aborting the connection aborts them.
     handlers: Mutex<JoinSet<()>>,
+    /// Set (under the `handlers` lock) when the connection is aborted: a handler whose
+    /// stream goes after that is dropped, not handed a task.
+    pub(crate) aborted: AtomicBool,
 }
 
 impl ConnState {
@@ -60,6 +63,7 @@ impl ConnState {
             tail_waiting: AtomicBool::new(false),
             ended: tokio::sync::Notify::new(),
             handlers: Mutex::new(JoinSet::new()),
+            aborted: AtomicBool::new(false),
         }
     }
 

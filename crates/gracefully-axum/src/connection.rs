@@ -231,7 +231,10 @@ struct AbortHandlersOnDrop(Arc<ConnState>);
 
 impl Drop for AbortHandlersOnDrop {
     fn drop(&mut self) {
-        self.0.handlers().abort_all();
+        let mut handlers = self.0.handlers();
+        self.0.aborted.store(true, Ordering::Release);
+        handlers.abort_all();
+        drop(handlers);
         self.0.monitor.close();
     }
 }

@@ -9,14 +9,13 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use gracefully::Reason;
 use gracefully::operation::{Operation, OperationKind, OperationScope, Scoped};
-use http::{Request, StatusCode, Version};
+use http::{Request, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
-use tokio::sync::oneshot;
 use tower::ServiceExt;
 use tower::util::Oneshot;
 
@@ -118,25 +117,16 @@ impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> 
         let future: AppFuture<S> = op.scoped(self.app.clone().oneshot(request));
 
         if version == Version::HTTP_2 {
-            // hyper drops an HTTP/2 stream's future when the client resets the stream;
-            // run the handler as a task so the policy decides what happens to it.
-            let ctx = Arc::new(ctx);
-            let (tx, rx) = oneshot::channel();
-            let task = InRequest::new(future, ctx.clone(), account, op, false);
-            let abort = {
-                let mut handlers = self.conn.handlers();
-                // Reap finished tasks so a long-lived HTTP/2 connection does not pile them up.
-                while handlers.try_join_next().is_some() {}
-                handlers.spawn(async move {
-                    let _ = tx.send(task.await);
-                })
-            };
-            RequestFuture::Spawned {
-                handler: SpawnedHandler {
-                    rx,
-                    abort,
-                    ctx,
-                    done: false,
+            // hyper runs each HTTP/2 stream as a task of its own and drops this future when
+            // the client resets the stream; the handler is polled here, in that task, and
+            // boxed so that it can move to a task of the connection if it must run on
+            // (`StreamHandler`'s drop). Polling it in place saves a task, a channel and a
+            // wake-up per request over spawning it up front.
+            let handler = Box::pin(InRequest::new(future, ctx, account, op, false));
+            RequestFuture::Stream {
+                handler: StreamHandler {
+                    handler: Some(handler),
+                    conn: self.conn.clone(),
                 },
             }
         } else {
@@ -196,17 +186,23 @@ pin_project_lite::pin_project! {
         Inline { #[pin] handler: InRequest<AppFuture<S>, RequestContext> },
         /// HTTP/2, past the handler bound: refused at once.
         Refused,
-        /// HTTP/2: the handler runs as a task of its connection.
-        Spawned { handler: SpawnedHandler },
+        /// HTTP/2: the handler runs inside this future, in hyper's task for the stream.
+        Stream { handler: StreamHandler<S> },
     }
 }
 
-/// An HTTP/2 handler's task, as its stream sees it.
-pub(crate) struct SpawnedHandler {
-    rx: oneshot::Receiver<Answer>,
-    abort: tokio::task::AbortHandle,
-    ctx: Arc<RequestContext>,
-    done: bool,
+/// An HTTP/2 handler, movable to a task of its own.
+type BoxedHandler<S> = Pin<Box<InRequest<AppFuture<S>, RequestContext>>>;
+
+/// An HTTP/2 handler, polled in its stream's task until it answers. If hyper drops the
+/// stream first (the client reset it, or the connection broke), the drop hands the handler
+/// to the disconnect policy: `Cooperative` fires its token and lets it run on as a task of
+/// the connection (which waits for it, and aborts it if the connection is aborted);
+/// `Detached` lets it run on untouched; `Drop` drops it.
+pub(crate) struct StreamHandler<S: HttpApp> {
+    /// `None` once it answered.
+    handler: Option<BoxedHandler<S>>,
+    conn: Arc<ConnState>,
 }
 
 impl<S: HttpApp> Future for RequestFuture<S> {
@@ -216,39 +212,56 @@ impl<S: HttpApp> Future for RequestFuture<S> {
         match self.project() {
             RequestFutureProj::Inline { handler } => handler.poll(cx),
             RequestFutureProj::Refused => Poll::Ready(Err(NoAnswer::refused())),
-            RequestFutureProj::Spawned { handler } => match Pin::new(&mut handler.rx).poll(cx) {
-                Poll::Ready(Ok(answer)) => {
-                    handler.done = true;
-                    Poll::Ready(answer)
-                }
-                // The task was aborted (server abort): nothing to send.
-                Poll::Ready(Err(_)) => {
-                    handler.done = true;
-                    Poll::Ready(Ok(StatusCode::SERVICE_UNAVAILABLE.into_response()))
-                }
-                Poll::Pending => Poll::Pending,
-            },
+            RequestFutureProj::Stream { handler } => {
+                let Some(inner) = handler.handler.as_mut() else {
+                    // Polled again after its answer (hyper does not): nothing more to send.
+                    return Poll::Ready(Err(NoAnswer::client_gone()));
+                };
+                let answer = std::task::ready!(inner.as_mut().poll(cx));
+                handler.handler = None;
+                Poll::Ready(answer)
+            }
         }
     }
 }
 
-impl Drop for SpawnedHandler {
+impl<S: HttpApp> Drop for StreamHandler<S> {
     fn drop(&mut self) {
-        if self.done {
+        let Some(handler) = self.handler.take() else {
             return;
-        }
+        };
         // hyper dropped the stream before the answer: the client reset it or the
         // connection broke.
-        match self.ctx.policy() {
+        let ctx = handler.as_ref().get_ref().context();
+        let policy = ctx.policy();
+        match policy {
             DisconnectPolicy::Cooperative => {
-                self.ctx.source().cancel_with(Reason::disconnected());
+                ctx.source().cancel_with(Reason::disconnected());
             }
             DisconnectPolicy::Drop => {
                 // Counted as dropped on disconnect (as over HTTP/1), not lost.
-                self.ctx.mark_dropped_on_disconnect();
-                self.abort.abort();
+                ctx.mark_dropped_on_disconnect();
+                drop(handler);
+                return;
             }
             DisconnectPolicy::Detached => {}
         }
+        // It runs on as a task of the connection. Not once the connection was aborted (the
+        // server's abort phase: checked under the same lock the abort takes, so no handler
+        // slips past it), nor outside a runtime (one being shut down drops its tasks): then
+        // it is dropped here, and counted as lost.
+        let mut handlers = self.conn.handlers();
+        if self.conn.aborted.load(Ordering::Acquire)
+            || tokio::runtime::Handle::try_current().is_err()
+        {
+            drop(handlers);
+            drop(handler);
+            return;
+        }
+        // Reap finished tasks so a long-lived HTTP/2 connection does not pile them up.
+        while handlers.try_join_next().is_some() {}
+        handlers.spawn(async move {
+            let _ = handler.await;
+        });
     }
 }

@@ -85,13 +85,13 @@ pin_project_lite::pin_project! {
     /// A handler's future, polled with its request context current (see
     /// `request::in_request`), a panic answered 500, and its end accounted for.
     ///
-    /// `C` holds the context: in place for HTTP/1 (this future is pinned inside hyper's
-    /// request future, so no allocation per request), behind an `Arc` for HTTP/2 (the
-    /// handler's task and hyper's stream future share it).
+    /// `C` holds the context (in place: for HTTP/1 this future is pinned inside hyper's
+    /// request future, so no allocation per request; for HTTP/2 it is boxed, to be able to
+    /// move to a task of its own if its stream is reset first).
     ///
     /// Over HTTP/1 the socket is watched once the handler waits: a departed client fires
     /// the token (`Cooperative`) or ends the request with no answer (`Drop`). Over HTTP/2
-    /// the stream reset is hyper's to see (`dispatch::RequestFuture`).
+    /// the stream reset is hyper's to see (`dispatch::StreamHandler`).
     pub(crate) struct InRequest<F, C: Borrow<RequestContext>> {
         #[pin]
         future: CatchUnwind<AssertUnwindSafe<F>>,
@@ -162,6 +162,13 @@ where
             watch: Watch::NotYet,
             http1,
         }
+    }
+}
+
+impl<F, C: Borrow<RequestContext>> InRequest<F, C> {
+    /// The request's context.
+    pub(crate) fn context(&self) -> &RequestContext {
+        self.end.ctx.borrow()
     }
 }
 

@@ -190,3 +190,55 @@ async fn a_handler_that_ignores_its_token_is_aborted_and_named_in_the_report() {
     let row = report.entry("http").unwrap();
     assert_eq!(row.detail("lost (aborted)"), Some("1"), "{report}");
 }
+
+/// An HTTP/2 handler runs inside hyper's task for its stream (not a task of our own); the
+/// abort phase must still end it — dropped, and counted lost — rather than leave it running
+/// in a task nobody aborts.
+#[tokio::test]
+async fn an_http2_handler_that_ignores_its_token_is_dropped_at_the_abort_and_counted_lost() {
+    struct DropFlag(mpsc::UnboundedSender<&'static str>);
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            let _ = self.0.send("dropped");
+        }
+    }
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/stubborn",
+        get(move || {
+            let tx = tx.clone();
+            async move {
+                let _flag = DropFlag(tx.clone());
+                let _ = tx.send("started");
+                tokio::time::sleep(Duration::from_secs(60)).await; // ignores everything
+                "never"
+            }
+        }),
+    );
+    let (addr, lifetime, run) = start(app, |b| {
+        b.shutdown_timeout(Duration::from_millis(800))
+            .cancel_grace(Duration::from_millis(400))
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let call = tokio::spawn(client.get(format!("http://{addr}/stubborn")).send());
+    let event = tokio::time::timeout(SOON, events.recv()).await.unwrap();
+    assert_eq!(event, Some("started"));
+    lifetime.stop(Reason::shutdown());
+    let report = tokio::time::timeout(SOON, run).await.unwrap().unwrap();
+    assert_ne!(report.exit_code(), 0, "{report}");
+    let row = report.entry("http").unwrap();
+    assert_eq!(row.detail("lost (aborted)"), Some("1"), "{report}");
+    let event = tokio::time::timeout(SOON, events.recv()).await.unwrap();
+    assert_eq!(
+        event,
+        Some("dropped"),
+        "the handler is dropped, not left running"
+    );
+    // The client is not answered with a success.
+    let answer = tokio::time::timeout(SOON, call).await.unwrap().unwrap();
+    assert!(answer.map_or(true, |r| !r.status().is_success()));
+}
