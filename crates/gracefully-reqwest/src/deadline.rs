@@ -174,10 +174,18 @@ impl DeadlinePropagation {
             }
         }
         if let Some(name) = &self.header {
+            // Marked sensitive: HTTP/2 then sends it as a literal never indexed by HPACK (a
+            // budget differs on every request; indexing it only evicts the table entries
+            // that do repeat). HTTP/1 ignores the mark.
+            let budget_value = || {
+                let mut value = HeaderValue::from(budget_ms);
+                value.set_sensitive(true);
+                value
+            };
             // One lookup (the name hashed once) whether or not the caller set it already.
             match request.headers_mut().entry(name) {
                 Entry::Vacant(slot) => {
-                    slot.insert(HeaderValue::from(budget_ms));
+                    slot.insert(budget_value());
                 }
                 Entry::Occupied(mut set) => {
                     let smaller_already_set = set
@@ -188,7 +196,7 @@ impl DeadlinePropagation {
                         .is_some_and(|set| set <= budget_ms);
                     if !smaller_already_set {
                         // As `HeaderMap::insert`: the one value, replacing every other.
-                        set.insert(HeaderValue::from(budget_ms));
+                        set.insert(budget_value());
                     }
                 }
             }
@@ -330,6 +338,19 @@ mod tests {
             .expect_err("cancelled");
         assert_eq!(err.kind(), ReasonKind::Shutdown);
         assert_eq!(err.reason().message(), Some("SIGTERM"));
+    }
+
+    #[test]
+    fn the_budget_header_is_never_indexed_by_hpack() {
+        // It differs on every request: over HTTP/2 it goes as a never-indexed literal (h2
+        // does so for a sensitive value) rather than churn both peers' header tables.
+        let source = CancellationSource::with_timeout(Duration::from_secs(60));
+        let mut request = request();
+        DeadlinePropagation::default()
+            .apply(&mut request, &source.token())
+            .expect("budget left");
+        let value = request.headers().get(REQUEST_TIMEOUT_HEADER).expect("sent");
+        assert!(value.is_sensitive());
     }
 
     #[test]
