@@ -42,8 +42,9 @@ for side in tonic gracefully tonic-timeout gracefully-no-deadline grpc-server-pl
 done
 awk -v t="${per_call[tonic]}" -v g="${per_call[gracefully]}" -v h="${per_call[tonic-timeout]}" \
     -v n="${per_call[gracefully-no-deadline]}" -v s="${per_call[grpc-server-plain-client]}" 'BEGIN {
-    printf "grpc instructions per call: tonic %d, gracefully %d (%+.1f %%)\n", t, g, (g / t - 1) * 100
-    printf "  tonic with grpc-timeout set by hand %d (gracefully vs that: %+.1f %%)\n", h, (g / h - 1) * 100
-    printf "  gracefully, token without deadline %d (%+.1f %%)\n", n, (n / t - 1) * 100
+    printf "grpc instructions per call: tonic %d, gracefully %d (%+.1f %%)\n", h, g, (g / h - 1) * 100
+    printf "  (both with the same deadline: tonic Request::set_timeout, gracefully its token)\n"
+    printf "  without a deadline: tonic %d, gracefully %d (%+.1f %%)\n", t, n, (n / t - 1) * 100
+    printf "  gracefully with a deadline vs plain tonic without one: %+.1f %% (tonic with vs without: %+.1f %%)\n", (g / t - 1) * 100, (h / t - 1) * 100
     printf "  GrpcServer with a plain tonic client %d (%+.1f %%)\n", s, (s / t - 1) * 100
 }'

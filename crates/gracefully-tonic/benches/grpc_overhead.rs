@@ -11,14 +11,18 @@
 //! grpc overhead: tonic <µs>, gracefully <µs>, ratio <r>
 //! ```
 //!
-//! where *tonic* is a plain `tonic::transport::Server` and a plain `Channel`, a call with no
-//! deadline; and *gracefully* is `GrpcServer` (gracefully-axum's server: a token per RPC,
+//! like for like: *tonic* is a plain `tonic::transport::Server` and a plain `Channel`, the
+//! call given a deadline the way tonic offers (`Request::set_timeout`, which sends
+//! `grpc-timeout`); *gracefully* is `GrpcServer` (gracefully-axum's server: a token per RPC,
 //! stream-reset watch, the report's counts) with a `Channel` wrapped in `GracefulLayer`, the
-//! call bound to a token with a deadline — so it sends `grpc-timeout` and
+//! call bound to a token with the same deadline — so it sends `grpc-timeout` and
 //! `x-request-timeout-ms`, the server parses them and arms the RPC's deadline, and the call
-//! races its token. More lines break that down: plain tonic with `grpc-timeout` set by hand
-//! (`Request::set_timeout`: tonic then arms a timer on both sides); gracefully with a token
-//! without a deadline; `GrpcServer` with a plain client (the server's share).
+//! races its token. Both sides' `Channel`s and tonic's server arm a timer when they see
+//! `grpc-timeout`: that is tonic's price for a deadline, paid alike. More lines break it
+//! down: the same pair without a deadline (plain tonic; gracefully with a token that has
+//! none); gracefully with a deadline against plain tonic without one (the whole price of
+//! sending a deadline, tonic's timers included); `GrpcServer` with a plain client (the
+//! server's share).
 //!
 //! All calls of a side go one after another on one HTTP/2 connection; the sides take turns
 //! call by call in a shuffled order; each figure is the median over `ROUNDS` rounds of a
@@ -27,8 +31,8 @@
 //! than wall time. `benches/grpc_instructions.sh` counts instructions instead (callgrind),
 //! which does not depend on the load at all.
 //!
-//! Each server runs on a thread of its own with a current-thread runtime; the client on the
-//! main thread's current-thread runtime.
+//! Both servers run on one thread with a current-thread runtime (see `start_servers`); the
+//! client on the main thread's current-thread runtime.
 
 #![allow(missing_docs)]
 
@@ -57,8 +61,12 @@ fn service() -> WorkerServer {
     })
 }
 
-/// Starts a server on a thread of its own (current-thread runtime); returns its address.
-fn start_server(gracefully: bool) -> SocketAddr {
+/// Starts both servers, plain tonic's and gracefully's, on one thread (one current-thread
+/// runtime); returns their addresses (tonic's first). One thread for both, so that the
+/// machine's placement of threads on cores (and the cost of waking a thread on another core,
+/// high in a VM) falls on both sides alike: with a thread each, the sides' figures differed
+/// by up to 40 % with identical servers, depending on where the scheduler put which thread.
+fn start_servers() -> (SocketAddr, SocketAddr) {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -66,29 +74,32 @@ fn start_server(gracefully: bool) -> SocketAddr {
             .build()
             .expect("server runtime");
         runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            let tonic_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                 .await
                 .expect("bind");
-            addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            if gracefully {
-                let never = CancellationSource::new();
-                let routes = tonic::service::Routes::new(service());
-                GrpcServer::new(listener, routes)
-                    .run(Shutdown {
-                        stopping: never.token(),
-                        hard_stop: never.token(),
-                    })
-                    .await;
-            } else {
-                tonic::transport::Server::builder()
-                    .add_service(service())
-                    .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-                    .await
-                    .expect("tonic server");
-            }
+            let gracefully_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            addr_tx
+                .send((
+                    tonic_listener.local_addr().unwrap(),
+                    gracefully_listener.local_addr().unwrap(),
+                ))
+                .unwrap();
+            let never = CancellationSource::new();
+            let routes = tonic::service::Routes::new(service());
+            let gracefully = GrpcServer::new(gracefully_listener, routes).run(Shutdown {
+                stopping: never.token(),
+                hard_stop: never.token(),
+            });
+            let tonic = tonic::transport::Server::builder()
+                .add_service(service())
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(tonic_listener));
+            let (_, served) = tokio::join!(gracefully, tonic);
+            served.expect("tonic server");
         });
     });
-    addr_rx.recv().expect("server address")
+    addr_rx.recv().expect("server addresses")
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -184,8 +195,7 @@ fn main() {
     if let Ok(side) = std::env::var("GRPC_ONLY") {
         return only(&side);
     }
-    let tonic_addr = start_server(false);
-    let gracefully_addr = start_server(true);
+    let (tonic_addr, gracefully_addr) = start_servers();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -211,15 +221,13 @@ fn only(side: &str) {
         .ok()
         .map(|n| n.parse().expect("GRPC_CALLS: a number of calls"))
         .unwrap_or(1_000);
-    // Only the server the side uses runs.
-    let uses_tonic_server = matches!(side, Side::Tonic | Side::TonicWithTimeout);
-    let addr = start_server(!uses_tonic_server);
+    let (tonic_addr, gracefully_addr) = start_servers();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("client runtime");
     runtime.block_on(async {
-        let mut clients = Clients::new(addr, addr).await;
+        let mut clients = Clients::new(tonic_addr, gracefully_addr).await;
         for _ in 0..200 {
             clients.call(side).await;
         }
@@ -283,6 +291,7 @@ async fn overhead(tonic_addr: SocketAddr, gracefully_addr: SocketAddr) {
     let mut per_side: Vec<Vec<f64>> = vec![Vec::new(); SIDES.len()];
     let mut cpu_per_side: Vec<Vec<f64>> = vec![Vec::new(); SIDES.len()];
     let mut ratios = Vec::new();
+    let mut ratios_without = Vec::new();
     let mut rng = Xorshift(0x9E37_79B9_7F4A_7C15);
     let mut order: Vec<usize> = (0..SIDES.len()).collect();
     for _ in 0..ROUNDS {
@@ -303,37 +312,49 @@ async fn overhead(tonic_addr: SocketAddr, gracefully_addr: SocketAddr) {
             per_side[s].push(*m);
             cpu_per_side[s].push(micros(cpu[s] / CALLS as u32));
         }
-        ratios.push(mean[1] / mean[0]);
+        ratios.push(mean[1] / mean[2]);
+        ratios_without.push(mean[3] / mean[0]);
     }
     let m: Vec<f64> = per_side.into_iter().map(median).collect();
     let c: Vec<f64> = cpu_per_side.into_iter().map(median).collect();
+    // Sides: 0 tonic, 1 gracefully (deadline), 2 tonic with the deadline set by hand,
+    // 3 gracefully without a deadline, 4 `GrpcServer` with a plain client.
     println!(
         "grpc overhead: tonic {:.2} µs, gracefully {:.2} µs, ratio {:.3}",
-        m[0],
+        m[2],
         m[1],
-        m[1] / m[0]
+        m[1] / m[2]
     );
     println!(
-        "  median of per-round ratios {:.3} ({ROUNDS} rounds of {CALLS} unary calls per side, taking turns in shuffled order, loopback HTTP/2)",
-        median(ratios)
+        "  (both calls with the same deadline: tonic's Request::set_timeout, gracefully's token; \
+         {ROUNDS} rounds of {CALLS} unary calls per side, taking turns in shuffled order, \
+         loopback HTTP/2)"
     );
+    println!("  median of per-round ratios {:.3}", median(ratios));
     println!(
         "  process CPU per call (client + server): tonic {:.2} µs, gracefully {:.2} µs, ratio {:.3}",
-        c[0],
+        c[2],
         c[1],
-        c[1] / c[0]
+        c[1] / c[2]
     );
     println!(
-        "  tonic with grpc-timeout set by hand {:.2} µs (gracefully ÷ that: {:.3}); CPU {:.2} µs",
-        m[2],
-        m[1] / m[2],
-        c[2]
-    );
-    println!(
-        "  gracefully, token without deadline {:.2} µs (÷ tonic: {:.3}); CPU {:.2} µs",
+        "  without a deadline: tonic {:.2} µs, gracefully {:.2} µs, ratio {:.3} \
+         (median of per-round ratios {:.3}); CPU {:.2} µs, {:.2} µs, ratio {:.3}",
+        m[0],
         m[3],
         m[3] / m[0],
-        c[3]
+        median(ratios_without),
+        c[0],
+        c[3],
+        c[3] / c[0]
+    );
+    println!(
+        "  gracefully with a deadline ÷ plain tonic without one: {:.3} (CPU {:.3}): what \
+         sending a deadline costs, tonic's own timers included (tonic with a deadline ÷ \
+         without: {:.3})",
+        m[1] / m[0],
+        c[1] / c[0],
+        m[2] / m[0]
     );
     println!(
         "  GrpcServer with a plain tonic client {:.2} µs (÷ tonic: {:.3}); CPU {:.2} µs",
