@@ -45,7 +45,7 @@ use gracefully_test::{RunningHost, test_host};
 use tokio::sync::Notify;
 
 const MESSAGES: usize = 100_000;
-const ROUNDS: usize = 16;
+const ROUNDS: usize = 24;
 const CONCURRENCY: usize = 100;
 /// The pause after each fill, before the first side starts.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -69,17 +69,27 @@ async fn run(url: &str) {
     let (mut our_cpu, mut their_cpu) = (Vec::new(), Vec::new());
     // Ratios by which side read the fresh stream first.
     let (mut ours_first, mut theirs_first) = (Vec::new(), Vec::new());
+    let (ours_name, theirs_name) = (format!("{name}_G"), format!("{name}_P"));
     for round in 0..ROUNDS {
-        fill(&js, &name).await;
-        // Let the broker finish writing the fill before either side reads (see above).
+        // Each side drains a stream of its own, both filled afresh (in alternating order)
+        // before either side starts: the first reader of a fresh stream pays for loading it,
+        // and with one stream shared, that was whichever side went first.
+        if round % 2 == 0 {
+            fill(&js, &ours_name).await;
+            fill(&js, &theirs_name).await;
+        } else {
+            fill(&js, &theirs_name).await;
+            fill(&js, &ours_name).await;
+        }
+        // Let the broker finish writing the fills before either side reads (see above).
         tokio::time::sleep(SETTLE).await;
         let ((a, a_cpu), (b, b_cpu)) = if round % 2 == 0 {
-            let b = timed(plain(url, &js, &name, "plain")).await;
-            let a = timed(gracefully(url, &js, &name, "graceful")).await;
+            let b = timed(plain(url, &js, &theirs_name, "plain")).await;
+            let a = timed(gracefully(url, &js, &ours_name, "graceful")).await;
             (a, b)
         } else {
-            let a = timed(gracefully(url, &js, &name, "graceful")).await;
-            let b = timed(plain(url, &js, &name, "plain")).await;
+            let a = timed(gracefully(url, &js, &ours_name, "graceful")).await;
+            let b = timed(plain(url, &js, &theirs_name, "plain")).await;
             (a, b)
         };
         println!(
@@ -97,7 +107,8 @@ async fn run(url: &str) {
         }
         our_cpu.push(a_cpu);
         their_cpu.push(b_cpu);
-        js.delete_stream(&name).await.unwrap();
+        js.delete_stream(&ours_name).await.unwrap();
+        js.delete_stream(&theirs_name).await.unwrap();
     }
     let (a, b, r) = (median(&mut ours), median(&mut theirs), median(&mut ratios));
     println!(
