@@ -189,7 +189,9 @@ impl BackgroundService for Consumer {
                 prefetch = config.prefetch,
                 "consumer connected"
             );
-            self.session = Some(Arc::new(session));
+            let session = Arc::new(session);
+            crate::session::watch(&session, self.shared.stats.clone());
+            self.session = Some(session);
             Ok(())
         }
     }
@@ -283,12 +285,17 @@ impl Run {
             }
         };
         let mut stop = pin!(stopping.cancelled());
+        // Marked lost by the connection watch (`session::watch`): while every slot is held,
+        // this loop reads no delivery, so the error on the delivery stream would wait.
+        let lost = session.lost_token();
+        let mut lost = pin!(lost.cancelled());
         loop {
             self.reap();
             // A slot first, then a delivery (invariant 1).
             let permit = tokio::select! {
                 biased;
                 _ = &mut stop => break,
+                _ = &mut lost => return false,
                 permit = Arc::clone(&self.slots).acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => unreachable!("the semaphore is never closed"),
@@ -297,6 +304,7 @@ impl Run {
             let next = tokio::select! {
                 biased;
                 _ = &mut stop => break,
+                _ = &mut lost => return false,
                 next = consumer.next() => next,
             };
             match next {
@@ -474,7 +482,9 @@ impl Run {
                     );
                     self.reconnect_attempts = 0;
                     ConsumerStats::add(&self.shared.stats.counters().reconnects, 1);
-                    return Ok(Some(Arc::new(session)));
+                    let session = Arc::new(session);
+                    crate::session::watch(&session, self.shared.stats.clone());
+                    return Ok(Some(session));
                 }
                 Ok(Err(error)) if error.is_transient() => {
                     tracing::warn!(

@@ -8,8 +8,10 @@
 //! broker: the broker redelivers what was unacked when it noticed the connection close.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use gracefully::{CancellationSource, CancellationToken, Reason};
 use lapin::Confirmation;
 use lapin::options::{
@@ -23,6 +25,7 @@ use tokio::sync::Mutex;
 use crate::config::Config;
 use crate::error::Error;
 use crate::retry::{Target, retry_queue_name};
+use crate::stats::ConsumerStats;
 
 /// AMQP's `NOT_FOUND` reply code.
 const NOT_FOUND: u16 = 404;
@@ -31,6 +34,8 @@ const PRECONDITION_FAILED: u16 = 406;
 
 pub(crate) struct Session {
     pub(crate) connection: Connection,
+    /// The queue consumed (for log lines).
+    queue: String,
     /// Consumes, acks, nacks.
     pub(crate) channel: Channel,
     /// Publishes retries and dead letters, with confirms. Reopened if the broker closed it
@@ -43,6 +48,66 @@ pub(crate) struct Session {
     /// too): what an ack or nack in progress races, since lapin may never resolve one
     /// whose frame was queued on a connection that then died.
     lost_signal: CancellationSource,
+    /// The task watching the connection's events ([`watch`]); aborted when the session is
+    /// dropped.
+    watcher: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let watcher = self
+            .watcher
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(watcher) = watcher.take() {
+            watcher.abort();
+        }
+    }
+}
+
+/// Watches `session`'s connection for an error lapin reports (the socket cut or closed, a
+/// missed heartbeat, the broker closing the connection) and marks the session lost at once:
+/// the in-flight handlers' tokens fire with `Disconnected` even while the consume loop is
+/// not reading deliveries — with every concurrency slot held by a running handler it waits
+/// for a slot, and would see the error on the delivery stream only once one frees, which a
+/// handler waiting for its token never does. Ends when the session is lost or dropped.
+pub(crate) fn watch(session: &Arc<Session>, stats: ConsumerStats) {
+    let events = session.connection.events_listener();
+    let weak = Arc::downgrade(session);
+    let lost = session.lost_signal.token();
+    let handle = tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        loop {
+            let event = tokio::select! {
+                _ = lost.cancelled() => return,
+                event = events.next() => event,
+            };
+            match event {
+                None => return,
+                Some(lapin::Event::Error(error)) => {
+                    let Some(session) = weak.upgrade() else {
+                        return;
+                    };
+                    let why = format!("the broker connection failed: {error}");
+                    let in_flight = stats.in_flight();
+                    if session.mark_lost(why.clone()) {
+                        tracing::warn!(
+                            queue = %session.queue,
+                            in_flight,
+                            "{why}; the in-flight handlers' tokens fire (Disconnected) and their messages will be redelivered; reconnecting"
+                        );
+                    }
+                    return;
+                }
+                Some(_) => {}
+            }
+        }
+    });
+    let mut watcher = session
+        .watcher
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    *watcher = Some(handle.abort_handle());
 }
 
 /// Why a publish did not happen.
@@ -114,6 +179,8 @@ impl Session {
             handlers: hard_stop.child(),
             lost: AtomicBool::new(false),
             lost_signal: CancellationSource::new(),
+            watcher: std::sync::Mutex::new(None),
+            queue: config.queue.clone(),
         })
     }
 
@@ -137,13 +204,18 @@ impl Session {
 
     /// `settling` (an ack or a nack), or `None` if the connection is found lost first.
     /// A settle on a connection that died after it was sent can wait for ever in lapin;
-    /// the consumer's connection watch marks the session lost, which ends the wait.
+    /// the connection watch ([`watch`]) marks the session lost, which ends the wait.
     pub(crate) async fn unless_lost<T>(&self, settling: impl Future<Output = T>) -> Option<T> {
         self.lost_signal
             .token()
             .run_until_cancelled(settling)
             .await
             .ok()
+    }
+
+    /// Fires when the session is marked lost (by the consume loop or the connection watch).
+    pub(crate) fn lost_token(&self) -> CancellationToken {
+        self.lost_signal.token()
     }
 
     pub(crate) fn is_lost(&self) -> bool {

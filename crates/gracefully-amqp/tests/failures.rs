@@ -211,10 +211,9 @@ async fn a_cut_connection_fires_in_flight_tokens_with_disconnected_and_the_consu
         .build(move |message: Message<Bytes>, token: CancellationToken| {
             let (record, seen) = (Arc::clone(&record), Arc::clone(&seen));
             async move {
-                // 300 ms of work that stops when the token fires. (The consumer learns of the
-                // cut when it next writes — with all work held past the cut, it had not
-                // noticed 20 s later — so the others must still run at the first ack after
-                // it: with 40 ms of work, a loaded CI machine once let them all finish first.)
+                // 300 ms of work that stops when the token fires: long enough that some are
+                // still running at the cut (with 40 ms, a loaded CI machine once let them
+                // all finish first).
                 if let Err(cancelled) = token
                     .run_until_cancelled(tokio::time::sleep(Duration::from_millis(300)))
                     .await
@@ -271,6 +270,95 @@ async fn a_cut_connection_fires_in_flight_tokens_with_disconnected_and_the_consu
         "amqp cut: {} in-flight tokens fired with Disconnected, {at_disconnect} messages redelivered after the reconnect, all {N} handled",
         reasons.len()
     );
+}
+
+/// Every concurrency slot held by a handler that waits for its token: the consume loop reads
+/// no delivery then, so it must learn of the cut from the connection itself (lapin's error
+/// event), not from the delivery stream. Before the connection watch, the tokens had not
+/// fired 20 s after the cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs RabbitMQ: set AMQP_URL"]
+async fn a_cut_connection_fires_the_tokens_of_handlers_holding_every_slot() {
+    let broker = Broker::new().await;
+    let queue = unique("cut-held");
+    broker.queue(&queue).await;
+    broker.forget_derived(&queue, &[1000, 2000, 4000, 8000]);
+    const N: usize = 8;
+    for i in 0..N {
+        broker.publish(&queue, &format!("m{i}"), b"").await;
+    }
+    let proxy = Proxy::start(&broker_address()).await;
+    let done: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let fired: Arc<Mutex<Vec<(ReasonKind, Instant)>>> = Arc::default();
+    let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (record, seen, after_cut) = (Arc::clone(&done), Arc::clone(&fired), Arc::clone(&cut));
+    let consumer = Consumer::builder(proxy.url(), &queue)
+        .concurrency(4)
+        .reconnect_backoff(Backoff::fixed(Duration::from_millis(50)))
+        .build(move |message: Message<Bytes>, token: CancellationToken| {
+            let (record, seen) = (Arc::clone(&record), Arc::clone(&seen));
+            let held = !after_cut.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                // Before the cut: hold the slot until the token fires (a minute at most).
+                if held
+                    && let Err(cancelled) = token
+                        .run_until_cancelled(tokio::time::sleep(Duration::from_secs(60)))
+                        .await
+                {
+                    seen.lock()
+                        .unwrap()
+                        .push((cancelled.kind(), Instant::now()));
+                    return Err(cancelled);
+                }
+                record
+                    .lock()
+                    .unwrap()
+                    .insert(message.id().unwrap().to_owned());
+                Ok(())
+            }
+        })
+        .unwrap();
+    let stats = consumer.stats();
+    let running = RunningHost::start(test_host().service("c", consumer).build().unwrap())
+        .await
+        .unwrap();
+    eventually(
+        "four handlers holding every slot",
+        Duration::from_secs(20),
+        async || stats.in_flight() == 4,
+    )
+    .await;
+    cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    let cut_at = Instant::now();
+    proxy.cut();
+    eventually(
+        "the held handlers' tokens fired",
+        Duration::from_secs(10),
+        async || fired.lock().unwrap().len() == 4,
+    )
+    .await;
+    let fired = fired.lock().unwrap().clone();
+    assert!(
+        fired
+            .iter()
+            .all(|(kind, _)| *kind == ReasonKind::Disconnected),
+        "{fired:?}"
+    );
+    let slowest = fired
+        .iter()
+        .map(|(_, at)| at.duration_since(cut_at))
+        .max()
+        .unwrap();
+    eventually(
+        "every message handled",
+        Duration::from_secs(30),
+        async || done.lock().unwrap().len() == N,
+    )
+    .await;
+    let report = running.stop(Reason::shutdown()).await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert_eq!(broker.ready(&queue).await, 0, "nothing left behind");
+    println!("amqp cut with every slot held: the 4 tokens fired within {slowest:?} of the cut");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
