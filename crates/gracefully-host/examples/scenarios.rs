@@ -5,11 +5,17 @@
 //! cargo run -p gracefully-host --example scenarios -- fail     # a service fails: exit 1
 //! cargo run -p gracefully-host --example scenarios -- restart  # restarts with growing delays,
 //!                                                              # gives up at the limit: exit 1
+//! cargo run -p gracefully-host --example scenarios -- slow-start          # 3 s of start-up work
+//!                                  # raced against EarlySignals: Ctrl-C then stops it at once
+//! cargo run -p gracefully-host --example scenarios -- slow-start-unraced  # the same work not
+//!                                  # raced: the host stops as soon as it has started
 //! ```
 
 use std::time::{Duration, Instant};
 
-use gracefully_host::{BoxError, FailurePolicy, Host, RestartPolicy, ServiceOptions, service_fn};
+use gracefully_host::{
+    BoxError, EarlySignals, FailurePolicy, Host, RestartPolicy, ServiceOptions, service_fn,
+};
 
 #[tokio::main]
 async fn main() {
@@ -18,6 +24,29 @@ async fn main() {
         .with_writer(std::io::stderr)
         .init();
     let scenario = std::env::args().nth(1).unwrap_or_default();
+    // Start-up work before the host exists (a database connection, migrations), with the
+    // signals taken from the first line.
+    let early = match scenario.as_str() {
+        "slow-start" | "slow-start-unraced" => {
+            let signals = EarlySignals::install().expect("signal handlers");
+            println!("starting");
+            let work = tokio::time::sleep(Duration::from_secs(3));
+            if scenario == "slow-start" {
+                let stop = signals.received();
+                tokio::select! {
+                    () = work => {}
+                    reason = stop.cancelled() => {
+                        println!("stopped while starting: {reason}");
+                        std::process::exit(0);
+                    }
+                }
+            } else {
+                work.await;
+            }
+            Some(signals)
+        }
+        _ => None,
+    };
     let honouring = service_fn(|stopping, _cx| async move {
         stopping.cancelled().await;
     });
@@ -50,10 +79,18 @@ async fn main() {
                 ServiceOptions::new().on_failure(FailurePolicy::Restart(policy)),
             )
         }
+        "slow-start" | "slow-start-unraced" => builder,
         other => {
-            eprintln!("unknown scenario {other:?}; use `fail` or `restart`");
+            eprintln!(
+                "unknown scenario {other:?}; use `fail`, `restart`, `slow-start` or \
+                 `slow-start-unraced`"
+            );
             std::process::exit(64);
         }
+    };
+    let builder = match early {
+        Some(signals) => builder.signals(signals),
+        None => builder,
     };
     let host = builder.build().expect("valid configuration");
     let report = host.run().await;

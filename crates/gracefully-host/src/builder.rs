@@ -13,6 +13,7 @@ use crate::operations::Operations;
 use crate::options::ServiceOptions;
 use crate::policy::FailurePolicy;
 use crate::service::BackgroundService;
+use crate::signals::EarlySignals;
 
 /// The longest `shutdown_timeout` accepted: one day.
 const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
@@ -52,6 +53,7 @@ pub struct HostBuilder {
     config: Config,
     services: Vec<ServiceSpec>,
     operations: Option<Operations>,
+    early_signals: Option<EarlySignals>,
 }
 
 impl HostBuilder {
@@ -67,6 +69,7 @@ impl HostBuilder {
             },
             services: Vec::new(),
             operations: None,
+            early_signals: None,
         }
     }
 
@@ -124,6 +127,16 @@ impl HostBuilder {
     /// process then, as [`Host::run_and_exit`] does.
     pub fn handle_signals(mut self, enabled: bool) -> Self {
         self.config.handle_signals = enabled;
+        self
+    }
+
+    /// Handles the signals through `signals`, installed earlier (before the program's own
+    /// start-up work: see [`EarlySignals`]), instead of installing handlers when it runs:
+    /// no signal is missed between the two, and one that already arrived stops the host as
+    /// soon as it has started. Implies [`handle_signals(true)`](Self::handle_signals).
+    pub fn signals(mut self, signals: EarlySignals) -> Self {
+        self.config.handle_signals = true;
+        self.early_signals = Some(signals);
         self
     }
 
@@ -202,6 +215,7 @@ impl HostBuilder {
             services: self.services,
             dependencies,
             lifetime,
+            early_signals: self.early_signals,
         })
     }
 }

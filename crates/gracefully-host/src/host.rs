@@ -6,6 +6,7 @@ use crate::builder::HostBuilder;
 use crate::config::{Config, ServiceSpec};
 use crate::lifetime::Lifetime;
 use crate::report::ShutdownReport;
+use crate::signals::EarlySignals;
 use crate::supervisor;
 
 /// Runs background services and tracked tasks, and shuts them down in three phases when a
@@ -71,6 +72,8 @@ pub struct Host {
     /// `dependencies[i]`: the services service `i` depends on (indexes into `services`).
     pub(crate) dependencies: Vec<Vec<usize>>,
     pub(crate) lifetime: Lifetime,
+    /// Signals taken before the host was built ([`HostBuilder::signals`]).
+    pub(crate) early_signals: Option<EarlySignals>,
 }
 
 impl Host {
@@ -104,8 +107,9 @@ impl Host {
             services,
             dependencies,
             lifetime,
+            early_signals,
         } = self;
-        supervisor::run(config, services, dependencies, lifetime).await
+        supervisor::run(config, services, dependencies, lifetime, early_signals).await
     }
 
     /// [`run`](Self::run), then exits the process with the report's

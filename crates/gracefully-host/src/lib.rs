@@ -137,4 +137,5 @@ pub use phase::Phase;
 pub use policy::{FailurePolicy, RestartPolicy};
 pub use report::{EntryKind, ReportEntry, ShutdownReport, TaskCounts};
 pub use service::{BackgroundService, ServiceFn, service_fn};
+pub use signals::EarlySignals;
 pub use tracker::Shielded;

@@ -7,26 +7,95 @@
 
 use std::io;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use gracefully::{CancellationSource, Reason};
+use gracefully::{CancellationSource, CancellationToken, Reason};
 
 use crate::lifetime::Lifetime;
 
-/// The signal thread, watching. Dropping it stops the watching (the thread ends soon after;
-/// nobody waits for it). The handlers stay installed: installing them replaced the default
-/// action (terminate) for the life of the process, as with any tokio signal handler.
-pub(crate) struct SignalWatcher {
+/// The shutdown signals (SIGINT, SIGTERM, SIGQUIT, SIGHUP; Ctrl-C elsewhere), taken from
+/// the moment [`install`](Self::install) returns — before the host exists. For the work a
+/// program does before it can build its host (connect to a database, run migrations):
+/// without it, a signal in that window takes the default action (the process dies at once,
+/// exit 143 for SIGTERM, no report), and a slow start cannot be stopped cleanly.
+///
+/// * Race the start-up against [`received`](Self::received): it fires at the first signal,
+///   with reason kind `Shutdown` and the signal's name as message, so the program can stop
+///   before serving anything.
+/// * Hand them to the host with [`HostBuilder::signals`](crate::HostBuilder::signals): it
+///   takes them over (no window in which a signal is missed), and a signal that arrived
+///   before it ran stops it as soon as it has started.
+/// * A second signal before the host runs exits the process at once, with the shell's code
+///   for the signal (128 + its number: 130 for SIGINT, 143 for SIGTERM), as the default
+///   action would — "abort now", as a second signal means once the host runs.
+///
+/// Hand them to the host, or drop them before it runs: while they are held, they still act
+/// on their own (a second signal would exit the process), also beside a host that installed
+/// handlers of its own.
+///
+/// ```no_run
+/// use gracefully_host::{EarlySignals, Host};
+///
+/// # async fn connect() -> Result<(), std::io::Error> { Ok(()) }
+/// # async fn main_() -> Result<(), Box<dyn std::error::Error>> {
+/// let signals = EarlySignals::install()?;
+/// let stop = signals.received();
+/// let database = tokio::select! {
+///     database = connect() => database?,
+///     reason = stop.cancelled() => {
+///         eprintln!("{reason} while starting: stopped before serving");
+///         return Ok(());
+///     }
+/// };
+/// let host = Host::builder().signals(signals).build()?;
+/// host.run_and_exit().await
+/// # }
+/// ```
+///
+/// *Anchors:* .NET's Generic Host registers its console lifetime when it is built, so a
+/// Ctrl-C during the host's own start-up is seen, but not one during the program's code
+/// before `Build()`; Go's `signal.NotifyContext`, made first thing in `main`, is this.
+pub struct EarlySignals {
+    target: Arc<Target>,
+    /// Stops the signal thread's watching when dropped.
     done: CancellationSource,
 }
 
-impl SignalWatcher {
-    /// Starts the thread and returns once the handlers are installed, so a signal that
-    /// arrives from then on is not lost. Logs go to the caller's `tracing` dispatcher.
-    pub(crate) fn start(lifetime: Lifetime) -> io::Result<SignalWatcher> {
+/// Where the signal thread delivers: a host's lifetime once one is attached, else the
+/// `first` token (and, for a second signal, the process's exit).
+struct Target {
+    first: CancellationSource,
+    state: Mutex<TargetState>,
+}
+
+#[derive(Default)]
+struct TargetState {
+    lifetime: Option<Lifetime>,
+    /// How many signals arrived, and the first one's name.
+    received: u32,
+    first: Option<&'static str>,
+}
+
+impl EarlySignals {
+    /// Installs the handlers, on a thread of their own with a small runtime of its own
+    /// (tokio's signal handling needs an IO driver, which the program's runtime may lack,
+    /// and a second signal must get through even when every worker is busy). Returns once
+    /// they are installed: a signal that arrives from then on is not lost. Logs go to the
+    /// caller's `tracing` dispatcher.
+    ///
+    /// # Errors
+    ///
+    /// The OS refused a thread or a handler.
+    pub fn install() -> io::Result<EarlySignals> {
+        let target = Arc::new(Target {
+            first: CancellationSource::new(),
+            state: Mutex::new(TargetState::default()),
+        });
         let done = CancellationSource::new();
         let stop_watching = done.token();
         let dispatch = tracing::dispatcher::get_default(Clone::clone);
         let (installed_tx, installed) = mpsc::sync_channel(1);
+        let delivering = Arc::clone(&target);
         std::thread::Builder::new()
             .name("gracefully-host-signals".into())
             .spawn(move || {
@@ -42,7 +111,7 @@ impl SignalWatcher {
                     }
                 };
                 runtime.block_on(async move {
-                    let signals = match Signals::install() {
+                    let mut signals = match Signals::install() {
                         Ok(signals) => {
                             let _ = installed_tx.send(Ok(()));
                             signals
@@ -52,25 +121,132 @@ impl SignalWatcher {
                             return;
                         }
                     };
-                    let _ = stop_watching
-                        .run_until_cancelled(signals.watch(lifetime))
-                        .await;
+                    let watching = async {
+                        while let Some(name) = signals.next().await {
+                            delivering.deliver(name);
+                        }
+                    };
+                    let _ = stop_watching.run_until_cancelled(watching).await;
                 });
             })?;
-        // A short blocking wait (a thread start and four `sigaction`s), once per `run`,
-        // before any service starts.
+        // A short blocking wait (a thread start and four `sigaction`s).
         installed.recv().unwrap_or_else(|_| {
             Err(io::Error::other(
                 "the signal thread ended before installing the handlers",
             ))
         })?;
-        Ok(SignalWatcher { done })
+        Ok(EarlySignals { target, done })
+    }
+
+    /// Fires at the first signal (reason kind `Shutdown`, the signal's name as message),
+    /// whether or not a host runs yet.
+    pub fn received(&self) -> CancellationToken {
+        self.target.first.token()
+    }
+
+    /// Hands the signals to `lifetime`'s host: the next ones stop it (the first) and abort
+    /// it (the second); one that arrived before stops it now.
+    pub(crate) fn attach(&self, lifetime: &Lifetime) {
+        let mut state = self
+            .target
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        state.lifetime = Some(lifetime.clone());
+        let early = if state.received > 0 {
+            state.first
+        } else {
+            None
+        };
+        drop(state);
+        if let Some(name) = early {
+            lifetime.stop(Reason::shutdown().with_message(name));
+            tracing::info!(
+                "{name} received before the host ran: shutting down as soon as it has started \
+                 (send another signal to abort at once)"
+            );
+        }
     }
 }
 
-impl Drop for SignalWatcher {
+impl Drop for EarlySignals {
     fn drop(&mut self) {
         self.done.cancel();
+    }
+}
+
+impl std::fmt::Debug for EarlySignals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EarlySignals")
+            .field("received", &self.target.first.token().is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// One signal, `name`: to the host if one is attached, else to `first` (the first) or
+    /// the process's exit (the second).
+    fn deliver(&self, name: &'static str) {
+        let (received, lifetime) = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.received += 1;
+            state.first.get_or_insert(name);
+            (state.received, state.lifetime.clone())
+        };
+        if received == 1 {
+            self.first
+                .cancel_with(Reason::shutdown().with_message(name));
+        }
+        match lifetime {
+            Some(lifetime) => to_host(&lifetime, received, name),
+            None if received == 1 => tracing::info!(
+                "{name} received before the host started: stopping (send another signal to \
+                 exit at once)"
+            ),
+            None => {
+                tracing::warn!("{name} received again before the host started: exiting at once");
+                std::process::exit(exit_code_of(name));
+            }
+        }
+    }
+}
+
+/// The shell's exit status for a process ended by `name`: 128 + the signal's number.
+fn exit_code_of(name: &str) -> i32 {
+    128 + match name {
+        "SIGHUP" => 1,
+        "SIGINT" | "Ctrl-C" => 2,
+        "SIGQUIT" => 3,
+        _ => 15,
+    }
+}
+
+/// Turns signals into [`Lifetime::stop`] (the first) and a forced abort (the second).
+///
+/// A signal that arrives while a shutdown triggered otherwise (a failed service,
+/// `Lifetime::stop`) is under way counts as the first: it does not abort. Only a second
+/// *signal* does, so a SIGTERM from the orchestrator cannot cut short a shutdown the
+/// process began by itself.
+fn to_host(lifetime: &Lifetime, received: u32, name: &'static str) {
+    if received == 1 {
+        if lifetime.stop(Reason::shutdown().with_message(name)) {
+            tracing::info!(
+                "{name} received: shutting down gracefully (send another signal to abort at once)"
+            );
+        } else {
+            tracing::info!(
+                "{name} received while already shutting down (send another signal to abort at once)"
+            );
+        }
+    } else {
+        tracing::warn!("{name} received again: skipping to the abort");
+        // The force token may fire before the trigger is seen; the supervisor checks it in
+        // every phase.
+        lifetime.stop(Reason::shutdown().with_message(name));
+        lifetime
+            .timeline()
+            .force
+            .cancel_with(Reason::shutdown().with_message(format!("second signal ({name})")));
     }
 }
 
@@ -122,37 +298,5 @@ impl Signals {
     #[cfg(not(unix))]
     async fn next(&mut self) -> Option<&'static str> {
         tokio::signal::ctrl_c().await.ok().map(|()| "Ctrl-C")
-    }
-
-    /// Turns signals into [`Lifetime::stop`] (the first) and a forced abort (the second).
-    ///
-    /// A signal that arrives while a shutdown triggered otherwise (a failed service,
-    /// `Lifetime::stop`) is under way counts as the first: it does not abort. Only a second
-    /// *signal* does, so a SIGTERM from the orchestrator cannot cut short a shutdown the
-    /// process began by itself.
-    async fn watch(mut self, lifetime: Lifetime) {
-        let mut received = 0u32;
-        while let Some(name) = self.next().await {
-            received += 1;
-            if received == 1 {
-                if lifetime.stop(Reason::shutdown().with_message(name)) {
-                    tracing::info!(
-                        "{name} received: shutting down gracefully (send another signal to abort at once)"
-                    );
-                } else {
-                    tracing::info!(
-                        "{name} received while already shutting down (send another signal to abort at once)"
-                    );
-                }
-            } else {
-                tracing::warn!("{name} received again: skipping to the abort");
-                // The force token may fire before the trigger is seen; the supervisor
-                // checks it in every phase.
-                lifetime.stop(Reason::shutdown().with_message(name));
-                lifetime.timeline().force.cancel_with(
-                    Reason::shutdown().with_message(format!("second signal ({name})")),
-                );
-            }
-        }
     }
 }

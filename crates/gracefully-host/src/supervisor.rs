@@ -27,7 +27,7 @@ use crate::outcome::Outcome;
 use crate::phase::Phase;
 use crate::report::{RawReport, ServiceRecord, ShutdownReport};
 use crate::service_task::{ServiceEnd, ServiceRun};
-use crate::signals::SignalWatcher;
+use crate::signals::EarlySignals;
 use crate::timeline::Timeline;
 
 /// [`Host::run`](crate::Host::run): the whole life of a host, in order.
@@ -36,13 +36,20 @@ pub(crate) async fn run(
     services: Vec<ServiceSpec>,
     dependencies: Vec<Vec<usize>>,
     lifetime: Lifetime,
+    early_signals: Option<EarlySignals>,
 ) -> ShutdownReport {
     let _current = lifetime.make_current();
     // Handlers first, so that by the time the host is ready a signal cannot be missed.
-    let signals = config
-        .handle_signals
-        .then(|| watch_signals(&lifetime))
-        .flatten();
+    let signals = match early_signals {
+        Some(signals) => {
+            signals.attach(&lifetime);
+            Some(signals)
+        }
+        None => config
+            .handle_signals
+            .then(|| watch_signals(&lifetime))
+            .flatten(),
+    };
     let board = start_services(&config, services, &dependencies, &lifetime);
     let mut supervisor = Supervisor {
         config,
@@ -67,9 +74,12 @@ pub(crate) async fn run(
 }
 
 /// Starts the signal watcher; logs (and goes on without it) if it cannot.
-fn watch_signals(lifetime: &Lifetime) -> Option<SignalWatcher> {
-    match SignalWatcher::start(lifetime.clone()) {
-        Ok(watcher) => Some(watcher),
+fn watch_signals(lifetime: &Lifetime) -> Option<EarlySignals> {
+    match EarlySignals::install() {
+        Ok(signals) => {
+            signals.attach(lifetime);
+            Some(signals)
+        }
         Err(error) => {
             tracing::error!(%error, "could not install signal handlers; stop the host with Lifetime::stop");
             None

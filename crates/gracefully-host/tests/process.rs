@@ -326,3 +326,38 @@ fn a_restart_policy_restarts_with_growing_delays_then_gives_up_with_exit_1() {
     assert!(stderr.contains("giving up"), "{stderr}");
     assert!(row(&stdout, "flaky").contains("restarts: 3"), "{stdout}");
 }
+
+/// A signal during the program's own start-up work (before the host exists), with the
+/// signals taken first thing (`EarlySignals`): raced against the work, it stops the program
+/// at once and cleanly; not raced, the host stops as soon as it has started (with the
+/// report); a second one exits at once, as the default action would. Without them the
+/// signal's default action killed the process: exit 143, no report.
+#[test]
+fn a_signal_during_start_up_stops_the_program_cleanly() {
+    let raced = Proc::start("scenarios", &["slow-start"]);
+    raced.wait_for_stdout("starting");
+    raced.signal(libc::SIGTERM);
+    let (status, elapsed, stdout, stderr) = raced.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+    assert!(
+        stdout.contains("stopped while starting: shutdown: SIGTERM"),
+        "{stdout}"
+    );
+
+    let unraced = Proc::start("scenarios", &["slow-start-unraced"]);
+    unraced.wait_for_stdout("starting");
+    unraced.signal(libc::SIGTERM);
+    let (status, _, stdout, stderr) = unraced.wait(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("trigger: shutdown: SIGTERM"), "{stdout}");
+
+    let twice = Proc::start("scenarios", &["slow-start-unraced"]);
+    twice.wait_for_stdout("starting");
+    twice.signal(libc::SIGTERM);
+    twice.wait_for_stderr("received before the host started");
+    twice.signal(libc::SIGTERM);
+    let (status, elapsed, stdout, stderr) = twice.wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(143), "{stdout}{stderr}");
+    assert!(elapsed < Duration::from_secs(2), "took {elapsed:?}");
+}
