@@ -31,7 +31,7 @@ mod orders;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gracefully_host::{Host, Operations, ShutdownReport, service_fn};
+use gracefully_host::{EarlySignals, Host, Operations, ShutdownReport, service_fn};
 
 pub use api::{AppState, router};
 
@@ -116,6 +116,15 @@ impl std::error::Error for StartError {}
 /// Builds the host (without running it): opens the database and binds the listener.
 /// Returns the host and the address it will serve on.
 pub async fn build(config: &Config) -> Result<(Host, SocketAddr), StartError> {
+    build_with(config, None).await
+}
+
+/// [`build`], the host handling the signals through `signals` (taken before the start-up
+/// work) if given.
+async fn build_with(
+    config: &Config,
+    signals: Option<EarlySignals>,
+) -> Result<(Host, SocketAddr), StartError> {
     // The flags' own ranges, named as the user typed them (the crates name their fields).
     if !(1..=10_000).contains(&config.workers) {
         return Err(StartError(format!(
@@ -216,8 +225,12 @@ pub async fn build(config: &Config) -> Result<(Host, SocketAddr), StartError> {
     tracing::info!(
         "operations page on http://{admin_addr}/operations, metrics on http://{admin_addr}/metrics"
     );
-    Host::builder()
-        .handle_signals(config.handle_signals)
+    let host = Host::builder().handle_signals(config.handle_signals);
+    let host = match signals {
+        Some(signals) => host.signals(signals),
+        None => host,
+    };
+    host
         // `main` prints the report it gets back: once.
         .log_report(false)
         .shutdown_timeout(Duration::from_secs(config.shutdown_timeout))
@@ -266,17 +279,39 @@ fn shipping_url_ok(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Runs the demo until it is shut down; returns the host's shutdown report.
-pub async fn run(config: Config) -> Result<ShutdownReport, StartError> {
-    let (host, addr) = build(&config).await?;
+/// Runs the demo until it is shut down; returns the host's shutdown report, or `None` if a
+/// signal stopped it while it was starting (opening the database, which may take long),
+/// before it served anything.
+pub async fn run(config: Config) -> Result<Option<ShutdownReport>, StartError> {
+    // The signals first: one that arrives during the start-up stops it there (without them
+    // it would take the default action, exit 143 with no word).
+    let signals = if config.handle_signals {
+        let signals = EarlySignals::install()
+            .map_err(|e| StartError(format!("cannot install the signal handlers: {e}")))?;
+        Some(signals)
+    } else {
+        None
+    };
+    let stop = signals.as_ref().map(EarlySignals::received);
+    let building = build_with(&config, signals);
+    let (host, addr) = match stop {
+        Some(stop) => tokio::select! {
+            built = building => built?,
+            reason = stop.cancelled() => {
+                tracing::info!(%reason, "stopped while starting, before serving anything");
+                return Ok(None);
+            }
+        },
+        None => building.await?,
+    };
     // Announce only once the host has started: its signal handlers are installed by then,
     // so an orchestrator's SIGTERM sent right after this line drains instead of killing.
     let started = host.lifetime().started();
     let run = host.run();
     tokio::pin!(run);
     tokio::select! {
-        report = &mut run => return Ok(report),
+        report = &mut run => return Ok(Some(report)),
         _ = started.cancelled() => tracing::info!("demo listening on http://{addr}"),
     }
-    Ok(run.await)
+    Ok(Some(run.await))
 }

@@ -11,7 +11,9 @@
 //! `demo --help` describes each.
 //!
 //! Ctrl-C (or SIGTERM) shuts it down gracefully and prints the shutdown report; a second
-//! signal aborts at once. The exit status is the report's (0 only for a clean stop).
+//! signal aborts at once. The exit status is the report's (0 only for a clean stop). A
+//! signal while it is still starting (a database that is slow to answer) stops it there,
+//! exit 0; a second one then exits at once (143 for SIGTERM).
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -41,7 +43,14 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(demo::run(config)) {
-        Ok(report) => {
+        Ok(None) => {
+            say(
+                std::io::stderr(),
+                format_args!("demo: stopped by a signal while starting, before serving anything"),
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Some(report)) => {
             // The host does not log it (`log_report(false)`): printed once, here.
             // A closed stdout (a pipe whose reader left) loses the report, not the exit code.
             say(std::io::stdout(), format_args!("{report}"));

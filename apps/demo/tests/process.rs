@@ -418,3 +418,55 @@ fn a_closed_stdout_loses_the_report_not_the_exit_code() {
     assert_eq!(status.code(), Some(0), "{seen}");
     assert!(!seen.contains("panicked at"), "{seen}");
 }
+
+/// A database that accepts the connection and never answers holds the start-up (sqlx's
+/// connect waits up to its timeout). A SIGTERM then stops the demo at once and cleanly
+/// (exit 0, a line saying so) instead of taking the signal's default action (exit 143, no
+/// word).
+#[test]
+fn a_sigterm_while_the_database_does_not_answer_stops_the_start_at_once() {
+    {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("postgres://app@{}/db", silent.local_addr().unwrap());
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_demo"))
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args(["--database", &url])
+            .env("RUST_LOG", "info,sqlx=warn")
+            .env_remove("DATABASE_URL")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The demo is inside its start-up once it has connected (and waits for an answer).
+        let (_held, _) = silent.accept().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let pid = child.id() as i32;
+        let sent = std::time::Instant::now();
+        // SAFETY: kill(2) with a pid this test spawned and has not reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(5),
+                "still starting 5 s after the signal"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(status.code(), Some(0), "{stderr}");
+        assert!(
+            stderr.contains("stopped by a signal while starting"),
+            "{stderr}"
+        );
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            sent.elapsed()
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
