@@ -57,6 +57,12 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
         let mut draining: Option<IdleWatch> = None;
         // Whether hyper was told to shut the connection down (GOAWAY, or close when idle).
         let mut shutting_down = false;
+        // HTTP/2: GOAWAY went out. hyper then closes once the client answered its ping and
+        // the streams ended; a client that never answers (frozen, or cut off without a
+        // close) would hold the connection, and the drain, to the abort. So the grace and
+        // the hard stop keep watching it: quiet for a grace, or at the hard stop, it closes.
+        let mut goaway_sent = false;
+        let mut hard_stop_seen = false;
         // hyper's connection wakes the task at least once per request; the other signals
         // wake it rarely, and sit behind a gate so that a request does not pay for polling
         // them (see `WakeGate`).
@@ -73,10 +79,14 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
                     // events: an HTTP/1 connection stops listening once its first bytes told.
                     () = conn.events.notified(),
                         if conn.version.load(Ordering::Acquire) != VERSION_HTTP1 => Signal::Event,
-                    () = idle_timer.as_mut(), if draining.is_some() && !shutting_down => {
+                    () = idle_timer.as_mut(),
+                        if draining.is_some() && (!shutting_down || goaway_sent) => {
                         Signal::IdleGraceOver
                     }
-                    _ = hard_stop.cancelled(), if draining.is_some() && !shutting_down => {
+                    _ = hard_stop.cancelled(),
+                        if draining.is_some()
+                            && !hard_stop_seen
+                            && (!shutting_down || goaway_sent) => {
                         Signal::HardStop
                     }
                 }
@@ -107,6 +117,7 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
                     // connection is closed after the grace.
                     if conn.version.load(Ordering::Acquire) == VERSION_HTTP2 && !shutting_down {
                         shutting_down = true;
+                        goaway_sent = true;
                         inc(&state.stats.goaway_sent);
                         connection.as_mut().graceful_shutdown();
                     }
@@ -121,6 +132,7 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
                         conn.goaway_wanted.load(Ordering::Acquire) || (http2 && draining.is_some());
                     if goaway && !shutting_down {
                         shutting_down = true;
+                        goaway_sent = http2;
                         inc(&state.stats.goaway_sent);
                         connection.as_mut().graceful_shutdown();
                     }
@@ -131,7 +143,21 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
                     let stalled = before.is_some_and(|before| {
                         before.quiet && now.quiet && before.bytes == now.bytes
                     });
-                    if stalled && now.idle {
+                    if goaway_sent {
+                        if stalled {
+                            // GOAWAY went out, and for a whole grace the client sent not a
+                            // byte (not even the answer to hyper's ping) with nothing of its
+                            // in flight: frozen, or gone without a close. Close it.
+                            inc(&state.stats.idle_closed);
+                            tracing::debug!(
+                                "HTTP/2 client silent for the idle grace after GOAWAY; closing"
+                            );
+                            break;
+                        }
+                        idle_timer
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + grace);
+                    } else if stalled && now.idle {
                         // Idle for a whole grace, and nothing waits in the socket: hyper
                         // closes an idle connection at once.
                         shutting_down = true;
@@ -152,11 +178,23 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
                     }
                 }
                 Signal::HardStop => {
+                    hard_stop_seen = true;
+                    let now = IdleWatch::observe(&conn);
+                    if goaway_sent {
+                        // The drain budget is spent: an HTTP/2 connection with nothing in
+                        // flight closes now, whether or not its client answered the
+                        // GOAWAY; a busy one is looked at again after a grace (its
+                        // requests' tokens fire now).
+                        if now.quiet {
+                            inc(&state.stats.idle_closed);
+                            break;
+                        }
+                        continue;
+                    }
                     // The drain budget is spent: the grace ends too. An idle connection
                     // closes now; a busy one after its answer (which carries
                     // `Connection: close`).
                     shutting_down = true;
-                    let now = IdleWatch::observe(&conn);
                     if now.idle {
                         inc(&state.stats.idle_closed);
                     } else if now.quiet {

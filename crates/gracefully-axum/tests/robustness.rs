@@ -366,3 +366,46 @@ async fn a_head_stalled_mid_request_does_not_hold_the_drain_past_the_idle_grace(
         "{report}"
     );
 }
+
+/// An HTTP/2 client that got its answer and then froze (a paused process, a network that
+/// drops everything without a close): at the drain the server sends GOAWAY and hyper waits
+/// for the client's answer to its ping before closing — for ever, from a frozen client.
+/// The connection must still close after the idle grace, not hold the drain to the hard
+/// stop (found by driving the demo: a paused h2c client made every SIGTERM take the whole
+/// 30 s budget and exit 2).
+#[tokio::test]
+async fn a_frozen_http2_client_does_not_hold_the_drain() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = Router::new().route("/", get(|| async { "ok" }));
+    let server = TestServer::start(app).await;
+    let mut client = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // h2c with prior knowledge: the preface, an empty SETTINGS, then HEADERS for `GET /`
+    // on stream 1 (HPACK static table: :method GET, :scheme http, :path /), END_STREAM.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    hello.extend_from_slice(&[0, 0, 3, 0x1, 0x5, 0, 0, 0, 1, 0x82, 0x86, 0x84]);
+    client.write_all(&hello).await.unwrap();
+    // Read until the answer's DATA frame ("ok") has arrived.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answered = tokio::time::timeout(SOON, async {
+        while !seen.windows(2).any(|w| w == b"ok") {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed before answering");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "no answer: {seen:?}");
+    // Frozen from now on: the client neither reads nor writes (nor closes).
+    let stopping = Instant::now();
+    let report = server.stop().await; // the drain only: the hard stop never fires here
+    let took = stopping.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the drain waited {took:?} for a frozen client\n{report}"
+    );
+    assert_eq!(report.lost, 0, "{report}");
+    drop(client);
+}
