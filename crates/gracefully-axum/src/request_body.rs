@@ -23,11 +23,34 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use gracefully::{Cancelled, WaitForCancellationOwned};
+use gracefully::{Cancelled, Reason, WaitForCancellationOwned};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::policy::DisconnectPolicy;
 use crate::request::with_current;
+
+/// Whether a failed body read means the client left: an HTTP/1 message cut short (the
+/// connection closed or was reset mid-body), or an HTTP/2 stream the client reset (or whose
+/// connection broke).
+fn client_left(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    std::iter::successors(std::error::Error::source(error), |e| e.source()).any(|cause| {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return (h2.is_reset() && h2.is_remote()) || h2.is_io();
+        }
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        })
+    })
+}
 
 pin_project_lite::pin_project! {
     /// hyper's body of one request, guarded by the request's token.
@@ -69,6 +92,25 @@ impl Body for GuardedBody {
         }
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             *this.stalled = None; // progress: the stall is counted from the next wait
+            if let Some(Err(error)) = &frame
+                && client_left(error)
+            {
+                // The client reset the stream (HTTP/2) or closed mid-body (HTTP/1): the
+                // handler's extractor is about to answer an error nobody will read. Fire
+                // the token as for any departure, so that the answer becomes none and the
+                // request counts as the client's leaving (`answer_for_cut_body`), not as
+                // a completed 400. (Over HTTP/2 hyper looks for a reset only while the
+                // handler waits; a body read that fails lets it answer first.)
+                with_current(|ctx| {
+                    if ctx.policy() == DisconnectPolicy::Cooperative {
+                        ctx.source().cancel_with(
+                            Reason::disconnected()
+                                .with_message("the client left while sending the request body"),
+                        );
+                        ctx.mark_body_cut();
+                    }
+                });
+            }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         let waiter = match this.waiter {

@@ -336,3 +336,56 @@ async fn an_http2_reset_on_a_drop_route_counts_as_dropped_on_disconnect() {
     assert_eq!(report.dropped_on_disconnect, 1, "{report}");
     assert_eq!(report.lost, 0, "{report}");
 }
+
+/// An HTTP/2 client resets a POST whose body it never sent while the handler waits for the
+/// body. The read fails and the extractor answers 400 — before hyper, which looks for a
+/// reset only while the handler waits, drops the stream. It is the client's leaving, not a
+/// completed request (found driving the demo: such requests showed as "completed").
+#[tokio::test]
+async fn an_http2_post_reset_before_its_body_counts_as_the_client_leaving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (tx, mut started) = mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/",
+        axum::routing::post(move |request: axum::extract::Request| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(());
+                // What an extractor does: read the whole body, answer 400 if it fails.
+                match axum::body::to_bytes(request.into_body(), 1 << 20).await {
+                    Ok(_) => (axum::http::StatusCode::OK, "read"),
+                    Err(_) => (axum::http::StatusCode::BAD_REQUEST, "bad body"),
+                }
+            }
+        }),
+    );
+    let server = TestServer::start(app).await;
+    let mut client = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // h2c preface, empty SETTINGS, then HEADERS for `POST /` with `content-length: 27`
+    // (HPACK: :method POST, :scheme http, :path /, content-length by its static index) and
+    // no END_STREAM: the body is announced and never sent.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    let headers = [0x83, 0x86, 0x84, 0x0f, 0x0d, 0x02, b'2', b'7'];
+    hello.extend_from_slice(&[0, 0, headers.len() as u8, 0x1, 0x4, 0, 0, 0, 1]);
+    hello.extend_from_slice(&headers);
+    client.write_all(&hello).await.unwrap();
+    tokio::time::timeout(SOON, started.recv())
+        .await
+        .expect("the handler starts")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // RST_STREAM(CANCEL) on stream 1.
+    client
+        .write_all(&[0, 0, 4, 0x3, 0, 0, 0, 0, 1, 0, 0, 0, 0x8])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(100), client.read(&mut buf)).await;
+    drop(client);
+    let report = server.stop().await;
+    assert_eq!(report.client_left, 1, "{report}");
+    assert_eq!(report.completed, 0, "{report}");
+}
