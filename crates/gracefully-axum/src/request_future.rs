@@ -293,7 +293,8 @@ fn answer_for_cut_body(response: Response, ctx: &RequestContext) -> Response {
 
 /// How a request that was answered ended, as its operation records it: cancelled with its
 /// token's reason if the client left or the handler answered a cancellation; failed for a
-/// panic or another 5xx; completed otherwise.
+/// panic or another 5xx (but a 503 with `Retry-After`, or a readiness probe's, is a refusal
+/// on purpose); completed otherwise.
 #[cold]
 fn request_outcome(
     response: &Response,
@@ -313,7 +314,14 @@ fn request_outcome(
     if let Some(CancelledMarker(kind)) = response.extensions().get::<CancelledMarker>() {
         return OperationOutcome::Cancelled(reason.unwrap_or_else(|| Reason::new(*kind)));
     }
+    // Not failures: a readiness probe's 503 while the server drains, and a 503 that says
+    // when to come back (`Retry-After`: load shed on purpose, as the demo refuses reports
+    // past its limit) — logging each at ERROR would flood the log in exactly the moments
+    // the server sheds load.
+    let refused_on_purpose = response.status() == http::StatusCode::SERVICE_UNAVAILABLE
+        && response.headers().contains_key(http::header::RETRY_AFTER);
     if response.status().is_server_error()
+        && !refused_on_purpose
         && response
             .extensions()
             .get::<crate::health::NotReadyMarker>()

@@ -215,3 +215,48 @@ async fn readiness_answering_503_during_shutdown_is_a_completed_operation_not_a_
     let readyz = finished(&operations, "GET /readyz").expect("recorded");
     assert_eq!(readyz.outcome.as_str(), "completed", "{:?}", readyz.outcome);
 }
+
+/// A 503 that says when to come back (`Retry-After`) is load shed on purpose, not a failure:
+/// recorded as completed, so a burst of refusals does not flood the log at ERROR (found
+/// driving the demo: 240 ERROR lines from one burst of refused reports). A plain 503 is
+/// still a failure.
+#[tokio::test]
+async fn a_503_with_retry_after_is_a_refusal_not_a_failure() {
+    use axum::http::{HeaderValue, StatusCode, header};
+    use axum::response::IntoResponse;
+
+    let operations = Operations::new();
+    let registry = operations.clone();
+    let app = axum::Router::new()
+        .route(
+            "/busy",
+            axum::routing::get(|| async {
+                let mut response = StatusCode::SERVICE_UNAVAILABLE.into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }),
+        )
+        .route(
+            "/broken",
+            axum::routing::get(|| async { StatusCode::SERVICE_UNAVAILABLE }),
+        );
+    let support::HostedServer {
+        addr,
+        lifetime,
+        run,
+    } = support::start_hosted(app, |s| s, |h| h.operations(registry)).await;
+    for path in ["/busy", "/broken"] {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n");
+        let mut stream = send_raw(addr, request.as_bytes()).await;
+        let response = read_response(&mut stream).await;
+        assert_eq!(status_of(&response), 503, "{response}");
+    }
+    lifetime.stop(gracefully::Reason::shutdown());
+    run.await.unwrap();
+    let busy = finished(&operations, "GET /busy").expect("recorded");
+    assert_eq!(busy.outcome.as_str(), "completed", "{:?}", busy.outcome);
+    let broken = finished(&operations, "GET /broken").expect("recorded");
+    assert_eq!(broken.outcome.as_str(), "failed", "{:?}", broken.outcome);
+}
