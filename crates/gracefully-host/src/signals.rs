@@ -6,6 +6,7 @@
 //! second signal must get through even when every worker of the host's runtime is busy.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -31,7 +32,7 @@ use crate::lifetime::Lifetime;
 ///
 /// Hand them to the host, or drop them before it runs: while they are held, they still act
 /// on their own (a second signal would exit the process), also beside a host that installed
-/// handlers of its own.
+/// handlers of its own — such a host logs a warning saying so.
 ///
 /// ```no_run
 /// use gracefully_host::{EarlySignals, Host};
@@ -59,6 +60,17 @@ pub struct EarlySignals {
     target: Arc<Target>,
     /// Stops the signal thread's watching when dropped.
     done: CancellationSource,
+    /// Handed to a host (counted out of [`UNATTACHED`]).
+    attached: AtomicBool,
+}
+
+/// `EarlySignals` installed and not (yet) handed to a host: a host that installs handlers
+/// of its own while some are held warns, since those would still act on their own.
+static UNATTACHED: AtomicUsize = AtomicUsize::new(0);
+
+/// How many `EarlySignals` are held without a host.
+pub(crate) fn unattached() -> usize {
+    UNATTACHED.load(Ordering::Acquire)
 }
 
 /// Where the signal thread delivers: a host's lifetime once one is attached, else the
@@ -135,7 +147,12 @@ impl EarlySignals {
                 "the signal thread ended before installing the handlers",
             ))
         })?;
-        Ok(EarlySignals { target, done })
+        UNATTACHED.fetch_add(1, Ordering::AcqRel);
+        Ok(EarlySignals {
+            target,
+            done,
+            attached: AtomicBool::new(false),
+        })
     }
 
     /// Fires at the first signal (reason kind `Shutdown`, the signal's name as message),
@@ -147,6 +164,9 @@ impl EarlySignals {
     /// Hands the signals to `lifetime`'s host: the next ones stop it (the first) and abort
     /// it (the second); one that arrived before stops it now.
     pub(crate) fn attach(&self, lifetime: &Lifetime) {
+        if !self.attached.swap(true, Ordering::AcqRel) {
+            UNATTACHED.fetch_sub(1, Ordering::AcqRel);
+        }
         let mut state = self
             .target
             .state
@@ -171,6 +191,9 @@ impl EarlySignals {
 
 impl Drop for EarlySignals {
     fn drop(&mut self) {
+        if !*self.attached.get_mut() {
+            UNATTACHED.fetch_sub(1, Ordering::AcqRel);
+        }
         self.done.cancel();
     }
 }

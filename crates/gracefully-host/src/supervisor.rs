@@ -78,6 +78,13 @@ fn watch_signals(lifetime: &Lifetime) -> Option<EarlySignals> {
     match EarlySignals::install() {
         Ok(signals) => {
             signals.attach(lifetime);
+            if crate::signals::unattached() > 0 {
+                tracing::warn!(
+                    "EarlySignals are held but were not handed to this host: hand them over \
+                     with HostBuilder::signals, or drop them before it runs (while held they \
+                     act on their own: a second signal exits the process at once)"
+                );
+            }
             Some(signals)
         }
         Err(error) => {

@@ -131,3 +131,90 @@ fn signals_are_handled_on_a_runtime_without_the_io_driver() {
         assert_eq!(report.exit_code(), 0, "{report}");
     });
 }
+
+/// Signals taken before the host existed and handed to it: a signal stops the host (with
+/// the signal as its trigger), and their `received` token fires too.
+#[test]
+fn early_signals_handed_to_the_host_stop_it() {
+    let _serial = serial();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let signals = gracefully_host::EarlySignals::install().unwrap();
+        let received = signals.received();
+        let host = Host::builder()
+            .signals(signals)
+            .service("svc", honouring())
+            .build()
+            .unwrap();
+        let lifetime = host.lifetime();
+        let mut run = tokio::spawn(host.run());
+        until_started(lifetime.started(), &mut run).await;
+
+        send_to_self(libc::SIGTERM);
+        let report = report_of(run).await;
+        assert_eq!(report.trigger().message(), Some("SIGTERM"), "{report}");
+        assert_eq!(report.exit_code(), 0, "{report}");
+        let reason = received.reason().expect("received fired");
+        assert_eq!(reason.message(), Some("SIGTERM"));
+    });
+}
+
+/// `EarlySignals` held but not handed to a host that installs handlers of its own would act
+/// on their own (a second signal exits the process): the host says so.
+#[test]
+fn a_host_warns_when_early_signals_are_held_but_not_handed_to_it() {
+    use std::io::Write;
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    let _serial = serial();
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let held = gracefully_host::EarlySignals::install().unwrap();
+        let host = Host::builder()
+            .handle_signals(true)
+            .service("svc", honouring())
+            .build()
+            .unwrap();
+        let lifetime = host.lifetime();
+        let stopper = lifetime.clone();
+        let (report, ()) = tokio::join!(host.run(), async move {
+            stopper.started().cancelled().await;
+            stopper.stop(gracefully::Reason::shutdown().with_message("test"));
+        });
+        assert_eq!(report.exit_code(), 0, "{report}");
+        drop(held);
+    });
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        logs.contains("EarlySignals are held but were not handed to this host"),
+        "{logs}"
+    );
+}
