@@ -62,6 +62,10 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
         // close) would hold the connection, and the drain, to the abort. So the grace and
         // the hard stop keep watching it: quiet for a grace, or at the hard stop, it closes.
         let mut goaway_sent = false;
+        // Bytes read from the client when GOAWAY went out: a client that is there answers
+        // hyper's ping at once, so one byte since means it is alive (and may be reading a
+        // long response body, which `in_flight` does not count): hyper is left to finish.
+        let mut goaway_bytes = 0u64;
         let mut hard_stop_seen = false;
         // hyper's connection wakes the task at least once per request; the other signals
         // wake it rarely, and sit behind a gate so that a request does not pay for polling
@@ -118,6 +122,7 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
                     if conn.version.load(Ordering::Acquire) == VERSION_HTTP2 && !shutting_down {
                         shutting_down = true;
                         goaway_sent = true;
+                        goaway_bytes = conn.bytes_read.load(Ordering::Relaxed);
                         inc(&state.stats.goaway_sent);
                         connection.as_mut().graceful_shutdown();
                     }
@@ -133,6 +138,7 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
                     if goaway && !shutting_down {
                         shutting_down = true;
                         goaway_sent = http2;
+                        goaway_bytes = conn.bytes_read.load(Ordering::Relaxed);
                         inc(&state.stats.goaway_sent);
                         connection.as_mut().graceful_shutdown();
                     }
@@ -144,10 +150,12 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
                         before.quiet && now.quiet && before.bytes == now.bytes
                     });
                     if goaway_sent {
-                        if stalled {
+                        if stalled && now.bytes == goaway_bytes {
                             // GOAWAY went out, and for a whole grace the client sent not a
                             // byte (not even the answer to hyper's ping) with nothing of its
-                            // in flight: frozen, or gone without a close. Close it.
+                            // in flight: frozen, or gone without a close. Close it. (A
+                            // client that answered is alive: hyper closes once its streams,
+                            // response bodies included, are done.)
                             inc(&state.stats.idle_closed);
                             tracing::debug!(
                                 "HTTP/2 client silent for the idle grace after GOAWAY; closing"
@@ -181,11 +189,11 @@ pub(crate) async fn serve<S: HttpApp>(stream: TcpStream, state: Arc<ServerState>
                     hard_stop_seen = true;
                     let now = IdleWatch::observe(&conn);
                     if goaway_sent {
-                        // The drain budget is spent: an HTTP/2 connection with nothing in
-                        // flight closes now, whether or not its client answered the
-                        // GOAWAY; a busy one is looked at again after a grace (its
-                        // requests' tokens fire now).
-                        if now.quiet {
+                        // The drain budget is spent: an HTTP/2 connection whose client has
+                        // not sent a byte since GOAWAY, with nothing in flight, closes now; a
+                        // busy one is looked at again after a grace (its requests' tokens
+                        // fire now); one whose client answered is hyper's to finish.
+                        if now.quiet && now.bytes == goaway_bytes {
                             inc(&state.stats.idle_closed);
                             break;
                         }

@@ -409,3 +409,45 @@ async fn a_frozen_http2_client_does_not_hold_the_drain() {
     assert_eq!(report.lost, 0, "{report}");
     drop(client);
 }
+
+/// The other side of the frozen client above: an HTTP/2 client that is there (it answers
+/// the GOAWAY's ping) but sends nothing more while it reads a long, slow response body —
+/// the handler has returned, so nothing counts as in flight. The drain must let the body
+/// finish, not close the connection as silent (found in review of the fix above).
+#[tokio::test]
+async fn a_slow_http2_response_body_is_not_cut_by_the_drain() {
+    use futures_util::StreamExt;
+
+    const CHUNKS: usize = 8;
+    let app = Router::new().route(
+        "/trickle",
+        get(|| async {
+            let chunks = futures_util::stream::iter(0..CHUNKS).then(|i| async move {
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                }
+                Ok::<_, std::io::Error>(format!("chunk {i}\n"))
+            });
+            axum::body::Body::from_stream(chunks)
+        }),
+    );
+    let server = TestServer::start(app).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = client.get(server.url("/trickle")).send().await.unwrap();
+    let mut body = response.bytes_stream();
+    let first = body.next().await.expect("a first chunk").unwrap();
+    assert_eq!(&first[..], b"chunk 0\n");
+    // The drain begins while the body still has 2.8 s to go (more than two idle graces).
+    let stopped = tokio::spawn(server.stop());
+    let mut received = first.to_vec();
+    while let Some(chunk) = body.next().await {
+        received.extend_from_slice(&chunk.expect("the body is not cut"));
+    }
+    let text = String::from_utf8(received).unwrap();
+    assert_eq!(text.lines().count(), CHUNKS, "{text}");
+    let report = stopped.await.unwrap();
+    assert_eq!(report.lost, 0, "{report}");
+}
