@@ -88,6 +88,12 @@ pub(crate) fn watch(session: &Arc<Session>, stats: ConsumerStats) {
                     let Some(session) = weak.upgrade() else {
                         return;
                     };
+                    // lapin reports a channel the broker closed (a publish it refused closes
+                    // the publishing channel, which is reopened) the same way: only a
+                    // connection that is no longer connected is lost.
+                    if session.connection.status().connected() {
+                        continue;
+                    }
                     let why = format!("the broker connection failed: {error}");
                     let in_flight = stats.in_flight();
                     if session.mark_lost(why.clone()) {
