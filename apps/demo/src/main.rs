@@ -42,7 +42,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(demo::run(config)) {
+    let outcome = runtime.block_on(demo::run(config));
+    // Not the runtime's drop, which waits for every blocking task (a DNS lookup for a
+    // database host that does not answer can hang): after a stop, exit soon.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(None) => {
             say(
                 std::io::stderr(),

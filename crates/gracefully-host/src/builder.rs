@@ -133,7 +133,8 @@ impl HostBuilder {
     /// Handles the signals through `signals`, installed earlier (before the program's own
     /// start-up work: see [`EarlySignals`]), instead of installing handlers when it runs:
     /// no signal is missed between the two, and one that already arrived stops the host as
-    /// soon as it has started. Implies [`handle_signals(true)`](Self::handle_signals).
+    /// soon as it has started. Implies [`handle_signals(true)`](Self::handle_signals) and
+    /// wins over a later `handle_signals(false)`: the signals are already taken.
     pub fn signals(mut self, signals: EarlySignals) -> Self {
         self.config.handle_signals = true;
         self.early_signals = Some(signals);

@@ -32,7 +32,10 @@ use crate::lifetime::Lifetime;
 ///
 /// Hand them to the host, or drop them before it runs: while they are held, they still act
 /// on their own (a second signal would exit the process), also beside a host that installed
-/// handlers of its own — such a host logs a warning saying so.
+/// handlers of its own — such a host logs a warning saying so. Once dropped, nothing watches
+/// any more but the handlers stay installed (as any tokio signal handler): SIGINT and
+/// SIGTERM are then ignored unless a host installs its own, so a program that drops them to
+/// stop should end soon after.
 ///
 /// ```no_run
 /// use gracefully_host::{EarlySignals, Host};
@@ -99,6 +102,22 @@ impl EarlySignals {
     ///
     /// The OS refused a thread or a handler.
     pub fn install() -> io::Result<EarlySignals> {
+        let signals = EarlySignals::start()?;
+        UNATTACHED.fetch_add(1, Ordering::AcqRel);
+        Ok(signals)
+    }
+
+    /// Installs handlers for a host that attaches them at once (not counted as held without
+    /// a host: two hosts starting at the same time must not take each other's for
+    /// forgotten ones).
+    pub(crate) fn install_for_host(lifetime: &Lifetime) -> io::Result<EarlySignals> {
+        let signals = EarlySignals::start()?;
+        signals.attached.store(true, Ordering::Release);
+        signals.attach(lifetime);
+        Ok(signals)
+    }
+
+    fn start() -> io::Result<EarlySignals> {
         let target = Arc::new(Target {
             first: CancellationSource::new(),
             state: Mutex::new(TargetState::default()),
@@ -147,7 +166,6 @@ impl EarlySignals {
                 "the signal thread ended before installing the handlers",
             ))
         })?;
-        UNATTACHED.fetch_add(1, Ordering::AcqRel);
         Ok(EarlySignals {
             target,
             done,

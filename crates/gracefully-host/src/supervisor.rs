@@ -75,9 +75,8 @@ pub(crate) async fn run(
 
 /// Starts the signal watcher; logs (and goes on without it) if it cannot.
 fn watch_signals(lifetime: &Lifetime) -> Option<EarlySignals> {
-    match EarlySignals::install() {
+    match EarlySignals::install_for_host(lifetime) {
         Ok(signals) => {
-            signals.attach(lifetime);
             if crate::signals::unattached() > 0 {
                 tracing::warn!(
                     "EarlySignals are held but were not handed to this host: hand them over \
