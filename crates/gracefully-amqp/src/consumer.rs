@@ -443,11 +443,7 @@ impl Run {
     fn lost(&self, session: &Session, why: String) {
         let in_flight = self.shared.stats.in_flight();
         if session.mark_lost(why.clone()) {
-            tracing::warn!(
-                queue = %self.config().queue,
-                in_flight,
-                "{why}; the in-flight handlers' tokens fire (Disconnected) and their messages will be redelivered; reconnecting"
-            );
+            crate::session::log_lost(&self.config().queue, in_flight, &why);
         }
     }
 

@@ -65,6 +65,15 @@ impl Drop for Session {
     }
 }
 
+/// The log line of a session found lost (by the consume loop or the connection watch).
+pub(crate) fn log_lost(queue: &str, in_flight: u64, why: &str) {
+    tracing::warn!(
+        queue = %queue,
+        in_flight,
+        "{why}; the in-flight handlers' tokens fire (Disconnected) and their messages will be redelivered; reconnecting"
+    );
+}
+
 /// Watches `session`'s connection for an error lapin reports (the socket cut or closed, a
 /// missed heartbeat, the broker closing the connection) and marks the session lost at once:
 /// the in-flight handlers' tokens fire with `Disconnected` even while the consume loop is
@@ -97,11 +106,7 @@ pub(crate) fn watch(session: &Arc<Session>, stats: ConsumerStats) {
                     let why = format!("the broker connection failed: {error}");
                     let in_flight = stats.in_flight();
                     if session.mark_lost(why.clone()) {
-                        tracing::warn!(
-                            queue = %session.queue,
-                            in_flight,
-                            "{why}; the in-flight handlers' tokens fire (Disconnected) and their messages will be redelivered; reconnecting"
-                        );
+                        log_lost(&session.queue, in_flight, &why);
                     }
                     return;
                 }

@@ -191,11 +191,8 @@ impl EarlySignals {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         state.lifetime = Some(lifetime.clone());
-        let early = if state.received > 0 {
-            state.first
-        } else {
-            None
-        };
+        // `first` is set exactly when a signal arrived.
+        let early = state.first;
         drop(state);
         if let Some(name) = early {
             lifetime.stop(Reason::shutdown().with_message(name));
