@@ -23,6 +23,10 @@ pub const ENVOY_EXPECTED_RQ_TIMEOUT_MS: &str = "x-envoy-expected-rq-timeout-ms";
 /// `REQUEST_TIMEOUT_HEADER`), in whole milliseconds ([`BudgetFormat::Milliseconds`]).
 pub const REQUEST_TIMEOUT_MS: &str = "x-request-timeout-ms";
 
+/// The default [transit allowance](IncomingDeadlines::transit_allowance) kept back from a
+/// `grpc-timeout`: 5 ms, as gracefully's clients keep back from the budgets they send.
+const DEFAULT_TRANSIT_ALLOWANCE: Duration = Duration::from_millis(5);
+
 /// How a header spells a budget.
 ///
 /// ```
@@ -151,7 +155,15 @@ fn digits(value: &[u8]) -> Option<u64> {
 ///   [`request_timeout`](crate::HttpServer::request_timeout)) changes nothing.
 /// * **Capped.** A budget longer than [`max`](Self::max) is cut to it (default: no cap
 ///   below one day, the longest timeout the server accepts).
-/// * **Several headers:** the smallest budget wins.
+/// * **Several headers:** the smallest budget wins (after the allowance below).
+/// * **`grpc-timeout` less the transit allowance.** By gRPC's convention a `grpc-timeout`
+///   is the caller's *whole* time left, and the caller (grpc-go, tonic's `Channel`,
+///   `gracefully-tonic`) gives up — resetting the call — the moment it passes. So the
+///   server keeps the [transit allowance](Self::transit_allowance) back (default 5 ms):
+///   it gives up first, and its `DEADLINE_EXCEEDED` reaches a caller still listening,
+///   instead of its token reporting a departed client a moment later. Budgets in
+///   milliseconds are taken as they are (`gracefully-reqwest` keeps its allowance back
+///   before it sends one).
 /// * **Malformed** values (`abc`, `-5`, `300x`, a ninth digit of `grpc-timeout`) are
 ///   ignored with a `debug` log line naming the header; the request is served as if the
 ///   header were absent. Never a 400 or a 500.
@@ -191,6 +203,8 @@ fn digits(value: &[u8]) -> Option<u64> {
 pub struct IncomingDeadlines {
     headers: Vec<(HeaderName, BudgetFormat)>,
     max: Option<Duration>,
+    /// Kept back from budgets in gRPC's format.
+    allowance: Duration,
     /// Bit `n` is set when a configured name is `n` bytes long (names are shorter than 64
     /// bytes; a longer one sets bit 0, which no header name matches, and is compared by
     /// name): lets `budget` skip every other header with one test.
@@ -225,6 +239,7 @@ impl IncomingDeadlines {
         IncomingDeadlines {
             headers: Vec::new(),
             max: None,
+            allowance: DEFAULT_TRANSIT_ALLOWANCE,
             lengths: 0,
             long_name: false,
         }
@@ -253,6 +268,36 @@ impl IncomingDeadlines {
         self
     }
 
+    /// The time kept back from a budget in gRPC's format ([`BudgetFormat::GrpcTimeout`],
+    /// the caller's whole time left), for the answer to reach the caller before it gives
+    /// up: a `grpc-timeout` of 300 ms gives the request's token 295 ms by default, and one
+    /// of no more than the allowance leaves no time at all (the token fires at once, and
+    /// the call is answered `DEADLINE_EXCEEDED`). Zero takes `grpc-timeout` as it is, as
+    /// grpc-go's server does. Valid: at most a day (checked by
+    /// [`HttpServer::incoming_deadlines`](crate::HttpServer::incoming_deadlines)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use gracefully_axum::IncomingDeadlines;
+    ///
+    /// // Callers across a slow link: answer 20 ms before their deadline.
+    /// let deadlines = IncomingDeadlines::default().transit_allowance(Duration::from_millis(20));
+    /// assert_eq!(deadlines.allowance(), Duration::from_millis(20));
+    /// ```
+    ///
+    /// *Anchors:* the transit allowance `gracefully-reqwest` keeps back from the budget it
+    /// sends (here the sender cannot: tonic's `Channel` enforces the `grpc-timeout` it
+    /// sends on itself, so a shortened one would end the call on the client first).
+    pub fn transit_allowance(mut self, allowance: Duration) -> Self {
+        self.allowance = allowance;
+        self
+    }
+
+    /// The allowance set with [`transit_allowance`](Self::transit_allowance).
+    pub fn allowance(&self) -> Duration {
+        self.allowance
+    }
+
     /// The headers read, with their formats, in the order they were added.
     pub fn headers(&self) -> impl Iterator<Item = (&HeaderName, BudgetFormat)> {
         self.headers.iter().map(|(name, format)| (name, *format))
@@ -264,6 +309,12 @@ impl IncomingDeadlines {
     }
 
     pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        check_duration(
+            "incoming_deadlines.transit_allowance",
+            self.allowance,
+            true,
+            "5 ms",
+        )?;
         match self.max {
             Some(max) => check_duration("incoming_deadlines.max", max, false, "none"),
             None => Ok(()),
@@ -317,6 +368,10 @@ impl IncomingDeadlines {
             };
             match format.parse(value.as_bytes()) {
                 Some(budget) => {
+                    let budget = match format {
+                        BudgetFormat::GrpcTimeout => budget.saturating_sub(self.allowance),
+                        BudgetFormat::Milliseconds => budget,
+                    };
                     let budget = self.max.map_or(budget, |max| budget.min(max));
                     found = Some(found.map_or(budget, |f| f.min(budget)));
                 }
@@ -456,6 +511,47 @@ mod tests {
         let d = IncomingDeadlines::default();
         let h = headers(&[("x-request-timeout-xx", "5"), ("host", "example")]);
         assert_eq!(d.budget(&h), None);
+    }
+
+    #[test]
+    fn the_allowance_is_kept_back_from_grpc_timeout_only() {
+        let d = IncomingDeadlines::default();
+        assert_eq!(d.allowance(), DEFAULT_TRANSIT_ALLOWANCE);
+        let budget = |pairs| d.budget(&headers(pairs));
+        assert_eq!(
+            budget(&[("grpc-timeout", "300m")]),
+            Some(Duration::from_millis(295))
+        );
+        assert_eq!(
+            budget(&[("x-request-timeout-ms", "300")]),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(
+            budget(&[("x-envoy-expected-rq-timeout-ms", "300")]),
+            Some(Duration::from_millis(300))
+        );
+        // No more than the allowance: no time left at all.
+        assert_eq!(budget(&[("grpc-timeout", "4m")]), Some(Duration::ZERO));
+        // The allowance is taken before the smallest is chosen.
+        assert_eq!(
+            budget(&[("grpc-timeout", "300m"), ("x-request-timeout-ms", "298")]),
+            Some(Duration::from_millis(295))
+        );
+        let exact = IncomingDeadlines::default().transit_allowance(Duration::ZERO);
+        assert_eq!(
+            exact.budget(&headers(&[("grpc-timeout", "300m")])),
+            Some(Duration::from_millis(300))
+        );
+    }
+
+    #[test]
+    fn an_allowance_longer_than_a_day_is_refused_naming_the_field() {
+        let error = IncomingDeadlines::default()
+            .transit_allowance(Duration::from_secs(2 * 86_400))
+            .check()
+            .unwrap_err();
+        assert_eq!(error.field(), "incoming_deadlines.transit_allowance");
+        assert!(IncomingDeadlines::default().check().is_ok());
     }
 
     #[test]

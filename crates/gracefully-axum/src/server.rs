@@ -158,11 +158,13 @@ impl<S: HttpApp> HttpServer<S> {
 
     /// Which request headers may carry the caller's remaining budget, narrowing the
     /// request token's deadline (default: `grpc-timeout`, `x-envoy-expected-rq-timeout-ms`
-    /// and `x-request-timeout-ms`, no cap below a day; see [`IncomingDeadlines`] for why
-    /// trusting them is safe). [`IncomingDeadlines::none`] turns it off. A budget never
-    /// extends a route's timeout; a malformed header is ignored (logged at `debug`).
+    /// and `x-request-timeout-ms`, no cap below a day, 5 ms kept back from `grpc-timeout`;
+    /// see [`IncomingDeadlines`] for why trusting them is safe). [`IncomingDeadlines::none`]
+    /// turns it off. A budget never extends a route's timeout; a malformed header is ignored
+    /// (logged at `debug`).
     ///
-    /// Valid: a [`max`](crate::IncomingDeadlines::max) of more than 0, at most a day.
+    /// Valid: a [`max`](crate::IncomingDeadlines::max) of more than 0, at most a day; a
+    /// [`transit_allowance`](crate::IncomingDeadlines::transit_allowance) of at most a day.
     ///
     /// [`IncomingDeadlines`]: crate::IncomingDeadlines
     /// [`IncomingDeadlines::none`]: crate::IncomingDeadlines::none

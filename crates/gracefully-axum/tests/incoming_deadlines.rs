@@ -202,6 +202,37 @@ async fn an_out_of_range_cap_is_a_config_error() {
     assert_eq!(error.field(), "incoming_deadlines.max");
 }
 
+#[tokio::test]
+async fn the_transit_allowance_is_kept_back_from_grpc_timeout_and_not_from_milliseconds() {
+    let server = TestServer::start_with(app(), |s| {
+        s.incoming_deadlines(IncomingDeadlines::default().transit_allowance(Duration::from_secs(1)))
+    })
+    .await;
+    let grpc = left_ms(&server, "/", &[("grpc-timeout", "4S")])
+        .await
+        .expect("a deadline");
+    assert!(grpc <= 3000, "4 s less the 1 s allowance: {grpc} ms left");
+    let millis = left_ms(&server, "/", &[("x-request-timeout-ms", "4000")])
+        .await
+        .expect("a deadline");
+    assert!(
+        millis > 3000 && millis <= 4000,
+        "taken as it is (the sender kept its allowance back): {millis} ms left"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_out_of_range_transit_allowance_is_a_config_error() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = HttpServer::new(listener, Router::new()).incoming_deadlines(
+        IncomingDeadlines::default().transit_allowance(Duration::from_secs(3 * 86_400)),
+    );
+    let error = server.config_error().expect("three days are refused");
+    assert_eq!(error.field(), "incoming_deadlines.transit_allowance");
+    assert!(error.to_string().contains("at most"), "{error}");
+}
+
 /// Records every event's level and message.
 #[derive(Clone, Default)]
 struct Events(Arc<Mutex<Vec<(Level, String)>>>);

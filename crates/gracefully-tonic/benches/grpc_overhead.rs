@@ -15,8 +15,8 @@
 //! call given a deadline the way tonic offers (`Request::set_timeout`, which sends
 //! `grpc-timeout`); *gracefully* is `GrpcServer` (gracefully-axum's server: a token per RPC,
 //! stream-reset watch, the report's counts) with a `Channel` wrapped in `GracefulLayer`, the
-//! call bound to a token with the same deadline — so it sends `grpc-timeout` and
-//! `x-request-timeout-ms`, the server parses them and arms the RPC's deadline, and the call
+//! call bound to a token with the same deadline — so it sends `grpc-timeout`, the server
+//! parses it, keeps its transit allowance back and arms the RPC's deadline, and the call
 //! races its token. Both sides' `Channel`s and tonic's server arm a timer when they see
 //! `grpc-timeout`: that is tonic's price for a deadline, paid alike. More lines break it
 //! down: the same pair without a deadline (plain tonic; gracefully with a token that has
@@ -49,7 +49,7 @@ use proto::{WorkReply, WorkRequest, WorkerClient, WorkerServer};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response};
 
-const ROUNDS: usize = 21;
+const ROUNDS: usize = 41;
 const CALLS: usize = 300;
 const WARMUP: usize = 1_000;
 

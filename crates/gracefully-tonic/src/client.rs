@@ -11,8 +11,9 @@ use gracefully::operation::{Operation, OperationKind};
 use gracefully::{
     CancelOn, CancellationToken, Cancelled, Reason, WaitForCancellationOwned, find_cancelled,
 };
-use gracefully_axum::{BudgetFormat, GRPC_TIMEOUT, REQUEST_TIMEOUT_MS, RequestToken};
+use gracefully_axum::{BudgetFormat, GRPC_TIMEOUT, RequestToken};
 use http::HeaderName;
+use http::header::Entry;
 use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 
@@ -33,7 +34,6 @@ const MIN_BUDGET: Duration = Duration::from_millis(1);
 // Made at compile time: `from_static` at each call validates the name again, and a `&str`
 // key is parsed again by every look-up.
 const GRPC_TIMEOUT_NAME: HeaderName = HeaderName::from_static(GRPC_TIMEOUT);
-const REQUEST_TIMEOUT_MS_NAME: HeaderName = HeaderName::from_static(REQUEST_TIMEOUT_MS);
 
 /// A tower layer for tonic clients (put it around a `Channel`): each call is bound to a
 /// token, which ends it and travels to the server as its deadline.
@@ -49,14 +49,16 @@ const REQUEST_TIMEOUT_MS_NAME: HeaderName = HeaderName::from_static(REQUEST_TIME
 /// 2. **Before sending.** A token already cancelled, or with less than the transit allowance
 ///    plus 1 ms left, fails the call at once; nothing is sent.
 /// 3. **The deadline.** `grpc-timeout` = the time left (unless the request already carries
-///    a smaller one: tonic's `Request::set_timeout`), and `x-request-timeout-ms` = that less
-///    the [transit allowance](Self::transit_allowance), in whole milliseconds. A gracefully
-///    server reads both and keeps the smaller, so it gives up (and answers
-///    `DEADLINE_EXCEEDED`) while this client still listens. Why not one header with the
-///    allowance taken off: tonic's `Channel` ends a call at its `grpc-timeout` on the client
-///    too, counting from before the request left; a shortened `grpc-timeout` would make the
-///    client give up — and reset the stream — just before the server's own deadline, and
-///    the server would see a departed client instead of its deadline.
+///    a smaller one: tonic's `Request::set_timeout`), as grpc-go sends it. A gracefully
+///    server keeps its [transit allowance](gracefully_axum::IncomingDeadlines::transit_allowance)
+///    back from it (5 ms by default), so it gives up (and answers `DEADLINE_EXCEEDED`)
+///    while this client still listens. Why the client does not shorten the header itself:
+///    tonic's `Channel` ends a call at its `grpc-timeout` on the client too, counting from
+///    before the request left; a shortened `grpc-timeout` would make the client give up —
+///    and reset the stream — just before the server's own deadline, and the server would
+///    see a departed client instead of its deadline. (Nor does it send the shortened
+///    budget in a second header: a never-indexed HPACK literal with its name costs a
+///    loopback call about 3 % — `benches/grpc_instructions.sh`.)
 /// 4. **While waiting.** When the token fires (at its deadline too) the response future is
 ///    dropped, which resets the HTTP/2 stream (`RST_STREAM`): the server's RPC token fires
 ///    with `Disconnected`.
@@ -116,12 +118,12 @@ impl GracefulLayer {
         }
     }
 
-    /// The time kept back from the budget sent in `x-request-timeout-ms` (`grpc-timeout`
-    /// carries the full time left), for the request to reach the server and the answer to
-    /// come back: a gracefully server then gives up (and answers `DEADLINE_EXCEEDED`) while
-    /// the caller still listens. Default 5 ms; zero sends the full time left in both, as
-    /// grpc-go sends `grpc-timeout`. A call with less than the allowance plus 1 ms left is
-    /// not sent.
+    /// The least time left worth sending a call with: one with no more than the allowance
+    /// plus 1 ms left fails at once with `DEADLINE_EXCEEDED`, unsent — its answer could not
+    /// come back in time. Default 5 ms, the allowance a gracefully server keeps back from
+    /// the `grpc-timeout` it receives
+    /// ([`IncomingDeadlines::transit_allowance`](gracefully_axum::IncomingDeadlines::transit_allowance));
+    /// set them alike. `grpc-timeout` always carries the full time left.
     pub fn transit_allowance(mut self, allowance: Duration) -> Self {
         self.allowance = allowance;
         self
@@ -156,7 +158,7 @@ impl GracefulLayer {
     }
 
     /// Steps 2 and 3 of the type's docs: the call may go, with its deadline in
-    /// `grpc-timeout` and `x-request-timeout-ms`; or it must not, and why.
+    /// `grpc-timeout`; or it must not, and why.
     fn apply<B>(
         &self,
         request: &mut http::Request<B>,
@@ -175,28 +177,20 @@ impl GracefulLayer {
                 ),
             )));
         }
-        let headers = request.headers_mut();
-        // The full time left, unless the caller set less (tonic's `Request::set_timeout`).
-        let limit = match read(headers, &GRPC_TIMEOUT_NAME, BudgetFormat::GrpcTimeout) {
-            Some(set) if set <= left => set,
-            _ => {
-                headers.insert(GRPC_TIMEOUT_NAME, BudgetFormat::GrpcTimeout.encode(left));
-                left
+        // The full time left, unless the caller set less (tonic's `Request::set_timeout`):
+        // one look-up whether or not it is there.
+        match request.headers_mut().entry(GRPC_TIMEOUT_NAME) {
+            Entry::Vacant(slot) => {
+                slot.insert(BudgetFormat::GrpcTimeout.encode(left));
             }
-        };
-        // Less the allowance, for a server that reads it (a smaller value already set stays).
-        let budget = limit.saturating_sub(self.allowance);
-        let smaller_set = read(
-            headers,
-            &REQUEST_TIMEOUT_MS_NAME,
-            BudgetFormat::Milliseconds,
-        )
-        .is_some_and(|set| set <= budget);
-        if budget >= MIN_BUDGET && !smaller_set {
-            headers.insert(
-                REQUEST_TIMEOUT_MS_NAME,
-                BudgetFormat::Milliseconds.encode(budget),
-            );
+            Entry::Occupied(mut set) => {
+                let smaller_set = BudgetFormat::GrpcTimeout
+                    .parse(set.get().as_bytes())
+                    .is_some_and(|set| set <= left);
+                if !smaller_set {
+                    set.insert(BudgetFormat::GrpcTimeout.encode(left));
+                }
+            }
         }
         Ok(())
     }
@@ -206,11 +200,6 @@ impl GracefulLayer {
 /// `transport::Error`).
 fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
     std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<tonic::TimeoutExpired>())
-}
-
-/// The budget in header `name`, if it is there and well formed.
-fn read(headers: &http::HeaderMap, name: &HeaderName, format: BudgetFormat) -> Option<Duration> {
-    format.parse(headers.get(name)?.as_bytes())
 }
 
 impl<S> Layer<S> for GracefulLayer {

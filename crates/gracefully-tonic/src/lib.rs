@@ -59,11 +59,12 @@
 //!
 //! ## The deadline on the wire
 //!
-//! [`GracefulLayer`] sends a call's full time left as `grpc-timeout` and that less a transit
-//! allowance (5 ms) as `x-request-timeout-ms`; a gracefully server keeps the smaller, so it
-//! gives up while its caller still listens. (tonic's `Channel` ends a call at its
-//! `grpc-timeout` on the client too; a `grpc-timeout` shortened by the allowance would make
-//! the client reset the stream just before the server's own deadline.)
+//! [`GracefulLayer`] sends a call's full time left as `grpc-timeout`, as grpc-go does; a
+//! gracefully server keeps a transit allowance (5 ms) back from it
+//! ([`IncomingDeadlines::transit_allowance`](gracefully_axum::IncomingDeadlines::transit_allowance)),
+//! so it gives up while its caller still listens. (tonic's `Channel` ends a call at its
+//! `grpc-timeout` on the client too; a `grpc-timeout` shortened by the client would make it
+//! reset the stream just before the server's own deadline.)
 //!
 //! ## Coming from .NET or Go
 //!

@@ -16,17 +16,19 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use gracefully::{CancellationToken, ReasonKind};
-use gracefully_axum::{HttpCancelled, HttpServer, RequestToken, Shutdown};
+use gracefully_axum::{HttpCancelled, HttpServer, IncomingDeadlines, RequestToken, Shutdown};
 use gracefully_reqwest::{DeadlinePropagation, RequestBuilderExt};
 use gracefully_tonic::{GracefulLayer, IntoStatus, RequestExt, cancellation_of};
 use support::{SOON, TestGrpcServer, WorkReply, WorkRequest, WorkerClient, WorkerServer, work};
 use tokio::sync::mpsc;
 use tonic::{Code, Request, Response};
 
-/// Kept back at each hop for the request to arrive and the answer to return. The default is
-/// 5 ms; on a loaded 2-core CI machine a hop can take longer than that, and then the caller
-/// gives up (and resets the call) just before the callee's own deadline fires, so the callee
-/// reports a departed client instead of its deadline. 60 ms keeps the test about behaviour.
+/// Kept back at each hop for the request to arrive and the answer to return: by B's HTTP
+/// client from the budget it sends, by C's gRPC server from the `grpc-timeout` it receives.
+/// The default is 5 ms; on a loaded 2-core CI machine a hop can take longer than that, and
+/// then the caller gives up (and resets the call) just before the callee's own deadline
+/// fires, so the callee reports a departed client instead of its deadline. 60 ms keeps the
+/// test about behaviour.
 const ALLOWANCE: Duration = Duration::from_millis(60);
 
 /// What each hop saw.
@@ -92,7 +94,7 @@ async fn start_chain() -> Chain {
     // C: gRPC. Works until its token fires.
     let c = {
         let tx = tx.clone();
-        TestGrpcServer::start(WorkerServer::new(move |request: Request<WorkRequest>| {
+        let service = WorkerServer::new(move |request: Request<WorkRequest>| {
             let tx = tx.clone();
             async move {
                 let token = request.token();
@@ -108,7 +110,12 @@ async fn start_chain() -> Chain {
                 token.check().into_status()?;
                 Ok(Response::new(WorkReply::default()))
             }
-        }))
+        });
+        TestGrpcServer::start_with(service, |server| {
+            server.configure(|http| {
+                http.incoming_deadlines(IncomingDeadlines::default().transit_allowance(ALLOWANCE))
+            })
+        })
         .await
     };
     let c_channel = tower::ServiceBuilder::new()

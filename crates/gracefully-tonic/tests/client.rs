@@ -1,5 +1,5 @@
-//! The client side: `GracefulLayer` sends a call's token deadline as `grpc-timeout` (and the
-//! budget less the transit allowance as `x-request-timeout-ms`), stops the call — the
+//! The client side: `GracefulLayer` sends a call's token deadline as `grpc-timeout` (the
+//! server keeping its transit allowance back), stops the call — the
 //! response future and a response stream — when the token fires, with a `Status` that is a
 //! cancellation, and by default takes the token of the request it is called from.
 
@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use tonic::{Code, Request, Response, Status};
 
 /// A `Work` handler that answers with the deadline headers it received and the time its
-/// token had left, as `grpc-timeout|x-request-timeout-ms|left-ms`.
+/// token had left, as `grpc-timeout|x-request-timeout-ms|left-ms` (the second, which
+/// gracefully-reqwest sends over HTTP, must stay empty for gRPC calls).
 fn echo_deadline() -> WorkerServer {
     WorkerServer::new(|request: Request<WorkRequest>| async move {
         let header = |name: &str| {
@@ -51,7 +52,7 @@ fn parts(reply: Response<WorkReply>) -> (String, String, String) {
 }
 
 #[tokio::test]
-async fn the_tokens_deadline_goes_out_as_grpc_timeout_and_the_budget_less_the_allowance() {
+async fn the_tokens_deadline_goes_out_as_grpc_timeout_and_the_server_keeps_the_allowance_back() {
     let server = TestGrpcServer::start(echo_deadline()).await;
     let mut client = server.client().await;
     let call = CancellationSource::with_timeout(Duration::from_secs(20));
@@ -59,22 +60,17 @@ async fn the_tokens_deadline_goes_out_as_grpc_timeout_and_the_budget_less_the_al
         .work(Request::new(work(0, "")).with_token(&call.token()))
         .await
         .unwrap();
-    let (grpc_timeout, budget_ms, left_ms) = parts(reply);
+    let (grpc_timeout, second_header, left_ms) = parts(reply);
     let grpc_timeout = gracefully_axum::BudgetFormat::GrpcTimeout
         .parse(grpc_timeout.as_bytes())
         .expect("a well-formed grpc-timeout");
     assert!(grpc_timeout <= Duration::from_secs(20), "{grpc_timeout:?}");
     assert!(grpc_timeout > Duration::from_secs(10), "{grpc_timeout:?}");
-    let budget_ms: u64 = budget_ms.parse().expect("x-request-timeout-ms sent");
-    assert!(budget_ms <= 20_000 - 5, "{budget_ms}");
+    assert_eq!(second_header, "", "one header carries the budget");
+    let left_ms: u128 = left_ms.parse().expect("the server's token has a deadline");
     assert!(
-        u128::from(budget_ms) < grpc_timeout.as_millis(),
-        "the allowance is kept back"
-    );
-    let left_ms: u64 = left_ms.parse().expect("the server's token has a deadline");
-    assert!(
-        left_ms <= budget_ms,
-        "the server keeps the smaller: {left_ms} ms"
+        left_ms + 5 <= grpc_timeout.as_millis(),
+        "the server keeps its 5 ms allowance back: {left_ms} ms left of {grpc_timeout:?}"
     );
     server.stop().await;
 }
@@ -86,9 +82,26 @@ async fn a_smaller_grpc_timeout_set_by_the_caller_is_kept() {
     let call = CancellationSource::with_timeout(Duration::from_secs(20));
     let mut request = Request::new(work(0, "")).with_token(&call.token());
     request.set_timeout(Duration::from_secs(3));
-    let (grpc_timeout, budget_ms, _) = parts(client.work(request).await.unwrap());
+    let (grpc_timeout, second_header, left_ms) = parts(client.work(request).await.unwrap());
     assert_eq!(grpc_timeout, "3000000u");
-    assert_eq!(budget_ms, "2995");
+    assert_eq!(second_header, "");
+    let left_ms: u64 = left_ms.parse().unwrap();
+    assert!(left_ms <= 2995, "{left_ms}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_larger_grpc_timeout_set_by_the_caller_is_replaced_by_the_time_left() {
+    let server = TestGrpcServer::start(echo_deadline()).await;
+    let mut client = server.client().await;
+    let call = CancellationSource::with_timeout(Duration::from_secs(2));
+    let mut request = Request::new(work(0, "")).with_token(&call.token());
+    request.set_timeout(Duration::from_secs(30));
+    let (grpc_timeout, _, _) = parts(client.work(request).await.unwrap());
+    let grpc_timeout = gracefully_axum::BudgetFormat::GrpcTimeout
+        .parse(grpc_timeout.as_bytes())
+        .unwrap();
+    assert!(grpc_timeout <= Duration::from_secs(2), "{grpc_timeout:?}");
     server.stop().await;
 }
 
@@ -275,12 +288,12 @@ async fn a_call_made_inside_a_handler_takes_the_handlers_token_by_default() {
     let front = front(&back, GracefulLayer::new()).await;
     let mut request = Request::new(work(0, ""));
     request.set_timeout(Duration::from_secs(20)); // the front's budget
-    let (grpc_timeout, budget_ms, left) = parts(front.raw_client().work(request).await.unwrap());
+    let (grpc_timeout, _, left) = parts(front.raw_client().work(request).await.unwrap());
     let grpc_timeout = gracefully_axum::BudgetFormat::GrpcTimeout
         .parse(grpc_timeout.as_bytes())
         .expect("the front's deadline went on");
     assert!(grpc_timeout <= Duration::from_secs(20), "{grpc_timeout:?}");
-    assert!(!budget_ms.is_empty() && !left.is_empty());
+    assert!(!left.is_empty(), "the back's token has the deadline");
     front.stop().await;
     back.stop().await;
 }

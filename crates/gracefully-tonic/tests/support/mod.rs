@@ -41,11 +41,19 @@ pub struct TestGrpcServer {
 
 impl TestGrpcServer {
     pub async fn start(service: WorkerServer) -> TestGrpcServer {
+        Self::start_with(service, |server| server).await
+    }
+
+    /// As `start`, the server changed by `configure` first.
+    pub async fn start_with(
+        service: WorkerServer,
+        configure: impl FnOnce(GrpcServer) -> GrpcServer,
+    ) -> TestGrpcServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stopping = CancellationSource::new();
         let hard_stop = CancellationSource::new();
-        let server = GrpcServer::new(listener, Routes::new(service));
+        let server = configure(GrpcServer::new(listener, Routes::new(service)));
         let task = tokio::spawn(server.run(Shutdown {
             stopping: stopping.token(),
             hard_stop: hard_stop.token(),
