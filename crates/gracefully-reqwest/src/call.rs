@@ -107,6 +107,23 @@ async fn once<T: Transport>(
     }
 }
 
+/// [`once`]'s ending for a request sent by a `reqwest::Client` directly (the extension
+/// trait's flat path, `src/send.rs`): the response with its body guarded, or the error —
+/// the token's cancellation if it fired (or its deadline passed), whatever reqwest saw.
+pub(crate) fn settle_once(
+    outcome: Result<Result<reqwest::Response, reqwest::Error>, Cancelled>,
+    token: &CancellationToken,
+) -> Result<reqwest::Response, crate::Error> {
+    match outcome {
+        Ok(Ok(response)) => Ok(body::guard(response, token.clone())),
+        Ok(Err(error)) => Err(match deadline::cancellation(token) {
+            Some(cancelled) => crate::Error::Cancelled(cancelled),
+            None => crate::Error::from(error),
+        }),
+        Err(cancelled) => Err(crate::Error::Cancelled(cancelled)),
+    }
+}
+
 /// What an attempt that may be retried ended with.
 enum Retryable<E> {
     /// A response with a retried status, and the token its body is to watch if it is the

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 
+use gracefully::operation::OperationScope;
 use gracefully::{CancellationToken, Cancelled};
 
 use crate::call::{self, Transport};
@@ -124,15 +125,32 @@ impl GracefulRequest {
                 policy.validate()?;
             }
             let (client, request) = builder.build_split();
-            let request = request.map_err(Error::from)?;
+            let mut request = request.map_err(Error::from)?;
+            let propagation = propagation.as_ref().unwrap_or(&DEFAULT_PROPAGATION);
+            if retry.is_none() && OperationScope::current().is_none() {
+                // The common case, one attempt with nothing to record, written out flat:
+                // the request is handed to reqwest before the first await, so this future
+                // holds reqwest's 16-byte `Pending` rather than the nested futures of
+                // `call::run` (which keep a copy of the request at each level: 2 KB, copied
+                // whenever the future moves). Does what `call::run` does for one attempt.
+                propagation
+                    .apply(&mut request, &token)
+                    .map_err(Error::Cancelled)?;
+                return call::settle_once(
+                    token.run_until_cancelled(client.execute(request)).await,
+                    &token,
+                );
+            }
+            // Retries or an operation to record: the nested path, boxed so that its size is
+            // not this future's.
             let mut transport = ClientTransport(&client);
-            call::run(
+            Box::pin(call::run(
                 &mut transport,
                 request,
                 &token,
-                propagation.as_ref().unwrap_or(&DEFAULT_PROPAGATION),
+                propagation,
                 retry.as_ref(),
-            )
+            ))
             .await
         }
     }
