@@ -24,7 +24,7 @@ pub const ENVOY_EXPECTED_RQ_TIMEOUT_MS: &str = "x-envoy-expected-rq-timeout-ms";
 pub const REQUEST_TIMEOUT_MS: &str = "x-request-timeout-ms";
 
 /// The default [transit allowance](IncomingDeadlines::transit_allowance) kept back from a
-/// `grpc-timeout`: 5 ms, as gracefully's clients keep back from the budgets they send.
+/// `grpc-timeout`: 5 ms, as `gracefully-reqwest` keeps back from the budget it sends.
 const DEFAULT_TRANSIT_ALLOWANCE: Duration = Duration::from_millis(5);
 
 /// How a header spells a budget.

@@ -97,30 +97,26 @@ async fn once<T: Transport>(
     propagation
         .apply(&mut request, token)
         .map_err(T::cancelled)?;
-    match token.run_until_cancelled(transport.send(request)).await {
-        Ok(Ok(response)) => Ok(body::guard(response, token.clone())),
-        Ok(Err(error)) => Err(match deadline::cancellation(token) {
-            Some(cancelled) => T::cancelled(cancelled),
-            None => error,
-        }),
-        Err(cancelled) => Err(T::cancelled(cancelled)),
-    }
+    let outcome = token.run_until_cancelled(transport.send(request)).await;
+    settle(outcome, token, T::cancelled)
 }
 
-/// [`once`]'s ending for a request sent by a `reqwest::Client` directly (the extension
-/// trait's flat path, `src/send.rs`): the response with its body guarded, or the error —
-/// the token's cancellation if it fired (or its deadline passed), whatever reqwest saw.
-pub(crate) fn settle_once(
-    outcome: Result<Result<reqwest::Response, reqwest::Error>, Cancelled>,
+/// What one attempt raced against `token` comes to: the response with its body guarded, or
+/// the error — the token's cancellation (made into the caller's error by `cancelled`) if it
+/// fired or its deadline passed, whatever error the transport saw. Shared by [`once`] and the
+/// extension trait's flat path (`src/send.rs`).
+pub(crate) fn settle<E>(
+    outcome: Result<Result<reqwest::Response, E>, Cancelled>,
     token: &CancellationToken,
-) -> Result<reqwest::Response, crate::Error> {
+    cancelled: fn(Cancelled) -> E,
+) -> Result<reqwest::Response, E> {
     match outcome {
         Ok(Ok(response)) => Ok(body::guard(response, token.clone())),
         Ok(Err(error)) => Err(match deadline::cancellation(token) {
-            Some(cancelled) => crate::Error::Cancelled(cancelled),
-            None => crate::Error::from(error),
+            Some(reason) => cancelled(reason),
+            None => error,
         }),
-        Err(cancelled) => Err(crate::Error::Cancelled(cancelled)),
+        Err(reason) => Err(cancelled(reason)),
     }
 }
 

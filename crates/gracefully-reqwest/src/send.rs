@@ -136,9 +136,11 @@ impl GracefulRequest {
                 propagation
                     .apply(&mut request, &token)
                     .map_err(Error::Cancelled)?;
-                return call::settle_once(
-                    token.run_until_cancelled(client.execute(request)).await,
+                let outcome = token.run_until_cancelled(client.execute(request)).await;
+                return call::settle(
+                    outcome.map(|r| r.map_err(Error::from)),
                     &token,
+                    Error::Cancelled,
                 );
             }
             // Retries or an operation to record: the nested path, boxed so that its size is

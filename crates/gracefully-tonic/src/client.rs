@@ -118,7 +118,7 @@ impl GracefulLayer {
         }
     }
 
-    /// The least time left worth sending a call with: one with no more than the allowance
+    /// The least time left worth sending a call with: one with less than the allowance
     /// plus 1 ms left fails at once with `DEADLINE_EXCEEDED`, unsent — its answer could not
     /// come back in time. Default 5 ms, the allowance a gracefully server keeps back from
     /// the `grpc-timeout` it receives
@@ -171,7 +171,7 @@ impl GracefulLayer {
         if left.saturating_sub(self.allowance) < MIN_BUDGET {
             return Err(Cancelled::new(Reason::deadline_exceeded().with_message(
                 format!(
-                    "not sent: {left:?} left before the deadline, not more than the transit \
+                    "not sent: {left:?} left before the deadline, less than the transit \
                      allowance of {:?} plus 1 ms",
                     self.allowance
                 ),

@@ -106,6 +106,24 @@ async fn a_larger_grpc_timeout_set_by_the_caller_is_replaced_by_the_time_left() 
 }
 
 #[tokio::test]
+async fn a_malformed_grpc_timeout_set_by_the_caller_is_replaced_by_the_time_left() {
+    let server = TestGrpcServer::start(echo_deadline()).await;
+    let mut client = server.client().await;
+    let call = CancellationSource::with_timeout(Duration::from_secs(2));
+    let mut request = Request::new(work(0, "")).with_token(&call.token());
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "soon".parse().unwrap());
+    let (grpc_timeout, _, left) = parts(client.work(request).await.unwrap());
+    let grpc_timeout = gracefully_axum::BudgetFormat::GrpcTimeout
+        .parse(grpc_timeout.as_bytes())
+        .unwrap_or_else(|| panic!("a well-formed grpc-timeout, not {grpc_timeout:?}"));
+    assert!(grpc_timeout <= Duration::from_secs(2), "{grpc_timeout:?}");
+    assert!(!left.is_empty(), "the server's token has the deadline");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_call_without_a_token_passes_through_untouched() {
     let server = TestGrpcServer::start(echo_deadline()).await;
     let mut client = server.client().await;
