@@ -1,31 +1,10 @@
 //! Cancellation is logged as cancellation, never as an error; failures are errors.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use gracefully::Reason;
 use gracefully_host::{BoxError, Host, Outcome, service_fn};
-use tracing_subscriber::fmt::MakeWriter;
+use support::Captured;
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
-    }
-}
+mod support;
 
 /// Runs a one-service host to a stop on this thread, capturing its logs.
 async fn logs_of(service: impl gracefully_host::BackgroundService) -> (String, Outcome) {
@@ -49,7 +28,7 @@ async fn logs_of(service: impl gracefully_host::BackgroundService) -> (String, O
         stopper.stop(Reason::shutdown().with_message("test"));
     });
     let outcome = report.entry("svc").unwrap().outcome().clone();
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     (logs, outcome)
 }
 

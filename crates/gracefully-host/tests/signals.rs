@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use gracefully::{CancellationToken, Registration};
 use gracefully_host::{Host, ShutdownReport, service_fn};
+use support::Captured;
 use tokio::task::JoinHandle;
+
+mod support;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -44,6 +47,19 @@ async fn report_of(run: JoinHandle<ShutdownReport>) -> ShutdownReport {
         .await
         .expect("run returns")
         .expect("run does not panic")
+}
+
+/// Runs `host` until it is ready, sends this process SIGTERM, and returns its report,
+/// asserting the signal was its trigger and that it stopped cleanly.
+async fn stopped_by_sigterm(host: Host) -> ShutdownReport {
+    let lifetime = host.lifetime();
+    let mut run = tokio::spawn(host.run());
+    until_started(lifetime.started(), &mut run).await;
+    send_to_self(libc::SIGTERM);
+    let report = report_of(run).await;
+    assert_eq!(report.trigger().message(), Some("SIGTERM"), "{report}");
+    assert_eq!(report.exit_code(), 0, "{report}");
+    report
 }
 
 // Issue 9, item 2.
@@ -121,14 +137,7 @@ fn signals_are_handled_on_a_runtime_without_the_io_driver() {
             .service("svc", honouring())
             .build()
             .unwrap();
-        let lifetime = host.lifetime();
-        let mut run = tokio::spawn(host.run());
-        until_started(lifetime.started(), &mut run).await;
-
-        send_to_self(libc::SIGTERM);
-        let report = report_of(run).await;
-        assert_eq!(report.trigger().message(), Some("SIGTERM"), "{report}");
-        assert_eq!(report.exit_code(), 0, "{report}");
+        stopped_by_sigterm(host).await;
     });
 }
 
@@ -149,14 +158,7 @@ fn early_signals_handed_to_the_host_stop_it() {
             .service("svc", honouring())
             .build()
             .unwrap();
-        let lifetime = host.lifetime();
-        let mut run = tokio::spawn(host.run());
-        until_started(lifetime.started(), &mut run).await;
-
-        send_to_self(libc::SIGTERM);
-        let report = report_of(run).await;
-        assert_eq!(report.trigger().message(), Some("SIGTERM"), "{report}");
-        assert_eq!(report.exit_code(), 0, "{report}");
+        stopped_by_sigterm(host).await;
         let reason = received.reason().expect("received fired");
         assert_eq!(reason.message(), Some("SIGTERM"));
     });
@@ -166,25 +168,6 @@ fn early_signals_handed_to_the_host_stop_it() {
 /// on their own (a second signal exits the process): the host says so.
 #[test]
 fn a_host_warns_when_early_signals_are_held_but_not_handed_to_it() {
-    use std::io::Write;
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-        type Writer = Captured;
-        fn make_writer(&'a self) -> Captured {
-            self.clone()
-        }
-    }
-
     let _serial = serial();
     let captured = Captured::default();
     let subscriber = tracing_subscriber::fmt()
@@ -212,7 +195,7 @@ fn a_host_warns_when_early_signals_are_held_but_not_handed_to_it() {
         assert_eq!(report.exit_code(), 0, "{report}");
         drop(held);
     });
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains("EarlySignals are held but were not handed to this host"),
         "{logs}"

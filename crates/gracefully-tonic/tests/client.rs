@@ -51,19 +51,33 @@ fn parts(reply: Response<WorkReply>) -> (String, String, String) {
     (it.next().unwrap(), it.next().unwrap(), it.next().unwrap())
 }
 
-#[tokio::test]
-async fn the_tokens_deadline_goes_out_as_grpc_timeout_and_the_server_keeps_the_allowance_back() {
+/// What `echo_deadline` saw of a call bound to a token with `time_left`, its request first
+/// changed by `prepare`.
+async fn sent(
+    time_left: Duration,
+    prepare: impl FnOnce(&mut Request<WorkRequest>),
+) -> (String, String, String) {
     let server = TestGrpcServer::start(echo_deadline()).await;
     let mut client = server.client().await;
-    let call = CancellationSource::with_timeout(Duration::from_secs(20));
-    let reply = client
-        .work(Request::new(work(0, "")).with_token(&call.token()))
-        .await
-        .unwrap();
-    let (grpc_timeout, second_header, left_ms) = parts(reply);
-    let grpc_timeout = gracefully_axum::BudgetFormat::GrpcTimeout
+    let call = CancellationSource::with_timeout(time_left);
+    let mut request = Request::new(work(0, "")).with_token(&call.token());
+    prepare(&mut request);
+    let seen = parts(client.work(request).await.unwrap());
+    server.stop().await;
+    seen
+}
+
+/// A `grpc-timeout` as sent, parsed.
+fn budget(grpc_timeout: &str) -> Duration {
+    gracefully_axum::BudgetFormat::GrpcTimeout
         .parse(grpc_timeout.as_bytes())
-        .expect("a well-formed grpc-timeout");
+        .unwrap_or_else(|| panic!("a well-formed grpc-timeout, not {grpc_timeout:?}"))
+}
+
+#[tokio::test]
+async fn the_tokens_deadline_goes_out_as_grpc_timeout_and_the_server_keeps_the_allowance_back() {
+    let (grpc_timeout, second_header, left_ms) = sent(Duration::from_secs(20), |_| {}).await;
+    let grpc_timeout = budget(&grpc_timeout);
     assert!(grpc_timeout <= Duration::from_secs(20), "{grpc_timeout:?}");
     assert!(grpc_timeout > Duration::from_secs(10), "{grpc_timeout:?}");
     assert_eq!(second_header, "", "one header carries the budget");
@@ -72,55 +86,41 @@ async fn the_tokens_deadline_goes_out_as_grpc_timeout_and_the_server_keeps_the_a
         left_ms + 5 <= grpc_timeout.as_millis(),
         "the server keeps its 5 ms allowance back: {left_ms} ms left of {grpc_timeout:?}"
     );
-    server.stop().await;
 }
 
 #[tokio::test]
 async fn a_smaller_grpc_timeout_set_by_the_caller_is_kept() {
-    let server = TestGrpcServer::start(echo_deadline()).await;
-    let mut client = server.client().await;
-    let call = CancellationSource::with_timeout(Duration::from_secs(20));
-    let mut request = Request::new(work(0, "")).with_token(&call.token());
-    request.set_timeout(Duration::from_secs(3));
-    let (grpc_timeout, second_header, left_ms) = parts(client.work(request).await.unwrap());
+    let (grpc_timeout, second_header, left_ms) = sent(Duration::from_secs(20), |request| {
+        request.set_timeout(Duration::from_secs(3));
+    })
+    .await;
     assert_eq!(grpc_timeout, "3000000u");
     assert_eq!(second_header, "");
     let left_ms: u64 = left_ms.parse().unwrap();
     assert!(left_ms <= 2995, "{left_ms}");
-    server.stop().await;
 }
 
 #[tokio::test]
 async fn a_larger_grpc_timeout_set_by_the_caller_is_replaced_by_the_time_left() {
-    let server = TestGrpcServer::start(echo_deadline()).await;
-    let mut client = server.client().await;
-    let call = CancellationSource::with_timeout(Duration::from_secs(2));
-    let mut request = Request::new(work(0, "")).with_token(&call.token());
-    request.set_timeout(Duration::from_secs(30));
-    let (grpc_timeout, _, _) = parts(client.work(request).await.unwrap());
-    let grpc_timeout = gracefully_axum::BudgetFormat::GrpcTimeout
-        .parse(grpc_timeout.as_bytes())
-        .unwrap();
+    let (grpc_timeout, _, _) = sent(Duration::from_secs(2), |request| {
+        request.set_timeout(Duration::from_secs(30));
+    })
+    .await;
+    let grpc_timeout = budget(&grpc_timeout);
     assert!(grpc_timeout <= Duration::from_secs(2), "{grpc_timeout:?}");
-    server.stop().await;
 }
 
 #[tokio::test]
 async fn a_malformed_grpc_timeout_set_by_the_caller_is_replaced_by_the_time_left() {
-    let server = TestGrpcServer::start(echo_deadline()).await;
-    let mut client = server.client().await;
-    let call = CancellationSource::with_timeout(Duration::from_secs(2));
-    let mut request = Request::new(work(0, "")).with_token(&call.token());
-    request
-        .metadata_mut()
-        .insert("grpc-timeout", "soon".parse().unwrap());
-    let (grpc_timeout, _, left) = parts(client.work(request).await.unwrap());
-    let grpc_timeout = gracefully_axum::BudgetFormat::GrpcTimeout
-        .parse(grpc_timeout.as_bytes())
-        .unwrap_or_else(|| panic!("a well-formed grpc-timeout, not {grpc_timeout:?}"));
+    let (grpc_timeout, _, left) = sent(Duration::from_secs(2), |request| {
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", "soon".parse().unwrap());
+    })
+    .await;
+    let grpc_timeout = budget(&grpc_timeout);
     assert!(grpc_timeout <= Duration::from_secs(2), "{grpc_timeout:?}");
     assert!(!left.is_empty(), "the server's token has the deadline");
-    server.stop().await;
 }
 
 #[tokio::test]
@@ -307,9 +307,7 @@ async fn a_call_made_inside_a_handler_takes_the_handlers_token_by_default() {
     let mut request = Request::new(work(0, ""));
     request.set_timeout(Duration::from_secs(20)); // the front's budget
     let (grpc_timeout, _, left) = parts(front.raw_client().work(request).await.unwrap());
-    let grpc_timeout = gracefully_axum::BudgetFormat::GrpcTimeout
-        .parse(grpc_timeout.as_bytes())
-        .expect("the front's deadline went on");
+    let grpc_timeout = budget(&grpc_timeout); // the front's deadline went on
     assert!(grpc_timeout <= Duration::from_secs(20), "{grpc_timeout:?}");
     assert!(!left.is_empty(), "the back's token has the deadline");
     front.stop().await;
