@@ -143,16 +143,14 @@ impl<S: HttpApp> hyper::service::Service<Request<Incoming>> for HyperService<S> 
 #[inline(never)]
 fn begin_request(scope: &OperationScope, request: &Request<Body>) -> Operation {
     let (method, path) = (request.method().as_str(), request.uri().path());
-    // Most names fit on the stack: no allocation for them (the registry shares one copy).
-    let mut buffer = [0u8; 128];
-    let len = method.len() + 1 + path.len();
-    if len <= buffer.len() {
-        buffer[..method.len()].copy_from_slice(method.as_bytes());
-        buffer[method.len()] = b' ';
-        buffer[method.len() + 1..len].copy_from_slice(path.as_bytes());
-        if let Ok(name) = std::str::from_utf8(&buffer[..len]) {
-            return scope.begin(OperationKind::Request, name, None);
-        }
+    // Most names fit on the stack: no allocation for them, and no second look at the
+    // bytes (`ArrayString` joins `str`s without validating them again).
+    let mut name = arrayvec::ArrayString::<128>::new();
+    if name.try_push_str(method).is_ok()
+        && name.try_push(' ').is_ok()
+        && name.try_push_str(path).is_ok()
+    {
+        return scope.begin(OperationKind::Request, &name, None);
     }
     scope.begin(OperationKind::Request, &format!("{method} {path}"), None)
 }

@@ -68,12 +68,17 @@ where
         if let Some(route) = request.extensions().get::<MatchedPath>()
             && let Some(scope) = OperationScope::current()
         {
-            let method = request.method().as_str();
-            let mut name = String::with_capacity(method.len() + 1 + route.as_str().len());
-            name.push_str(method);
-            name.push(' ');
-            name.push_str(route.as_str());
-            scope.rename_parent(&name);
+            let (method, route) = (request.method().as_str(), route.as_str());
+            // On the stack when it fits (most routes): no allocation per request.
+            let mut name = arrayvec::ArrayString::<128>::new();
+            if name.try_push_str(method).is_ok()
+                && name.try_push(' ').is_ok()
+                && name.try_push_str(route).is_ok()
+            {
+                scope.rename_parent(&name);
+            } else {
+                scope.rename_parent(&format!("{method} {route}"));
+            }
         }
         self.inner.call(request)
     }

@@ -3,28 +3,36 @@
 //!
 //! Invariants:
 //!
-//! 1. An operation is in exactly one shard's `live` slab from `begin` to `end`; its id names
-//!    the shard, the slot and the slot's generation, so an id that outlived its operation
-//!    (a stale `rename`) never touches the slot's next occupant.
-//! 2. `end` moves the record from its shard's live slab to the same shard's `finished`
-//!    list under that one lock, so a snapshot (which takes the shards' locks one at a time,
-//!    never two at once) sees each operation exactly once: live or finished.
-//! 3. Each shard's `finished` holds at most `keep_finished` records, newest at the back;
-//!    the oldest is dropped (outside the lock) when a new one arrives. The newest
-//!    `keep_finished` of the whole registry are among the shards' lists, which a snapshot
-//!    merges: memory is bounded by `keep_finished` records per shard (shards: twice the
-//!    CPUs, at most 64).
+//! 1. An operation is in exactly one shard's slab of slots (marked `live`) from `begin` to
+//!    `end`; its id names the shard, the slot and the slot's generation, so an id that
+//!    outlived its operation (a stale `rename`) never touches the slot's next occupant.
+//! 2. `end` marks the operation's slot finished and pushes the slot's index onto the same
+//!    shard's `finished` ring under that one lock (the record stays where it is, written
+//!    once), so a snapshot (which takes the shards' locks one at a time, never two at once)
+//!    sees each operation exactly once: live or finished.
+//! 3. Each shard's `finished` ring holds at most `keep_finished` slot indices; once it is
+//!    full, a new one takes the oldest one's place and the oldest slot goes back to the free
+//!    list (its outcome — a reason, a message — is dropped when the slot is taken again).
+//!    The newest `keep_finished` of the whole registry are among the shards' rings, which a
+//!    snapshot merges: memory is bounded by `keep_finished` records per shard (shards:
+//!    twice the CPUs rounded up to a power of two, at most 64) plus the slots, as many as
+//!    operations ever ran at once in the shard.
 //! 4. Each shard counts cancellations under at most [`CANCELLATION_SERIES`] distinct
 //!    (kind, name, reason) keys; a cancellation that would add one more is counted under
 //!    the name [`OTHER_NAME`]. Names come from outside (an unmatched request's path, an
 //!    unknown gRPC method), so without the bound a client cancelling requests to made-up
 //!    paths would grow the map, and the `/metrics` page, without end.
 
-use std::collections::{HashMap, VecDeque};
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+
+use parking_lot::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::CachePadded;
 
 use gracefully::operation::{
     OperationId, OperationKind, OperationOutcome, OperationRecorder, OperationScope, OperationStart,
@@ -44,7 +52,8 @@ const MAX_SHARDS: usize = 1 << SHARD_BITS;
 /// The host's registry of operations: every HTTP request, query, outbound call, message,
 /// job, service and tracked task registers while it runs (through
 /// [`gracefully::operation`]), and the last finished ones are kept with how they ended and
-/// the reason (with its origin) if they were cancelled. Cheap to clone (one reference count).
+/// the reason (with its origin) if they were cancelled. Cheap to clone (a plain reference:
+/// the registry lives until the process exits, see [`keeping`](Self::keeping)).
 ///
 /// Opt-in: install it with [`HostBuilder::operations`](crate::HostBuilder::operations); the
 /// host's services and tracked tasks then register, and so does everything that begins
@@ -90,7 +99,8 @@ const MAX_SHARDS: usize = 1 << SHARD_BITS;
 /// it stopped. tokio-console shows tasks, not operations or reasons.
 #[derive(Clone)]
 pub struct Operations {
-    registry: Arc<Registry>,
+    /// Leaked: see [`Operations::keeping`].
+    registry: &'static Registry,
 }
 
 /// One operation, as a [snapshot](Operations::snapshot) shows it.
@@ -148,33 +158,135 @@ pub struct OperationsSnapshot {
 }
 
 struct Registry {
-    shards: Box<[Mutex<Shard>]>,
+    /// Padded so that two threads working in neighbouring shards never share a cache line.
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
     keep_finished: usize,
+    /// Operations are timed with the CPU's time-stamp counter (quanta): a reading costs
+    /// about 12 ns on the 2-vCPU VM where `Instant::now()` costs 30
+    /// (`benches/operations.rs` prints both), and an operation reads it twice. Readings
+    /// become `Instant`s only when a snapshot is taken ([`Epoch`]). Where the counter is
+    /// not usable, quanta falls back to the OS clock.
+    clock: quanta::Clock,
 }
 
-#[derive(Default)]
 struct Shard {
     slots: Vec<Slot>,
     free: Vec<u32>,
-    /// The last `keep_finished` operations that ended in this shard, newest at the back
-    /// (invariant 3).
-    finished: VecDeque<Finished>,
-    /// Recently used names, shared by the operations that carry them (most operations
-    /// repeat a few names: routes, query labels), so beginning one rarely allocates.
-    names: Vec<Arc<str>>,
-    /// Where the next name not found in `names` goes (round robin over `NAME_CACHE`).
-    next_name: usize,
-    /// Counts for the metrics, kept here under the lock `begin` and `end` take anyway
-    /// (published by [`Operations::export_metrics`]): operations begun, by kind …
-    started: Vec<(OperationKind, u64)>,
-    /// … ended, by kind and outcome (indexed by [`outcome_index`]) …
-    ended: Vec<(OperationKind, [u64; OUTCOMES.len()])>,
-    /// … and cancelled, by kind, name and reason kind.
-    cancellations: HashMap<(OperationKind, Arc<str>, ReasonKind), u64>,
+    /// The slots of the last `keep_finished` operations that ended in this shard
+    /// (invariant 3): a ring, `next_finished` the oldest once it is full.
+    finished: Vec<u32>,
+    next_finished: usize,
+    /// Counts for the metrics, kept here under the lock `end` takes anyway (published by
+    /// [`Operations::export_metrics`]; operations begun are those ended plus those live):
+    /// operations ended, by kind and outcome (indexed by [`outcome_index`]) …
+    ended: Counts<[u64; OUTCOMES.len()]>,
+    /// … and cancelled, by kind, reason kind and name (`series` of them in all: invariant 4).
+    cancellations: HashMap<(OperationKind, ReasonKind), HashMap<Arc<str>, u64>>,
+    series: usize,
 }
 
-/// How many names each shard keeps for reuse.
-const NAME_CACHE: usize = 32;
+impl Shard {
+    fn new() -> Shard {
+        Shard {
+            slots: Vec::new(),
+            free: Vec::new(),
+            finished: Vec::new(),
+            next_finished: 0,
+            ended: Counts::default(),
+            cancellations: HashMap::new(),
+            series: 0,
+        }
+    }
+}
+
+/// Counts a cancellation in `cancellations` (`series` of them in all: invariant 4).
+#[cold]
+#[inline(never)]
+fn count_cancellation(
+    cancellations: &mut HashMap<(OperationKind, ReasonKind), HashMap<Arc<str>, u64>>,
+    series: &mut usize,
+    kind: OperationKind,
+    name: &str,
+    reason: ReasonKind,
+) {
+    let by_name = cancellations.entry((kind, reason)).or_default();
+    if let Some(n) = by_name.get_mut(name) {
+        *n += 1;
+        return;
+    }
+    let name = if *series < CANCELLATION_SERIES {
+        name
+    } else if let Some(n) = by_name.get_mut(OTHER_NAME) {
+        *n += 1;
+        return;
+    } else {
+        // One more series would be unbounded growth: count it as other.
+        OTHER_NAME
+    };
+    by_name.insert(Arc::from(name), 1);
+    *series += 1;
+}
+
+/// Counts by operation kind: the built-in kinds in an array (no search on the hot path),
+/// custom ones in a short list.
+struct Counts<T> {
+    builtin: [T; BUILTIN_KINDS.len()],
+    custom: Vec<(OperationKind, T)>,
+}
+
+/// The kinds with a slot of their own in [`Counts`], in [`builtin_index`] order.
+const BUILTIN_KINDS: [OperationKind; 9] = [
+    OperationKind::Request,
+    OperationKind::Rpc,
+    OperationKind::Query,
+    OperationKind::Transaction,
+    OperationKind::Outbound,
+    OperationKind::Job,
+    OperationKind::Message,
+    OperationKind::Service,
+    OperationKind::Task,
+];
+
+fn builtin_index(kind: OperationKind) -> Option<usize> {
+    Some(match kind {
+        OperationKind::Request => 0,
+        OperationKind::Rpc => 1,
+        OperationKind::Query => 2,
+        OperationKind::Transaction => 3,
+        OperationKind::Outbound => 4,
+        OperationKind::Job => 5,
+        OperationKind::Message => 6,
+        OperationKind::Service => 7,
+        OperationKind::Task => 8,
+        _ => return None,
+    })
+}
+
+impl<T: Copy + Default> Default for Counts<T> {
+    fn default() -> Self {
+        Counts {
+            builtin: [T::default(); BUILTIN_KINDS.len()],
+            custom: Vec::new(),
+        }
+    }
+}
+
+impl<T: Copy + Default> Counts<T> {
+    fn get_mut(&mut self, kind: OperationKind) -> &mut T {
+        match builtin_index(kind) {
+            Some(i) => &mut self.builtin[i],
+            None => count_of(&mut self.custom, kind, T::default()),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (OperationKind, &T)> {
+        BUILTIN_KINDS
+            .iter()
+            .copied()
+            .zip(&self.builtin)
+            .chain(self.custom.iter().map(|(kind, n)| (*kind, n)))
+    }
+}
 
 /// How many distinct (kind, name, reason) cancellation counts each shard keeps
 /// (invariant 4): far more than an application's routes × reasons, few enough that the
@@ -197,47 +309,166 @@ fn outcome_index(outcome: &OperationOutcome) -> usize {
     }
 }
 
+/// A place for one operation, live or among the last finished. Written in place, field by
+/// field: an operation's record is never copied or moved on its way from live to
+/// finished (building the ~130-byte record elsewhere and moving it in cost more than the
+/// rest of `begin`: the copies stall on store forwarding; `benches/operations.rs`).
 struct Slot {
     /// Bumped each time the slot is taken: part of the id (invariant 1).
     generation: u32,
-    live: Option<LiveRecord>,
+    /// Whether it holds a live operation. (A finished one's slot is found through the
+    /// ring; a freed one's through the free list.)
+    live: bool,
+    record: Record,
+    /// `None` when nothing listens (dropping even a disabled `Span` costs some 60
+    /// instructions).
+    span: Option<tracing::Span>,
+    /// When it ended (a raw clock reading), if it did.
+    ended: u64,
+    /// How it ended, if it did.
+    outcome: OperationOutcome,
 }
 
-/// An operation as the registry holds it (the name shared, see `Shard::names`).
+/// Names up to this many bytes are kept inline (most routes, query labels and job types),
+/// so beginning or renaming an operation does not allocate. (`compact_str` and `smol_str`
+/// inline 24 bytes, too few for many routes: `GET /customers/{id}/orders` is 26.)
+const INLINE_NAME: usize = 62;
+
+/// An operation's name, copied: inline when short, shared when long.
+#[derive(Clone)]
+enum Name {
+    Inline { len: u8, bytes: [u8; INLINE_NAME] },
+    Shared(Arc<str>),
+}
+
+impl Name {
+    fn new(name: &str) -> Name {
+        if name.len() <= INLINE_NAME {
+            let mut bytes = [0; INLINE_NAME];
+            bytes[..name.len()].copy_from_slice(name.as_bytes());
+            Name::Inline {
+                len: name.len() as u8,
+                bytes,
+            }
+        } else {
+            Name::Shared(Arc::from(name))
+        }
+    }
+
+    fn empty() -> Name {
+        Name::Inline {
+            len: 0,
+            bytes: [0; INLINE_NAME],
+        }
+    }
+
+    /// Becomes `name`, in place when both are short.
+    #[inline]
+    fn set(&mut self, name: &str) {
+        match self {
+            Name::Inline { len, bytes } if name.len() <= INLINE_NAME => {
+                copy_short(&mut bytes[..name.len()], name.as_bytes());
+                *len = name.len() as u8;
+            }
+            _ => *self = Name::new(name),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Whole `str`s are copied in, so this is valid UTF-8 (checked here, where names
+            // are read — for a snapshot or a log line — rather than on the hot path).
+            Name::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Name::Shared(name) => name,
+        }
+    }
+}
+
+/// `to.copy_from_slice(from)` for the short names operations carry: two overlapping
+/// fixed-size copies (a move each) where `copy_from_slice` would call `memcpy` for a
+/// length known only at run time.
+#[inline]
+fn copy_short(to: &mut [u8], from: &[u8]) {
+    let n = from.len();
+    debug_assert_eq!(to.len(), n);
+    if n >= 16 {
+        to[..16].copy_from_slice(&from[..16]);
+        to[n - 16..].copy_from_slice(&from[n - 16..]);
+        if n > 32 {
+            to[16..n - 16].copy_from_slice(&from[16..n - 16]);
+        }
+    } else if n >= 8 {
+        to[..8].copy_from_slice(&from[..8]);
+        to[n - 8..].copy_from_slice(&from[n - 8..]);
+    } else {
+        for (to, from) in to.iter_mut().zip(from) {
+            *to = *from;
+        }
+    }
+}
+
+/// An operation as the registry holds it: its times are raw clock readings.
 #[derive(Clone)]
 struct Record {
     id: OperationId,
     parent: Option<OperationId>,
     kind: OperationKind,
-    name: Arc<str>,
-    started: Instant,
+    name: Name,
+    started: u64,
     deadline: Option<Instant>,
 }
 
 impl Record {
-    fn public(&self) -> OperationRecord {
+    fn vacant() -> Record {
+        Record {
+            id: OperationId::new(u64::MAX).expect("non-zero"),
+            parent: None,
+            kind: OperationKind::Task,
+            name: Name::empty(),
+            started: 0,
+            deadline: None,
+        }
+    }
+
+    fn public(&self, epoch: &Epoch<'_>) -> OperationRecord {
         OperationRecord {
             id: self.id,
             parent: self.parent,
             kind: self.kind,
-            name: self.name.to_string(),
-            started: self.started,
+            name: self.name.as_str().to_owned(),
+            started: epoch.instant(self.started),
             deadline: self.deadline,
         }
     }
 }
 
-struct LiveRecord {
-    record: Record,
-    /// `None` when nothing listens (dropping even a disabled `Span` costs some 60
-    /// instructions).
-    span: Option<tracing::Span>,
+/// Turns the registry's raw clock readings into `Instant`s: one reading of each clock,
+/// taken together.
+struct Epoch<'a> {
+    clock: &'a quanta::Clock,
+    raw: u64,
+    at: Instant,
 }
 
-struct Finished {
-    record: Record,
-    ended: Instant,
-    outcome: OperationOutcome,
+impl<'a> Epoch<'a> {
+    fn now(clock: &'a quanta::Clock) -> Epoch<'a> {
+        Epoch {
+            clock,
+            raw: clock.raw(),
+            at: Instant::now(),
+        }
+    }
+
+    fn instant(&self, raw: u64) -> Instant {
+        if raw <= self.raw {
+            let ago = Duration::from_nanos(self.clock.delta_as_nanos(raw, self.raw));
+            self.at.checked_sub(ago).unwrap_or(self.at)
+        } else {
+            self.at + Duration::from_nanos(self.clock.delta_as_nanos(self.raw, raw))
+        }
+    }
 }
 
 impl Operations {
@@ -248,17 +479,30 @@ impl Operations {
 
     /// A registry keeping the last `keep_finished` finished operations (0: none, only the
     /// live ones). Memory is bounded by the work running now plus `keep_finished` records
-    /// per shard (the registry has twice as many shards as CPUs, at most 64, so that
-    /// threads rarely share a lock).
+    /// per shard (the registry has twice as many shards as CPUs, rounded up to a power of
+    /// two, at most 64, so that threads rarely share a lock).
+    ///
+    /// A registry is never freed: it lives until the process exits, like the `metrics`
+    /// crate's global recorder or a `tracing` global subscriber, so that every operation
+    /// holds a plain reference to it instead of counting one. Make one per host (or per
+    /// process), not one per request or per test case in a loop.
     pub fn keeping(keep_finished: usize) -> Operations {
+        // A power of two, so that a thread finds its shard with a mask, not a division.
         let shards = std::thread::available_parallelism()
             .map_or(4, |n| n.get() * 2)
+            .next_power_of_two()
             .clamp(1, MAX_SHARDS);
+        // Leaked, so that operations copy a reference to it rather than count one (an
+        // atomic increment and decrement per operation, on one cache line for every worker
+        // thread): see `OperationScope::new_static`.
         Operations {
-            registry: Arc::new(Registry {
-                shards: (0..shards).map(|_| Mutex::default()).collect(),
+            registry: Box::leak(Box::new(Registry {
+                shards: (0..shards)
+                    .map(|_| CachePadded::new(Mutex::new(Shard::new())))
+                    .collect(),
                 keep_finished,
-            }),
+                clock: quanta::Clock::new(),
+            })),
         }
     }
 
@@ -271,7 +515,7 @@ impl Operations {
     /// tracked tasks, [`Operation::begin`](gracefully::operation::Operation::begin) finds
     /// the right parent by itself.)
     pub fn scope(&self) -> OperationScope {
-        OperationScope::new(self.registry.clone())
+        OperationScope::new_static(self.registry)
     }
 
     /// The operations running now and the last finished ones. Takes each lock briefly, one
@@ -281,19 +525,25 @@ impl Operations {
         let mut live = Vec::new();
         let mut finished = Vec::new();
         let mut started_total = 0;
+        let epoch = Epoch::now(&self.registry.clock);
         for shard in self.registry.shards.iter() {
             let shard = lock(shard);
-            started_total += shard.started.iter().map(|(_, n)| n).sum::<u64>();
-            finished.extend(shard.finished.iter().map(|f| FinishedOperation {
-                operation: f.record.public(),
-                ended: f.ended,
-                outcome: f.outcome.clone(),
+            started_total += shard.ended.iter().flat_map(|(_, n)| n).sum::<u64>();
+            started_total += shard.slots.iter().filter(|slot| slot.live).count() as u64;
+            finished.extend(shard.finished.iter().map(|&slot| {
+                let slot = &shard.slots[slot as usize];
+                FinishedOperation {
+                    operation: slot.record.public(&epoch),
+                    ended: epoch.instant(slot.ended),
+                    outcome: slot.outcome.clone(),
+                }
             }));
             live.extend(
                 shard
                     .slots
                     .iter()
-                    .filter_map(|s| s.live.as_ref().map(|l| l.record.public())),
+                    .filter(|slot| slot.live)
+                    .map(|slot| slot.record.public(&epoch)),
             );
         }
         live.sort_by_key(|r| r.started);
@@ -328,17 +578,27 @@ impl Operations {
         let mut cancellations: HashMap<(OperationKind, Arc<str>, ReasonKind), u64> = HashMap::new();
         for shard in self.registry.shards.iter() {
             let shard = lock(shard);
-            for &(kind, n) in &shard.started {
-                *count_of(&mut started, kind, 0) += n;
+            // Begun: ended, or running now.
+            for slot in shard.slots.iter().filter(|slot| slot.live) {
+                *count_of(&mut started, slot.record.kind, 0) += 1;
             }
-            for (kind, by_outcome) in &shard.ended {
-                let total = count_of(&mut ended, *kind, [0; OUTCOMES.len()]);
+            for (kind, by_outcome) in shard.ended.iter() {
+                let n: u64 = by_outcome.iter().sum();
+                if n == 0 {
+                    continue;
+                }
+                *count_of(&mut started, kind, 0) += n;
+                let total = count_of(&mut ended, kind, [0; OUTCOMES.len()]);
                 for (t, n) in total.iter_mut().zip(by_outcome) {
                     *t += n;
                 }
             }
-            for (key, n) in &shard.cancellations {
-                *cancellations.entry(key.clone()).or_default() += n;
+            for (&(kind, reason), by_name) in &shard.cancellations {
+                for (name, n) in by_name {
+                    *cancellations
+                        .entry((kind, Arc::clone(name), reason))
+                        .or_default() += n;
+                }
             }
         }
         for (kind, n) in started {
@@ -381,23 +641,6 @@ fn count_of<T>(list: &mut Vec<(OperationKind, T)>, kind: OperationKind, zero: T)
     &mut list[i].1
 }
 
-impl Shard {
-    /// `name`, shared with earlier operations of the same name when this shard has it.
-    fn intern(&mut self, name: &str) -> Arc<str> {
-        if let Some(found) = self.names.iter().find(|n| ***n == *name) {
-            return Arc::clone(found);
-        }
-        let name: Arc<str> = Arc::from(name);
-        if self.names.len() < NAME_CACHE {
-            self.names.push(Arc::clone(&name));
-        } else {
-            self.names[self.next_name] = Arc::clone(&name);
-            self.next_name = (self.next_name + 1) % NAME_CACHE;
-        }
-        name
-    }
-}
-
 impl Default for Operations {
     fn default() -> Self {
         Operations::new()
@@ -414,8 +657,7 @@ impl fmt::Debug for Operations {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing panics while holding these locks; recover the data if it ever did.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+    mutex.lock()
 }
 
 /// The shard a thread uses: threads are spread round-robin, so concurrent `begin`s rarely
@@ -423,9 +665,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 fn shard_of_this_thread(count: usize) -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+        // `const`, so that reading it checks no lazy initialisation.
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
     }
-    SHARD.with(|s| *s) % count
+    SHARD.with(|shard| {
+        let mut index = shard.get();
+        if index == usize::MAX {
+            index = NEXT.fetch_add(1, Ordering::Relaxed) % MAX_SHARDS;
+            shard.set(index);
+        }
+        // `count` is a power of two.
+        index & (count - 1)
+    })
 }
 
 fn encode(shard: usize, slot: u32, generation: u32) -> OperationId {
@@ -446,14 +697,18 @@ fn decode(id: OperationId) -> (usize, usize, u32) {
 
 impl Registry {
     /// The live record `id` names, if it is still live (invariant 1).
-    fn with_live<R>(&self, id: OperationId, f: impl FnOnce(&mut LiveRecord) -> R) -> Option<R> {
+    fn with_live<R>(
+        &self,
+        id: OperationId,
+        f: impl FnOnce(&mut Record, &Option<tracing::Span>) -> R,
+    ) -> Option<R> {
         let (shard, slot, generation) = decode(id);
         let mut shard = lock(self.shards.get(shard)?);
         let slot = shard.slots.get_mut(slot)?;
-        if slot.generation != generation {
+        if slot.generation != generation || !slot.live {
             return None;
         }
-        slot.live.as_mut().map(f)
+        Some(f(&mut slot.record, &slot.span))
     }
 }
 
@@ -477,7 +732,7 @@ impl OperationRecorder for Registry {
             None
         };
         let span = span.filter(|span| !span.is_disabled());
-        let started = Instant::now();
+        let started = self.clock.raw();
         let index = shard_of_this_thread(self.shards.len());
         let mut shard = lock(&self.shards[index]);
         let slot = match shard.free.pop() {
@@ -493,55 +748,45 @@ impl OperationRecorder for Registry {
                 };
                 shard.slots.push(Slot {
                     generation: 0,
-                    live: None,
+                    live: false,
+                    record: Record::vacant(),
+                    span: None,
+                    ended: 0,
+                    outcome: OperationOutcome::Abandoned,
                 });
                 slot
             }
         };
-        *count_of(&mut shard.started, start.kind, 0) += 1;
-        let name = shard.intern(start.name);
         let entry = &mut shard.slots[slot as usize];
         entry.generation = entry.generation.wrapping_add(1).max(1);
         let id = encode(index, slot, entry.generation);
-        entry.live = Some(LiveRecord {
-            record: Record {
-                id,
-                parent: start.parent,
-                kind: start.kind,
-                name,
-                started,
-                deadline: start.deadline,
-            },
-            span,
-        });
+        entry.live = true;
+        if span.is_some() {
+            // (`end` took the previous one's: nothing to drop.)
+            entry.span = span;
+        }
+        let record = &mut entry.record;
+        record.id = id;
+        record.parent = start.parent;
+        record.kind = start.kind;
+        record.name.set(start.name);
+        record.started = started;
+        record.deadline = start.deadline;
         drop(shard);
         id
     }
 
     fn rename(&self, id: OperationId, name: &str) {
-        // One lock for the name and the record (a request is renamed once it is routed).
-        let (shard, slot, generation) = decode(id);
-        let Some(shard) = self.shards.get(shard) else {
-            return;
-        };
-        let mut shard = lock(shard);
-        let name = shard.intern(name);
-        let Some(entry) = shard.slots.get_mut(slot) else {
-            return;
-        };
-        if entry.generation != generation {
-            return;
-        }
-        if let Some(live) = entry.live.as_mut() {
-            if let Some(span) = &live.span {
-                span.record("name", &*name);
+        self.with_live(id, |record, span| {
+            if let Some(span) = span {
+                span.record("name", name);
             }
-            live.record.name = name;
-        }
+            record.name.set(name);
+        });
     }
 
     fn set_deadline(&self, id: OperationId, deadline: Option<Instant>) {
-        self.with_live(id, |live| live.record.deadline = deadline);
+        self.with_live(id, |record, _| record.deadline = deadline);
     }
 
     fn end(&self, id: OperationId, outcome: OperationOutcome) {
@@ -549,53 +794,56 @@ impl OperationRecorder for Registry {
         let Some(shard) = self.shards.get(shard) else {
             return;
         };
-        let ended = Instant::now();
-        let mut shard = lock(shard);
+        let ended = self.clock.raw();
+        let mut guard = lock(shard);
+        let shard = &mut *guard;
         let Some(entry) = shard.slots.get_mut(slot) else {
             return;
         };
-        if entry.generation != generation {
+        if entry.generation != generation || !entry.live {
             return;
         }
-        let Some(LiveRecord { record, span }) = entry.live.take() else {
-            return;
-        };
-        shard.free.push(slot as u32);
-        let kind = record.kind;
-        count_of(&mut shard.ended, kind, [0; OUTCOMES.len()])[outcome_index(&outcome)] += 1;
+        entry.live = false;
+        let span = entry.span.take();
+        let kind = entry.record.kind;
+        shard.ended.get_mut(kind)[outcome_index(&outcome)] += 1;
         if let OperationOutcome::Cancelled(reason) = &outcome {
-            let key = (kind, Arc::clone(&record.name), reason.kind());
-            if let Some(n) = shard.cancellations.get_mut(&key) {
-                *n += 1;
-            } else if shard.cancellations.len() < CANCELLATION_SERIES {
-                shard.cancellations.insert(key, 1);
-            } else {
-                // Invariant 4: one more series would be unbounded growth; count it as other.
-                let other = (kind, Arc::from(OTHER_NAME), reason.kind());
-                *shard.cancellations.entry(other).or_default() += 1;
-            }
+            count_cancellation(
+                &mut shard.cancellations,
+                &mut shard.series,
+                kind,
+                entry.record.name.as_str(),
+                reason.kind(),
+            );
         }
         // Logged after the lock is released; copied only when something listens (a
         // subscriber at DEBUG, or the error line of a failure).
         let report = (span.is_some() || matches!(outcome, OperationOutcome::Failed(_)))
-            .then(|| (record.clone(), outcome.clone()));
-        let evicted = if self.keep_finished == 0 {
-            None
+            .then(|| copy_for_report(&entry.record, &outcome));
+        entry.ended = ended;
+        // The previous occupant's outcome (a reason, a message) is dropped outside the lock.
+        let evicted = std::mem::replace(&mut entry.outcome, outcome);
+        // Invariant 3: the slot joins the ring of the last finished; once the ring is full,
+        // it takes the oldest one's place there, and that slot is freed.
+        let keep = self.keep_finished;
+        let freed = if keep == 0 {
+            slot as u32
+        } else if shard.finished.len() < keep {
+            shard.finished.push(slot as u32);
+            u32::MAX
         } else {
-            let evicted = if shard.finished.len() >= self.keep_finished {
-                shard.finished.pop_front()
-            } else {
-                None
-            };
-            shard.finished.push_back(Finished {
-                record,
-                ended,
-                outcome,
-            });
-            evicted
+            let oldest = std::mem::replace(&mut shard.finished[shard.next_finished], slot as u32);
+            shard.next_finished += 1;
+            if shard.next_finished == keep {
+                shard.next_finished = 0;
+            }
+            oldest
         };
-        drop(shard);
-        // Invariant 3: the oldest record (its name, its reason) is freed outside the lock.
+        if freed != u32::MAX {
+            // (Not touched: its memory is cold by now.)
+            shard.free.push(freed);
+        }
+        drop(guard);
         drop(evicted);
         if let Some((record, outcome)) = report {
             report_end(&record, &outcome, &span.unwrap_or_else(tracing::Span::none));
@@ -603,7 +851,17 @@ impl OperationRecorder for Registry {
     }
 }
 
+/// What `report_end` needs, copied under the lock (out of line: only when something
+/// listens, or for a failure).
+#[cold]
+#[inline(never)]
+fn copy_for_report(record: &Record, outcome: &OperationOutcome) -> (Record, OperationOutcome) {
+    (record.clone(), outcome.clone())
+}
+
 /// The span's fields and the log line of an operation that ended.
+#[cold]
+#[inline(never)]
 fn report_end(record: &Record, outcome: &OperationOutcome, span: &tracing::Span) {
     let kind = record.kind.as_str();
     span.record("id", record.id.get());
@@ -614,13 +872,18 @@ fn report_end(record: &Record, outcome: &OperationOutcome, span: &tracing::Span)
             span.record("reason", tracing::field::display(reason));
             span.record("origin", tracing::field::display(reason.origin()));
             // A cancellation is an outcome, not an error (docs/architecture.md, rule 2).
-            tracing::debug!(kind, name = %record.name, %reason, "operation cancelled");
+            tracing::debug!(kind, name = record.name.as_str(), %reason, "operation cancelled");
         }
         OperationOutcome::Failed(message) => {
-            tracing::error!(kind, name = %record.name, error = %message, "operation failed");
+            tracing::error!(kind, name = record.name.as_str(), error = %message, "operation failed");
         }
         _ => {
-            tracing::trace!(kind, name = %record.name, outcome = outcome.as_str(), "operation ended")
+            tracing::trace!(
+                kind,
+                name = record.name.as_str(),
+                outcome = outcome.as_str(),
+                "operation ended"
+            )
         }
     }
 }

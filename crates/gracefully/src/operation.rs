@@ -72,6 +72,7 @@ use std::cell::Cell;
 use std::error::Error;
 use std::fmt;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::num::NonZeroU64;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -246,42 +247,95 @@ pub trait OperationRecorder: Send + Sync + 'static {
 /// children), or from the code around you ([`OperationScope::current`]).
 #[derive(Clone)]
 pub struct OperationScope {
-    recorder: Arc<dyn OperationRecorder>,
+    recorder: Recorder,
     parent: Option<OperationId>,
+}
+
+/// A recorder, held by the scopes and operations that record in it.
+#[derive(Clone)]
+enum Recorder {
+    /// One that lives as long as the process: copied, no reference count touched (an
+    /// atomic increment and decrement per operation otherwise, on a cache line every
+    /// worker thread shares).
+    Static(&'static dyn OperationRecorder),
+    Shared(Arc<dyn OperationRecorder>),
+}
+
+impl Recorder {
+    #[inline]
+    fn get(&self) -> &dyn OperationRecorder {
+        match self {
+            Recorder::Static(recorder) => *recorder,
+            Recorder::Shared(recorder) => &**recorder,
+        }
+    }
 }
 
 thread_local! {
     /// The scope of the innermost [`Scoped`] future this thread is polling. Moved in and
     /// out by `Scoped::poll` (no reference count is touched on the way).
-    static CURRENT: Cell<Option<OperationScope>> = const { Cell::new(None) };
-    /// Whether `CURRENT` holds a scope: read first, so that code outside any scope (every
-    /// caller, when no registry is installed) never touches `CURRENT`, whose destructor
-    /// registration makes each access check more. Kept equal by `swap_current`.
-    static HAS_SCOPE: Cell<bool> = const { Cell::new(false) };
+    ///
+    /// `ManuallyDrop`: no destructor is registered for it, so an access is a plain
+    /// thread-local read (one with a destructor checks whether it was registered or already
+    /// destroyed, every time), and it stays usable while other thread-locals are torn down
+    /// (a runtime dropping its tasks). It holds a scope only while a future is polled, so a
+    /// thread never ends holding one; if it did, the scope would be leaked, never freed
+    /// twice.
+    static CURRENT: ManuallyDrop<Cell<Option<OperationScope>>> =
+        const { ManuallyDrop::new(Cell::new(None)) };
+    /// What `CURRENT` holds, in a form read with one `Cell::get`: whether there is a scope
+    /// at all (code outside any — every caller, when no registry is installed — reads only
+    /// this), and for a `'static` recorder the scope itself, so that beginning an operation
+    /// moves nothing in or out of `CURRENT`. Kept equal by `swap_current`.
+    static CURRENT_AT_A_GLANCE: Cell<Glance> = const { Cell::new(Glance::None) };
+}
+
+#[derive(Clone, Copy)]
+enum Glance {
+    None,
+    /// A scope of a `'static` recorder: the recorder and the parent.
+    Static(&'static dyn OperationRecorder, Option<OperationId>),
+    /// A scope of a shared recorder: look in `CURRENT`.
+    Shared,
 }
 
 /// Makes `scope` current; returns the one that was.
+#[inline]
 fn swap_current(scope: Option<OperationScope>) -> Option<OperationScope> {
-    HAS_SCOPE.with(|has| has.set(scope.is_some()));
+    let glance = match &scope {
+        None => Glance::None,
+        Some(OperationScope {
+            recorder: Recorder::Static(recorder),
+            parent,
+        }) => Glance::Static(*recorder, *parent),
+        Some(_) => Glance::Shared,
+    };
+    CURRENT_AT_A_GLANCE.with(|at_a_glance| at_a_glance.set(glance));
     CURRENT.with(|c| c.replace(scope))
 }
 
-/// As [`swap_current`], but `None` during thread teardown (nothing to restore then).
-fn try_swap_current(scope: Option<OperationScope>) -> Option<Option<OperationScope>> {
-    let _ = HAS_SCOPE.try_with(|has| has.set(scope.is_some()));
-    CURRENT.try_with(|c| c.replace(scope)).ok()
-}
-
 #[inline]
-fn has_scope() -> bool {
-    HAS_SCOPE.with(Cell::get)
+fn glance() -> Glance {
+    CURRENT_AT_A_GLANCE.with(Cell::get)
 }
 
 impl OperationScope {
     /// A root scope of `recorder`: operations begun in it have no parent.
     pub fn new(recorder: Arc<dyn OperationRecorder>) -> OperationScope {
         OperationScope {
-            recorder,
+            recorder: Recorder::Shared(recorder),
+            parent: None,
+        }
+    }
+
+    /// A root scope of a recorder that lives as long as the process (a leaked one, as
+    /// `gracefully-host`'s `Operations` is): the scopes and operations made from it copy a
+    /// reference instead of counting one, so beginning and ending an operation touch no
+    /// shared atomic. (The `metrics` crate's global recorder is `'static` for the same
+    /// reason.)
+    pub fn new_static(recorder: &'static dyn OperationRecorder) -> OperationScope {
+        OperationScope {
+            recorder: Recorder::Static(recorder),
             parent: None,
         }
     }
@@ -290,8 +344,15 @@ impl OperationScope {
     /// thread (a request's handler and whatever it awaits, a tracked task, a service). `None`
     /// outside any, and always when no registry is installed.
     pub fn current() -> Option<OperationScope> {
-        if !has_scope() {
-            return None;
+        match glance() {
+            Glance::None => return None,
+            Glance::Static(recorder, parent) => {
+                return Some(OperationScope {
+                    recorder: Recorder::Static(recorder),
+                    parent,
+                });
+            }
+            Glance::Shared => {}
         }
         CURRENT.with(|current| {
             let scope = current.take();
@@ -310,25 +371,14 @@ impl OperationScope {
     /// layer that learns the name late, as an HTTP router learns a request's route.
     pub fn rename_parent(&self, name: &str) {
         if let Some(id) = self.parent {
-            self.recorder.rename(id, name);
+            self.recorder.get().rename(id, name);
         }
     }
 
     /// Begins an operation in this scope. `deadline` is when its token fires at the latest
     /// (`token.deadline()`).
     pub fn begin(&self, kind: OperationKind, name: &str, deadline: Option<Instant>) -> Operation {
-        let id = self.recorder.begin(&OperationStart {
-            kind,
-            name,
-            parent: self.parent,
-            deadline,
-        });
-        Operation {
-            live: Some(Live {
-                recorder: Arc::clone(&self.recorder),
-                id,
-            }),
-        }
+        begin_in(self.recorder.clone(), self.parent, kind, name, deadline)
     }
 
     /// `future`, polled with this scope [current](Self::current): what it begins while it
@@ -350,6 +400,26 @@ impl OperationScope {
     }
 }
 
+/// Begins an operation in `recorder`, under `parent`.
+#[inline]
+fn begin_in(
+    recorder: Recorder,
+    parent: Option<OperationId>,
+    kind: OperationKind,
+    name: &str,
+    deadline: Option<Instant>,
+) -> Operation {
+    let id = recorder.get().begin(&OperationStart {
+        kind,
+        name,
+        parent,
+        deadline,
+    });
+    Operation {
+        live: Some(Live { recorder, id }),
+    }
+}
+
 impl fmt::Debug for OperationScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OperationScope")
@@ -363,9 +433,7 @@ struct Restore(Option<OperationScope>);
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        let previous = self.0.take();
-        // `try_with`: during thread teardown there is nothing to restore.
-        let _ = try_swap_current(previous);
+        swap_current(self.0.take());
     }
 }
 
@@ -402,10 +470,7 @@ impl<F: Future> Future for Scoped<F> {
         }
         impl Drop for Swap<'_> {
             fn drop(&mut self) {
-                let previous = self.previous.take();
-                if let Some(ours) = try_swap_current(previous) {
-                    *self.slot = ours;
-                }
+                *self.slot = swap_current(self.previous.take());
             }
         }
         let previous = swap_current(this.scope.take());
@@ -427,7 +492,7 @@ impl<F> fmt::Debug for Scoped<F> {
 }
 
 struct Live {
-    recorder: Arc<dyn OperationRecorder>,
+    recorder: Recorder,
     id: OperationId,
 }
 
@@ -469,8 +534,12 @@ impl Operation {
     /// there is none (no registry, or code outside any recorded operation).
     #[inline]
     pub fn begin(kind: OperationKind, name: &str, deadline: Option<Instant>) -> Operation {
-        if !has_scope() {
-            return Operation::none();
+        match glance() {
+            Glance::None => return Operation::none(),
+            Glance::Static(recorder, parent) => {
+                return begin_in(Recorder::Static(recorder), parent, kind, name, deadline);
+            }
+            Glance::Shared => {}
         }
         CURRENT.with(|current| {
             let scope = current.take();
@@ -497,7 +566,7 @@ impl Operation {
     /// The scope of its children (`None` if inert).
     pub fn scope(&self) -> Option<OperationScope> {
         self.live.as_ref().map(|live| OperationScope {
-            recorder: Arc::clone(&live.recorder),
+            recorder: live.recorder.clone(),
             parent: Some(live.id),
         })
     }
@@ -516,21 +585,24 @@ impl Operation {
     /// Gives it a better name (an HTTP request's matched route).
     pub fn rename(&self, name: &str) {
         if let Some(live) = &self.live {
-            live.recorder.rename(live.id, name);
+            live.recorder.get().rename(live.id, name);
         }
     }
 
     /// Records its deadline, once known (`token.deadline()`).
     pub fn set_deadline(&self, deadline: Option<Instant>) {
         if let Some(live) = &self.live {
-            live.recorder.set_deadline(live.id, deadline);
+            live.recorder.get().set_deadline(live.id, deadline);
         }
     }
 
     /// Ends it with `outcome`.
     #[inline]
-    pub fn end(mut self, outcome: OperationOutcome) {
-        self.finish(outcome);
+    pub fn end(self, outcome: OperationOutcome) {
+        // Ended here, so its `Drop` (which would end it `Abandoned`) has nothing to do: skip
+        // it (after `finish` the handle holds nothing to free).
+        let mut this = ManuallyDrop::new(self);
+        this.finish(outcome);
     }
 
     /// Ends it: it did its work.
@@ -562,7 +634,7 @@ impl Operation {
     #[inline]
     fn finish(&mut self, outcome: OperationOutcome) {
         if let Some(live) = self.live.take() {
-            live.recorder.end(live.id, outcome);
+            live.recorder.get().end(live.id, outcome);
         }
     }
 }
