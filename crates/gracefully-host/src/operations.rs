@@ -370,8 +370,15 @@ impl Name {
                 copy_short(&mut bytes[..name.len()], name.as_bytes());
                 *len = name.len() as u8;
             }
-            _ => *self = Name::new(name),
+            _ => self.set_long(name),
         }
+    }
+
+    /// `set` for a long name, or in place of one (out of line: rare).
+    #[cold]
+    #[inline(never)]
+    fn set_long(&mut self, name: &str) {
+        *self = Name::new(name);
     }
 
     fn as_str(&self) -> &str {
@@ -804,7 +811,12 @@ impl OperationRecorder for Registry {
             return;
         }
         entry.live = false;
-        let span = entry.span.take();
+        // (Only its tag is read when there is none, the usual case.)
+        let span = if entry.span.is_some() {
+            entry.span.take()
+        } else {
+            None
+        };
         let kind = entry.record.kind;
         shard.ended.get_mut(kind)[outcome_index(&outcome)] += 1;
         if let OperationOutcome::Cancelled(reason) = &outcome {

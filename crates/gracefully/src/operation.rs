@@ -633,8 +633,11 @@ impl Operation {
 
     #[inline]
     fn finish(&mut self, outcome: OperationOutcome) {
-        if let Some(live) = self.live.take() {
+        // Read in place, then cleared: `take()` would copy the whole handle out first (a
+        // wide load of what `begin` has just stored, which the CPU cannot forward).
+        if let Some(live) = &self.live {
             live.recorder.get().end(live.id, outcome);
+            self.live = None;
         }
     }
 }
