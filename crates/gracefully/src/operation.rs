@@ -241,7 +241,8 @@ pub trait OperationRecorder: Send + Sync + 'static {
 }
 
 /// Where new operations go: a recorder, and the operation they run under (none for a root).
-/// Cheap to clone (one reference count).
+/// Cheap to clone (a copy for a [static](Self::new_static) recorder, one reference count
+/// otherwise).
 ///
 /// Get one from a registry (a root scope), from an operation ([`Operation::scope`]: its
 /// children), or from the code around you ([`OperationScope::current`]).
