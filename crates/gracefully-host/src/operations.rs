@@ -27,7 +27,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -52,8 +52,8 @@ const MAX_SHARDS: usize = 1 << SHARD_BITS;
 /// The host's registry of operations: every HTTP request, query, outbound call, message,
 /// job, service and tracked task registers while it runs (through
 /// [`gracefully::operation`]), and the last finished ones are kept with how they ended and
-/// the reason (with its origin) if they were cancelled. Cheap to clone (a plain reference:
-/// the registry lives until the process exits, see [`keeping`](Self::keeping)).
+/// the reason (with its origin) if they were cancelled. Cheap to clone (one reference
+/// count; operations themselves hold a plain reference: see [`keeping`](Self::keeping)).
 ///
 /// Opt-in: install it with [`HostBuilder::operations`](crate::HostBuilder::operations); the
 /// host's services and tracked tasks then register, and so does everything that begins
@@ -101,6 +101,18 @@ const MAX_SHARDS: usize = 1 << SHARD_BITS;
 pub struct Operations {
     /// Leaked: see [`Operations::keeping`].
     registry: &'static Registry,
+    /// Shared by the clones; the last one's drop releases what the registry holds.
+    _owner: Arc<Owner>,
+}
+
+/// Releases the registry's records when the last [`Operations`] handle goes (its shell
+/// stays: operations still running may end into it, and find nothing).
+struct Owner(&'static Registry);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }
 
 /// One operation, as a [snapshot](Operations::snapshot) shows it.
@@ -167,6 +179,8 @@ struct Registry {
     /// become `Instant`s only when a snapshot is taken ([`Epoch`]). Where the counter is
     /// not usable, quanta falls back to the OS clock.
     clock: quanta::Clock,
+    /// Set when the last handle is dropped: nothing begins any more (see `release`).
+    closed: AtomicBool,
 }
 
 struct Shard {
@@ -489,10 +503,12 @@ impl Operations {
     /// per shard (the registry has twice as many shards as CPUs, rounded up to a power of
     /// two, at most 64, so that threads rarely share a lock).
     ///
-    /// A registry is never freed: it lives until the process exits, like the `metrics`
-    /// crate's global recorder or a `tracing` global subscriber, so that every operation
-    /// holds a plain reference to it instead of counting one. Make one per host (or per
-    /// process), not one per request or per test case in a loop.
+    /// A registry's shell is never freed — a few kilobytes (one cache line per shard) that
+    /// live until the process exits, like the `metrics` crate's global recorder — so that
+    /// every operation holds a plain reference to it instead of counting one. What it
+    /// records (operations, names, counts) is released when the last `Operations` handle
+    /// is dropped; operations still running then end into the empty shell, and operations
+    /// begun after are not recorded. Make one per host, not one per request.
     pub fn keeping(keep_finished: usize) -> Operations {
         // A power of two, so that a thread finds its shard with a mask, not a division.
         let shards = std::thread::available_parallelism()
@@ -502,14 +518,17 @@ impl Operations {
         // Leaked, so that operations copy a reference to it rather than count one (an
         // atomic increment and decrement per operation, on one cache line for every worker
         // thread): see `OperationScope::new_static`.
+        let registry: &'static Registry = Box::leak(Box::new(Registry {
+            shards: (0..shards)
+                .map(|_| CachePadded::new(Mutex::new(Shard::new())))
+                .collect(),
+            keep_finished,
+            clock: quanta::Clock::new(),
+            closed: AtomicBool::new(false),
+        }));
         Operations {
-            registry: Box::leak(Box::new(Registry {
-                shards: (0..shards)
-                    .map(|_| CachePadded::new(Mutex::new(Shard::new())))
-                    .collect(),
-                keep_finished,
-                clock: quanta::Clock::new(),
-            })),
+            registry,
+            _owner: Arc::new(Owner(registry)),
         }
     }
 
@@ -686,6 +705,13 @@ fn shard_of_this_thread(count: usize) -> usize {
     })
 }
 
+/// The id of an operation the registry did not record: its slot number is past any slab's
+/// end, so `end`, `rename` and `set_deadline` find nothing.
+const NOT_RECORDED: OperationId = match OperationId::new(u64::MAX) {
+    Some(id) => id,
+    None => unreachable!(),
+};
+
 fn encode(shard: usize, slot: u32, generation: u32) -> OperationId {
     let raw = (u64::from(generation) << (SLOT_BITS + SHARD_BITS))
         | (u64::from(slot) << SHARD_BITS)
@@ -703,6 +729,17 @@ fn decode(id: OperationId) -> (usize, usize, u32) {
 }
 
 impl Registry {
+    /// Drops everything recorded, and records nothing more: the last handle is gone, so
+    /// nobody can look. Operations still running end into empty shards (their slots are
+    /// gone, so `end` finds nothing: invariant 1's id check).
+    fn release(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        for shard in self.shards.iter() {
+            let records = std::mem::replace(&mut *lock(shard), Shard::new());
+            drop(records); // outside the lock: names, reasons, spans
+        }
+    }
+
     /// The live record `id` names, if it is still live (invariant 1).
     fn with_live<R>(
         &self,
@@ -721,6 +758,9 @@ impl Registry {
 
 impl OperationRecorder for Registry {
     fn begin(&self, start: &OperationStart<'_>) -> OperationId {
+        if self.closed.load(Ordering::Relaxed) {
+            return NOT_RECORDED;
+        }
         // With no subscriber ever set, skip the span macro (its disabled path still costs
         // some 200 instructions, measured by `benches/http_instructions.sh`).
         let span = if tracing::dispatcher::has_been_set() {
@@ -751,7 +791,7 @@ impl OperationRecorder for Registry {
                 let Some(slot) = slot else {
                     // 67 million operations running in one shard: record no more of them.
                     drop(shard);
-                    return OperationId::new(u64::MAX).expect("non-zero");
+                    return NOT_RECORDED;
                 };
                 shard.slots.push(Slot {
                     generation: 0,

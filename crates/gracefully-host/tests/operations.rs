@@ -310,3 +310,56 @@ fn cancellations_under_made_up_names_are_counted_in_bounded_series() {
         Some(&(PATHS as u64 + 1))
     );
 }
+
+#[test]
+fn dropping_the_last_handle_releases_what_the_registry_recorded() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A cancellation's source that says when it is dropped.
+    #[derive(Debug)]
+    struct Watched(Arc<AtomicBool>);
+    impl std::fmt::Display for Watched {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("watched")
+        }
+    }
+    impl std::error::Error for Watched {}
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    let dropped = Arc::new(AtomicBool::new(false));
+    let operations = Operations::new();
+    let other_handle = operations.clone();
+    let scope = operations.scope();
+    let running = scope.begin(OperationKind::Job, "still running", None);
+    scope
+        .begin(OperationKind::Query, "cancelled", None)
+        .cancelled(Reason::requested().with_source(Watched(Arc::clone(&dropped))));
+
+    drop(operations);
+    assert!(
+        !dropped.load(Ordering::SeqCst),
+        "another handle still holds it"
+    );
+    let snapshot = other_handle.snapshot();
+    assert_eq!(snapshot.finished.len(), 1);
+    assert_eq!(snapshot.live.len(), 1);
+    drop(snapshot);
+
+    drop(other_handle);
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the finished operation's reason is released with the last handle"
+    );
+    // What still runs ends into the emptied registry; what begins after is not recorded;
+    // neither panics.
+    running.complete();
+    let late = scope.begin(OperationKind::Query, "late", None);
+    late.rename("renamed");
+    late.set_deadline(Some(Instant::now()));
+    late.complete();
+}
