@@ -12,7 +12,8 @@
 //!    sees each operation exactly once: live or finished.
 //! 3. Each shard's `finished` ring holds at most `keep_finished` slot indices; once it is
 //!    full, a new one takes the oldest one's place and the oldest slot goes back to the free
-//!    list (its outcome — a reason, a message — is dropped when the slot is taken again).
+//!    list (what it holds — a reason, a message, a long name — is dropped then, outside
+//!    the lock; with `keep_finished` 0 an outcome is never kept).
 //!    The newest `keep_finished` of the whole registry are among the shards' rings, which a
 //!    snapshot merges: memory is bounded by `keep_finished` records per shard (shards:
 //!    twice the CPUs rounded up to a power of two, at most 64) plus the slots, as many as
@@ -27,7 +28,7 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -179,8 +180,6 @@ struct Registry {
     /// become `Instant`s only when a snapshot is taken ([`Epoch`]). Where the counter is
     /// not usable, quanta falls back to the OS clock.
     clock: quanta::Clock,
-    /// Set when the last handle is dropped: nothing begins any more (see `release`).
-    closed: AtomicBool,
 }
 
 struct Shard {
@@ -197,6 +196,9 @@ struct Shard {
     /// … and cancelled, by kind, reason kind and name (`series` of them in all: invariant 4).
     cancellations: HashMap<(OperationKind, ReasonKind), HashMap<Arc<str>, u64>>,
     series: usize,
+    /// The generation a new slot starts from: at or above every generation this shard
+    /// gave out (so invariant 1 holds across [`Shard::forget_finished`]).
+    generation_floor: u32,
 }
 
 impl Shard {
@@ -209,7 +211,34 @@ impl Shard {
             ended: Counts::default(),
             cancellations: HashMap::new(),
             series: 0,
+            generation_floor: 0,
         }
+    }
+
+    /// Frees the slots of the finished operations and empties the freed slots; what was in
+    /// them is returned, to be dropped outside the lock. With nothing live, the slab itself
+    /// goes (the counts stay).
+    fn forget_finished(&mut self) -> Vec<Slot> {
+        self.finished.clear();
+        self.next_finished = 0;
+        if self.slots.iter().all(|slot| !slot.live) {
+            self.generation_floor = self
+                .slots
+                .iter()
+                .map(|slot| slot.generation)
+                .fold(self.generation_floor, u32::max);
+            self.free = Vec::new();
+            return std::mem::take(&mut self.slots);
+        }
+        self.free.clear();
+        let mut emptied = Vec::new();
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if !slot.live {
+                self.free.push(index as u32);
+                emptied.push(std::mem::replace(slot, Slot::vacant(slot.generation)));
+            }
+        }
+        emptied
     }
 }
 
@@ -327,6 +356,19 @@ fn outcome_index(outcome: &OperationOutcome) -> usize {
 /// field: an operation's record is never copied or moved on its way from live to
 /// finished (building the ~130-byte record elsewhere and moving it in cost more than the
 /// rest of `begin`: the copies stall on store forwarding; `benches/operations.rs`).
+impl Slot {
+    fn vacant(generation: u32) -> Slot {
+        Slot {
+            generation,
+            live: false,
+            record: Record::vacant(),
+            span: None,
+            ended: 0,
+            outcome: OperationOutcome::Abandoned,
+        }
+    }
+}
+
 struct Slot {
     /// Bumped each time the slot is taken: part of the id (invariant 1).
     generation: u32,
@@ -366,6 +408,14 @@ impl Name {
             }
         } else {
             Name::Shared(Arc::from(name))
+        }
+    }
+
+    /// A long name, taken out (leaving an empty one): to drop it outside a lock.
+    fn take_long(&mut self) -> Option<Name> {
+        match self {
+            Name::Shared(_) => Some(std::mem::replace(self, Name::empty())),
+            Name::Inline { .. } => None,
         }
     }
 
@@ -503,12 +553,17 @@ impl Operations {
     /// per shard (the registry has twice as many shards as CPUs, rounded up to a power of
     /// two, at most 64, so that threads rarely share a lock).
     ///
-    /// A registry's shell is never freed — a few kilobytes (one cache line per shard) that
-    /// live until the process exits, like the `metrics` crate's global recorder — so that
-    /// every operation holds a plain reference to it instead of counting one. What it
-    /// records (operations, names, counts) is released when the last `Operations` handle
-    /// is dropped; operations still running then end into the empty shell, and operations
-    /// begun after are not recorded. Make one per host, not one per request.
+    /// A registry's shell is never freed — about half a kilobyte per shard (32 KiB at
+    /// most) that lives until the process exits, like the `metrics` crate's global
+    /// recorder — so that every operation holds a plain reference to it instead of
+    /// counting one. When the last `Operations` handle is dropped, the finished operations
+    /// it kept are released (nobody can look at them any more); a [scope](Self::scope)
+    /// still held keeps recording its operations' spans and log lines. Make one per host,
+    /// not one per request.
+    ///
+    /// The first registry in a process calibrates the CPU's time-stamp counter against
+    /// the OS clock (`quanta`): it spins for a moment (about a millisecond, at most
+    /// 200 ms), so make it at start-up rather than on a latency-sensitive path.
     pub fn keeping(keep_finished: usize) -> Operations {
         // A power of two, so that a thread finds its shard with a mask, not a division.
         let shards = std::thread::available_parallelism()
@@ -524,7 +579,6 @@ impl Operations {
                 .collect(),
             keep_finished,
             clock: quanta::Clock::new(),
-            closed: AtomicBool::new(false),
         }));
         Operations {
             registry,
@@ -729,14 +783,14 @@ fn decode(id: OperationId) -> (usize, usize, u32) {
 }
 
 impl Registry {
-    /// Drops everything recorded, and records nothing more: the last handle is gone, so
-    /// nobody can look. Operations still running end into empty shards (their slots are
-    /// gone, so `end` finds nothing: invariant 1's id check).
+    /// Forgets the finished operations and what freed slots still hold (names, reasons),
+    /// once the last handle is gone and nobody can look. Live operations stay, and a scope
+    /// still held keeps recording (spans and log lines, into a history nobody reads). Ids
+    /// stay unique: a shard emptied whole keeps its generations going.
     fn release(&self) {
-        self.closed.store(true, Ordering::Relaxed);
         for shard in self.shards.iter() {
-            let records = std::mem::replace(&mut *lock(shard), Shard::new());
-            drop(records); // outside the lock: names, reasons, spans
+            let forgotten = lock(shard).forget_finished();
+            drop(forgotten); // outside the lock: names, reasons, spans
         }
     }
 
@@ -758,9 +812,6 @@ impl Registry {
 
 impl OperationRecorder for Registry {
     fn begin(&self, start: &OperationStart<'_>) -> OperationId {
-        if self.closed.load(Ordering::Relaxed) {
-            return NOT_RECORDED;
-        }
         // With no subscriber ever set, skip the span macro (its disabled path still costs
         // some 200 instructions, measured by `benches/http_instructions.sh`).
         let span = if tracing::dispatcher::has_been_set() {
@@ -793,14 +844,8 @@ impl OperationRecorder for Registry {
                     drop(shard);
                     return NOT_RECORDED;
                 };
-                shard.slots.push(Slot {
-                    generation: 0,
-                    live: false,
-                    record: Record::vacant(),
-                    span: None,
-                    ended: 0,
-                    outcome: OperationOutcome::Abandoned,
-                });
+                let generation = shard.generation_floor;
+                shard.slots.push(Slot::vacant(generation));
                 slot
             }
         };
@@ -873,29 +918,41 @@ impl OperationRecorder for Registry {
         let report = (span.is_some() || matches!(outcome, OperationOutcome::Failed(_)))
             .then(|| copy_for_report(&entry.record, &outcome));
         entry.ended = ended;
-        // The previous occupant's outcome (a reason, a message) is dropped outside the lock.
-        let evicted = std::mem::replace(&mut entry.outcome, outcome);
         // Invariant 3: the slot joins the ring of the last finished; once the ring is full,
         // it takes the oldest one's place there, and that slot is freed.
         let keep = self.keep_finished;
-        let freed = if keep == 0 {
-            slot as u32
-        } else if shard.finished.len() < keep {
-            shard.finished.push(slot as u32);
-            u32::MAX
+        let (freed, unkept) = if keep == 0 {
+            (slot as u32, Some(outcome))
         } else {
-            let oldest = std::mem::replace(&mut shard.finished[shard.next_finished], slot as u32);
-            shard.next_finished += 1;
-            if shard.next_finished == keep {
-                shard.next_finished = 0;
+            entry.outcome = outcome;
+            if shard.finished.len() < keep {
+                shard.finished.push(slot as u32);
+                (u32::MAX, None)
+            } else {
+                let oldest =
+                    std::mem::replace(&mut shard.finished[shard.next_finished], slot as u32);
+                shard.next_finished += 1;
+                if shard.next_finished == keep {
+                    shard.next_finished = 0;
+                }
+                (oldest, None)
             }
-            oldest
         };
+        let mut evicted = None;
         if freed != u32::MAX {
-            // (Not touched: its memory is cold by now.)
+            if freed != slot as u32 {
+                // What the evicted operation still holds (a reason, a message, a long name)
+                // goes now, not whenever its slot is taken again (dropped outside the lock).
+                let old = &mut shard.slots[freed as usize];
+                evicted = Some((
+                    std::mem::replace(&mut old.outcome, OperationOutcome::Abandoned),
+                    old.record.name.take_long(),
+                ));
+            }
             shard.free.push(freed);
         }
         drop(guard);
+        drop(unkept);
         drop(evicted);
         if let Some((record, outcome)) = report {
             report_end(&record, &outcome, &span.unwrap_or_else(tracing::Span::none));

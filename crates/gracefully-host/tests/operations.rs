@@ -355,11 +355,85 @@ fn dropping_the_last_handle_releases_what_the_registry_recorded() {
         dropped.load(Ordering::SeqCst),
         "the finished operation's reason is released with the last handle"
     );
-    // What still runs ends into the emptied registry; what begins after is not recorded;
-    // neither panics.
-    running.complete();
+    // What still runs ends normally, and a scope still held keeps working; neither panics,
+    // and ids stay unique.
     let late = scope.begin(OperationKind::Query, "late", None);
+    assert_ne!(late.id(), running.id());
     late.rename("renamed");
     late.set_deadline(Some(Instant::now()));
     late.complete();
+    running.complete();
+}
+
+/// A source that sets its flag when dropped.
+#[derive(Debug)]
+struct DropFlag(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl std::fmt::Display for DropFlag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("drop flag")
+    }
+}
+
+impl std::error::Error for DropFlag {}
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn cancel_with_flag(
+    scope: &gracefully::operation::OperationScope,
+    name: &str,
+) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    scope
+        .begin(OperationKind::Query, name, None)
+        .cancelled(Reason::requested().with_source(DropFlag(std::sync::Arc::clone(&flag))));
+    flag
+}
+
+#[test]
+fn an_evicted_or_unkept_outcome_is_dropped_at_once() {
+    use std::sync::atomic::Ordering;
+    // Kept none: the reason is not held at all.
+    let none = Operations::keeping(0);
+    let flag = cancel_with_flag(&none.scope(), "unkept");
+    assert!(flag.load(Ordering::SeqCst), "keeping(0) holds no reason");
+
+    // Kept one: the reason goes when a newer operation takes its place in the list, not
+    // when its slot is next taken.
+    let one = Operations::keeping(1);
+    let scope = one.scope();
+    let flag = cancel_with_flag(&scope, "evicted");
+    assert!(!flag.load(Ordering::SeqCst), "still the last finished");
+    scope.begin(OperationKind::Query, "newer", None).complete();
+    assert!(
+        flag.load(Ordering::SeqCst),
+        "evicted from the list: released"
+    );
+    assert_eq!(one.snapshot().finished[0].operation.name, "newer");
+}
+
+#[test]
+fn ids_stay_unique_across_the_release_of_the_last_handle() {
+    use std::collections::HashSet;
+    let operations = Operations::keeping(4);
+    let scope = operations.scope();
+    let mut ids = HashSet::new();
+    for i in 0..10 {
+        let op = scope.begin(OperationKind::Query, &format!("q{i}"), None);
+        assert!(ids.insert(op.id()));
+        op.complete();
+    }
+    drop(operations); // nothing live: every shard's slab goes
+    for i in 0..10 {
+        let op = scope.begin(OperationKind::Query, &format!("after{i}"), None);
+        assert!(
+            ids.insert(op.id()),
+            "an id given out before the release came back"
+        );
+        op.complete();
+    }
 }
