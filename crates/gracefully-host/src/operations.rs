@@ -610,7 +610,8 @@ impl Operations {
             let shard = lock(shard);
             started_total += shard.ended.iter().flat_map(|(_, n)| n).sum::<u64>();
             started_total += shard.slots.iter().filter(|slot| slot.live).count() as u64;
-            finished.extend(shard.finished.iter().map(|&slot| {
+            finished.extend(shard.finished.iter().map(|&entry| {
+                let slot = entry & !HOLDS_MORE;
                 let slot = &shard.slots[slot as usize];
                 FinishedOperation {
                     operation: slot.record.public(&epoch),
@@ -758,6 +759,10 @@ fn shard_of_this_thread(count: usize) -> usize {
         index & (count - 1)
     })
 }
+
+/// Set in a `finished` ring entry (beside the slot number, below 2^26) when the slot holds
+/// more than a completed outcome and a short name: a reason, a message, a long name.
+const HOLDS_MORE: u32 = 1 << 31;
 
 /// The id of an operation the registry did not record: its slot number is past any slab's
 /// end, so `end`, `rename` and `set_deadline` find nothing.
@@ -924,13 +929,18 @@ impl OperationRecorder for Registry {
         let (freed, unkept) = if keep == 0 {
             (slot as u32, Some(outcome))
         } else {
+            // Marked if the slot will hold more than a completed outcome and a short name,
+            // so that its eviction touches it (cold by then) only if there is more to drop.
+            let holds_more = !matches!(outcome, OperationOutcome::Completed)
+                || matches!(entry.record.name, Name::Shared(_));
+            let ring_entry = slot as u32 | if holds_more { HOLDS_MORE } else { 0 };
             entry.outcome = outcome;
             if shard.finished.len() < keep {
-                shard.finished.push(slot as u32);
+                shard.finished.push(ring_entry);
                 (u32::MAX, None)
             } else {
                 let oldest =
-                    std::mem::replace(&mut shard.finished[shard.next_finished], slot as u32);
+                    std::mem::replace(&mut shard.finished[shard.next_finished], ring_entry);
                 shard.next_finished += 1;
                 if shard.next_finished == keep {
                     shard.next_finished = 0;
@@ -940,7 +950,9 @@ impl OperationRecorder for Registry {
         };
         let mut evicted = None;
         if freed != u32::MAX {
-            if freed != slot as u32 {
+            let holds_more = freed & HOLDS_MORE != 0;
+            let freed = freed & !HOLDS_MORE;
+            if holds_more && freed != slot as u32 {
                 // What the evicted operation still holds (a reason, a message, a long name)
                 // goes now, not whenever its slot is taken again (dropped outside the lock).
                 let old = &mut shard.slots[freed as usize];
