@@ -25,6 +25,10 @@
 //!    the runtime; the drop waits for it at most
 //!    150 ms when it is not on a runtime thread (the host drops aborted work on a thread of
 //!    its own).
+//! 6. The jobs fetched ahead (`prefetch`) stay between the configured floor and ceiling
+//!    (the same number when the user set it): doubled after a full fetch during which
+//!    the handlers ended at least half that many jobs, halved after one during which they
+//!    ended under an eighth as many.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -117,6 +121,11 @@ pub(crate) struct Run {
     last_renewed: Instant,
     listener: Option<AbortHandle>,
     runtime: Option<tokio::runtime::Handle>,
+    /// Jobs fetched ahead now: between `settings.prefetch` and `settings.prefetch_max`
+    /// (run #6).
+    prefetch: usize,
+    /// Handlers that have ended so far (to see how many end during a fetch).
+    ended_total: u64,
 }
 
 impl Run {
@@ -127,6 +136,7 @@ impl Run {
         cx: ServiceContext,
     ) -> Run {
         let store = jobs.store().clone();
+        let settings_prefetch = settings.prefetch;
         Run {
             jobs,
             store,
@@ -144,6 +154,8 @@ impl Run {
             last_renewed: Instant::now(),
             listener: None,
             runtime: tokio::runtime::Handle::try_current().ok(),
+            prefetch: settings_prefetch,
+            ended_total: 0,
         }
     }
 
@@ -174,10 +186,9 @@ impl Run {
         let mut read_cancels = false;
         let mut next_poll = Instant::now() + poll;
         let mut next_heartbeat = Instant::now() + heartbeat;
-        // Fetch when this many slots are free (or nothing runs): batches, not one by one.
-        let refill = (self.settings.concurrency + self.settings.prefetch)
-            .div_ceil(4)
-            .max(1);
+        // Asked by the fetch in flight, and how many handlers had ended when it started.
+        let mut asked = 0usize;
+        let mut ended_at_fetch = 0u64;
         // The database calls in flight (run #5): a fetch, a batch of
         // endings.
         let mut fetching: Option<BoxFuture<'static, Result<Fetch, Error>>> = None;
@@ -203,8 +214,10 @@ impl Run {
                 self.read_cancel_requests().await;
             }
             self.start_buffered();
-            let free = (self.settings.concurrency + self.settings.prefetch)
-                .saturating_sub(self.tasks.len() + self.buffer.len());
+            let room = self.settings.concurrency + self.prefetch;
+            // Fetch when this many slots are free (or nothing runs): batches, not one by one.
+            let refill = room.div_ceil(4).max(1);
+            let free = room.saturating_sub(self.tasks.len() + self.buffer.len());
             if fetching.is_none()
                 && !self.draining
                 && want_fetch
@@ -219,6 +232,8 @@ impl Run {
                     self.settings.worker_id.clone(),
                 );
                 wakes_at_fetch = wakes;
+                asked = free;
+                ended_at_fetch = self.ended_total;
                 fetching = Some(Box::pin(async move {
                     let started = std::time::Instant::now();
                     let mut jobs = store.fetch(&queue, free, lease, &worker).await?;
@@ -276,6 +291,7 @@ impl Run {
                         Ok(Fetch { jobs, next_due }) => {
                             self.db_recovered();
                             let got = jobs.len();
+                            self.adapt_prefetch(got, asked, self.ended_total - ended_at_fetch);
                             for job in jobs {
                                 self.held.insert(job.id, Held::unstarted(job.run));
                                 self.buffer.push_back(job);
@@ -325,6 +341,17 @@ impl Run {
             l.abort();
         }
         tracing::debug!(queue = %queue, "worker stopped");
+    }
+
+    /// Run #6, after a fetch that asked `asked` and got `got` while `ended_meanwhile`
+    /// handlers ended.
+    fn adapt_prefetch(&mut self, got: usize, asked: usize, ended_meanwhile: u64) {
+        self.prefetch = next_prefetch(
+            self.prefetch,
+            (self.settings.prefetch, self.settings.prefetch_max),
+            got == asked,
+            ended_meanwhile,
+        );
     }
 
     fn db_failed(&mut self, what: &str, e: &Error) {
@@ -436,6 +463,7 @@ impl Run {
 
     /// A handler's task ended: decide, and queue the write.
     fn ended(&mut self, id: i64, run: i64, ended: Ended) {
+        self.ended_total += 1;
         // A newer attempt of the same job may hold the entry (this one lost its lease and
         // the job came back here): this attempt's ending is fenced, nothing to write.
         let Some(held) = self.held.get(&id).filter(|h| h.run == run) else {
@@ -645,6 +673,29 @@ impl Run {
     }
 }
 
+/// Run #6: the fetch-ahead doubles (up to `ceiling`) when the handlers got through at
+/// least half of it while one fetch was in flight — short jobs, for which larger batches
+/// mean fewer round trips and statements per job — provided the fetch was full (a queue
+/// running short is not a reason to hold more); it halves (down to `floor`) when they got
+/// through under an eighth of it — long jobs, not to be hoarded from other workers.
+fn next_prefetch(
+    current: usize,
+    (floor, ceiling): (usize, usize),
+    full_fetch: bool,
+    ended_meanwhile: u64,
+) -> usize {
+    if ended_meanwhile >= current.div_ceil(2).max(1) as u64 {
+        if full_fetch {
+            return (current * 2).max(1).min(ceiling);
+        }
+        current
+    } else if ended_meanwhile < (current / 8) as u64 {
+        (current / 2).max(floor)
+    } else {
+        current
+    }
+}
+
 impl Drop for Run {
     /// The host's abort (run #4). Handlers that already finished (their result not yet
     /// collected) and endings queued or being written get their real endings; the
@@ -708,5 +759,45 @@ impl Drop for Run {
         if tokio::runtime::Handle::try_current().is_err() {
             let _ = done_rx.recv_timeout(Duration::from_millis(150));
         }
+    }
+}
+
+#[cfg(test)]
+mod prefetch_tests {
+    use super::next_prefetch;
+
+    #[test]
+    fn short_jobs_grow_the_fetch_ahead_to_its_ceiling_and_long_ones_bring_it_back() {
+        let bounds = (16, 64);
+        // No-op jobs: every fetch sees more jobs end than are buffered.
+        let mut p = 16;
+        for _ in 0..5 {
+            p = next_prefetch(p, bounds, true, 1_000);
+        }
+        assert_eq!(p, 64, "doubles, then stays at the ceiling");
+        // Long jobs: hardly any end during a fetch.
+        for _ in 0..5 {
+            p = next_prefetch(p, bounds, true, 1);
+        }
+        assert_eq!(p, 16, "halves, then stays at the floor");
+    }
+
+    #[test]
+    fn a_short_fetch_never_grows_it_and_a_middling_rate_keeps_it() {
+        assert_eq!(next_prefetch(16, (16, 64), false, 1_000), 16);
+        assert_eq!(
+            next_prefetch(32, (16, 64), true, 10),
+            32,
+            "between an eighth and half"
+        );
+    }
+
+    #[test]
+    fn a_fixed_prefetch_never_moves() {
+        for ended in [0, 3, 8, 1_000] {
+            assert_eq!(next_prefetch(8, (8, 8), true, ended), 8);
+        }
+        // Zero ahead (fetch only for free slots) stays zero.
+        assert_eq!(next_prefetch(0, (0, 0), true, 1_000), 0);
     }
 }
