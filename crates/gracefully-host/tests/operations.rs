@@ -313,32 +313,13 @@ fn cancellations_under_made_up_names_are_counted_in_bounded_series() {
 
 #[test]
 fn dropping_the_last_handle_releases_what_the_registry_recorded() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
 
-    /// A cancellation's source that says when it is dropped.
-    #[derive(Debug)]
-    struct Watched(Arc<AtomicBool>);
-    impl std::fmt::Display for Watched {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("watched")
-        }
-    }
-    impl std::error::Error for Watched {}
-    impl Drop for Watched {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-
-    let dropped = Arc::new(AtomicBool::new(false));
     let operations = Operations::new();
     let other_handle = operations.clone();
     let scope = operations.scope();
     let running = scope.begin(OperationKind::Job, "still running", None);
-    scope
-        .begin(OperationKind::Query, "cancelled", None)
-        .cancelled(Reason::requested().with_source(Watched(Arc::clone(&dropped))));
+    let dropped = cancel_with_flag(&scope, "cancelled");
 
     drop(operations);
     assert!(
