@@ -31,6 +31,9 @@
 //! 4. A run ends normally only when draining, with the subscription closed, nothing
 //!    buffered and nothing running; dropped before that (the abort phase), it hands back
 //!    what it holds, as far as the connection takes it without waiting.
+//! 5. While disconnected, nothing is started: the buffer is handed back when the connection
+//!    is lost, and so is every message read off the subscription afterwards (it arrived
+//!    before the cut), so no handler runs for a message whose progress cannot be sent.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -523,6 +526,15 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             tracing::warn!(subject = %message.subject, "ignored a message on the pull inbox that is not a JetStream delivery");
             return;
         };
+        if !self.connected {
+            // Read off the subscription after the connection was lost: it arrived before
+            // the cut, so it is one of the unstarted messages the disconnect hands back
+            // (queued; sent once the client has reconnected), never started on a
+            // connection that cannot carry its progress.
+            settle::settle(&self.shared.client, &reply, AckKind::Nak(None)).await;
+            self.counts.handed_back_at_disconnect += 1;
+            return;
+        }
         if let Some(drain) = &mut self.draining {
             // Invariant 1: from a request sent before the drain; handed back with the
             // buffer once the subscription is closed.
