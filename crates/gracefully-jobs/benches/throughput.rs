@@ -1,24 +1,29 @@
-//! Jobs per second and pickup latency, beside an anchor measured in the same run.
+//! Jobs per second and pickup latency, beside the peers measured in the same run.
 //!
 //! ```sh
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres cargo bench -p gracefully-jobs --bench throughput
 //! ```
 //!
 //! Throughput: each round enqueues `JOBS` no-op jobs in batches of 1,000, then starts the
-//! workers and stops the clock when the database says no job is left to run (an `EXISTS`
-//! on the partial indexes, every 5 ms). Ours runs with its **defaults** (one worker, concurrency 16, lease 30 s, heartbeat
-//! 5 s) under a host. Rounds alternate which side goes first; the medians are printed:
+//! workers and stops the clock when the database says no job is left to run (asked every
+//! 5 ms). Ours runs with its **defaults** (one worker, concurrency 16, lease 30 s,
+//! heartbeat 5 s) under a host; each peer in its **best** configuration (concurrency 16
+//! everywhere): apalis-postgres 1.0 with `batch_size(100)` (its default fetches 10);
+//! graphile_worker 0.14 with a LocalQueue of 100 and completions batched over 2 ms (its
+//! defaults fetch one job per slot per wake-up and poll every second). Each round starts
+//! with a different side; the medians are printed:
 //!
-//! - `pg jobs/s: gracefully <n>, sqlx loop <n>, ratio <r>` — the anchor is the loop every
-//!   sqlx user writes: 16 tasks, each claiming one job with `FOR UPDATE SKIP LOCKED` and
-//!   marking it done (two statements per job), polling 1 ms when the queue looks empty;
+//! - `pg jobs/s: gracefully <n>, apalis <n>, graphile_worker <n>, ratio <r> (vs the faster
+//!   peer)`;
 //! - `sqlite jobs/s (synchronous=…): gracefully <n>`, with sqlx's default `FULL` and with
 //!   `NORMAL` (WAL's usual setting: durable across a process crash, not a power loss);
 //! - `pg pickup latency (enqueue → handler start, workers idle): p50 <ms>, p99 <ms>` —
 //!   enqueued through a second handle with its own pool, so the wake-up comes by
 //!   `NOTIFY` (as from another process), 200 samples 20 ms apart.
 //!
-//! The PostgreSQL lines need `DATABASE_URL`; without it only SQLite runs.
+//! The PostgreSQL lines need `DATABASE_URL`; without it only SQLite runs. With
+//! `JOBS_BENCH_ONLY=<side>` (gracefully, apalis, graphile_worker) only that side runs on
+//! PostgreSQL (to profile it alone).
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -45,26 +50,43 @@ fn main() {
 
 async fn run() {
     let url = std::env::var("DATABASE_URL").ok();
-    if let Some(url) = &url {
-        let (mut ours, mut loops, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    if let (Ok(only), Some(url)) = (std::env::var("JOBS_BENCH_ONLY"), &url) {
+        // For profiling one side alone (`perf record -a`): ROUNDS rounds of that side.
+        let side = PgSide::ALL
+            .into_iter()
+            .find(|side| side.name() == only)
+            .unwrap_or_else(|| {
+                panic!("JOBS_BENCH_ONLY={only}: valid: gracefully, apalis, graphile_worker")
+            });
         for round in 0..ROUNDS {
-            let (a, b) = if round % 2 == 0 {
-                let a = pg_gracefully(url).await;
-                (a, pg_sqlx_loop(url).await)
-            } else {
-                let b = pg_sqlx_loop(url).await;
-                (pg_gracefully(url).await, b)
-            };
-            println!("  round {round}: gracefully {a:.0}/s, sqlx loop {b:.0}/s");
-            ours.push(a);
-            loops.push(b);
-            ratios.push(a / b);
+            println!("  round {round}: {only} {:.0}/s", side.run(url).await);
         }
+        return;
+    }
+    if let Some(url) = &url {
         println!(
-            "pg jobs/s: gracefully {:.0}, sqlx loop {:.0}, ratio {:.2}",
-            median(&mut ours),
-            median(&mut loops),
-            median(&mut ratios)
+            "pg: gracefully with its defaults (concurrency 16); apalis-postgres 1.0 at its best: \
+             batch_size(100), concurrency(16); graphile_worker 0.14 at its best: concurrency 16, \
+             LocalQueue of 100, completions batched over 2 ms"
+        );
+        let mut rates: [Vec<f64>; 3] = Default::default();
+        for round in 0..ROUNDS {
+            // Each round starts with a different side, so none always runs first.
+            let mut line = format!("  round {round}:");
+            for k in 0..PgSide::ALL.len() {
+                let i = (round + k) % PgSide::ALL.len();
+                let side = PgSide::ALL[i];
+                let rate = side.run(url).await;
+                line += &format!(" {} {rate:.0}/s", side.name());
+                rates[i].push(rate);
+            }
+            println!("{line}");
+        }
+        let [ours, apalis, graphile] = rates.map(|mut v| median(&mut v));
+        println!(
+            "pg jobs/s: gracefully {ours:.0}, apalis {apalis:.0}, graphile_worker {graphile:.0}, \
+             ratio {:.2} (vs the faster peer)",
+            ours / apalis.max(graphile)
         );
     } else {
         println!("pg: skipped (set DATABASE_URL)");
@@ -150,10 +172,13 @@ async fn pg_gracefully(url: &str) -> f64 {
     let jobs = Jobs::postgres_in_schema(pool.clone(), &schema)
         .await
         .unwrap();
-    // Cheap enough to ask every 5 ms: both partial indexes, no scan of finished rows.
+    // Cheap enough to ask every 5 ms: both partial indexes, no scan of finished rows
+    // (`queue = 'bench'` lets the planner use both partial indexes: without it, it may
+    // choose a sequential scan over the finished rows, which every 5 ms steals the
+    // database's time from the workers).
     let left = format!(
-        "SELECT EXISTS (SELECT 1 FROM \"{schema}\".jobs WHERE state IN ('queued', 'retrying', 'interrupted')) \
-         OR EXISTS (SELECT 1 FROM \"{schema}\".jobs WHERE state = 'running')"
+        "SELECT EXISTS (SELECT 1 FROM \"{schema}\".jobs WHERE queue = 'bench' AND state IN ('queued', 'retrying', 'interrupted')) \
+         OR EXISTS (SELECT 1 FROM \"{schema}\".jobs WHERE queue = 'bench' AND state = 'running')"
     );
     let rate = throughput(jobs, || async {
         !sqlx::query_scalar::<_, bool>(AssertSqlSafe(left.as_str()))
@@ -201,90 +226,162 @@ async fn sqlite_gracefully(sync: SqliteSynchronous) -> f64 {
     .await
 }
 
-/// The anchor: the SKIP LOCKED loop every sqlx user writes, 16 tasks.
-async fn pg_sqlx_loop(url: &str) -> f64 {
+/// The sides of the PostgreSQL comparison.
+#[derive(Clone, Copy)]
+enum PgSide {
+    Gracefully,
+    Apalis,
+    GraphileWorker,
+}
+
+impl PgSide {
+    const ALL: [PgSide; 3] = [PgSide::Gracefully, PgSide::Apalis, PgSide::GraphileWorker];
+
+    fn name(self) -> &'static str {
+        match self {
+            PgSide::Gracefully => "gracefully",
+            PgSide::Apalis => "apalis",
+            PgSide::GraphileWorker => "graphile_worker",
+        }
+    }
+
+    /// One round: jobs per second.
+    async fn run(self, url: &str) -> f64 {
+        match self {
+            PgSide::Gracefully => pg_gracefully(url).await,
+            PgSide::Apalis => pg_apalis(url).await,
+            PgSide::GraphileWorker => pg_graphile_worker(url).await,
+        }
+    }
+}
+
+/// Polls `sql` (a boolean) every 5 ms until it says all jobs are done.
+async fn wait_until(pool: &PgPool, sql: &str) {
+    while !sqlx::query_scalar::<_, bool>(AssertSqlSafe(sql))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn apalis_noop(_n: u64) -> Result<(), apalis::prelude::BoxDynError> {
+    Ok(())
+}
+
+/// apalis-postgres at its best: `batch_size(100)` (its default fetches 10), concurrency 16,
+/// its default polling. Its tables live in the fixed schema `apalis`; each round uses a
+/// queue of its own and deletes its rows afterwards.
+async fn pg_apalis(url: &str) -> f64 {
+    use apalis::prelude::{TaskBuilder, TaskSink, WorkerBuilder, WorkerBuilderExt};
+    use apalis_postgres::{Config, PostgresStorage};
+
+    let pool = PgPool::connect(url).await.unwrap();
+    PostgresStorage::setup(&pool).await.unwrap();
+    let queue = format!("bench_{:x}", unique() & 0xffff_ffff);
+    let mut backend =
+        PostgresStorage::new(&pool).with_config(Config::default().queue(&queue).batch_size(100));
+    for start in (0..JOBS as u64).step_by(1000) {
+        let mut batch =
+            futures_util::stream::iter((start..start + 1000).map(|i| TaskBuilder::new(i).build()));
+        backend.push_all(&mut batch).await.unwrap();
+    }
+    let worker = WorkerBuilder::new("bench-apalis")
+        .backend(backend)
+        .concurrency(16)
+        .build(apalis_noop);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let started = Instant::now();
+    let running = tokio::spawn(worker.run_until(async move {
+        let _ = stopped.await;
+        Ok::<(), std::io::Error>(())
+    }));
+    wait_until(
+        &pool,
+        &format!(
+            "SELECT NOT EXISTS (SELECT 1 FROM apalis.jobs WHERE job_type = '{queue}' \
+             AND status NOT IN ('Done', 'Failed', 'Killed'))"
+        ),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let done: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM apalis.jobs WHERE job_type = '{queue}' AND status = 'Done'"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(done as usize, JOBS, "apalis finished every job");
+    let _ = stop.send(());
+    let _ = running.await;
+    sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM apalis.jobs WHERE job_type = '{queue}'"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    JOBS as f64 / elapsed.as_secs_f64()
+}
+
+#[derive(Clone, serde::Deserialize, serde::Serialize)]
+struct GraphileNoop(u64);
+
+impl graphile_worker::TaskHandler for GraphileNoop {
+    const IDENTIFIER: &'static str = "noop";
+
+    async fn run(
+        self,
+        _ctx: graphile_worker::WorkerContext,
+    ) -> impl graphile_worker::IntoTaskHandlerResult {
+        Ok::<(), String>(())
+    }
+}
+
+/// graphile_worker at its best: concurrency 16, a LocalQueue of 100 (batched fetch), and
+/// completions batched over 2 ms (its defaults: one job per fetch per slot, 1 s poll).
+/// It deletes a job when it completes, so "all done" is an empty jobs table.
+async fn pg_graphile_worker(url: &str) -> f64 {
+    use graphile_worker::{JobSpec, LocalQueueConfig, WorkerOptions};
+
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(20)
         .connect(url)
         .await
         .unwrap();
-    let schema = format!("bench_loop_{:x}", unique() & 0xffff_ffff);
-    let t = format!("\"{schema}\".jobs");
-    for stmt in [
-        format!("CREATE SCHEMA \"{schema}\""),
-        format!(
-            "CREATE TABLE {t} (id bigserial PRIMARY KEY, payload jsonb NOT NULL, \
-             state text NOT NULL DEFAULT 'queued', locked_at timestamptz)"
-        ),
-        format!("CREATE INDEX ON {t} (id) WHERE state = 'queued'"),
-        format!("CREATE INDEX ON {t} (id) WHERE state = 'running'"),
-    ] {
-        sqlx::query(AssertSqlSafe(stmt))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    for start in (0..JOBS as i64).step_by(1000) {
-        let payloads: Vec<String> = (start..start + 1000).map(|i| i.to_string()).collect();
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO {t} (payload) SELECT p::jsonb FROM unnest($1::text[]) AS p"
-        )))
-        .bind(payloads)
-        .execute(&pool)
+    let schema = format!("bench_graphile_{:x}", unique() & 0xffff_ffff);
+    let worker = WorkerOptions::default()
+        .concurrency(16)
+        .schema(schema.as_str())
+        .define_job::<GraphileNoop>()
+        .pg_pool(pool.clone())
+        .local_queue(LocalQueueConfig::default().with_size(100))
+        .complete_job_batch_delay(Duration::from_millis(2))
+        .init()
         .await
         .unwrap();
+    let utils = worker.create_utils();
+    let spec = JobSpec::default();
+    for start in (0..JOBS as u64).step_by(1000) {
+        let batch: Vec<(GraphileNoop, &JobSpec)> = (start..start + 1000)
+            .map(|i| (GraphileNoop(i), &spec))
+            .collect();
+        utils.add_jobs::<GraphileNoop>(&batch).await.unwrap();
     }
-    let claim = Arc::new(format!(
-        "UPDATE {t} SET state = 'running', locked_at = now() WHERE id = \
-         (SELECT id FROM {t} WHERE state = 'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) \
-         RETURNING id, payload::text"
-    ));
-    let done = Arc::new(format!("UPDATE {t} SET state = 'succeeded' WHERE id = $1"));
-    let source = gracefully::CancellationSource::new();
+    let worker = Arc::new(worker);
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let (pool, claim, done, stopped) = (
-            pool.clone(),
-            Arc::clone(&claim),
-            Arc::clone(&done),
-            source.token(),
-        );
-        tasks.push(tokio::spawn(async move {
-            while !stopped.is_cancelled() {
-                let row: Option<(i64, String)> = sqlx::query_as(AssertSqlSafe(claim.as_str()))
-                    .fetch_optional(&pool)
-                    .await
-                    .unwrap();
-                match row {
-                    Some((id, _payload)) => {
-                        sqlx::query(AssertSqlSafe(done.as_str()))
-                            .bind(id)
-                            .execute(&pool)
-                            .await
-                            .unwrap();
-                    }
-                    None => tokio::time::sleep(Duration::from_millis(1)).await,
-                }
-            }
-        }));
-    }
-    let count = format!("SELECT count(*) FROM {t} WHERE state = 'succeeded'");
-    loop {
-        let n: i64 = sqlx::query_scalar(AssertSqlSafe(count.as_str()))
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        if n as usize >= JOBS {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let running = tokio::spawn({
+        let worker = Arc::clone(&worker);
+        async move { worker.run().await }
+    });
+    wait_until(
+        &pool,
+        &format!("SELECT NOT EXISTS (SELECT 1 FROM \"{schema}\"._private_jobs)"),
+    )
+    .await;
     let elapsed = started.elapsed();
-    source.cancel();
-    for task in tasks {
-        task.await.unwrap();
-    }
+    worker.request_shutdown();
+    let _ = running.await;
     drop_schema(&pool, &schema).await;
     JOBS as f64 / elapsed.as_secs_f64()
 }
