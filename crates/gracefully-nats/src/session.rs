@@ -32,8 +32,8 @@
 //!    buffered and nothing running; dropped before that (the abort phase), it hands back
 //!    what it holds, as far as the connection takes it without waiting.
 //! 5. While disconnected, nothing is started: the buffer is handed back when the connection
-//!    is lost, and so is every message read off the subscription afterwards (it arrived
-//!    before the cut), so no handler runs for a message whose progress cannot be sent.
+//!    is lost, and so is every message read off the subscription until the client reports
+//!    it reconnected, so no handler runs for a message whose progress cannot be sent.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -527,10 +527,11 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             return;
         };
         if !self.connected {
-            // Read off the subscription after the connection was lost: it arrived before
-            // the cut, so it is one of the unstarted messages the disconnect hands back
-            // (queued; sent once the client has reconnected), never started on a
-            // connection that cannot carry its progress.
+            // Read off the subscription after the connection was lost and before the
+            // client reported it back: handed back like the buffer (queued; sent once the
+            // client has reconnected), never started on a connection that may not carry its
+            // progress. (One that came over a new connection ahead of the `Connected` event
+            // is handed back needlessly: redelivered, nothing lost.)
             settle::settle(&self.shared.client, &reply, AckKind::Nak(None)).await;
             self.counts.handed_back_at_disconnect += 1;
             return;
