@@ -17,7 +17,10 @@
 //!    database call is in flight.
 //! 5. At most one fetch and one batch of endings are in flight at a time; the loop keeps
 //!    running handlers meanwhile, so endings that arrive during a write go in the next
-//!    batch (batches grow with the load, with no timer).
+//!    batch (batches grow with the load, with no timer). On SQLite (one writer, each
+//!    commit a disk flush) successes are not written beside a fetch but *in* it: the
+//!    next fetch carries them in its own transaction (`carried`); a batch is written on
+//!    its own only when no fetch is in flight or about to start.
 //! 4. If the run is dropped (the host's abort), handlers that already finished (their
 //!    results not yet collected) and endings queued or in a write the drop cancelled get
 //!    their real endings (fenced writes, so one that had committed is a no-op); the still
@@ -114,6 +117,9 @@ pub(crate) struct Run {
     /// A copy of the batch of endings being written, so that the host's abort (which
     /// drops the write with the loop) writes them again rather than re-running the jobs.
     writing: Vec<Pending>,
+    /// Successes written in the fetch in flight's own transaction (SQLite, run #5): kept
+    /// here until it returns, and written again by the abort like `writing`.
+    carried: Vec<(i64, i64)>,
     draining: bool,
     /// No database call before this (after an error).
     backoff_until: Option<Instant>,
@@ -148,6 +154,7 @@ impl Run {
             buffer: VecDeque::new(),
             pending: Vec::new(),
             writing: Vec::new(),
+            carried: Vec::new(),
             draining: false,
             backoff_until: None,
             backoff: FIRST_DB_BACKOFF,
@@ -200,15 +207,6 @@ impl Run {
         tracing::debug!(queue = %queue, concurrency = self.settings.concurrency, "worker started");
         loop {
             let db_ok = self.backoff_until.is_none_or(|t| Instant::now() >= t);
-            if writing.is_none() && db_ok && !self.pending.is_empty() {
-                let batch = std::mem::take(&mut self.pending);
-                self.writing = batch.clone();
-                writing = Some(Box::pin(endings::write(
-                    self.store.clone(),
-                    Arc::clone(&queue),
-                    batch,
-                )));
-            }
             if db_ok && read_cancels && !self.held.is_empty() {
                 read_cancels = false;
                 self.read_cancel_requests().await;
@@ -234,9 +232,27 @@ impl Run {
                 wakes_at_fetch = wakes;
                 asked = free;
                 ended_at_fetch = self.ended_total;
+                // On SQLite the successes waiting to be written ride in the fetch's
+                // transaction: one commit (one disk flush) instead of two.
+                let carry = if sqlite {
+                    let (succeed, rest) = std::mem::take(&mut self.pending)
+                        .into_iter()
+                        .partition::<Vec<_>, _>(|p| matches!(p, Pending::Succeed(..)));
+                    self.pending = rest;
+                    succeed.iter().map(Pending::job).collect()
+                } else {
+                    Vec::new()
+                };
+                self.carried.clone_from(&carry);
                 fetching = Some(Box::pin(async move {
                     let started = std::time::Instant::now();
-                    let mut jobs = store.fetch(&queue, free, lease, &worker).await?;
+                    let mut jobs = match &store {
+                        Store::Sqlite(s) if !carry.is_empty() => {
+                            s.succeed_and_fetch(&carry, &queue, free, lease, &worker)
+                                .await?
+                        }
+                        _ => store.fetch(&queue, free, lease, &worker).await?,
+                    };
                     for job in &mut jobs {
                         job.fetch_started = started;
                     }
@@ -249,6 +265,21 @@ impl Run {
                     };
                     Ok(Fetch { jobs, next_due })
                 }));
+            }
+            // On SQLite, endings wait for the fetch in flight and ride in the next one
+            // (above), unless no fetch follows it.
+            if writing.is_none()
+                && db_ok
+                && !self.pending.is_empty()
+                && !(sqlite && fetching.is_some())
+            {
+                let batch = std::mem::take(&mut self.pending);
+                self.writing = batch.clone();
+                writing = Some(Box::pin(endings::write(
+                    self.store.clone(),
+                    Arc::clone(&queue),
+                    batch,
+                )));
             }
             if self.draining && self.held.is_empty() && fetching.is_none() && writing.is_none() {
                 break;
@@ -287,6 +318,16 @@ impl Run {
                 }
                 fetched = async { fetching.as_mut().expect("guarded").await }, if fetching.is_some() => {
                     fetching = None;
+                    let carried = std::mem::take(&mut self.carried);
+                    if fetched.is_ok() {
+                        self.apply(Written {
+                            done: carried.into_iter().map(|(id, run)| (Done::Succeeded(id), run)).collect(),
+                            ..Written::default()
+                        });
+                    } else {
+                        // Rolled back with the fetch: written with the next batch.
+                        self.pending.extend(carried.into_iter().map(|(id, run)| Pending::Succeed(id, run)));
+                    }
                     match fetched {
                         Ok(Fetch { jobs, next_due }) => {
                             self.db_recovered();
@@ -719,6 +760,11 @@ impl Drop for Run {
         // The batch whose write the abort dropped, then the endings not yet sent. The
         // writes are fenced (`run` and state `running`), so one that did commit is a no-op.
         let mut endings = std::mem::take(&mut self.writing);
+        endings.extend(
+            self.carried
+                .drain(..)
+                .map(|(id, run)| Pending::Succeed(id, run)),
+        );
         endings.append(&mut self.pending);
         let mut aborted = 0;
         let mut interrupt = Vec::new();

@@ -43,6 +43,7 @@ macro_rules! contract_tests {
             complete_in_after_a_cancel_request_succeeds,
             a_dead_job_can_be_retried_with_its_attempts_reset,
             counts_and_list_show_the_states,
+            a_queue_whose_name_is_not_plain_runs_its_own_jobs_in_many_batches,
         );
     };
     (@each $make:path, $attrs:tt, $($name:ident),* $(,)?) => {
@@ -1007,6 +1008,50 @@ pub async fn counts_and_list_show_the_states(b: Backend) {
             .await
             .unwrap()
             .is_none()
+    );
+}
+
+/// A queue name with quotes and SQL in it runs exactly its own jobs, over many fetches
+/// (on SQLite each fetch after the first carries the previous batch's successes in a
+/// script with the name written in as a literal).
+pub async fn a_queue_whose_name_is_not_plain_runs_its_own_jobs_in_many_batches(b: Backend) {
+    const QUEUE: &str = "it's \"odd\"'); DELETE FROM gracefully_jobs; --";
+    const N: u32 = 500;
+    let bystander = b.jobs.enqueue(work(0)).await.unwrap().id;
+    let created = b
+        .jobs
+        .enqueue_batch((0..N).map(|n| NewJob::new(QUEUE, &n)))
+        .await
+        .unwrap();
+    assert_eq!(created, u64::from(N));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let worker = b
+        .jobs
+        .worker(QUEUE)
+        .handler(move |job: Job<u32>, _token| {
+            s.lock().unwrap().push(*job.payload());
+            async { Ok::<_, Error>(()) }
+        })
+        .concurrency(4)
+        .build()
+        .unwrap();
+    let (host, lifetime) = hosted(worker, SECS_10);
+    let report = run(host);
+    until("all the odd queue's jobs succeeded", SECS_10, || async {
+        b.jobs.counts(Some(QUEUE)).await.unwrap().succeeded == u64::from(N)
+    })
+    .await;
+    lifetime.stop(Reason::shutdown());
+    let report = report.await.unwrap();
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..N).collect::<Vec<_>>(), "each job ran once");
+    assert_eq!(counter(&report, "succeeded"), u64::from(N));
+    assert_eq!(
+        state(&b, bystander).await,
+        JobState::Queued,
+        "another queue's job untouched"
     );
 }
 
