@@ -184,6 +184,19 @@ impl Store {
         dispatch!(self, s => s.fetch(queue, n, lease_ms, worker).await)
     }
 
+    /// Records `done` as succeeded and fetches up to `n` jobs in one transaction (run #5
+    /// in `worker/run.rs`).
+    pub(crate) async fn succeed_and_fetch(
+        &self,
+        done: &[(i64, i64)],
+        queue: &str,
+        n: usize,
+        lease_ms: i64,
+        worker: &str,
+    ) -> Result<Vec<Fetched>, Error> {
+        dispatch!(self, s => s.succeed_and_fetch(done, queue, n, lease_ms, worker).await)
+    }
+
     /// Milliseconds until the next waiting job of `queue` is due (≤ 0: due now).
     pub(crate) async fn next_due(&self, queue: &str) -> Result<Option<i64>, Error> {
         dispatch!(self, s => s.next_due(queue).await)

@@ -38,6 +38,7 @@ struct Sql {
     fetch: SqlStr,
     next_due: SqlStr,
     succeed: SqlStr,
+    succeed_and_fetch: SqlStr,
     complete: SqlStr,
     fail: SqlStr,
     dead: SqlStr,
@@ -106,6 +107,18 @@ impl PgStore {
             notify: sql("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q".into()),
             fetch: sql(format!(
                 "WITH picked AS (SELECT id FROM {s} WHERE queue = $1 AND state IN {waiting} AND run_at <= {NOW} \
+                   ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                 UPDATE {s} AS j SET state = 'running', run = j.run + 1, lease_until = {NOW} + $3, worker = $4 \
+                 FROM picked WHERE j.id = picked.id \
+                 RETURNING j.id, j.payload::text, j.attempts, j.max_attempts, j.run, j.priority, j.run_at"
+            )),
+            // One statement, so one round trip and one commit (run #5 in
+            // `worker/run.rs`); the two updates touch disjoint rows (running / waiting).
+            succeed_and_fetch: sql(format!(
+                "WITH done AS (UPDATE {s} AS j SET state = 'succeeded', lease_until = NULL, finished_at = {NOW} \
+                   FROM unnest($5::bigint[], $6::bigint[]) AS d(id, run) \
+                   WHERE j.id = d.id AND j.run = d.run AND j.state = 'running'), \
+                 picked AS (SELECT id FROM {s} WHERE queue = $1 AND state IN {waiting} AND run_at <= {NOW} \
                    ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
                  UPDATE {s} AS j SET state = 'running', run = j.run + 1, lease_until = {NOW} + $3, worker = $4 \
                  FROM picked WHERE j.id = picked.id \
@@ -364,6 +377,29 @@ impl PgStore {
                 .bind(n as i64)
                 .bind(lease_ms)
                 .bind(worker)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(in_order(rows))
+    }
+
+    /// Records `done` as succeeded and fetches up to `n` jobs, in one statement.
+    pub(crate) async fn succeed_and_fetch(
+        &self,
+        done: &[(i64, i64)],
+        queue: &str,
+        n: usize,
+        lease_ms: i64,
+        worker: &str,
+    ) -> Result<Vec<Fetched>, Error> {
+        let (ids, runs): (Vec<i64>, Vec<i64>) = done.iter().copied().unzip();
+        let rows: Vec<(i64, String, i32, i32, i64, i32, i64)> =
+            sqlx::query_as(self.sql.succeed_and_fetch.clone())
+                .bind(queue)
+                .bind(n as i64)
+                .bind(lease_ms)
+                .bind(worker)
+                .bind(ids)
+                .bind(runs)
                 .fetch_all(&self.pool)
                 .await?;
         Ok(in_order(rows))

@@ -63,7 +63,7 @@ pub(crate) struct Settings {
 /// | option | default | |
 /// |---|---|---|
 /// | [`concurrency`](Self::concurrency) | 16 | handlers running at once |
-/// | [`prefetch`](Self::prefetch) | adaptive: 1× to 4× the concurrency (16× on SQLite) | jobs fetched ahead, returned unstarted at the drain |
+/// | [`prefetch`](Self::prefetch) | adaptive: 1× to 16× the concurrency | jobs fetched ahead, returned unstarted at the drain |
 /// | [`lease`](Self::lease) | 30 s | a job whose worker stops renewing is reclaimed after this |
 /// | [`heartbeat`](Self::heartbeat) | 5 s | lease renewal and reclaim period; shorter than the lease |
 /// | [`poll_interval`](Self::poll_interval) | 500 ms | look for due jobs without a wake-up |
@@ -148,13 +148,14 @@ impl WorkerBuilder {
     /// back to the queue at once, unstarted, for another worker (counted as *returned
     /// unstarted*). At most 10,000.
     ///
-    /// Unset, the worker adapts it between the concurrency and four times the concurrency
-    /// (sixteen times on SQLite, where one process is the only worker):
-    /// it doubles when the handlers get through at least half of the jobs fetched ahead
-    /// while one fetch is in flight (short jobs: larger batches mean fewer round trips and
-    /// statements per job — 1.7× the jobs per second for no-op jobs on PostgreSQL, 2× on
-    /// SQLite, measured with `benches/throughput.rs`), and halves when they get through
-    /// under an eighth (long jobs: not hoarded from other workers).
+    /// Unset, the worker adapts it between the concurrency and sixteen times the
+    /// concurrency: it doubles when the handlers get through at least half of the jobs
+    /// fetched ahead while one fetch is in flight (short jobs: larger batches mean fewer
+    /// round trips and statements per job — for no-op jobs, a ceiling of 16× instead of
+    /// 4× measured ~1.6× the jobs per second on PostgreSQL and ~1.9× on SQLite with
+    /// `benches/throughput.rs`), and halves when they get through under an eighth (long
+    /// jobs: not hoarded from other workers). Jobs held ahead by a worker that is killed
+    /// wait for their lease to expire, like its running ones.
     pub fn prefetch(mut self, n: usize) -> WorkerBuilder {
         self.prefetch = Some(n);
         self
@@ -212,15 +213,11 @@ impl WorkerBuilder {
         let prefetch = self.prefetch.unwrap_or(self.concurrency);
         let prefetch_max = match self.prefetch {
             Some(n) => n,
-            // SQLite: one worker process and one writer, so larger batches are all gain (no
-            // other worker goes short); measured with `benches/throughput.rs`: no-op jobs
-            // at concurrency 16, ceiling 4× → 16×: 29,000 → 59,000 jobs/s with
-            // `synchronous = FULL`. PostgreSQL: workers on many machines share a queue, and
-            // beyond 4× it measured no faster there.
-            None if matches!(self.jobs.store(), crate::store::Store::Sqlite(_)) => {
-                (self.concurrency * 16).min(10_000)
-            }
-            None => (self.concurrency * 4).min(10_000),
+            // 16×, measured with `benches/throughput.rs` (no-op jobs, concurrency 16):
+            // ceiling 4× → 16× took SQLite from 29,000 to 54,000 jobs/s and PostgreSQL
+            // from ~17,000 to ~27,000. Only very short jobs reach it (run #6), and they
+            // are through the batch in milliseconds, so other workers do not go short.
+            None => (self.concurrency * 16).min(10_000),
         };
         if prefetch > 10_000 {
             return Err(Error::config(

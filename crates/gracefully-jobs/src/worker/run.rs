@@ -17,10 +17,11 @@
 //!    database call is in flight.
 //! 5. At most one fetch and one batch of endings are in flight at a time; the loop keeps
 //!    running handlers meanwhile, so endings that arrive during a write go in the next
-//!    batch (batches grow with the load, with no timer). On SQLite (one writer, each
-//!    commit a disk flush) successes are not written beside a fetch but *in* it: the
-//!    next fetch carries them in its own transaction (`carried`); a batch is written on
-//!    its own only when no fetch is in flight or about to start.
+//!    batch (batches grow with the load, with no timer). Successes are not written
+//!    beside a fetch but *in* it: the next fetch carries them in its own transaction
+//!    (`carried`: one commit, one round trip); a batch of endings is written on its own
+//!    only when no fetch is in flight or about to start (the queue ran dry, the
+//!    drain, handlers still holding the slots).
 //! 4. If the run is dropped (the host's abort), handlers that already finished (their
 //!    results not yet collected) and endings queued or in a write the drop cancelled get
 //!    their real endings (fenced writes, so one that had committed is a no-op); the still
@@ -232,26 +233,22 @@ impl Run {
                 wakes_at_fetch = wakes;
                 asked = free;
                 ended_at_fetch = self.ended_total;
-                // On SQLite the successes waiting to be written ride in the fetch's
-                // transaction: one commit (one disk flush) instead of two.
-                let carry = if sqlite {
-                    let (succeed, rest) = std::mem::take(&mut self.pending)
-                        .into_iter()
-                        .partition::<Vec<_>, _>(|p| matches!(p, Pending::Succeed(..)));
-                    self.pending = rest;
-                    succeed.iter().map(Pending::job).collect()
-                } else {
-                    Vec::new()
-                };
+                // The successes waiting to be written ride in the fetch's transaction:
+                // one commit (one WAL flush) and one round trip instead of two.
+                let (succeed, rest) = std::mem::take(&mut self.pending)
+                    .into_iter()
+                    .partition::<Vec<_>, _>(|p| matches!(p, Pending::Succeed(..)));
+                self.pending = rest;
+                let carry: Vec<(i64, i64)> = succeed.iter().map(Pending::job).collect();
                 self.carried.clone_from(&carry);
                 fetching = Some(Box::pin(async move {
                     let started = std::time::Instant::now();
-                    let mut jobs = match &store {
-                        Store::Sqlite(s) if !carry.is_empty() => {
-                            s.succeed_and_fetch(&carry, &queue, free, lease, &worker)
-                                .await?
-                        }
-                        _ => store.fetch(&queue, free, lease, &worker).await?,
+                    let mut jobs = if carry.is_empty() {
+                        store.fetch(&queue, free, lease, &worker).await?
+                    } else {
+                        store
+                            .succeed_and_fetch(&carry, &queue, free, lease, &worker)
+                            .await?
                     };
                     for job in &mut jobs {
                         job.fetch_started = started;
@@ -266,13 +263,9 @@ impl Run {
                     Ok(Fetch { jobs, next_due })
                 }));
             }
-            // On SQLite, endings wait for the fetch in flight and ride in the next one
-            // (above), unless no fetch follows it.
-            if writing.is_none()
-                && db_ok
-                && !self.pending.is_empty()
-                && !(sqlite && fetching.is_some())
-            {
+            // Endings wait for the fetch in flight and ride in the next one (above),
+            // unless no fetch follows it.
+            if writing.is_none() && db_ok && !self.pending.is_empty() && fetching.is_none() {
                 let batch = std::mem::take(&mut self.pending);
                 self.writing = batch.clone();
                 writing = Some(Box::pin(endings::write(
