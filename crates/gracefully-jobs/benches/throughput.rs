@@ -154,6 +154,7 @@ where
     let started = Instant::now();
     let running = tokio::spawn(host.run());
     while !done().await {
+        assert!(started.elapsed() < ROUND_LIMIT, "{}", stuck());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed();
@@ -257,13 +258,23 @@ impl PgSide {
 
 /// Polls `sql` (a boolean) every 5 ms until it says all jobs are done.
 async fn wait_until(pool: &PgPool, sql: &str) {
+    let deadline = Instant::now() + ROUND_LIMIT;
     while !sqlx::query_scalar::<_, bool>(AssertSqlSafe(sql))
         .fetch_one(pool)
         .await
         .unwrap()
     {
+        assert!(Instant::now() < deadline, "{}", stuck());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// A round that takes this long has a worker that stopped (even 500 jobs/s is done in 40 s):
+/// the bench says so instead of waiting for ever.
+const ROUND_LIMIT: Duration = Duration::from_secs(120);
+
+fn stuck() -> String {
+    format!("the jobs were not all done within {ROUND_LIMIT:?}: a worker stopped or hangs")
 }
 
 async fn apalis_noop(_n: u64) -> Result<(), apalis::prelude::BoxDynError> {
