@@ -63,7 +63,7 @@ pub(crate) struct Settings {
 /// | option | default | |
 /// |---|---|---|
 /// | [`concurrency`](Self::concurrency) | 16 | handlers running at once |
-/// | [`prefetch`](Self::prefetch) | adaptive: 1× to 16× the concurrency | jobs fetched ahead, returned unstarted at the drain |
+/// | [`prefetch`](Self::prefetch) | adaptive: 1× to 32× the concurrency | jobs fetched ahead, returned unstarted at the drain |
 /// | [`lease`](Self::lease) | 30 s | a job whose worker stops renewing is reclaimed after this |
 /// | [`heartbeat`](Self::heartbeat) | 5 s | lease renewal and reclaim period; shorter than the lease |
 /// | [`poll_interval`](Self::poll_interval) | 500 ms | look for due jobs without a wake-up |
@@ -148,11 +148,11 @@ impl WorkerBuilder {
     /// back to the queue at once, unstarted, for another worker (counted as *returned
     /// unstarted*). At most 10,000.
     ///
-    /// Unset, the worker adapts it between the concurrency and sixteen times the
-    /// concurrency: it doubles when the handlers get through at least half of the jobs
-    /// fetched ahead while one fetch is in flight (short jobs: larger batches mean fewer
-    /// round trips and statements per job — for no-op jobs, a ceiling of 16× instead of
-    /// 4× measured ~1.6× the jobs per second on PostgreSQL and ~1.9× on SQLite with
+    /// Unset, the worker adapts it between the concurrency and 32 times the concurrency:
+    /// it doubles when the handlers get through at least half of the jobs fetched ahead
+    /// while one fetch is in flight (short jobs: larger batches mean fewer round trips and
+    /// statements per job — for no-op jobs, a ceiling of 32× instead of 4× measured ~1.6×
+    /// the jobs per second on PostgreSQL and ~2.5× on SQLite with
     /// `benches/throughput.rs`), and halves when they get through under an eighth (long
     /// jobs: not hoarded from other workers). Jobs held ahead by a worker that is killed
     /// wait for their lease to expire, like its running ones.
@@ -213,11 +213,12 @@ impl WorkerBuilder {
         let prefetch = self.prefetch.unwrap_or(self.concurrency);
         let prefetch_max = match self.prefetch {
             Some(n) => n,
-            // 16×, measured with `benches/throughput.rs` (no-op jobs, concurrency 16):
-            // ceiling 4× → 16× took SQLite from 29,000 to 54,000 jobs/s and PostgreSQL
-            // from ~17,000 to ~27,000. Only very short jobs reach it (run #6), and they
-            // are through the batch in milliseconds, so other workers do not go short.
-            None => (self.concurrency * 16).min(10_000),
+            // 32×, measured with `benches/throughput.rs` (no-op jobs, concurrency 16):
+            // ceiling 4× → 16× → 32× took SQLite from ~29,000 to ~59,000 to ~73,000 jobs/s
+            // and PostgreSQL from ~17,000 to ~26,000 to ~28,000. Only very short jobs reach
+            // it (run #6), and they are through the batch in milliseconds, so other
+            // workers do not go short.
+            None => (self.concurrency * 32).min(10_000),
         };
         if prefetch > 10_000 {
             return Err(Error::config(
