@@ -146,3 +146,50 @@ async fn each_job_is_an_operation_under_its_worker_ending_with_the_tokens_reason
         ReasonKind::Shutdown
     );
 }
+
+/// A pool of one connection (common with SQLite) carries a busy worker through many
+/// heartbeats: the worker never waits for a connection its own fetch or write holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_on_a_pool_of_one_connection_finishes_every_job() {
+    use gracefully::Reason;
+    use gracefully_jobs::{Error, Job, Jobs, NewJob};
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteConnectOptions::new()
+        .filename(dir.path().join("jobs.db"))
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let jobs = Jobs::sqlite(pool).await.unwrap();
+    const N: u64 = 3_000;
+    jobs.enqueue_batch((0..N).map(|n| NewJob::new("one", &n)))
+        .await
+        .unwrap();
+    let worker = jobs
+        .worker("one")
+        .handler(|_job: Job<u64>, _token| async {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            Ok::<_, Error>(())
+        })
+        .concurrency(8)
+        // Heartbeats every 20 ms, so many fall while a fetch or a write is in flight.
+        .heartbeat(Duration::from_millis(20))
+        .lease(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let (host, lifetime) = support::hosted(worker, Duration::from_secs(10));
+    let report = support::run(host);
+    support::until("every job succeeded", Duration::from_secs(30), || async {
+        jobs.counts(Some("one")).await.unwrap().succeeded == N
+    })
+    .await;
+    lifetime.stop(Reason::shutdown());
+    let report = report.await.unwrap();
+    assert_eq!(support::counter(&report, "succeeded"), N, "{report}");
+}

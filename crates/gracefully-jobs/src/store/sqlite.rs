@@ -70,9 +70,9 @@ impl SqliteStore {
     ///
     /// The connection comes first: the turn is never held while waiting for the pool
     /// (whose connections may all be with handlers that are waiting for a turn). The
-    /// heartbeat's writes (`renew`, `reclaim`) take no turn: the worker's loop awaits
-    /// them inline, while its fetch and its batch of endings — which may hold the turn —
-    /// wait to be polled by that same loop.
+    /// worker's loop awaits none of these inline (run #7 in `worker/run.rs`): it polls its
+    /// fetch, its endings and its heartbeat side by side, so one holding the turn always
+    /// gets to finish.
     async fn writer(&self) -> Result<(PoolConnection<Sqlite>, MutexGuard<'_, ()>), Error> {
         let conn = self.pool.acquire().await?;
         Ok((conn, self.writer.lock().await))
@@ -414,6 +414,7 @@ impl SqliteStore {
         held: &[(i64, i64)],
         lease_ms: i64,
     ) -> Result<Vec<Renewed>, Error> {
+        let (mut conn, _writer) = self.writer().await?;
         let mut out = Vec::with_capacity(held.len());
         for chunk in held.chunks(CHUNK) {
             let stmt = format!(
@@ -426,7 +427,7 @@ impl SqliteStore {
                 q = q.bind(id).bind(run);
             }
             out.extend(
-                q.fetch_all(&self.pool)
+                q.fetch_all(&mut *conn)
                     .await?
                     .into_iter()
                     .map(|(id, cancel_message)| Renewed { id, cancel_message }),
@@ -436,6 +437,7 @@ impl SqliteStore {
     }
 
     pub(crate) async fn reclaim(&self, queue: &str) -> Result<u64, Error> {
+        let (mut conn, _writer) = self.writer().await?;
         Ok(sqlx::query(sql(format!(
             "UPDATE {T} SET lease_losses = lease_losses + 1, lease_until = NULL, run_at = {NOW}, \
                state = CASE WHEN cancel_message IS NOT NULL THEN 'cancelled' \
@@ -447,7 +449,7 @@ impl SqliteStore {
              WHERE queue = ?1 AND state = 'running' AND lease_until < {NOW}"
         )))
         .bind(queue)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?
         .rows_affected())
     }

@@ -33,6 +33,10 @@
 //!    (the same number when the user set it): doubled after a full fetch during which
 //!    the handlers ended at least half that many jobs, halved after one during which they
 //!    ended under an eighth as many.
+//! 7. The loop awaits nothing inline: every database call (fetch, endings, heartbeat,
+//!    cancel reads) is a future the loop polls beside the others. A call awaited inline
+//!    would stop the loop from polling the others, and one of them may hold the pool's
+//!    last connection (a pool of one is common with SQLite) or the store's write turn.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -100,6 +104,15 @@ struct Fetch {
     jobs: Vec<Fetched>,
     next_due: Option<i64>,
 }
+
+/// What a heartbeat found (run #7): the attempts it renewed, and the results.
+struct Beat {
+    held: Vec<(i64, i64)>,
+    renewed: Result<Vec<crate::store::Renewed>, Error>,
+    reclaimed: Result<u64, Error>,
+}
+
+type CancelReads = Result<Vec<crate::store::Renewed>, Error>;
 
 /// A handler's task: the job's id and attempt (`run`), and how it ended.
 type TaskFuture = BoxFuture<'static, (i64, i64, Ended)>;
@@ -205,12 +218,16 @@ impl Run {
         let mut wakes: u64 = 0;
         let mut wakes_at_fetch: u64 = 0;
         let mut writing: Option<BoxFuture<'static, Written>> = None;
+        // The heartbeat's and the cancel reads' database calls, polled by the loop like the
+        // fetch and the write rather than awaited inline (run #7).
+        let mut beating: Option<BoxFuture<'static, Beat>> = None;
+        let mut reading_cancels: Option<BoxFuture<'static, CancelReads>> = None;
         tracing::debug!(queue = %queue, concurrency = self.settings.concurrency, "worker started");
         loop {
             let db_ok = self.backoff_until.is_none_or(|t| Instant::now() >= t);
-            if db_ok && read_cancels && !self.held.is_empty() {
+            if db_ok && read_cancels && reading_cancels.is_none() && !self.held.is_empty() {
                 read_cancels = false;
-                self.read_cancel_requests().await;
+                reading_cancels = self.read_cancel_requests();
             }
             self.start_buffered();
             let room = self.settings.concurrency + self.prefetch;
@@ -274,7 +291,13 @@ impl Run {
                     batch,
                 )));
             }
-            if self.draining && self.held.is_empty() && fetching.is_none() && writing.is_none() {
+            // (A heartbeat in flight is waited for: what it reclaimed is counted.)
+            if self.draining
+                && self.held.is_empty()
+                && fetching.is_none()
+                && writing.is_none()
+                && beating.is_none()
+            {
                 break;
             }
             let backoff_until = self.backoff_until;
@@ -290,12 +313,20 @@ impl Run {
                 // always ready) would otherwise starve it, the leases would expire and the
                 // running jobs would be reclaimed elsewhere. It is ready once per period,
                 // so it cannot starve the others; only the one-shot drain start precedes it.
-                _ = sleep_until(next_heartbeat) => {
-                    if self.heartbeat(&queue).await {
+                _ = sleep_until(next_heartbeat), if beating.is_none() => {
+                    beating = Some(self.heartbeat(&queue));
+                    next_heartbeat = Instant::now() + heartbeat;
+                }
+                beat = async { beating.as_mut().expect("guarded").await }, if beating.is_some() => {
+                    beating = None;
+                    if self.heartbeat_done(&queue, beat) {
                         want_fetch = true;
                         wakes += 1;
                     }
-                    next_heartbeat = Instant::now() + heartbeat;
+                }
+                reads = async { reading_cancels.as_mut().expect("guarded").await }, if reading_cancels.is_some() => {
+                    reading_cancels = None;
+                    self.cancel_requests_read(reads);
                 }
                 Some((id, run, ended)) = self.tasks.next(), if !self.tasks.is_empty() => {
                     self.ended(id, run, ended);
@@ -586,10 +617,9 @@ impl Run {
         self.held.remove(&id);
     }
 
-    /// Renews the held leases, fires the tokens of jobs whose lease was lost or that are
-    /// to be cancelled, and reclaims expired leases of the queue. Returns whether jobs
-    /// were reclaimed (so a fetch is worth it).
-    async fn heartbeat(&mut self, queue: &str) -> bool {
+    /// Starts a heartbeat: renews the held leases and reclaims expired leases of the
+    /// queue. [`heartbeat_done`](Self::heartbeat_done) applies what it found.
+    fn heartbeat(&mut self, queue: &str) -> BoxFuture<'static, Beat> {
         let held: Vec<(i64, i64)> = self
             .held
             .iter()
@@ -598,35 +628,68 @@ impl Run {
             .filter(|(_, h)| !h.lost && !h.completed_in_tx.load(Ordering::Acquire))
             .map(|(id, h)| (*id, h.run))
             .collect();
-        if held.is_empty() {
-            self.last_renewed = Instant::now();
-        } else {
-            match self.store.renew(&held, self.lease_ms()).await {
-                Ok(renewed) => {
-                    self.last_renewed = Instant::now();
-                    let mut found: HashMap<i64, Option<String>> = renewed
-                        .into_iter()
-                        .map(|r| (r.id, r.cancel_message))
-                        .collect();
-                    for (id, _) in held {
-                        match found.remove(&id) {
-                            Some(Some(message)) => self.fire_cancel(id, message),
-                            Some(None) => {}
-                            None => self.lose(id, "another worker took the job over, or its lease expired and it was reclaimed"),
-                        }
+        let (store, queue, lease) = (self.store.clone(), queue.to_owned(), self.lease_ms());
+        Box::pin(async move {
+            let renewed = if held.is_empty() {
+                Ok(Vec::new())
+            } else {
+                store.renew(&held, lease).await
+            };
+            let reclaimed = store.reclaim(&queue).await;
+            Beat {
+                held,
+                renewed,
+                reclaimed,
+            }
+        })
+    }
+
+    /// Fires the tokens of jobs whose lease was lost or that are to be cancelled, and
+    /// counts the reclaimed. Returns whether jobs were reclaimed (so a fetch is worth it).
+    fn heartbeat_done(&mut self, queue: &str, beat: Beat) -> bool {
+        let Beat {
+            held,
+            renewed,
+            reclaimed,
+        } = beat;
+        // Only attempts still held, and not ended, can have lost their lease: one whose
+        // handler ended meanwhile has its ending on the way (the write is fenced, so a
+        // lost lease changes nothing there), and it may be that write that took its row
+        // out of `running` before the renewal read it. (A job fetched ahead and not yet
+        // started has no task: it is marked lost, so it never starts.)
+        let running = |run: &Self, id: i64, r: i64| {
+            run.held
+                .get(&id)
+                .is_some_and(|h| h.run == r && h.abort.as_ref().is_none_or(|a| !a.is_finished()))
+        };
+        match renewed {
+            Ok(renewed) => {
+                self.last_renewed = Instant::now();
+                let mut found: HashMap<i64, Option<String>> = renewed
+                    .into_iter()
+                    .map(|r| (r.id, r.cancel_message))
+                    .collect();
+                for (id, r) in held {
+                    match found.remove(&id) {
+                        Some(Some(message)) => self.fire_cancel(id, message),
+                        Some(None) => {}
+                        None if running(self, id, r) => self.lose(id, "another worker took the job over, or its lease expired and it was reclaimed"),
+                        None => {}
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(queue, error = %e, "could not renew job leases");
-                    if self.last_renewed.elapsed() >= self.settings.lease {
-                        for (id, _) in held {
+            }
+            Err(e) => {
+                tracing::warn!(queue, error = %e, "could not renew job leases");
+                if self.last_renewed.elapsed() >= self.settings.lease {
+                    for (id, r) in held {
+                        if running(self, id, r) {
                             self.lose(id, "its lease could not be renewed (the database was unreachable) and has expired");
                         }
                     }
                 }
             }
         }
-        match self.store.reclaim(queue).await {
+        match reclaimed {
             Ok(0) => false,
             Ok(n) => {
                 tracing::warn!(
@@ -682,9 +745,9 @@ impl Run {
         }
     }
 
-    /// Reads cancel requests for the held jobs from the table (SQLite's way across
-    /// processes; PostgreSQL's after a notification may have been missed).
-    async fn read_cancel_requests(&mut self) {
+    /// Starts reading cancel requests for the held jobs from the table (SQLite's way
+    /// across processes; PostgreSQL's after a notification may have been missed).
+    fn read_cancel_requests(&mut self) -> Option<BoxFuture<'static, CancelReads>> {
         let held: Vec<(i64, i64)> = self
             .held
             .iter()
@@ -694,9 +757,14 @@ impl Run {
             .map(|(id, h)| (*id, h.run))
             .collect();
         if held.is_empty() {
-            return;
+            return None;
         }
-        match self.store.cancel_requests(&held).await {
+        let store = self.store.clone();
+        Some(Box::pin(async move { store.cancel_requests(&held).await }))
+    }
+
+    fn cancel_requests_read(&mut self, reads: CancelReads) {
+        match reads {
             Ok(requests) => {
                 for r in requests {
                     self.fire_cancel(r.id, r.cancel_message.unwrap_or_default());
