@@ -216,8 +216,8 @@ impl WorkerBuilder {
             // 32×, measured with `benches/throughput.rs` (no-op jobs, concurrency 16):
             // ceiling 4× → 16× → 32× took SQLite from ~29,000 to ~59,000 to ~73,000 jobs/s
             // and PostgreSQL from ~17,000 to ~26,000 to ~28,000. Only very short jobs reach
-            // it (run #6), and they are through the batch in milliseconds, so other
-            // workers do not go short.
+            // it (run #6); jobs held ahead longer than a heartbeat period go back to the
+            // queue, so a batch that turned out slow is not hoarded from other workers.
             None => (self.concurrency * 32).min(10_000),
         };
         if prefetch > 10_000 {

@@ -19,9 +19,9 @@
 //!    running handlers meanwhile, so endings that arrive during a write go in the next
 //!    batch (batches grow with the load, with no timer). Successes are not written
 //!    beside a fetch but *in* it: the next fetch carries them in its own transaction
-//!    (`carried`: one commit, one round trip); a batch of endings is written on its own
-//!    only when no fetch is in flight or about to start (the queue ran dry, the
-//!    drain, handlers still holding the slots).
+//!    (`carried`: one commit, one round trip); they are written on their own only when
+//!    no fetch is in flight or about to start (the queue ran dry, the drain, handlers
+//!    still holding the slots) or with other endings, which never wait for a fetch.
 //! 4. If the run is dropped (the host's abort), handlers that already finished (their
 //!    results not yet collected) and endings queued or in a write the drop cancelled get
 //!    their real endings (fenced writes, so one that had committed is a no-op); the still
@@ -32,7 +32,10 @@
 //! 6. The jobs fetched ahead (`prefetch`) stay between the configured floor and ceiling
 //!    (the same number when the user set it): doubled after a full fetch during which
 //!    the handlers ended at least half that many jobs, halved after one during which they
-//!    ended under an eighth as many.
+//!    ended under an eighth as many. None is held longer than a heartbeat period: at
+//!    each heartbeat the ones that waited that long go back to the queue, unstarted, and
+//!    the fetch-ahead drops to its floor (short jobs grow it, then long ones arrive: the
+//!    batch is not hoarded from other workers).
 //! 7. The loop awaits nothing inline: every database call (fetch, endings, heartbeat,
 //!    cancel reads) is a future the loop polls beside the others. A call awaited inline
 //!    would stop the loop from polling the others, and one of them may hold the pool's
@@ -131,8 +134,8 @@ pub(crate) struct Run {
     /// A copy of the batch of endings being written, so that the host's abort (which
     /// drops the write with the loop) writes them again rather than re-running the jobs.
     writing: Vec<Pending>,
-    /// Successes written in the fetch in flight's own transaction (SQLite, run #5): kept
-    /// here until it returns, and written again by the abort like `writing`.
+    /// Successes written in the fetch in flight's own transaction (run #5): kept here
+    /// until it returns, and written again by the abort like `writing`.
     carried: Vec<(i64, i64)>,
     draining: bool,
     /// No database call before this (after an error).
@@ -280,9 +283,19 @@ impl Run {
                     Ok(Fetch { jobs, next_due })
                 }));
             }
-            // Endings wait for the fetch in flight and ride in the next one (above),
-            // unless no fetch follows it.
-            if writing.is_none() && db_ok && !self.pending.is_empty() && fetching.is_none() {
+            // Successes wait for the fetch in flight and ride in the next one (above),
+            // unless no fetch follows it; any other ending (a failure, a return, a cancel)
+            // is written at once, or a steady stream of fetches would hold it back for
+            // ever (its job shown `running`, its retry delay not yet started).
+            if writing.is_none()
+                && db_ok
+                && !self.pending.is_empty()
+                && (fetching.is_none()
+                    || self
+                        .pending
+                        .iter()
+                        .any(|p| !matches!(p, Pending::Succeed(..))))
+            {
                 let batch = std::mem::take(&mut self.pending);
                 self.writing = batch.clone();
                 writing = Some(Box::pin(endings::write(
@@ -459,6 +472,34 @@ impl Run {
         }
     }
 
+    /// Jobs fetched ahead that have waited a whole heartbeat period go back to the queue
+    /// at once, unstarted, and the fetch-ahead drops to its floor (run #6): the handlers
+    /// turned out slower than the batch assumed, and other workers (or this one, later)
+    /// should have them rather than this buffer holding them.
+    fn return_stale(&mut self) {
+        let period = self.settings.heartbeat;
+        if self
+            .buffer
+            .front()
+            .is_none_or(|j| j.fetch_started.elapsed() < period)
+        {
+            return;
+        }
+        self.prefetch = self.settings.prefetch;
+        let mut n = 0;
+        let pending = &mut self.pending;
+        self.buffer.retain(|job| {
+            let stale = job.fetch_started.elapsed() >= period;
+            if stale {
+                pending.push(Pending::Interrupt(job.id, job.run));
+                n += 1;
+            }
+            !stale
+        });
+        self.cx.count(RETURNED_UNSTARTED, n);
+        tracing::debug!(queue = %self.settings.queue, jobs = n, "jobs fetched ahead waited a whole heartbeat: returned to the queue");
+    }
+
     /// Starts one fetched job in a task of its own (run #2).
     fn start(&mut self, fetched: Fetched) {
         let (id, run, fetch_started) = (fetched.id, fetched.run, fetched.fetch_started);
@@ -620,6 +661,7 @@ impl Run {
     /// Starts a heartbeat: renews the held leases and reclaims expired leases of the
     /// queue. [`heartbeat_done`](Self::heartbeat_done) applies what it found.
     fn heartbeat(&mut self, queue: &str) -> BoxFuture<'static, Beat> {
+        self.return_stale();
         let held: Vec<(i64, i64)> = self
             .held
             .iter()

@@ -44,6 +44,8 @@ macro_rules! contract_tests {
             a_dead_job_can_be_retried_with_its_attempts_reset,
             counts_and_list_show_the_states,
             a_queue_whose_name_is_not_plain_runs_its_own_jobs_in_many_batches,
+            a_failure_is_written_while_fetches_follow_each_other,
+            jobs_fetched_ahead_that_wait_a_whole_heartbeat_go_back_to_the_queue,
         );
     };
     (@each $make:path, $attrs:tt, $($name:ident),* $(,)?) => {
@@ -1054,6 +1056,101 @@ pub async fn a_queue_whose_name_is_not_plain_runs_its_own_jobs_in_many_batches(b
         state(&b, bystander).await,
         JobState::Queued,
         "another queue's job untouched"
+    );
+}
+
+/// Successes ride in the next fetch, but a failure never waits for one: while jobs
+/// trickle in (every fetch finds a few, so another follows at once), a failing job's
+/// failure is written within moments, its retry counted from then.
+pub async fn a_failure_is_written_while_fetches_follow_each_other(b: Backend) {
+    let worker = b
+        .jobs
+        .worker("work")
+        .concurrency(4)
+        .handler(|job: Job<Work>, _token| {
+            let fail = job.payload().n == 0 && job.attempt() == 1;
+            async move {
+                if fail {
+                    Err(std::io::Error::other("boom"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let (host, lifetime) = hosted(worker, SECS_10);
+    let report = run(host);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let feeders: Vec<_> = (0..3)
+        .map(|_| {
+            let (jobs, stop) = (b.jobs.clone(), Arc::clone(&stop));
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    jobs.enqueue_batch((1..=4).map(work)).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let failing = b.jobs.enqueue(work(0)).await.unwrap().id;
+    let written = until("the failure written", Duration::from_secs(5), || async {
+        b.jobs.get(failing).await.unwrap().unwrap().attempts >= 1
+    });
+    let result = tokio::time::timeout(Duration::from_secs(6), written).await;
+    stop.store(true, Ordering::Relaxed);
+    for f in feeders {
+        f.await.unwrap();
+    }
+    lifetime.stop(Reason::shutdown());
+    report.await.unwrap();
+    result.expect("the failure was written while jobs kept arriving");
+    let info = b.jobs.get(failing).await.unwrap().unwrap();
+    assert_eq!(info.last_error.as_deref(), Some("boom"), "{info:?}");
+}
+
+/// A worker does not hoard: jobs it fetched ahead that waited a whole heartbeat period
+/// (the handlers are slow) go back to the queue unstarted, with no attempt used, and every
+/// job still runs exactly once.
+pub async fn jobs_fetched_ahead_that_wait_a_whole_heartbeat_go_back_to_the_queue(b: Backend) {
+    let created = b.jobs.enqueue_batch((1..=5).map(work)).await.unwrap();
+    assert_eq!(created, 5);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = Arc::clone(&seen);
+    let worker = b
+        .jobs
+        .worker("work")
+        .concurrency(1)
+        .prefetch(4)
+        .heartbeat(Duration::from_millis(100))
+        .lease(Duration::from_secs(2))
+        .handler(move |job: Job<Work>, token| {
+            s.lock().unwrap().push((job.payload().n, job.attempt()));
+            async move {
+                busy(300, &token).await?;
+                Ok::<_, Cancelled>(())
+            }
+        })
+        .build()
+        .unwrap();
+    let (host, lifetime) = hosted(worker, SECS_10);
+    let report = run(host);
+    until("all five succeeded", SECS_10, || async {
+        b.jobs.counts(Some("work")).await.unwrap().succeeded == 5
+    })
+    .await;
+    lifetime.stop(Reason::shutdown());
+    let report = report.await.unwrap();
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        (1..=5).map(|n| (n, 1)).collect::<Vec<_>>(),
+        "each ran once, on its first attempt"
+    );
+    assert!(
+        counter(&report, "returned unstarted") >= 1,
+        "the jobs held ahead went back: {report}"
     );
 }
 
