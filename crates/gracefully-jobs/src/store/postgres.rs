@@ -86,6 +86,22 @@ impl PgStore {
         validate_schema(schema)?;
         let s = format!("\"{schema}\".jobs");
         let waiting = "('queued', 'retrying', 'interrupted')";
+        // The fetch (`picked` + the update claiming it) and the success of a batch, each
+        // written once: `fetch` and `succeed` use them alone, `succeed_and_fetch` both.
+        let claim = format!(
+            "picked AS (SELECT id FROM {s} WHERE queue = $1 AND state IN {waiting} AND run_at <= {NOW} \
+               ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE {s} AS j SET state = 'running', run = j.run + 1, lease_until = {NOW} + $3, worker = $4 \
+             FROM picked WHERE j.id = picked.id \
+             RETURNING j.id, j.payload::text, j.attempts, j.max_attempts, j.run, j.priority, j.run_at"
+        );
+        let succeed = |ids: &str, runs: &str| {
+            format!(
+                "UPDATE {s} AS j SET state = 'succeeded', lease_until = NULL, finished_at = {NOW} \
+                 FROM unnest({ids}::bigint[], {runs}::bigint[]) AS d(id, run) \
+                 WHERE j.id = d.id AND j.run = d.run AND j.state = 'running'"
+            )
+        };
         let info_cols = INFO_COLUMNS.replace("{payload}", "payload::text");
         let sql = Sql {
             enqueue: sql(format!(
@@ -105,33 +121,14 @@ impl PgStore {
                  ON CONFLICT DO NOTHING"
             )),
             notify: sql("SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q".into()),
-            fetch: sql(format!(
-                "WITH picked AS (SELECT id FROM {s} WHERE queue = $1 AND state IN {waiting} AND run_at <= {NOW} \
-                   ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 UPDATE {s} AS j SET state = 'running', run = j.run + 1, lease_until = {NOW} + $3, worker = $4 \
-                 FROM picked WHERE j.id = picked.id \
-                 RETURNING j.id, j.payload::text, j.attempts, j.max_attempts, j.run, j.priority, j.run_at"
-            )),
+            fetch: sql(format!("WITH {claim}")),
             // One statement, so one round trip and one commit (run #5 in
             // `worker/run.rs`); the two updates touch disjoint rows (running / waiting).
-            succeed_and_fetch: sql(format!(
-                "WITH done AS (UPDATE {s} AS j SET state = 'succeeded', lease_until = NULL, finished_at = {NOW} \
-                   FROM unnest($5::bigint[], $6::bigint[]) AS d(id, run) \
-                   WHERE j.id = d.id AND j.run = d.run AND j.state = 'running'), \
-                 picked AS (SELECT id FROM {s} WHERE queue = $1 AND state IN {waiting} AND run_at <= {NOW} \
-                   ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-                 UPDATE {s} AS j SET state = 'running', run = j.run + 1, lease_until = {NOW} + $3, worker = $4 \
-                 FROM picked WHERE j.id = picked.id \
-                 RETURNING j.id, j.payload::text, j.attempts, j.max_attempts, j.run, j.priority, j.run_at"
-            )),
+            succeed_and_fetch: sql(format!("WITH done AS ({}), {claim}", succeed("$5", "$6"))),
             next_due: sql(format!(
                 "SELECT min(run_at) - {NOW} FROM {s} WHERE queue = $1 AND state IN {waiting}"
             )),
-            succeed: sql(format!(
-                "UPDATE {s} AS j SET state = 'succeeded', lease_until = NULL, finished_at = {NOW} \
-                 FROM unnest($1::bigint[], $2::bigint[]) AS d(id, run) \
-                 WHERE j.id = d.id AND j.run = d.run AND j.state = 'running'"
-            )),
+            succeed: sql(succeed("$1", "$2")),
             complete: sql(format!(
                 "UPDATE {s} SET state = 'succeeded', lease_until = NULL, finished_at = {NOW} \
                  WHERE id = $1 AND run = $2 AND state = 'running'"

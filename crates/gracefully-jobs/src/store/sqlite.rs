@@ -255,24 +255,20 @@ impl SqliteStore {
         let mut script = String::with_capacity(600 + done.len() * 24);
         script.push_str("BEGIN IMMEDIATE;\n");
         for chunk in done.chunks(CHUNK) {
-            script.push_str(&format!(
-                "UPDATE {T} SET state = 'succeeded', lease_until = NULL, finished_at = {NOW} \
-                 WHERE state = 'running' AND (id, run) IN (VALUES "
-            ));
-            for (i, (id, run)) in chunk.iter().enumerate() {
-                if i > 0 {
-                    script.push_str(", ");
-                }
-                script.push_str(&format!("({id}, {run})"));
-            }
-            script.push_str(");\n");
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|(id, run)| format!("({id}, {run})"))
+                .collect();
+            script.push_str(&succeed_sql(&values.join(", ")));
+            script.push_str(";\n");
         }
-        script.push_str(&format!(
-            "UPDATE {T} SET state = 'running', run = run + 1, lease_until = {NOW} + {lease_ms}, worker = {worker_lit} \
-             WHERE id IN (SELECT id FROM {T} WHERE queue = {queue_lit} AND state IN {WAITING} AND run_at <= {NOW} \
-                          ORDER BY priority DESC, run_at, id LIMIT {n}) \
-             RETURNING id, payload, attempts, max_attempts, run, priority, run_at;\nCOMMIT;"
+        script.push_str(&fetch_sql(
+            &queue_lit,
+            &n.to_string(),
+            &lease_ms.to_string(),
+            &worker_lit,
         ));
+        script.push_str(";\nCOMMIT;");
         // Dropped part-way (the host's abort drops the worker's fetch), sqlx stops the
         // script before its COMMIT and returns the connection to the pool inside our
         // transaction, which it does not track: every later write on it would vanish.
@@ -575,19 +571,36 @@ async fn fetch_on(
     lease_ms: i64,
     worker: &str,
 ) -> Result<Vec<Fetched>, Error> {
-    let rows: Vec<(i64, String, i32, i32, i64, i32, i64)> = sqlx::query_as(sql(format!(
-        "UPDATE {T} SET state = 'running', run = run + 1, lease_until = {NOW} + ?3, worker = ?4 \
-         WHERE id IN (SELECT id FROM {T} WHERE queue = ?1 AND state IN {WAITING} AND run_at <= {NOW} \
-                      ORDER BY priority DESC, run_at, id LIMIT ?2) \
-         RETURNING id, payload, attempts, max_attempts, run, priority, run_at"
-    )))
-    .bind(queue)
-    .bind(n as i64)
-    .bind(lease_ms)
-    .bind(worker)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows: Vec<(i64, String, i32, i32, i64, i32, i64)> =
+        sqlx::query_as(sql(fetch_sql("?1", "?2", "?3", "?4")))
+            .bind(queue)
+            .bind(n as i64)
+            .bind(lease_ms)
+            .bind(worker)
+            .fetch_all(&mut *conn)
+            .await?;
     Ok(in_order(rows))
+}
+
+/// The fetch: claims up to `n` due jobs of `queue` for `worker` under a lease of
+/// `lease_ms`. The values are SQL: placeholders (`fetch_on`) or literals (the script of
+/// `SqliteStore::succeed_and_fetch`), so the statement is written once for both.
+fn fetch_sql(queue: &str, n: &str, lease_ms: &str, worker: &str) -> String {
+    format!(
+        "UPDATE {T} SET state = 'running', run = run + 1, lease_until = {NOW} + {lease_ms}, worker = {worker} \
+         WHERE id IN (SELECT id FROM {T} WHERE queue = {queue} AND state IN {WAITING} AND run_at <= {NOW} \
+                      ORDER BY priority DESC, run_at, id LIMIT {n}) \
+         RETURNING id, payload, attempts, max_attempts, run, priority, run_at"
+    )
+}
+
+/// The success of the attempts in `pairs` (`(id, run), …` as SQL: placeholders or
+/// literals), fenced: only attempts still holding their job.
+fn succeed_sql(pairs: &str) -> String {
+    format!(
+        "UPDATE {T} SET state = 'succeeded', lease_until = NULL, finished_at = {NOW} \
+         WHERE (id, run) IN (VALUES {pairs}) AND state = 'running'"
+    )
 }
 
 /// Marks the attempts `done` succeeded (fenced: only attempts still holding their job);
@@ -595,12 +608,7 @@ async fn fetch_on(
 async fn succeed_on(conn: &mut SqliteConnection, done: &[(i64, i64)]) -> Result<u64, Error> {
     let mut n = 0;
     for chunk in done.chunks(CHUNK) {
-        let stmt = format!(
-            "UPDATE {T} SET state = 'succeeded', lease_until = NULL, finished_at = {NOW} \
-             WHERE (id, run) IN (VALUES {}) AND state = 'running'",
-            pairs(chunk.len())
-        );
-        let mut q = sqlx::query(sql(stmt));
+        let mut q = sqlx::query(sql(succeed_sql(&pairs(chunk.len()))));
         for (id, run) in chunk {
             q = q.bind(id).bind(run);
         }
