@@ -25,6 +25,9 @@ pub(crate) struct HostState {
     pub(crate) dropper: Arc<Dropper>,
     /// The operations registry, if one was installed.
     pub(crate) operations: Option<Operations>,
+    /// The runtime the host runs on, set when it starts: tracked tasks are spawned there,
+    /// wherever they are spawned from (see `tracker::track`).
+    pub(crate) runtime: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 impl AsRef<Dropper> for HostState {
@@ -40,6 +43,10 @@ impl TaskHost for HostState {
 
     fn operations(&self) -> Option<&Operations> {
         self.operations.as_ref()
+    }
+
+    fn runtime(&self) -> Option<&tokio::runtime::Handle> {
+        self.runtime.get()
     }
 
     fn end_of_task(&self) -> (Phase, bool) {
@@ -98,6 +105,7 @@ impl Lifetime {
                 tracker: TaskTracker::new(),
                 dropper: Dropper::new(),
                 operations,
+                runtime: std::sync::OnceLock::new(),
             }),
         }
     }

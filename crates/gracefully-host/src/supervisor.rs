@@ -39,6 +39,12 @@ pub(crate) async fn run(
     early_signals: Option<EarlySignals>,
 ) -> ShutdownReport {
     let _current = lifetime.make_current();
+    // Tracked tasks run here even when code on another runtime spawns them (see
+    // `tracker::track`). A host run twice keeps its first runtime's handle.
+    let _ = lifetime
+        .state
+        .runtime
+        .set(tokio::runtime::Handle::current());
     // Handlers first, so that by the time the host is ready a signal cannot be missed.
     let signals = match early_signals {
         Some(signals) => {

@@ -48,6 +48,9 @@ pub(crate) trait TaskHost: AsRef<Dropper> + Send + Sync + 'static {
     /// The host's operations registry, if one was installed.
     fn operations(&self) -> Option<&Operations>;
 
+    /// The runtime the host runs on, once it runs.
+    fn runtime(&self) -> Option<&tokio::runtime::Handle>;
+
     /// The phase in which work ending now ended, and whether a stop had been requested
     /// (work ending before that is only counted).
     fn end_of_task(&self) -> (Phase, bool);
@@ -310,12 +313,22 @@ where
         // the dropper's thread (see `dropper.rs`). The wrapper's reference to the host
         // is the one `finish` uses.
         let mut task = DropElsewhere::new(Box::pin(task), Straggler::Task(id), Arc::clone(host));
-        tokio::spawn(async move {
+        let tracked = async move {
             let outcome = (&mut task).await;
             let host = task.host();
             let (phase, after_stop) = host.end_of_task();
             host.tracker().finish(id, outcome, phase, after_stop);
-        })
+        };
+        // On the host's own runtime, not the caller's: code on another runtime (a library
+        // with a runtime of its own, `block_on` in a thread) may spawn a tracked task and
+        // then drop that runtime as soon as it has its answer. Dropped with it, the task
+        // would never record its end, and the host would wait its whole budget for it at
+        // shutdown and report it as an aborted straggler. The host's runtime lives as long
+        // as the host drains and aborts its tasks.
+        match host.runtime() {
+            Some(runtime) => runtime.spawn(tracked),
+            None => tokio::spawn(tracked),
+        }
     });
     if let Err((name, task)) = tracked {
         tracing::warn!(task = %name, "task spawned after the host stopped; it runs untracked");

@@ -975,3 +975,50 @@ async fn a_service_whose_dependent_is_stuck_hears_its_stop_at_the_abort() {
     );
     assert_eq!(report.entry("stuck").unwrap().outcome(), &Outcome::Aborted);
 }
+
+/// A library with a runtime of its own spawns a tracked task, takes its answer and drops its
+/// runtime at once. The task runs on the host's runtime, so it still finishes and records its
+/// end: the shutdown does not wait for it, and nothing is reported aborted. (Spawned on the
+/// library's runtime, it was dropped unrecorded with it, and the host waited its whole budget
+/// for a task that no longer existed: exit code 2.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracked_task_spawned_from_a_runtime_that_is_then_dropped_still_records_its_end() {
+    let host = host().shutdown_timeout(secs(5.0)).build().unwrap();
+    let lifetime = host.lifetime();
+    let run = tokio::spawn(host.run());
+    lifetime.started().cancelled().await;
+    let from_library = lifetime.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let answer = runtime.block_on(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            from_library.spawn("library write", async move {
+                let _ = tx.send(42);
+                // Work after the answer (closing a file, say): still to run when the
+                // library's runtime is dropped.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            });
+            rx.await.unwrap()
+        });
+        assert_eq!(answer, 42);
+        drop(runtime);
+    })
+    .join()
+    .unwrap();
+    let stopped = Instant::now();
+    lifetime.stop(Reason::shutdown());
+    let report = run.await.unwrap();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "the host did not wait for a task that had gone: {report}"
+    );
+    assert_eq!(report.exit_code(), 0, "{report}");
+    let completed = report.finished_before_stop().completed
+        + report
+            .entry("library write")
+            .map_or(0, |e| (e.outcome() == &Outcome::Completed) as u64 * e.count() as u64);
+    assert_eq!(completed, 1, "{report}");
+}
