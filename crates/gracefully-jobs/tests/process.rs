@@ -440,6 +440,77 @@ async fn postgres_cancel_of_a_running_job_from_another_process_fires_its_token()
 }
 
 // ---------------------------------------------------------------------------------------
+// A second SIGTERM: the abort
+
+/// Four jobs running handlers of a minute, then SIGTERM twice: the host skips to its abort,
+/// and the jobs still held go back to the queue before the process exits — not left
+/// `running` until their lease expires (which also cost each a lease loss). The host drops
+/// the aborted worker on its dropper thread; the drop's own writes must land before the
+/// report is printed and the process ends.
+async fn second_sigterm_returns_running_jobs(s: Scenario) {
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(s.jobs.enqueue(NewJob::new("work", &i)).await.unwrap().id);
+    }
+    let worker = s
+        .worker(&[
+            "--concurrency",
+            "4",
+            "--handler-ms",
+            "60000",
+            "--shutdown-ms",
+            "10000",
+            "--cancel-grace-ms",
+            "9000",
+        ])
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.jobs.counts(None).await.unwrap().running < 4 {
+        assert!(Instant::now() < deadline, "the four jobs started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    worker.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    worker.signal(libc::SIGTERM);
+    let (code, details) = worker.exit(Duration::from_secs(10)).await;
+    assert_ne!(code, Some(0), "a second signal aborts: {details:?}");
+    // At most the four, never counted twice; fewer if the loop's own write of an ending
+    // had committed when the abort dropped it (rewritten fenced: a no-op, not counted).
+    let reported = detail(&details, "interrupted and returned") + detail(&details, "aborted");
+    assert!(reported <= 4, "{details:?}");
+    // Read at once: nothing may still be on its way.
+    let counts = s.jobs.counts(None).await.unwrap();
+    assert_eq!(counts.running, 0, "no job left held: {counts:?}");
+    assert_eq!(counts.interrupted, 4, "{counts:?}");
+    for id in &ids {
+        let info = s.jobs.get(*id).await.unwrap().unwrap();
+        assert_eq!(
+            (info.attempts, info.lease_losses),
+            (0, 0),
+            "job {id:?}: the abort used nothing up"
+        );
+    }
+
+    let second = s.worker(&["--handler-ms", "20"]).await;
+    s.wait_succeeded(4, Duration::from_secs(30)).await;
+    second.signal(libc::SIGTERM);
+    let (code, _) = second.exit(Duration::from_secs(10)).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(s.scalar("SELECT count(*) FROM {effects}").await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_second_sigterm_returns_the_running_jobs_before_the_process_exits() {
+    second_sigterm_returns_running_jobs(Scenario::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set DATABASE_URL"]
+async fn postgres_a_second_sigterm_returns_the_running_jobs_before_the_process_exits() {
+    second_sigterm_returns_running_jobs(Scenario::postgres().await).await;
+}
+
+// ---------------------------------------------------------------------------------------
 // PostgreSQL: lease takeover, killed connections
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

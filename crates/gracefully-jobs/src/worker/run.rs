@@ -593,7 +593,11 @@ impl Run {
                     id,
                     run,
                     error,
-                    delay_ms: delay.as_millis() as i64,
+                    // Saturating, as `NewJob::delay` clamps (an `as` cast would wrap a huge
+                    // delay to a negative one: an immediate retry).
+                    delay_ms: i64::try_from(delay.as_millis())
+                        .unwrap_or(i64::MAX)
+                        .min(i64::MAX / 4),
                 }
             }
         };
@@ -871,15 +875,29 @@ impl Drop for Run {
         endings.append(&mut self.pending);
         let mut aborted = 0;
         let mut interrupt = Vec::new();
+        // How each job returned below is counted once its return is written, unless it was
+        // counted as aborted: a handler that had already finished (its result not
+        // collected) was interrupted, a job fetched ahead never started.
+        let mut count_as: HashMap<i64, &'static str> = HashMap::new();
         for (id, h) in &self.held {
+            let mut was_aborted = false;
             if let Some(abort) = &h.abort
                 && !abort.is_finished()
             {
                 abort.abort();
                 aborted += 1;
+                was_aborted = true;
             }
             if !endings.iter().any(|p| p.job() == (*id, h.run)) {
                 interrupt.push((*id, h.run));
+                if !was_aborted {
+                    let key = if h.source.is_none() {
+                        RETURNED_UNSTARTED
+                    } else {
+                        INTERRUPTED
+                    };
+                    count_as.insert(*id, key);
+                }
             }
             self.jobs.unregister(*id, h.run);
         }
@@ -889,25 +907,69 @@ impl Drop for Run {
         };
         let store = self.store.clone();
         let queue = Arc::clone(&self.settings.queue);
+        let cx = self.cx.clone();
+        let draining = self.draining;
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         runtime.spawn(async move {
             if !endings.is_empty() {
                 let written = endings::write(store.clone(), Arc::clone(&queue), endings).await;
+                // Counted before the report is taken (the drop waits for this task, below).
+                for (done, _) in &written.done {
+                    count_written_at_abort(&cx, draining, done);
+                }
                 if let Some(e) = written.error {
                     tracing::warn!(queue = %queue, error = %e, jobs = written.left.len(), "endings of aborted jobs could not be written; they will be reclaimed when their lease expires");
                 }
             }
             if !interrupt.is_empty() {
                 match store.interrupt(&queue, &interrupt).await {
-                    Ok(ids) => tracing::warn!(queue = %queue, jobs = ids.len(), "aborted jobs returned to the queue"),
+                    Ok(ids) => {
+                        for id in &ids {
+                            if let Some(key) = count_as.get(id) {
+                                cx.count(*key, 1);
+                            }
+                        }
+                        tracing::warn!(queue = %queue, jobs = ids.len(), "aborted jobs returned to the queue");
+                    }
                     Err(e) => tracing::warn!(queue = %queue, error = %e, "aborted jobs could not be returned; they will be reclaimed when their lease expires"),
                 }
             }
             let _ = done_tx.send(());
         });
-        if tokio::runtime::Handle::try_current().is_err() {
+        // Wait (bounded) for those writes unless this thread may be the one that must run
+        // them. The host drops aborted services on its dropper thread, which has entered
+        // the runtime but runs no task, while the runtime's own threads keep going: without
+        // this wait the host saw the drop finished, printed its report and exited before
+        // the writes ran, and the aborted jobs sat `running` until their lease expired
+        // (each such deploy cost them a lease loss). Inside a task — dropped in place on a
+        // runtime thread — blocking could stop the very thread the writes need, so there
+        // the writes run when they can. The bound stays inside the host's abort settle
+        // (200 ms), which waits for this drop; a closed runtime drops the task, which ends
+        // the wait at once.
+        if tokio::task::try_id().is_none() {
             let _ = done_rx.recv_timeout(Duration::from_millis(150));
         }
+    }
+}
+
+/// Counts an ending the abort's own write recorded (`Run::apply` does this for the loop's).
+fn count_written_at_abort(cx: &ServiceContext, draining: bool, done: &Done) {
+    match done {
+        Done::Succeeded(_) => {
+            cx.count(SUCCEEDED, 1);
+            if draining {
+                cx.count(FINISHED_DURING_DRAIN, 1);
+            }
+        }
+        Done::Interrupted { returned: true, .. } => cx.count(INTERRUPTED, 1),
+        Done::Interrupted { .. } => {}
+        Done::Failed { state, .. } => match state {
+            Some(JobState::Dead) => cx.count(DEAD, 1),
+            Some(_) => cx.count(RETRIED, 1),
+            None => {}
+        },
+        Done::Dead(_) => cx.count(DEAD, 1),
+        Done::Cancelled(_) => cx.count(CANCELLED, 1),
     }
 }
 
