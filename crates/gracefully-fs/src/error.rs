@@ -59,15 +59,22 @@ pub enum Error {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Step {
-    /// Looking at the destination and its directory before writing.
+    /// Looking at the destination and its directory before writing; also a destination
+    /// that exists and is neither a regular file nor a symbolic link ("the destination is a
+    /// FIFO, not a regular file").
     Prepare,
-    /// Creating (and locking) the temporary file beside the destination.
+    /// Creating (and locking) the temporary file beside the destination. A failure to
+    /// create it (a missing directory, no permission) names the destination.
     CreateTemp,
-    /// Opening or reading the source of a copy.
+    /// Looking at, opening or reading the source of a copy; the error names the source.
     Read,
-    /// Writing a chunk to the temporary file.
+    /// Writing a chunk to the temporary file (also a copy's: a full disk at the
+    /// destination); the error names the temporary file.
     Write,
-    /// Copying a chunk from the source of a copy to the temporary file.
+    /// Copying a chunk from the source of a copy to the temporary file. No longer
+    /// reported: a copy's failures name their side, [`Read`](Self::Read) (the source) or
+    /// [`Write`](Self::Write) (the temporary file). Kept so that matches on it still
+    /// compile.
     Copy,
     /// Setting the temporary file's permissions.
     SetPermissions,

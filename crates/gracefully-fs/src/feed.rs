@@ -24,6 +24,10 @@ use tokio_util::sync::PollSender;
 use crate::error::Error;
 use crate::job::Job;
 
+/// The smallest buffer the feed allocates (unless the chunk is smaller): small writes do
+/// not each reallocate.
+const MIN_BUFFER: usize = 8 * 1024;
+
 /// What a writer sends its job.
 pub(crate) enum Msg {
     /// The next chunk (feed invariant 2).
@@ -44,8 +48,11 @@ pub(crate) struct Feed<T> {
     /// while the channel is still open, so the job sees the reason.
     job: Job<T>,
     tx: PollSender<Msg>,
+    /// Grows with the data up to `chunk_size` (see `grow_for`).
     buf: BytesMut,
     chunk_size: usize,
+    /// Whether a full chunk has been sent: from then on a chunk is reserved whole.
+    sent_full_chunk: bool,
     flush_partial: bool,
     dropped: fn() -> Reason,
     state: State<T>,
@@ -73,6 +80,7 @@ impl<T: Clone> Feed<T> {
             tx: PollSender::new(tx),
             buf: BytesMut::new(),
             chunk_size,
+            sent_full_chunk: false,
             flush_partial,
             dropped,
             state: State::Open,
@@ -176,13 +184,37 @@ impl<T: Clone> Feed<T> {
         }
         if self.buf.len() >= self.chunk_size {
             ready!(self.poll_send_buf(cx))?;
-        }
-        if self.buf.capacity() == 0 {
-            self.buf.reserve(self.chunk_size);
+            self.sent_full_chunk = true;
         }
         let n = data.len().min(self.chunk_size - self.buf.len());
+        self.grow_for(n);
         self.buf.extend_from_slice(&data[..n]);
         Poll::Ready(Ok(n))
+    }
+
+    /// Makes room for `n` more bytes.
+    ///
+    /// The first chunk's buffer grows with the data — at least twofold each time, so small
+    /// writes reallocate it only a few times — and never past the chunk: reserving a whole
+    /// chunk up front made a huge chunk size (`1 << 46`) abort the process at the first
+    /// byte, and made a large one cost its memory before any data came. Once a full chunk
+    /// has been sent, the writer has shown that it fills chunks, so each later one is
+    /// reserved whole at its first byte: one allocation per chunk, as fast as before.
+    fn grow_for(&mut self, n: usize) {
+        let (len, capacity) = (self.buf.len(), self.buf.capacity());
+        if capacity - len >= n {
+            return;
+        }
+        let floor = if self.sent_full_chunk {
+            self.chunk_size
+        } else {
+            MIN_BUFFER
+        };
+        let wanted = (len + n)
+            .max(capacity.saturating_mul(2))
+            .max(floor)
+            .min(self.chunk_size);
+        self.buf.reserve(wanted - len);
     }
 
     /// `AsyncWrite::poll_flush`: hands a partial chunk to the job where it accepts one.

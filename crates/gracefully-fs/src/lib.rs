@@ -165,6 +165,12 @@ pub async fn write(
 /// `copy_file_range` on Linux), fsync, rename, directory fsync. Copying a file onto itself
 /// leaves it as it was (where `std::fs::copy` may truncate it).
 ///
+/// `from` must be a regular file (a symbolic link to one is followed): a FIFO, device or
+/// socket is refused with a [`Step::Read`] error naming it, before it is opened — opening or
+/// reading one can block inside a system call, out of the token's reach. A failed read
+/// names `from` ([`Step::Read`]); a failed write, such as a full disk, the temporary file
+/// beside `to` ([`Step::Write`]).
+///
 /// ```
 /// use gracefully::CancellationToken;
 ///

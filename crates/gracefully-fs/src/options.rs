@@ -111,7 +111,10 @@ impl WriteOptions {
 
     /// Bytes written per chunk (default [`DEFAULT_CHUNK_SIZE`], 1 MiB); the token is checked
     /// between chunks, so after a cancellation at most one chunk is written. Must be at
-    /// least 1 (the operation fails with [`Error::InvalidOptions`] otherwise).
+    /// least 1 (the operation fails with [`Error::InvalidOptions`] otherwise). Nothing is
+    /// allocated up front: a [`FileWriter`](crate::FileWriter)'s buffer grows with the data
+    /// written to it, up to one chunk, so a huge chunk size (in effect, no token checks
+    /// within a write) costs only the memory of the data.
     pub fn chunk_size(mut self, bytes: usize) -> Self {
         self.chunk_size = bytes;
         self

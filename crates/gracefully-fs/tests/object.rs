@@ -321,6 +321,54 @@ async fn a_put_with_a_cancelled_token_sends_nothing() {
     assert!(!exists(&store, &Path::from("x")).await);
 }
 
+/// S3's largest part (and largest single `PUT`): 5 GiB.
+#[cfg(target_pointer_width = "64")]
+const FIVE_GIB: usize = 5 << 30;
+
+#[cfg(target_pointer_width = "64")]
+#[tokio::test]
+async fn a_part_size_above_5_gib_is_refused_naming_the_option() {
+    let (store, calls) = recording();
+    let too_big = UploadOptions::new().part_size(FIVE_GIB + 1);
+    let err = too_big
+        .put(
+            store.clone(),
+            &Path::from("x"),
+            "x",
+            &CancellationToken::never(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, gracefully_fs::Error::InvalidOptions(_)),
+        "{err}"
+    );
+    assert!(err.to_string().contains("part_size"), "{err}");
+    let err = too_big
+        .create(store.clone(), &Path::from("x"), &CancellationToken::never())
+        .unwrap_err();
+    assert!(err.to_string().contains("part_size"), "{err}");
+    assert_eq!(calls.puts.load(Ordering::SeqCst), 0);
+}
+
+#[cfg(target_pointer_width = "64")]
+#[tokio::test]
+async fn a_writer_with_the_largest_part_size_buffers_only_what_it_is_given() {
+    let (store, calls) = recording();
+    let location = Path::from("big-parts");
+    let mut writer = UploadOptions::new()
+        .part_size(FIVE_GIB)
+        .create(store.clone(), &location, &CancellationToken::never())
+        .unwrap();
+    writer.write_all(b"small").await.unwrap();
+    writer.commit().await.unwrap();
+    assert_eq!(calls.puts.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        &store.get(&location).await.unwrap().bytes().await.unwrap()[..],
+        b"small"
+    );
+}
+
 #[tokio::test]
 async fn a_failed_part_aborts_the_upload_and_names_the_step() {
     let (store, calls) = recording();

@@ -124,9 +124,80 @@ async fn a_missing_directory_is_an_error_naming_the_step_and_path() {
         .await
         .unwrap_err();
     assert_eq!(err.step(), Some(Step::CreateTemp), "{err}");
+    // The destination, not the random temporary name the caller never chose.
+    assert!(
+        matches!(&err, Error::Io { path: p, .. } if *p == path),
+        "{err}"
+    );
+    assert!(!err.to_string().contains(".gracefully-fs.tmp"), "{err}");
     assert!(err.to_string().contains("no/such/dir"), "{err}");
     assert!(!err.committed());
     assert!(!is_cancellation(&err));
+}
+
+/// Makes a FIFO at `path` with mkfifo(1) (std has no mkfifo, and the crate forbids unsafe).
+fn mkfifo(path: &std::path::Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo(1) runs");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+#[tokio::test]
+async fn a_fifo_or_socket_as_destination_is_refused_and_left_in_place() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    mkfifo(&fifo);
+    let socket = dir.path().join("socket");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    for (path, what) in [(&fifo, "is a FIFO"), (&socket, "is a socket")] {
+        let err = gracefully_fs::write(path, "x", &never()).await.unwrap_err();
+        assert_eq!(err.step(), Some(Step::Prepare), "{err}");
+        let message = err.to_string();
+        assert!(message.contains(what), "{message}");
+        assert!(message.contains("not a regular file"), "{message}");
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        let err = FileWriter::create(path, &never()).await.unwrap_err();
+        assert_eq!(err.step(), Some(Step::Prepare), "{err}");
+    }
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert!(
+        std::fs::symlink_metadata(&socket)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    assert!(temp_files(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn a_huge_chunk_size_costs_nothing_until_data_arrives() {
+    // 64 TiB: reserving it up front aborted the process.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge-chunks");
+    let mut writer = WriteOptions::new()
+        .chunk_size(1 << 46)
+        .create(&path, &never())
+        .await
+        .unwrap();
+    writer.write_all(b"hello").await.unwrap();
+    writer.write_all(b", world").await.unwrap();
+    assert_eq!(writer.commit().await.unwrap(), 12);
+    assert_eq!(std::fs::read(&path).unwrap(), b"hello, world");
+
+    WriteOptions::new()
+        .chunk_size(usize::MAX)
+        .write(&path, "again", &never())
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"again");
 }
 
 #[tokio::test]
@@ -217,6 +288,58 @@ async fn copying_a_missing_source_is_a_read_error_naming_it() {
 }
 
 #[tokio::test]
+async fn copying_from_a_fifo_or_a_device_is_refused_up_front_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fifo, to) = (dir.path().join("pipe"), dir.path().join("to"));
+    mkfifo(&fifo);
+    // Opening a FIFO blocks until a writer comes, beyond the token's reach: the copy must
+    // refuse it before opening. If it does not, the test fails instead of hanging: opening
+    // the FIFO read-write (which never blocks on Linux) releases the stuck thread.
+    let token = never();
+    let copy = gracefully_fs::copy(&fifo, &to, &token);
+    let result = match tokio::time::timeout(std::time::Duration::from_secs(5), copy).await {
+        Ok(result) => result,
+        Err(_) => {
+            let _unblock = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&fifo);
+            panic!("copy from a FIFO blocked instead of being refused");
+        }
+    };
+    let err = result.unwrap_err();
+    assert_eq!(err.step(), Some(Step::Read), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("is a FIFO, not a regular file"),
+        "{message}"
+    );
+    assert!(message.contains(&fifo.display().to_string()), "{message}");
+
+    let err = gracefully_fs::copy("/dev/null", &to, &never())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("is a character device"), "{err}");
+    assert!(err.to_string().contains("/dev/null"), "{err}");
+    assert!(!to.exists());
+    assert!(temp_files(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn copying_through_a_symlink_to_a_regular_file_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let (from, link, to) = (
+        dir.path().join("from"),
+        dir.path().join("link"),
+        dir.path().join("to"),
+    );
+    std::fs::write(&from, b"via a link").unwrap();
+    std::os::unix::fs::symlink(&from, &link).unwrap();
+    assert_eq!(gracefully_fs::copy(&link, &to, &never()).await.unwrap(), 10);
+    assert_eq!(std::fs::read(&to).unwrap(), b"via a link");
+}
+
+#[tokio::test]
 async fn writer_content_appears_only_at_commit() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("stream");
@@ -267,8 +390,11 @@ async fn writer_discard_removes_the_temp_file_and_keeps_the_old_content() {
 #[tokio::test]
 async fn writer_create_fails_at_once_for_a_missing_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let err = FileWriter::create(dir.path().join("nope/file"), &never())
-        .await
-        .unwrap_err();
+    let path = dir.path().join("nope/file");
+    let err = FileWriter::create(&path, &never()).await.unwrap_err();
     assert_eq!(err.step(), Some(Step::CreateTemp), "{err}");
+    assert!(
+        matches!(&err, Error::Io { path: p, .. } if *p == path),
+        "{err}"
+    );
 }

@@ -108,12 +108,12 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
-    use std::ffi::OsStr;
-
     use super::*;
 
     fn temp_with(dir: &Path, content: &[u8]) -> TempFile {
-        let temp = TempFile::create(dir, OsStr::new("dest"), None).unwrap();
+        let options = crate::options::WriteOptions::new();
+        let target = crate::local::prepare(&dir.join("dest"), &options, None).unwrap();
+        let temp = TempFile::create(&target).unwrap();
         std::io::Write::write_all(&mut temp.file(), content).unwrap();
         temp
     }

@@ -18,13 +18,14 @@
 //! the new, never a mix.
 
 mod commit;
+mod copy;
 mod leftovers;
 pub(crate) mod temp;
 mod writer;
 
 use std::ffi::OsString;
-use std::fs::{self, File, Permissions};
-use std::io::{self, Read, Write};
+use std::fs::{self, FileType, Permissions};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -35,6 +36,7 @@ use crate::job::Spawner;
 use crate::options::WriteOptions;
 use temp::TempFile;
 
+pub(crate) use copy::copy;
 pub use leftovers::{Leftovers, remove_leftovers};
 pub use writer::FileWriter;
 
@@ -74,59 +76,12 @@ pub(crate) async fn write(
     job.await.map(drop)
 }
 
-pub(crate) async fn copy(
-    options: &WriteOptions,
-    from: &Path,
-    to: &Path,
-    token: &CancellationToken,
-) -> Result<u64, Error> {
-    options.validate()?;
-    let (source, dest) = (from.to_path_buf(), to.to_path_buf());
-    let name = || format!("fs copy {} -> {}", from.display(), to.display());
-    let options = options.clone();
-    let job = spawner(&options).blocking(name, token, future_dropped, move |token| {
-        token.check()?;
-        let file = File::open(&source).map_err(|e| Error::io(Step::Read, &source, e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io(Step::Read, &source, e))?;
-        if meta.is_dir() {
-            return Err(Error::io(
-                Step::Read,
-                &source,
-                io::Error::new(io::ErrorKind::IsADirectory, "the source is a directory"),
-            ));
-        }
-        atomic_write(
-            &dest,
-            &options,
-            &token,
-            Some(meta.permissions()),
-            |chunks| {
-                while chunks.copy_from(&file, &source)? > 0 {}
-                Ok(())
-            },
-        )
-    });
-    job.await
-}
-
 /// The destination, as found before writing.
 pub(crate) struct Target {
     pub(crate) dest: PathBuf,
     pub(crate) dir: PathBuf,
     name: OsString,
     permissions: Option<Permissions>,
-}
-
-impl Target {
-    pub(crate) fn name(&self) -> &std::ffi::OsStr {
-        &self.name
-    }
-
-    pub(crate) fn permissions(&self) -> Option<&Permissions> {
-        self.permissions.as_ref()
-    }
 }
 
 /// Looks at the destination: its directory and name, the permissions the new file gets
@@ -157,15 +112,12 @@ pub(crate) fn prepare(
         Err(e) => return Err(Error::io(Step::Prepare, dest, e)),
     };
     if let Some(meta) = &existing {
-        if meta.is_dir() {
-            return Err(Error::io(
-                Step::Prepare,
-                dest,
-                io::Error::new(
-                    io::ErrorKind::IsADirectory,
-                    "the destination is a directory",
-                ),
-            ));
+        // Only a regular file is replaced (and a symbolic link, which the rename replaces
+        // rather than follows). Anything else — a directory, or a FIFO, device or socket
+        // that something else reads from — would silently become a regular file.
+        let kind = meta.file_type();
+        if !kind.is_file() && !kind.is_symlink() {
+            return Err(not_a_regular_file(Step::Prepare, dest, "destination", kind));
         }
         if !options.overwrite {
             return Err(Error::AlreadyExists {
@@ -184,6 +136,47 @@ pub(crate) fn prepare(
     })
 }
 
+/// What a file type is, for an error about a file that should have been a regular one.
+pub(crate) fn describe(kind: FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+    }
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_file() {
+        "a regular file"
+    } else {
+        "a special file"
+    }
+}
+
+/// The error for a `role` ("destination", "source") at `path` that is `kind`, not a
+/// regular file: "the destination is a FIFO, not a regular file".
+pub(crate) fn not_a_regular_file(step: Step, path: &Path, role: &str, kind: FileType) -> Error {
+    let error_kind = if kind.is_dir() {
+        io::ErrorKind::IsADirectory
+    } else {
+        io::ErrorKind::InvalidInput
+    };
+    let message = format!("the {role} is {}, not a regular file", describe(kind));
+    Error::io(step, path, io::Error::new(error_kind, message))
+}
+
 /// The blocking sequence of the module docs; `fill` writes the data through [`Chunks`].
 /// Returns the bytes written.
 pub(crate) fn atomic_write(
@@ -195,7 +188,7 @@ pub(crate) fn atomic_write(
 ) -> Result<u64, Error> {
     token.check()?;
     let target = prepare(dest, options, inherited)?;
-    let temp = TempFile::create(&target.dir, &target.name, target.permissions.as_ref())?;
+    let temp = TempFile::create(&target)?;
     let written = {
         let mut chunks = Chunks::new(&temp, options, token);
         fill(&mut chunks)?;
@@ -260,17 +253,6 @@ impl<'a> Chunks<'a> {
             .map_err(|e| Error::io(Step::Write, self.temp.path(), e))?;
         self.advance(chunk.len() as u64);
         Ok(())
-    }
-
-    /// Copies up to one chunk from `source` (in the kernel where it can: `io::copy` uses
-    /// `copy_file_range` between files on Linux); returns the bytes copied, 0 at the end.
-    fn copy_from(&mut self, source: &File, path: &Path) -> Result<u64, Error> {
-        self.token.check()?;
-        let mut chunk = source.take(self.chunk_size as u64);
-        let copied = io::copy(&mut chunk, &mut self.temp.file())
-            .map_err(|e| Error::io(Step::Copy, path, e))?;
-        self.advance(copied);
-        Ok(copied)
     }
 
     fn advance(&mut self, bytes: u64) {

@@ -18,11 +18,12 @@
 //!    cancellation, error and panic alike.
 
 use std::ffi::{OsStr, OsString};
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Step};
+use crate::local::Target;
 
 /// The suffix that marks this crate's temporary files (temp invariant 1).
 pub(crate) const SUFFIX: &str = ".gracefully-fs.tmp";
@@ -59,7 +60,9 @@ pub(crate) fn is_temp_name(name: &OsStr) -> bool {
         return false;
     }
     let (head, hex) = rest.split_at(rest.len() - 16);
-    head.ends_with(b".") && hex.iter().all(u8::is_ascii_hexdigit)
+    // Lowercase only, as `temp_name` writes them: a name with uppercase digits is not ours
+    // (and the sweep must not remove a file of that shape that someone else made).
+    head.ends_with(b".") && hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// A locked temporary file beside a destination, removed on drop unless committed.
@@ -70,15 +73,18 @@ pub(crate) struct TempFile {
 }
 
 impl TempFile {
-    /// Creates and locks a new temporary file in `dir` for a destination named
-    /// `dest_name`. With `mode` (Unix), the file is created with `0o600` and given `mode`
-    /// before any data is written; without, it is created like `std::fs::write` creates
-    /// (`0o666` less the umask).
-    pub(crate) fn create(
-        dir: &Path,
-        dest_name: &OsStr,
-        permissions: Option<&Permissions>,
-    ) -> Result<TempFile, Error> {
+    /// Creates and locks a new temporary file beside the destination of `target`. With
+    /// permissions (Unix), the file is created with `0o600` and given them before any data
+    /// is written; without, it is created like `std::fs::write` creates (`0o666` less the
+    /// umask).
+    ///
+    /// A failure to create the file is reported under the destination's path, not the
+    /// temporary name: that name is random and never existed, and the caller knows the
+    /// destination ("…/nope/report.json: No such file or directory", not
+    /// "…/nope/.report.json.3d8f….gracefully-fs.tmp").
+    pub(crate) fn create(target: &Target) -> Result<TempFile, Error> {
+        let (dir, dest_name) = (&target.dir, &target.name);
+        let permissions = target.permissions.as_ref();
         // Collisions (or the race of temp invariant 3) are retried with a new name.
         let mut last_error = None;
         for _ in 0..16 {
@@ -96,7 +102,7 @@ impl TempFile {
                     last_error = Some(e);
                     continue;
                 }
-                Err(e) => return Err(Error::io(Step::CreateTemp, &path, e)),
+                Err(e) => return Err(Error::io(Step::CreateTemp, &target.dest, e)),
             };
             // Temp invariant 2. Blocks only while a sweep holds it, for an unlink.
             if let Err(e) = file.lock() {
@@ -121,9 +127,19 @@ impl TempFile {
         }
         Err(Error::io(
             Step::CreateTemp,
-            dir,
+            &target.dest,
             last_error.unwrap_or_else(|| io::Error::other("no free temporary name")),
         ))
+    }
+
+    /// A `TempFile` over any open file, for tests that need one that fails (`/dev/full`).
+    /// `path` should not exist: the drop removes it.
+    #[cfg(test)]
+    pub(crate) fn for_tests(path: PathBuf, file: File) -> TempFile {
+        TempFile {
+            path,
+            file: Some(file),
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -198,6 +214,8 @@ mod tests {
             ".state.json.tmp",
             "state.0123456789abcdef.gracefully-fs.tmp", // no leading dot
             ".state.0123456789abcdeg.gracefully-fs.tmp", // not hex
+            ".state.0123456789ABCDEF.gracefully-fs.tmp", // uppercase: not the shape we write
+            ".state.0123456789abcdeF.gracefully-fs.tmp", // one uppercase digit
             ".state.0123456789abcde.gracefully-fs.tmp", // 15 digits
             ".state0123456789abcdef.gracefully-fs.tmp", // no dot before the digits
             ".0123456789abcdef.gracefully-fs.tmp",      // no room for the leading dot

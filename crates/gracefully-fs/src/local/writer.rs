@@ -126,7 +126,7 @@ impl FileWriter {
             });
             token.check()?;
             let target = prepare(&dest, &options, None)?;
-            let temp = TempFile::create(&target.dir, target.name(), target.permissions())?;
+            let temp = TempFile::create(&target)?;
             let _ = opened_tx.send(());
             let written = receive(rx, &temp, &options, &token)?;
             finish(temp, &target, &options, &token)?;

@@ -65,6 +65,10 @@ pub use writer::ObjectWriter;
 /// but the last to be at least 5 MiB.
 pub const DEFAULT_PART_SIZE: usize = 10 * 1024 * 1024;
 
+/// The largest part size: 5 GiB, S3's limit for a part and for a single `PUT` (an object
+/// up to the part size goes as one). A larger one is refused with `Error::InvalidOptions`.
+const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+
 /// The default number of parts uploaded at once.
 pub const DEFAULT_CONCURRENCY: usize = 4;
 
@@ -72,7 +76,7 @@ pub const DEFAULT_CONCURRENCY: usize = 4;
 ///
 /// | option | default | |
 /// |---|---|---|
-/// | [`part_size`](Self::part_size) | [`DEFAULT_PART_SIZE`] (10 MiB) | payloads up to it go in one `PUT`; larger ones as a multipart upload of parts this size |
+/// | [`part_size`](Self::part_size) | [`DEFAULT_PART_SIZE`] (10 MiB) | payloads up to it go in one `PUT`; larger ones as a multipart upload of parts this size; 1 byte to 5 GiB |
 /// | [`concurrency`](Self::concurrency) | [`DEFAULT_CONCURRENCY`] (4) | parts in flight at once |
 /// | [`multipart_options`](Self::multipart_options) | none | attributes, tags, extensions of the object |
 #[derive(Clone, Default)]
@@ -90,8 +94,11 @@ impl UploadOptions {
         UploadOptions::default()
     }
 
-    /// The part size (default [`DEFAULT_PART_SIZE`]). Must be at least 1; S3 needs at least
-    /// 5 MiB, and some stores (R2) equal parts, which this crate always sends.
+    /// The part size (default [`DEFAULT_PART_SIZE`]). Must be at least 1 and at most 5 GiB
+    /// (S3's largest part), else the put or `create` fails with
+    /// [`Error::InvalidOptions`]; S3 needs at least 5 MiB, and some stores (R2) equal parts,
+    /// which this crate always sends. An [`ObjectWriter`]'s buffer grows with the data, so
+    /// a large part size costs memory only as data arrives.
     pub fn part_size(mut self, bytes: usize) -> Self {
         self.part_size = Some(bytes);
         self
@@ -130,6 +137,16 @@ impl UploadOptions {
         if self.part_size == Some(0) {
             return Err(Error::InvalidOptions(
                 "part_size must be at least 1 byte (the default is 10 MiB; S3 needs 5 MiB)",
+            ));
+        }
+        // u64: 5 GiB does not fit a 32-bit usize, where no part can exceed it anyway.
+        if self
+            .part_size
+            .is_some_and(|size| size as u64 > MAX_PART_SIZE)
+        {
+            return Err(Error::InvalidOptions(
+                "part_size must be at most 5 GiB (S3's largest part and largest single PUT; \
+                 the default is 10 MiB)",
             ));
         }
         if self.concurrency == Some(0) {
