@@ -1017,8 +1017,8 @@ async fn a_tracked_task_spawned_from_a_runtime_that_is_then_dropped_still_record
     );
     assert_eq!(report.exit_code(), 0, "{report}");
     let completed = report.finished_before_stop().completed
-        + report
-            .entry("library write")
-            .map_or(0, |e| (e.outcome() == &Outcome::Completed) as u64 * e.count() as u64);
+        + report.entry("library write").map_or(0, |e| {
+            (e.outcome() == &Outcome::Completed) as u64 * e.count() as u64
+        });
     assert_eq!(completed, 1, "{report}");
 }

@@ -2,11 +2,18 @@
 
 use std::time::Duration;
 
+use crate::new_job::MAX_DELAY_MS;
+
 /// Exponential backoff with jitter for retries after genuine failures: attempt `n`
 /// (1-based) waits `initial × 2^(n−1)`, capped at `max`, then scaled by a random factor in
 /// `[1 − jitter, 1]` so that jobs that failed together do not retry together.
 ///
 /// The default: 1 s initial, 1 h cap, jitter 0.5 — attempts wait about 1 s, 2 s, 4 s, …
+///
+/// Any settings are accepted, and [`delay`](Backoff::delay) never panics: it saturates,
+/// and never exceeds [`Backoff::MAX_DELAY`] (about 73 million years, the bound of
+/// [`NewJob::delay`](crate::NewJob::delay)), so a delay always fits in `i64` milliseconds
+/// and the database's `now + delay` cannot overflow.
 ///
 /// *Anchors:* River's default retry policy (attempt⁴ seconds with 10 % jitter);
 /// graphile-worker's `exp(min(attempts, 10))` seconds; AWS's "full jitter".
@@ -28,6 +35,10 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// The longest delay [`delay`](Self::delay) returns, whatever the settings:
+    /// `i64::MAX / 4` milliseconds (about 73 million years).
+    pub const MAX_DELAY: Duration = Duration::from_millis(MAX_DELAY_MS as u64);
+
     /// Backoff from `initial`, doubling per attempt, capped at `max`, with the default
     /// jitter (0.5).
     pub fn exponential(initial: Duration, max: Duration) -> Backoff {
@@ -48,15 +59,23 @@ impl Backoff {
         self
     }
 
-    /// The delay after failed attempt `attempt` (1-based).
+    /// The delay after failed attempt `attempt` (1-based; 0 is taken as 1): at most the
+    /// backoff's `max` and at most [`MAX_DELAY`](Self::MAX_DELAY). Never panics.
     pub fn delay(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(32);
+        let exp = attempt.saturating_sub(1).min(31);
+        // Capped before the jitter: `mul_f64` panics when its result does not fit in a
+        // `Duration`, which `Duration::MAX` times a factor near 1 does not.
         let base = self
             .initial
-            .saturating_mul(1u32 << exp.min(31))
-            .min(self.max);
+            .saturating_mul(1u32 << exp)
+            .min(self.max)
+            .min(Self::MAX_DELAY);
+        if self.jitter <= 0.0 {
+            return base;
+        }
         let factor = 1.0 - self.jitter * fastrand::f64();
-        base.mul_f64(factor)
+        // The factor is at most 1, but float rounding must not take the delay past the cap.
+        base.mul_f64(factor).min(base)
     }
 }
 
@@ -78,5 +97,26 @@ mod tests {
             let d = j.delay(n);
             assert!(d <= b.delay(n) && d >= b.delay(n) / 2, "{d:?}");
         }
+    }
+
+    #[test]
+    fn extreme_settings_saturate_at_the_bound_and_never_panic() {
+        let huge = Backoff::exponential(Duration::MAX, Duration::MAX);
+        for jitter in [0.0, 0.5, 1.0] {
+            let b = huge.jitter(jitter);
+            for attempt in [0, 1, 2, 31, 32, 33, 1_000, u32::MAX] {
+                let d = b.delay(attempt);
+                assert!(d <= Backoff::MAX_DELAY, "{d:?}");
+                // In range of the `i64` milliseconds the store writes.
+                assert!(i64::try_from(d.as_millis()).is_ok(), "{d:?}");
+            }
+        }
+        assert_eq!(huge.jitter(0.0).delay(1), Backoff::MAX_DELAY);
+        let uncapped = Backoff::exponential(Duration::from_secs(1), Duration::MAX).jitter(0.0);
+        assert_eq!(uncapped.delay(u32::MAX), Duration::from_secs(1 << 31));
+        let zero = Backoff::exponential(Duration::ZERO, Duration::ZERO);
+        assert_eq!(zero.delay(u32::MAX), Duration::ZERO);
+        let nan = Backoff::exponential(Duration::MAX, Duration::MAX).jitter(f64::NAN);
+        assert_eq!(nan.delay(7), Backoff::MAX_DELAY);
     }
 }

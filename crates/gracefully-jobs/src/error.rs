@@ -11,7 +11,8 @@ use crate::state::JobId;
 pub enum Error {
     /// An option was out of range; names the option and the valid range.
     Config {
-        /// The option, as its builder method is called (`concurrency`, `lease`, …).
+        /// The option, as its builder method is called (`concurrency`, `lease`, …;
+        /// `max_connections` for a PostgreSQL pool too small for a worker).
         option: &'static str,
         /// What was wrong and what would be right.
         message: String,

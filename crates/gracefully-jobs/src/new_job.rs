@@ -10,6 +10,24 @@ use crate::state::to_millis;
 /// The attempts a job gets unless [`NewJob::max_attempts`] says otherwise.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 25;
 
+/// The longest delay, and the farthest run time either side of the epoch, in milliseconds
+/// (about 73 million years): longer ones are clamped to it. The database adds its clock to
+/// a delay (`now + delay`) and subtracts it from a run time (when the next job is due), so
+/// a value near `i64::MAX` would overflow there — SQLite then stores a REAL that `get` and
+/// `list` cannot read back, and PostgreSQL fails the enqueue with `bigint out of range`. A
+/// quarter of `i64::MAX` leaves room for any clock. Retry delays ([`Backoff`](crate::Backoff))
+/// are capped at the same bound.
+pub(crate) const MAX_DELAY_MS: i64 = i64::MAX / 4;
+
+/// The longest [`unique_key`](NewJob::unique_key), in bytes. PostgreSQL's unique index
+/// refuses keys over about 2.7 KB (`index row requires … bytes`) while SQLite takes any
+/// length; one bound for both, so that a key accepted by one backend is accepted by the
+/// other, with room left for the queue name in the same index entry.
+pub(crate) const MAX_UNIQUE_KEY_BYTES: usize = 1024;
+
+/// The longest queue name, in bytes.
+const MAX_QUEUE_BYTES: usize = 128;
+
 /// A job to enqueue: a queue name, a payload serialized to JSON, and options.
 ///
 /// ```
@@ -55,17 +73,21 @@ impl NewJob {
         }
     }
 
-    /// Not before `at` (replaces a [`delay`](Self::delay)).
+    /// Not before `at` (replaces a [`delay`](Self::delay)). A time more than about 73
+    /// million years from the epoch is clamped to that (see the delay's bound).
     pub fn run_at(mut self, at: SystemTime) -> NewJob {
-        self.run_at_ms = Some(to_millis(at));
+        self.run_at_ms = Some(to_millis(at).clamp(-MAX_DELAY_MS, MAX_DELAY_MS));
         self.delay_ms = 0;
         self
     }
 
     /// Not before `delay` from the enqueue, by the database's clock (replaces a
-    /// [`run_at`](Self::run_at)).
+    /// [`run_at`](Self::run_at)). At most about 73 million years: a longer delay is
+    /// clamped to that, so the database's `now + delay` cannot overflow.
     pub fn delay(mut self, delay: Duration) -> NewJob {
-        self.delay_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 4);
+        self.delay_ms = i64::try_from(delay.as_millis())
+            .unwrap_or(MAX_DELAY_MS)
+            .min(MAX_DELAY_MS);
         self.run_at_ms = None;
         self
     }
@@ -86,6 +108,8 @@ impl NewJob {
     /// At most one job with this key on this queue, whatever its state: enqueuing it
     /// again is a no-op that returns the existing job's id. (An idempotency key: the
     /// fulfilment job of order 42 is enqueued once, however often the request is retried.)
+    /// At most 1,024 bytes (UTF-8), without NUL characters: PostgreSQL's unique index
+    /// cannot hold much longer keys, and SQLite is held to the same bound.
     pub fn unique_key(mut self, key: impl Into<String>) -> NewJob {
         self.unique_key = Some(key.into());
         self
@@ -112,6 +136,19 @@ impl NewJob {
                 format!(
                     "job for queue `{}`: must not contain the NUL character (PostgreSQL cannot store it)",
                     self.queue
+                ),
+            ));
+        }
+        if let Some(key) = self.unique_key.as_deref()
+            && key.len() > MAX_UNIQUE_KEY_BYTES
+        {
+            return Err(Error::config(
+                "unique_key",
+                format!(
+                    "job for queue `{}`: must be at most {MAX_UNIQUE_KEY_BYTES} bytes (PostgreSQL's \
+                     unique index cannot hold much longer keys), got {} bytes",
+                    self.queue,
+                    key.len()
                 ),
             ));
         }
@@ -153,13 +190,15 @@ fn has_nul_escape(json: &str) -> bool {
     false
 }
 
-/// A queue name: 1 to 128 characters, none of them control characters.
+/// A queue name: 1 to 128 bytes (UTF-8), none of them control characters.
 pub(crate) fn validate_queue(queue: &str) -> Result<(), Error> {
-    if queue.is_empty() || queue.len() > 128 || queue.chars().any(char::is_control) {
+    if queue.is_empty() || queue.len() > MAX_QUEUE_BYTES || queue.chars().any(char::is_control) {
         return Err(Error::config(
             "queue",
             format!(
-                "a queue name has 1 to 128 characters and no control characters, got {queue:?}"
+                "a queue name has 1 to {MAX_QUEUE_BYTES} bytes (UTF-8) and no control characters, \
+                 got {} bytes: {queue:?}",
+                queue.len()
             ),
         ));
     }
@@ -256,6 +295,69 @@ mod tests {
         bad.insert(vec![1u8], 1); // JSON object keys must be strings
         let err = Row::from_new(NewJob::new("q", &bad)).unwrap_err();
         assert!(matches!(err, Error::Payload { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_queue_name_is_measured_in_bytes_and_the_error_says_so() {
+        // 43 three-byte characters: 129 bytes, 43 characters.
+        let queue = "€".repeat(43);
+        let err = Row::from_new(NewJob::new(queue, &1)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Config {
+                    option: "queue",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("128 bytes"), "{err}");
+        assert!(Row::from_new(NewJob::new("€".repeat(42), &1)).is_ok());
+    }
+
+    #[test]
+    fn a_unique_key_longer_than_the_bound_is_rejected_naming_it() {
+        let ok = NewJob::new("q", &1).unique_key("k".repeat(MAX_UNIQUE_KEY_BYTES));
+        assert!(Row::from_new(ok).is_ok());
+        let long = NewJob::new("q", &1).unique_key("k".repeat(MAX_UNIQUE_KEY_BYTES + 1));
+        let err = Row::from_new(long).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Config {
+                    option: "unique_key",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("1024 bytes"), "{err}");
+    }
+
+    #[test]
+    fn delays_and_run_times_are_clamped_far_from_overflow() {
+        for d in [
+            Duration::MAX,
+            Duration::from_millis(i64::MAX as u64),
+            Duration::from_millis(MAX_DELAY_MS as u64 + 1),
+        ] {
+            assert_eq!(
+                NewJob::new("q", &1).delay(d).delay_ms,
+                MAX_DELAY_MS,
+                "{d:?}"
+            );
+        }
+        let far = SystemTime::UNIX_EPOCH + Duration::from_millis(i64::MAX as u64);
+        assert_eq!(
+            NewJob::new("q", &1).run_at(far).run_at_ms,
+            Some(MAX_DELAY_MS)
+        );
+        let before = SystemTime::UNIX_EPOCH - Duration::from_millis(i64::MAX as u64);
+        assert_eq!(
+            NewJob::new("q", &1).run_at(before).run_at_ms,
+            Some(-MAX_DELAY_MS)
+        );
     }
 
     #[test]

@@ -39,6 +39,38 @@ async fn bad_worker_options_are_rejected_naming_them() {
                 .handler(handler)
                 .poll_interval(Duration::ZERO),
         ),
+        // Too long: the worker would add them to the clock and panic; each is named in its
+        // own error, not as another option it is compared with.
+        (
+            "poll_interval",
+            b.jobs
+                .worker("q")
+                .handler(handler)
+                .poll_interval(Duration::MAX),
+        ),
+        (
+            "poll_interval",
+            b.jobs
+                .worker("q")
+                .handler(handler)
+                .poll_interval(Duration::from_secs(24 * 3600 + 1)),
+        ),
+        (
+            "heartbeat",
+            b.jobs.worker("q").handler(handler).heartbeat(Duration::MAX),
+        ),
+        (
+            "heartbeat",
+            b.jobs
+                .worker("q")
+                .handler(handler)
+                .heartbeat(Duration::MAX)
+                .lease(Duration::MAX),
+        ),
+        (
+            "lease",
+            b.jobs.worker("q").handler(handler).lease(Duration::MAX),
+        ),
         (
             "prefetch",
             b.jobs.worker("q").handler(handler).prefetch(1_000_000),
@@ -58,6 +90,17 @@ async fn bad_worker_options_are_rejected_naming_them() {
             other => panic!("{option}: expected a config error, got {other:?}"),
         }
     }
+    // The bounds themselves are accepted, and so is any backoff (its delays are capped).
+    use gracefully_jobs::Backoff;
+    b.jobs
+        .worker("q")
+        .handler(handler)
+        .poll_interval(Duration::from_secs(24 * 3600))
+        .heartbeat(Duration::from_secs(24 * 3600))
+        .lease(Duration::from_secs(365 * 24 * 3600))
+        .backoff(Backoff::exponential(Duration::MAX, Duration::MAX))
+        .build()
+        .unwrap();
 }
 
 /// Each job is an operation (`OperationKind::Job`) named by its queue, under its worker's

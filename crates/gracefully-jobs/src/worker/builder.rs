@@ -18,7 +18,7 @@ use crate::job::{Job, Lease};
 use crate::jobs::Jobs;
 use crate::new_job::validate_queue;
 use crate::state::JobId;
-use crate::store::Fetched;
+use crate::store::{Fetched, Store};
 
 /// Handlers at once, unless [`WorkerBuilder::concurrency`] says otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -28,6 +28,14 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How often an idle worker looks for due jobs without being woken (default).
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The upper bounds of the duration options. The worker adds them to the clock
+/// (`Instant::now() + poll_interval`, which panics on overflow) and writes the lease in
+/// `i64` milliseconds; beyond these the worker would not do its job anyway (a day
+/// between polls or heartbeats, a year before a dead worker's jobs are reclaimed).
+const MAX_LEASE: Duration = Duration::from_secs(365 * 24 * 3600);
+const MAX_HEARTBEAT: Duration = Duration::from_secs(24 * 3600);
+const MAX_POLL_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 /// A handler's future, boxed.
 pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
@@ -165,13 +173,14 @@ impl WorkerBuilder {
     /// (SIGKILL, power loss) has its jobs reclaimed by another worker this long after its
     /// last renewal — back in the queue, no attempt used. Must be longer than the
     /// [`heartbeat`](Self::heartbeat); three heartbeats or more lets a renewal fail twice.
+    /// At most a year.
     pub fn lease(mut self, lease: Duration) -> WorkerBuilder {
         self.lease = lease;
         self
     }
 
     /// How often the worker renews its leases, reads cancel requests for its jobs and
-    /// reclaims expired leases of its queue (default 5 s). At least 10 ms.
+    /// reclaims expired leases of its queue (default 5 s). From 10 ms to a day.
     pub fn heartbeat(mut self, heartbeat: Duration) -> WorkerBuilder {
         self.heartbeat = heartbeat;
         self
@@ -180,13 +189,14 @@ impl WorkerBuilder {
     /// How often an idle worker looks for due jobs without being woken (default 500 ms).
     /// Enqueues through the same [`Jobs`] wake it at once, and on PostgreSQL `NOTIFY`
     /// wakes every worker; this is the fallback, and on SQLite it is also how often cancel
-    /// requests from other processes are read. At least 1 ms.
+    /// requests from other processes are read. From 1 ms to a day.
     pub fn poll_interval(mut self, interval: Duration) -> WorkerBuilder {
         self.poll_interval = interval;
         self
     }
 
-    /// The wait before retrying a failed job (default: [`Backoff::default`]).
+    /// The wait before retrying a failed job (default: [`Backoff::default`]). Any backoff
+    /// is accepted: its delays are capped at [`Backoff::MAX_DELAY`].
     pub fn backoff(mut self, backoff: Backoff) -> WorkerBuilder {
         self.backoff = backoff;
         self
@@ -226,10 +236,19 @@ impl WorkerBuilder {
                 format!("must be at most 10000, got {prefetch}"),
             ));
         }
-        if self.heartbeat < Duration::from_millis(10) {
+        // Each option's own range first, so that an error names the option that is out of
+        // range and not the one it is compared with (`heartbeat(Duration::MAX)` is a bad
+        // heartbeat, not a lease too short for it).
+        if self.heartbeat < Duration::from_millis(10) || self.heartbeat > MAX_HEARTBEAT {
             return Err(Error::config(
                 "heartbeat",
-                format!("must be at least 10 ms, got {:?}", self.heartbeat),
+                format!("must be from 10 ms to a day, got {:?}", self.heartbeat),
+            ));
+        }
+        if self.lease > MAX_LEASE {
+            return Err(Error::config(
+                "lease",
+                format!("must be at most a year, got {:?}", self.lease),
             ));
         }
         if self.lease <= self.heartbeat {
@@ -242,17 +261,30 @@ impl WorkerBuilder {
                 ),
             ));
         }
-        if self.lease > Duration::from_secs(365 * 24 * 3600) {
-            return Err(Error::config(
-                "lease",
-                format!("must be at most a year, got {:?}", self.lease),
-            ));
-        }
-        if self.poll_interval < Duration::from_millis(1) {
+        if self.poll_interval < Duration::from_millis(1) || self.poll_interval > MAX_POLL_INTERVAL {
             return Err(Error::config(
                 "poll_interval",
-                format!("must be at least 1 ms, got {:?}", self.poll_interval),
+                format!("must be from 1 ms to a day, got {:?}", self.poll_interval),
             ));
+        }
+        // The listener holds one of the pool's connections for as long as the worker runs
+        // (`LISTEN`); with no other, nothing could be fetched and no ending written — the
+        // worker would wait on the pool for ever, silently, and its drain never end. (SQLite
+        // has no listener: a worker works on a pool of one connection.)
+        if let Store::Postgres(store) = self.jobs.store() {
+            let max = store.pool.options().get_max_connections();
+            if max < 2 {
+                return Err(Error::config(
+                    "max_connections",
+                    format!(
+                        "the PostgreSQL pool of the worker for queue `{}` has max_connections = \
+                         {max}; a worker holds one connection for LISTEN and needs at least one \
+                         more to fetch and record jobs: make the pool at least 2 (one more per \
+                         further worker on it)",
+                        self.queue
+                    ),
+                ));
+            }
         }
         let settings = Settings {
             queue: Arc::from(self.queue.as_str()),

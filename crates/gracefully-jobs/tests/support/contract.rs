@@ -46,6 +46,8 @@ macro_rules! contract_tests {
             a_queue_whose_name_is_not_plain_runs_its_own_jobs_in_many_batches,
             a_failure_is_written_while_fetches_follow_each_other,
             jobs_fetched_ahead_that_wait_a_whole_heartbeat_go_back_to_the_queue,
+            a_job_delayed_past_any_clock_is_stored_listed_and_fetched,
+            a_failure_with_an_absurd_backoff_retries_at_the_bound,
         );
     };
     (@each $make:path, $attrs:tt, $($name:ident),* $(,)?) => {
@@ -1234,3 +1236,79 @@ impl DbHandle {
 }
 
 static FAILED_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Delays and run times near `i64::MAX` ms are clamped (to `i64::MAX / 4` ms), so
+/// `now + delay` stays an integer: SQLite used to store a REAL that broke `get` and `list`
+/// for the whole table, PostgreSQL to refuse the enqueue (`bigint out of range`).
+pub async fn a_job_delayed_past_any_clock_is_stored_listed_and_fetched(b: Backend) {
+    let far = [
+        work(1).delay(Duration::from_millis(i64::MAX as u64)),
+        work(2).delay(Duration::MAX),
+        work(3).run_at(std::time::UNIX_EPOCH + Duration::from_millis(i64::MAX as u64)),
+        work(4).run_at(std::time::UNIX_EPOCH - Duration::from_millis(i64::MAX as u64)),
+    ];
+    let mut ids = Vec::new();
+    for job in far {
+        ids.push(b.jobs.enqueue(job).await.unwrap().id);
+    }
+    assert_eq!(
+        b.jobs
+            .enqueue_batch([work(5).delay(Duration::from_millis(i64::MAX as u64))])
+            .await
+            .unwrap(),
+        1
+    );
+    // At most the clock plus `i64::MAX / 4` ms: far from overflowing.
+    let bound = std::time::UNIX_EPOCH + Duration::from_millis(i64::MAX as u64 / 2);
+    for id in &ids[..3] {
+        let info = b.jobs.get(*id).await.unwrap().unwrap();
+        assert_eq!(info.state, JobState::Queued);
+        assert!(info.run_at <= bound, "{:?}", info.run_at);
+        assert!(info.run_at > std::time::SystemTime::now() + Duration::from_secs(1 << 40));
+    }
+    let listed = b.jobs.list(Some("work"), None, 10).await.unwrap();
+    assert_eq!(listed.len(), 5);
+    assert_eq!(
+        b.count("SELECT count(*) FROM {jobs} WHERE run_at > 0")
+            .await,
+        4
+    );
+    // The job due in the far past runs; the others wait.
+    let worker = b
+        .jobs
+        .worker("work")
+        .handler(|_job: Job<Work>, _token| async { Ok::<_, Error>(()) })
+        .build()
+        .unwrap();
+    let (host, lifetime) = hosted(worker, SECS_10);
+    let report = run(host);
+    wait_state(&b, ids[3], JobState::Succeeded).await;
+    lifetime.stop(Reason::shutdown());
+    let report = report.await.unwrap();
+    assert_eq!(counter(&report, "succeeded"), 1, "{report}");
+    assert_eq!(b.jobs.counts(Some("work")).await.unwrap().queued, 4);
+}
+
+/// A backoff of `Duration::MAX` used to panic in `Backoff::delay`; it is capped, and the
+/// job waits, retrying, until the bound.
+pub async fn a_failure_with_an_absurd_backoff_retries_at_the_bound(b: Backend) {
+    let worker = b
+        .jobs
+        .worker("work")
+        .backoff(Backoff::exponential(Duration::MAX, Duration::MAX).jitter(0.0))
+        .handler(|_job: Job<Work>, _token| async { Err::<(), _>(std::io::Error::other("once")) })
+        .build()
+        .unwrap();
+    let (host, lifetime) = hosted(worker, SECS_10);
+    let report = run(host);
+    let id = b.jobs.enqueue(work(1)).await.unwrap().id;
+    wait_state(&b, id, JobState::Retrying).await;
+    lifetime.stop(Reason::shutdown());
+    let report = report.await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    let info = b.jobs.get(id).await.unwrap().unwrap();
+    assert_eq!(info.attempts, 1);
+    assert!(info.run_at > std::time::SystemTime::now() + Duration::from_secs(1 << 40));
+    assert!(info.run_at <= std::time::UNIX_EPOCH + Duration::from_millis(i64::MAX as u64 / 2));
+    assert_eq!(b.jobs.list(Some("work"), None, 10).await.unwrap().len(), 1);
+}
