@@ -248,7 +248,10 @@ impl Lifetime {
     /// happens and still makes the exit code 1. Spawned after the
     /// host stopped, the task still runs, untracked, with a warning.
     ///
-    /// Must be called from within a tokio runtime.
+    /// Must be called from within a tokio runtime. Once the host runs, the task runs on the
+    /// host's runtime, wherever it is spawned from: code with a runtime of its own (a
+    /// library's `block_on`) may drop that runtime as soon as it has its answer, and the task
+    /// still finishes and records its end. Before the host runs, it runs on the caller's.
     ///
     /// *Anchors:* tokio-util's `TaskTracker` (which has no names, outcomes or report);
     /// tokio-graceful-shutdown's nested subsystems; .NET has none (fire-and-forget tasks are
