@@ -390,3 +390,34 @@ async fn a_cancellation_at_any_await_of_a_retrying_send_starts_no_further_attemp
     // Two awaits in each failing attempt and one per backoff.
     assert!(report.points() >= 6, "{} points", report.points());
 }
+
+/// With no backoff at all, the retries still give the thread back between attempts: on a
+/// current-thread runtime another task runs meanwhile — here, the one that cancels the
+/// call. (Every attempt used to run within one poll: 200,000 retries held the thread, and
+/// nothing on it could stop them.)
+#[tokio::test(flavor = "current_thread")]
+async fn retries_without_backoff_yield_so_other_tasks_run_and_can_cancel_them() {
+    let attempts = Attempts::default();
+    let m = mediator(
+        RetryLayer::new(100_000).backoff(Duration::ZERO, Duration::ZERO),
+        &attempts,
+    );
+    let source = Arc::new(CancellationSource::new());
+    let canceller = {
+        let source = Arc::clone(&source);
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            source.cancel();
+        })
+    };
+    let answer = m.send(lookup(&[Step::Fail]), &source.token()).await;
+    canceller.await.unwrap();
+    assert!(answer.is_err(), "{answer:?}");
+    assert!(
+        attempts.count() < 1_000,
+        "the canceller ran after {} attempts",
+        attempts.count()
+    );
+}

@@ -266,6 +266,12 @@ where
                     // fires; on the token's own clock; no async runtime needed.
                     let wait = token.child_with_timeout(delay).token().cancelled_owned();
                     this.state.set(State::Backoff { wait });
+                    // Give the thread back once per retry, even with no backoff: a wait that
+                    // is over at once would otherwise run every attempt within this one poll,
+                    // and with many retries hold the thread (on a current-thread runtime,
+                    // everything else on it, including whatever would cancel this).
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
                 StateProj::Backoff { wait } => {
                     ready!(wait.poll(cx));
