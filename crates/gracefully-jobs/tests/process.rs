@@ -146,6 +146,34 @@ impl Scenario {
         }
     }
 
+    /// On PostgreSQL, waits until no session of `application_name` is left (a killed
+    /// worker's backends end once their last statement has run and they find the client
+    /// gone). SQLite runs in the worker's process: nothing of it outlives the process.
+    async fn wait_sessions_gone(&self, application_name: &str, within: Duration) {
+        let Db::Postgres(pool, _) = &self.db else {
+            return;
+        };
+        let deadline = Instant::now() + within;
+        loop {
+            let left: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND datname = current_database()",
+            )
+            .bind(application_name)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            if left == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{left} sessions of the killed worker still there after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     async fn succeeded(&self) -> i64 {
         self.jobs.counts(Some("work")).await.unwrap().succeeded as i64
     }
@@ -349,13 +377,18 @@ const SIGKILL_ARGS: &[&str] = &[
 
 async fn sigkill_mid_run(s: Scenario) {
     s.enqueue(JOBS).await;
-    let first = s.worker(SIGKILL_ARGS).await;
+    let app = format!("jobs_kill_{:08x}", unique() as u32);
+    let mut args = SIGKILL_ARGS.to_vec();
+    args.extend(["--app-name", app.as_str()]);
+    let first = s.worker(&args).await;
     s.wait_succeeded(JOBS / 2, Duration::from_secs(60)).await;
     first.signal(libc::SIGKILL);
     let (code, _) = first.exit(Duration::from_secs(10)).await;
     assert_eq!(code, None, "killed by a signal");
-    // A COMMIT sent just before the kill may still land: let the server finish it.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A statement sent just before the kill still runs to its end on the server (a fetch
+    // that claims more jobs, a COMMIT): count what the dead worker held only once its
+    // sessions are gone. (A fixed 300 ms was not always enough on a loaded machine.)
+    s.wait_sessions_gone(&app, Duration::from_secs(30)).await;
     let held = s.jobs.counts(None).await.unwrap().running as i64;
     assert!(held > 0, "the dead worker held jobs");
     let killed_at = Instant::now();

@@ -70,6 +70,42 @@ fn a_deadline_already_past_cancels_before_the_constructor_returns() {
     assert_eq!(reason.origin().line(), line);
 }
 
+/// A deadline that is already due still reports itself — `deadline()` is `Some`, the time
+/// left zero — as a token whose timer fired does. (It used to read "no deadline", which a
+/// caller turning the time left into a database or downstream timeout takes as unbounded.)
+#[test]
+fn a_deadline_due_at_birth_is_still_reported_with_no_time_left() {
+    let past = Instant::now() - Duration::from_millis(1);
+    let parent = CancellationSource::new();
+    let s = CancellationSource::new();
+    s.cancel_after(Duration::ZERO);
+    let tokens = [
+        CancellationSource::with_timeout(Duration::ZERO).token(),
+        CancellationSource::with_deadline(past).token(),
+        parent.token().child_with_timeout(Duration::ZERO).token(),
+        s.token(),
+    ];
+    for (i, token) in tokens.iter().enumerate() {
+        assert_eq!(
+            token.reason().map(|r| r.kind()),
+            Some(ReasonKind::DeadlineExceeded),
+            "token {i}"
+        );
+        assert!(token.deadline().is_some(), "token {i} reports its deadline");
+        assert_eq!(token.time_left(), Some(Duration::ZERO), "token {i}");
+    }
+    assert!(!parent.is_cancelled(), "the parent is untouched");
+    // A due deadline on a token that had a later one: cancelled at once, the later timer
+    // no longer needed.
+    let later = CancellationSource::with_timeout(Duration::from_secs(3600));
+    later.cancel_after(Duration::ZERO);
+    assert_eq!(
+        later.token().reason().map(|r| r.kind()),
+        Some(ReasonKind::DeadlineExceeded)
+    );
+    assert_eq!(later.token().time_left(), Some(Duration::ZERO));
+}
+
 #[test]
 fn an_overflowing_timeout_means_no_deadline() {
     let source = CancellationSource::with_timeout(Duration::MAX);

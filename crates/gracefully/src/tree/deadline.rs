@@ -113,12 +113,6 @@ pub(crate) fn new_child_with_timeout(
     let Some(at) = now.checked_add(timeout) else {
         return Node::new_child(parent);
     };
-    if at <= now {
-        let child = Node::new_child(parent);
-        // SAFETY: we hold the child's only reference.
-        unsafe { child.as_ref() }.cancel(Reason::at(ReasonKind::DeadlineExceeded, origin));
-        return child;
-    }
     let extra = Extra::into_raw(Extra {
         deadline: Some((at, origin)),
         ..Extra::default()
@@ -129,6 +123,15 @@ pub(crate) fn new_child_with_timeout(
     if guard.is_cancelled() {
         // SAFETY: the child's own `Extra`, guarded by the lock we hold.
         unsafe { (*extra).deadline = None };
+    } else if at <= now {
+        // Born past its deadline: cancelled at once, and it still reports that deadline
+        // (`deadline()`; `time_left()` zero), as a node whose timer fired does — not "no
+        // deadline", which code that turns the time left into a database timeout would
+        // read as unbounded.
+        drop(guard);
+        // SAFETY: we hold the child's only reference.
+        unsafe { child.as_ref() }.cancel(Reason::at(ReasonKind::DeadlineExceeded, origin));
+        return child;
     } else if earliest.is_none_or(|e| e > at) {
         // Not covered by an earlier deadline above (see `arm`). Node lock, then the
         // queue's lock (invariant 2); the queue holds the node weakly.
@@ -170,10 +173,9 @@ fn arm(
 ) {
     // SAFETY: the caller's handle keeps the node alive.
     let n = unsafe { node.as_ref() };
-    if at <= now {
-        n.cancel(Reason::at(ReasonKind::DeadlineExceeded, origin));
-        return;
-    }
+    // Already due: the deadline is recorded all the same (so the node reports it, as one
+    // whose timer fired does), no timer is armed, and the node is cancelled below.
+    let due = at <= now;
     // If an ancestor's deadline is no later, that ancestor cancels us first, and deadlines
     // only ever move earlier: then we record the deadline but arm no timer. (If it is our
     // own earlier deadline, we return below without changing anything.) Read before
@@ -199,10 +201,25 @@ fn arm(
     }
     // SAFETY: guarded by the lock we hold.
     let extra = unsafe { &mut *extra_ptr };
-    if extra.deadline.is_some_and(|(d, _)| d <= at) {
+    if let Some((earlier, earlier_origin)) = extra.deadline.filter(|(d, _)| *d <= at) {
+        // An earlier deadline of its own stays. If this one is due, that one is too: the
+        // node is cancelled now, in its name, rather than when its timer gets to it.
+        drop(guard);
+        if earlier <= now {
+            n.cancel(Reason::at(ReasonKind::DeadlineExceeded, earlier_origin));
+        }
         return;
     }
     extra.deadline = Some((at, origin));
+    if due {
+        // A timer set for a later deadline is no longer needed.
+        if let Some((old_clock, old_key)) = extra.timer.take() {
+            old_clock.disarm(&old_key);
+        }
+        drop(guard);
+        n.cancel(Reason::at(ReasonKind::DeadlineExceeded, origin));
+        return;
+    }
     if !covered {
         // Node lock, then the queue's lock (invariant 2). The queue holds the node weakly.
         let key = clock.arm(at, node.as_ptr(), origin);
