@@ -61,6 +61,20 @@ impl BudgetFormat {
     /// The budget `value` spells, or `None` if it is malformed. Whatever the value says,
     /// the budget returned is at most one day (what the server's timeouts accept too).
     pub fn parse(self, value: &[u8]) -> Option<Duration> {
+        Some(self.parse_exact(value)?.min(MAX_DURATION))
+    }
+
+    /// [`parse`](Self::parse) without the one-day cap: the budget exactly as `value` spells
+    /// it (saturating), to compare it with another — a caller's `48H` is more than 30 hours
+    /// left, though both read as a day once capped.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use gracefully_axum::BudgetFormat;
+    /// assert_eq!(BudgetFormat::GrpcTimeout.parse_exact(b"48H"), Some(Duration::from_secs(48 * 3600)));
+    /// assert_eq!(BudgetFormat::GrpcTimeout.parse(b"48H"), Some(Duration::from_secs(24 * 3600)));
+    /// ```
+    pub fn parse_exact(self, value: &[u8]) -> Option<Duration> {
         let budget = match self {
             BudgetFormat::Milliseconds => Duration::from_millis(digits(value)?),
             BudgetFormat::GrpcTimeout => {
@@ -80,7 +94,7 @@ impl BudgetFormat {
                 }
             }
         };
-        Some(budget.min(MAX_DURATION))
+        Some(budget)
     }
 
     /// `budget` in this format, rounded down (a callee is never told it has more time than

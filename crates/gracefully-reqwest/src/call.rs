@@ -147,7 +147,8 @@ impl<E: std::error::Error + Send + Sync + 'static> Retryable<E> {
     fn out_of_time(self, wait: Duration, left: Duration) -> Cancelled {
         let last = match &self {
             Retryable::Response(response, _) => format!("status {}", response.status()),
-            Retryable::Error(error) => format!("error: {error}"),
+            // The error itself is the reason's source, which its display prints next.
+            Retryable::Error(_) => "failed".to_owned(),
             Retryable::TimedOut(_) => "the attempt timed out".to_owned(),
         };
         let reason = Reason::deadline_exceeded().with_message(format!(

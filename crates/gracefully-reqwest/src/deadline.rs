@@ -188,15 +188,25 @@ impl DeadlinePropagation {
                     slot.insert(budget_value());
                 }
                 Entry::Occupied(mut set) => {
-                    let smaller_already_set = set
-                        .get()
-                        .to_str()
-                        .ok()
-                        .and_then(|value| value.parse::<u64>().ok())
-                        .is_some_and(|set| set <= budget_ms);
-                    if !smaller_already_set {
+                    // Every value counts: with two, a larger second one must not go on (a
+                    // callee may read the last, or all).
+                    let values = set.iter().count();
+                    let smallest = set
+                        .iter()
+                        .map(|value| value.to_str().ok()?.parse::<u64>().ok())
+                        .min()
+                        .flatten();
+                    match smallest {
+                        Some(smaller) if smaller <= budget_ms && values == 1 => {}
+                        Some(smaller) if smaller <= budget_ms => {
+                            let mut value = HeaderValue::from(smaller);
+                            value.set_sensitive(true);
+                            set.insert(value);
+                        }
                         // As `HeaderMap::insert`: the one value, replacing every other.
-                        set.insert(budget_value());
+                        _ => {
+                            set.insert(budget_value());
+                        }
                     }
                 }
             }
@@ -398,6 +408,40 @@ mod tests {
             .expect("budget left");
         let sent = header(&request, REQUEST_TIMEOUT_HEADER).unwrap();
         assert!(sent <= 60_000, "{sent}");
+    }
+
+    /// With two values set by the caller, one value goes on: the smaller of theirs and the
+    /// budget. (The first was compared alone, and a larger second one went on too.)
+    #[test]
+    fn of_several_header_values_of_the_caller_only_the_smallest_goes_on() {
+        let source = CancellationSource::with_timeout(Duration::from_secs(60));
+        for (values, expected_at_most) in [
+            (["100", "9999999"], 100),
+            (["9999999", "100"], 100),
+            (["9999999", "8888888"], 60_000),
+            (["100", "soon"], 60_000),
+        ] {
+            let mut request = request();
+            for value in values {
+                request
+                    .headers_mut()
+                    .append(REQUEST_TIMEOUT_HEADER, HeaderValue::from_static(value));
+            }
+            DeadlinePropagation::default()
+                .apply(&mut request, &source.token())
+                .expect("budget left");
+            let sent: Vec<_> = request
+                .headers()
+                .get_all(REQUEST_TIMEOUT_HEADER)
+                .iter()
+                .collect();
+            assert_eq!(sent.len(), 1, "{values:?}: {sent:?}");
+            let sent = header(&request, REQUEST_TIMEOUT_HEADER).unwrap();
+            assert!(sent <= expected_at_most, "{values:?}: {sent}");
+            if expected_at_most == 100 {
+                assert_eq!(sent, 100, "{values:?}");
+            }
+        }
     }
 
     #[test]

@@ -184,11 +184,22 @@ impl GracefulLayer {
                 slot.insert(BudgetFormat::GrpcTimeout.encode(left));
             }
             Entry::Occupied(mut set) => {
-                let smaller_set = BudgetFormat::GrpcTimeout
-                    .parse(set.get().as_bytes())
-                    .is_some_and(|set| set <= left);
-                if !smaller_set {
-                    set.insert(BudgetFormat::GrpcTimeout.encode(left));
+                // Compared exactly (not capped at a day: a caller's `48H` is not less than
+                // 30 hours left), and every value: a second, larger one must not go on.
+                let values = set.iter().count();
+                let smallest = set
+                    .iter()
+                    .map(|value| BudgetFormat::GrpcTimeout.parse_exact(value.as_bytes()))
+                    .min()
+                    .flatten();
+                match smallest {
+                    Some(smaller) if smaller <= left && values == 1 => {}
+                    Some(smaller) if smaller <= left => {
+                        set.insert(BudgetFormat::GrpcTimeout.encode(smaller));
+                    }
+                    _ => {
+                        set.insert(BudgetFormat::GrpcTimeout.encode(left));
+                    }
                 }
             }
         }

@@ -110,6 +110,23 @@ async fn a_larger_grpc_timeout_set_by_the_caller_is_replaced_by_the_time_left() 
     assert!(grpc_timeout <= Duration::from_secs(2), "{grpc_timeout:?}");
 }
 
+/// Over a day left: a caller's `48H` is more than that and is replaced, though both read as
+/// a day once capped (the comparison was made on capped values, so `48H` went on).
+#[tokio::test]
+async fn a_grpc_timeout_of_the_caller_beyond_a_day_and_the_time_left_is_replaced() {
+    let (grpc_timeout, _, _) = sent(Duration::from_secs(30 * 3600), |request| {
+        request
+            .metadata_mut()
+            .insert("grpc-timeout", "48H".parse().unwrap());
+    })
+    .await;
+    let exact = gracefully_axum::BudgetFormat::GrpcTimeout
+        .parse_exact(grpc_timeout.as_bytes())
+        .unwrap();
+    assert!(exact <= Duration::from_secs(30 * 3600), "{grpc_timeout}");
+    assert!(exact > Duration::from_secs(29 * 3600), "{grpc_timeout}");
+}
+
 #[tokio::test]
 async fn a_malformed_grpc_timeout_set_by_the_caller_is_replaced_by_the_time_left() {
     let (grpc_timeout, _, left) = sent(Duration::from_secs(2), |request| {
