@@ -236,34 +236,25 @@ impl Row {
 mod tests {
     use super::*;
 
+    /// `err` is a configuration error naming `option`.
+    #[track_caller]
+    fn assert_config_error(err: &Error, option: &str) {
+        assert!(
+            matches!(err, Error::Config { option: o, .. } if *o == option),
+            "expected an error naming {option}: {err}"
+        );
+    }
+
     #[test]
     fn zero_max_attempts_is_rejected_naming_the_option() {
         let err = Row::from_new(NewJob::new("q", &1).max_attempts(0)).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Config {
-                    option: "max_attempts",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_config_error(&err, "max_attempts");
     }
 
     #[test]
     fn an_empty_queue_name_is_rejected_naming_the_option() {
         let err = Row::from_new(NewJob::new("", &1)).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Config {
-                    option: "queue",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_config_error(&err, "queue");
     }
 
     #[test]
@@ -277,16 +268,7 @@ mod tests {
         assert!(Row::from_new(NewJob::new("q", &"\\u0000")).is_ok());
         assert!(Row::from_new(NewJob::new("q", &"\\\\")).is_ok());
         let err = Row::from_new(NewJob::new("q", &1).unique_key("a\0")).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Config {
-                    option: "unique_key",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_config_error(&err, "unique_key");
     }
 
     #[test]
@@ -302,16 +284,7 @@ mod tests {
         // 43 three-byte characters: 129 bytes, 43 characters.
         let queue = "€".repeat(43);
         let err = Row::from_new(NewJob::new(queue, &1)).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Config {
-                    option: "queue",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_config_error(&err, "queue");
         assert!(err.to_string().contains("128 bytes"), "{err}");
         assert!(Row::from_new(NewJob::new("€".repeat(42), &1)).is_ok());
     }
@@ -322,16 +295,7 @@ mod tests {
         assert!(Row::from_new(ok).is_ok());
         let long = NewJob::new("q", &1).unique_key("k".repeat(MAX_UNIQUE_KEY_BYTES + 1));
         let err = Row::from_new(long).unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Config {
-                    option: "unique_key",
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert_config_error(&err, "unique_key");
         assert!(err.to_string().contains("1024 bytes"), "{err}");
     }
 

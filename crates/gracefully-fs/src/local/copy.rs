@@ -62,28 +62,24 @@ pub(crate) async fn copy(
 /// Opens the source of a copy, refusing anything but a regular file (rule 1).
 fn open_source(source: &Path) -> Result<(File, Metadata), Error> {
     let read_error = |e| Error::io(Step::Read, source, e);
+    let regular = |meta: Metadata| {
+        if meta.is_file() {
+            Ok(meta)
+        } else {
+            Err(not_a_regular_file(
+                Step::Read,
+                source,
+                "source",
+                meta.file_type(),
+            ))
+        }
+    };
     // Before opening: the open of a FIFO is itself what blocks.
-    let meta = fs::metadata(source).map_err(read_error)?;
-    if !meta.is_file() {
-        return Err(not_a_regular_file(
-            Step::Read,
-            source,
-            "source",
-            meta.file_type(),
-        ));
-    }
+    regular(fs::metadata(source).map_err(read_error)?)?;
     let file = File::open(source).map_err(read_error)?;
     // And again on what was opened, in case the name was replaced in between (a FIFO
     // swapped in exactly then still blocks the open: that race is not closed).
-    let meta = file.metadata().map_err(read_error)?;
-    if !meta.is_file() {
-        return Err(not_a_regular_file(
-            Step::Read,
-            source,
-            "source",
-            meta.file_type(),
-        ));
-    }
+    let meta = regular(file.metadata().map_err(read_error)?)?;
     Ok((file, meta))
 }
 

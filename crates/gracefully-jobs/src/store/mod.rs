@@ -16,6 +16,12 @@
 //!    clocks agree on leases.
 //! 4. **Waiting states** are `queued`, `retrying` and `interrupted`: a fetch takes due rows
 //!    in these states, highest priority first, then oldest `run_at`, then lowest id.
+//! 5. **Rows are locked in id order** (PostgreSQL) by every statement that updates several
+//!    running rows (`succeed`, `interrupt`, `renew`; `reclaim` skips locked rows), so a
+//!    worker's heartbeat and its ending writes never deadlock: a deadlock costs the
+//!    server's `deadlock_timeout` (1 s by default) of waiting, and a renewal held back that
+//!    long let the worker's own leases expire under it. Leases are written from the clock
+//!    at the write (`clock_timestamp()`), not from the statement's start.
 
 pub(crate) mod postgres;
 pub(crate) mod sqlite;

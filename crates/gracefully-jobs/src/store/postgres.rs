@@ -14,8 +14,25 @@ use crate::error::Error;
 use crate::new_job::Row;
 use crate::state::{CancelOutcome, JobId, JobInfo, JobState, StateCounts};
 
-/// The database's clock in milliseconds (store #3).
+/// The database's clock in milliseconds (store #3), as of the statement's start.
 const NOW: &str = "(extract(epoch from now()) * 1000)::bigint";
+
+/// The database's clock in milliseconds when read (store #3). A lease is measured from
+/// when its row was written, not from when the statement began: a renewal that waited
+/// for row locks would otherwise hand out a lease already partly spent (store #5).
+const CLOCK: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// Locks, in id order, the running rows of this attempt list (`$ids`, `$runs`): every
+/// statement that updates several running rows takes its locks through this, so two of
+/// them can never wait on each other (store #5). `MATERIALIZED` keeps the lock order the
+/// sort's: an inlined CTE would lock in the join's order.
+fn lock_running(s: &str, name: &str, ids: &str, runs: &str) -> String {
+    format!(
+        "{name} AS MATERIALIZED (SELECT j.id FROM {s} AS j \
+           JOIN unnest({ids}::bigint[], {runs}::bigint[]) AS d(id, run) ON j.id = d.id AND j.run = d.run \
+           WHERE j.state = 'running' ORDER BY j.id FOR UPDATE OF j)"
+    )
+}
 
 /// The longest `NOTIFY` payload we send (PostgreSQL's limit is 8000 bytes).
 const MAX_NOTIFY: usize = 4000;
@@ -91,17 +108,23 @@ impl PgStore {
         let claim = format!(
             "picked AS (SELECT id FROM {s} WHERE queue = $1 AND state IN {waiting} AND run_at <= {NOW} \
                ORDER BY priority DESC, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE {s} AS j SET state = 'running', run = j.run + 1, lease_until = {NOW} + $3, worker = $4 \
+             UPDATE {s} AS j SET state = 'running', run = j.run + 1, lease_until = {CLOCK} + $3, worker = $4 \
              FROM picked WHERE j.id = picked.id \
              RETURNING j.id, j.payload::text, j.attempts, j.max_attempts, j.run, j.priority, j.run_at"
         );
+        // The rows to mark succeeded, locked in id order (`ok`), then the update: two CTE
+        // parts, so that `succeed_and_fetch` can put them in front of the claim.
         let succeed = |ids: &str, runs: &str| {
-            format!(
-                "UPDATE {s} AS j SET state = 'succeeded', lease_until = NULL, finished_at = {NOW} \
-                 FROM unnest({ids}::bigint[], {runs}::bigint[]) AS d(id, run) \
-                 WHERE j.id = d.id AND j.run = d.run AND j.state = 'running'"
+            (
+                lock_running(&s, "ok", ids, runs),
+                format!(
+                    "UPDATE {s} AS j SET state = 'succeeded', lease_until = NULL, finished_at = {NOW} \
+                     FROM ok WHERE j.id = ok.id AND j.state = 'running'"
+                ),
             )
         };
+        let (ok, mark_ok) = succeed("$1", "$2");
+        let (ok_then, mark_ok_then) = succeed("$5", "$6");
         let info_cols = INFO_COLUMNS.replace("{payload}", "payload::text");
         let sql = Sql {
             enqueue: sql(format!(
@@ -124,11 +147,11 @@ impl PgStore {
             fetch: sql(format!("WITH {claim}")),
             // One statement, so one round trip and one commit (run #5 in
             // `worker/run.rs`); the two updates touch disjoint rows (running / waiting).
-            succeed_and_fetch: sql(format!("WITH done AS ({}), {claim}", succeed("$5", "$6"))),
+            succeed_and_fetch: sql(format!("WITH {ok_then}, done AS ({mark_ok_then}), {claim}")),
             next_due: sql(format!(
                 "SELECT min(run_at) - {NOW} FROM {s} WHERE queue = $1 AND state IN {waiting}"
             )),
-            succeed: sql(succeed("$1", "$2")),
+            succeed: sql(format!("WITH {ok} {mark_ok}")),
             complete: sql(format!(
                 "UPDATE {s} SET state = 'succeeded', lease_until = NULL, finished_at = {NOW} \
                  WHERE id = $1 AND run = $2 AND state = 'running'"
@@ -149,27 +172,31 @@ impl PgStore {
                  WHERE id = $1 AND run = $2 AND state = 'running'"
             )),
             interrupt: sql(format!(
-                "UPDATE {s} AS j SET lease_until = NULL, run_at = {NOW}, \
+                "WITH {held} UPDATE {s} AS j SET lease_until = NULL, run_at = {NOW}, \
                    state = CASE WHEN j.cancel_message IS NOT NULL THEN 'cancelled' ELSE 'interrupted' END, \
                    finished_at = CASE WHEN j.cancel_message IS NOT NULL THEN {NOW} END \
-                 FROM unnest($1::bigint[], $2::bigint[]) AS d(id, run) \
-                 WHERE j.id = d.id AND j.run = d.run AND j.state = 'running' RETURNING j.id"
+                 FROM held WHERE j.id = held.id AND j.state = 'running' RETURNING j.id",
+                held = lock_running(&s, "held", "$1", "$2"),
             )),
             renew: sql(format!(
-                "UPDATE {s} AS j SET lease_until = {NOW} + $3 \
-                 FROM unnest($1::bigint[], $2::bigint[]) AS d(id, run) \
-                 WHERE j.id = d.id AND j.run = d.run AND j.state = 'running' \
-                 RETURNING j.id, j.cancel_message"
+                "WITH {held} UPDATE {s} AS j SET lease_until = {CLOCK} + $3 \
+                 FROM held WHERE j.id = held.id AND j.state = 'running' \
+                 RETURNING j.id, j.cancel_message",
+                held = lock_running(&s, "held", "$1", "$2"),
             )),
+            // Rows locked by anyone (their worker renewing or ending them this instant) are
+            // skipped: the next heartbeat sees them again if they are still expired.
             reclaim: sql(format!(
-                "UPDATE {s} SET lease_losses = lease_losses + 1, lease_until = NULL, run_at = {NOW}, \
+                "WITH expired AS MATERIALIZED (SELECT id FROM {s} WHERE queue = $1 AND state = 'running' \
+                   AND lease_until < {NOW} ORDER BY id FOR UPDATE SKIP LOCKED) \
+                 UPDATE {s} AS j SET lease_losses = lease_losses + 1, lease_until = NULL, run_at = {NOW}, \
                    state = CASE WHEN cancel_message IS NOT NULL THEN 'cancelled' \
                                 WHEN lease_losses + 1 >= {MAX_LEASE_LOSSES} THEN 'dead' ELSE 'interrupted' END, \
                    last_error = CASE WHEN cancel_message IS NOT NULL THEN last_error \
                      ELSE 'lease expired: worker ' || coalesce(worker, '?') || ' stopped renewing it (lost lease ' \
                           || (lease_losses + 1) || ' of {MAX_LEASE_LOSSES})' END, \
                    finished_at = CASE WHEN cancel_message IS NOT NULL OR lease_losses + 1 >= {MAX_LEASE_LOSSES} THEN {NOW} END \
-                 WHERE queue = $1 AND state = 'running' AND lease_until < {NOW}"
+                 FROM expired WHERE j.id = expired.id AND j.state = 'running' AND j.lease_until < {NOW}"
             )),
             cancel_requests: sql(format!(
                 "SELECT j.id, j.cancel_message FROM {s} AS j \
@@ -645,6 +672,56 @@ mod tests {
             );
         }
         validate_schema("gracefully_jobs").unwrap();
+    }
+
+    /// Two heartbeats renewing the same leases in opposite orders, then a renewal beside
+    /// a return of the same jobs in the opposite order: with locks taken in the order of
+    /// the list, these wait on each other and the server aborts one with "deadlock
+    /// detected" after its `deadlock_timeout` (store #5).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs PostgreSQL: set DATABASE_URL"]
+    async fn writes_to_many_running_rows_never_deadlock_whatever_their_order() {
+        let url = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .unwrap();
+        let schema = format!("jobs_lock_order_{}", std::process::id());
+        sqlx::query(sql(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")))
+            .execute(&pool)
+            .await
+            .unwrap();
+        let store = std::sync::Arc::new(PgStore::new(pool.clone(), &schema).unwrap());
+        store.migrate().await.unwrap();
+        const N: usize = 400;
+        let rows = (0..N)
+            .map(|i| Row::from_new(crate::NewJob::new("q", &i)).unwrap())
+            .collect();
+        assert_eq!(store.enqueue_many(rows).await.unwrap(), N as u64);
+        let held: Vec<(i64, i64)> = store
+            .fetch("q", N, 60_000, "w")
+            .await
+            .unwrap()
+            .iter()
+            .map(|f| (f.id, f.run))
+            .collect();
+        assert_eq!(held.len(), N);
+        let mut reversed = held.clone();
+        reversed.reverse();
+        for _ in 0..10 {
+            let (a, b) = tokio::join!(store.renew(&held, 60_000), store.renew(&reversed, 60_000));
+            assert_eq!(a.expect("renew ascending").len(), N);
+            assert_eq!(b.expect("renew descending").len(), N);
+        }
+        let (renewed, returned) =
+            tokio::join!(store.renew(&held, 60_000), store.interrupt("q", &reversed));
+        renewed.expect("renew beside a return");
+        assert_eq!(returned.expect("return beside a renewal").len(), N);
+        sqlx::query(sql(format!("DROP SCHEMA \"{schema}\" CASCADE")))
+            .execute(&pool)
+            .await
+            .unwrap();
     }
 
     #[test]
