@@ -22,9 +22,12 @@ pub(crate) const CANCELLED: &str = "cancelled";
 pub(crate) const LEASE_LOST: &str = "lease lost";
 /// Jobs of other (dead) workers whose lease expired, put back by this one.
 pub(crate) const RECLAIMED: &str = "reclaimed";
+/// Held when the worker gave up on an unanswering database after the hard stop (run #8):
+/// their endings unwritten, they go back to the queue when their leases expire.
+pub(crate) const LEFT_TO_LEASE: &str = "left to their lease";
 
 /// Every key, in the order the row shows them.
-pub(crate) const ALL: [&str; 10] = [
+pub(crate) const ALL: [&str; 11] = [
     SUCCEEDED,
     FINISHED_DURING_DRAIN,
     INTERRUPTED,
@@ -35,6 +38,7 @@ pub(crate) const ALL: [&str; 10] = [
     CANCELLED,
     LEASE_LOST,
     RECLAIMED,
+    LEFT_TO_LEASE,
 ];
 
 /// Shows every counter (at 0) so that every worker's row reads the same.

@@ -31,7 +31,7 @@ use crate::jobs::Jobs;
 /// | phase | what the worker does |
 /// |---|---|
 /// | drain (`stopping` fires) | takes no new job; jobs fetched ahead ([`prefetch`](WorkerBuilder::prefetch)) go back to the queue at once, unstarted (*returned unstarted*); running jobs may finish (*finished during drain*) |
-/// | cancel (hard stop fires) | the jobs' tokens fire ([`Shutdown`](gracefully::ReasonKind::Shutdown)); a job whose handler then returns is put back in the queue at once, as *interrupted*, **without using up an attempt** (*interrupted and returned*) |
+/// | cancel (hard stop fires) | the jobs' tokens fire ([`Shutdown`](gracefully::ReasonKind::Shutdown)); a job whose handler then returns is put back in the queue at once, as *interrupted*, **without using up an attempt** (*interrupted and returned*); a database that does not answer within a second of the hard stop is not waited for (*left to their lease*: the jobs come back when their leases expire) |
 /// | abort | handlers still running are dropped (*aborted*) and their jobs put back the same way if the database answers within 150 ms; otherwise their leases expire and they are reclaimed |
 ///
 /// ```no_run

@@ -36,6 +36,12 @@
 //!    each heartbeat the ones that waited that long go back to the queue, unstarted, and
 //!    the fetch-ahead drops to its floor (short jobs grow it, then long ones arrive: the
 //!    batch is not hoarded from other workers).
+//! 8. After the host's hard stop, the loop waits for its database at most
+//!    [`DB_WAIT_AFTER_HARD_STOP`] once its handlers have ended: a database that went away
+//!    (a fetch waiting for a connection that never comes, an ending that cannot be
+//!    written) must not hold the worker — and every service it depends on, which stops
+//!    only after it — until the abort. What is then still held goes back to the queue
+//!    when its lease expires (counted as *left to their lease*).
 //! 7. The loop awaits nothing inline: every database call (fetch, endings, heartbeat,
 //!    cancel reads) is a future the loop polls beside the others. A call awaited inline
 //!    would stop the loop from polling the others, and one of them may hold the pool's
@@ -58,8 +64,8 @@ use tokio::task::AbortHandle;
 use tokio::time::{Instant, sleep_until};
 
 use super::counts::{
-    self, ABORTED, CANCELLED, DEAD, FINISHED_DURING_DRAIN, INTERRUPTED, LEASE_LOST, RECLAIMED,
-    RETRIED, RETURNED_UNSTARTED, SUCCEEDED,
+    self, ABORTED, CANCELLED, DEAD, FINISHED_DURING_DRAIN, INTERRUPTED, LEASE_LOST, LEFT_TO_LEASE,
+    RECLAIMED, RETRIED, RETURNED_UNSTARTED, SUCCEEDED,
 };
 use super::endings::{self, Done, Pending, Written};
 use super::listener::{self, Event};
@@ -74,6 +80,10 @@ use crate::store::{Fetched, Store};
 /// The first wait after a database error; it doubles up to [`MAX_DB_BACKOFF`].
 const FIRST_DB_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_DB_BACKOFF: Duration = Duration::from_secs(5);
+/// How long after the host's hard stop the loop still waits for its database (run #8):
+/// a healthy database answers a batch of endings in milliseconds; the rest of the cancel
+/// phase is left to the services this worker depends on, which drain only after it.
+pub(crate) const DB_WAIT_AFTER_HARD_STOP: Duration = Duration::from_secs(1);
 
 /// A job this worker holds (run #1).
 struct Held {
@@ -189,6 +199,11 @@ impl Run {
 
     pub(crate) async fn go(&mut self, stopping: CancellationToken) {
         counts::init(&self.cx);
+        let hard_stop = self.cx.hard_stop().clone();
+        // Run #8: armed by the hard stop; once due, the loop ends as soon as no handler
+        // runs, whatever database call is still in flight.
+        let mut give_up_at: Option<Instant> = None;
+        let mut give_up_due = false;
         let queue = Arc::clone(&self.settings.queue);
         let mut wake = self.jobs.inner.wake.subscribe();
         let (events_tx, mut events) = mpsc::unbounded_channel();
@@ -313,6 +328,10 @@ impl Run {
             {
                 break;
             }
+            if give_up_due && self.tasks.is_empty() {
+                self.give_up(&queue);
+                break;
+            }
             let backoff_until = self.backoff_until;
             tokio::select! {
                 biased;
@@ -320,6 +339,12 @@ impl Run {
                     self.draining = true;
                     self.return_buffered();
                     tracing::info!(queue = %queue, running = self.tasks.len(), "draining: no new jobs; running jobs may finish");
+                }
+                _ = hard_stop.cancelled(), if give_up_at.is_none() => {
+                    give_up_at = Some(Instant::now() + DB_WAIT_AFTER_HARD_STOP);
+                }
+                _ = sleep_until(give_up_at.unwrap_or_else(Instant::now)), if give_up_at.is_some() && !give_up_due => {
+                    give_up_due = true;
                 }
                 // The heartbeat (lease renewal) comes before every branch that can be ready
                 // again and again: with `biased`, a busy queue (endings, fetches, wake-ups
@@ -430,6 +455,26 @@ impl Run {
             got == asked,
             ended_meanwhile,
         );
+    }
+
+    /// Run #8: ends the run with database calls still in flight (dropped) and jobs still
+    /// held: their endings are not written, and they go back to the queue when their
+    /// leases expire, without an attempt used (store #2).
+    fn give_up(&mut self, queue: &str) {
+        // (Jobs fetched ahead are in `held` too.)
+        let left = self.held.len();
+        tracing::warn!(
+            queue,
+            jobs = left,
+            waited_ms = DB_WAIT_AFTER_HARD_STOP.as_millis() as u64,
+            "the database did not answer after the hard stop; stopping without writing how these jobs ended: they go back to the queue when their leases expire"
+        );
+        self.cx.count(LEFT_TO_LEASE, left as u64);
+        self.pending.clear();
+        self.writing.clear();
+        self.carried.clear();
+        self.buffer.clear();
+        self.held.clear();
     }
 
     fn db_failed(&mut self, what: &str, e: &Error) {
