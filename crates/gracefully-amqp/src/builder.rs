@@ -19,7 +19,7 @@ use crate::decode::{Decode, DecodeFn, Json, Raw};
 use crate::error::{ConfigError, redact};
 use crate::handler::Typed;
 use crate::message::Message;
-use crate::retry::{Backoff, DeadLetter};
+use crate::retry::{Backoff, DeadLetter, Target};
 
 /// Settings for a [`Consumer`]; start with [`Consumer::builder`], end with
 /// [`build`](Self::build). `D` is the decoder: [`Raw`] until you pick one with
@@ -125,8 +125,9 @@ impl<D> ConsumerBuilder<D> {
     }
 
     /// How many deliveries a message whose handler keeps failing gets before it is
-    /// dead-lettered (at least 1; default 5; 1 means no retries). Deliveries handed back at
-    /// shutdown, after a cancellation or a lost connection do not count.
+    /// dead-lettered (at least 1; default 5; 1 means no retries; any larger value up to
+    /// `u32::MAX` works, as the delays stop growing at the backoff's cap). Deliveries handed
+    /// back at shutdown, after a cancellation or a lost connection do not count.
     pub fn max_deliveries(mut self, n: u32) -> Self {
         self.max_deliveries = n;
         self
@@ -223,7 +224,8 @@ impl<D> ConsumerBuilder<D> {
     ///
     /// [`ConfigError`] naming the setting that cannot work: the URL does not parse,
     /// `concurrency` is 0, `prefetch` is below `concurrency`, `max_deliveries` is 0, a name
-    /// is empty or too long.
+    /// or routing key (the queue's, a binding's, the dead-letter target's) is too long for
+    /// AMQP or empty where that reaches nothing, the dead-letter target is the queue itself.
     pub fn build<F, Fut, E>(self, handler: F) -> Result<Consumer, ConfigError>
     where
         D: Decode,
@@ -235,9 +237,35 @@ impl<D> ConsumerBuilder<D> {
             reason: format!("{}: {reason}", redact(&self.url)),
         })?;
         // Room for the longest suffix we add: `.retry.<ms>ms` (at most 27 bytes) or `.dead`.
-        check_name("queue", &self.queue, 255 - 27)?;
-        for (exchange, _) in &self.bindings {
-            check_name("exchange", exchange, 255)?;
+        check_name(
+            "queue",
+            &self.queue,
+            false,
+            255 - 27,
+            "1 to 228 bytes (AMQP names are at most 255, and retry queues add \
+             `.retry.<ms>ms`, up to 27)",
+        )?;
+        // Every name and key below goes into an AMQP short string (at most 255 bytes);
+        // lapin panics on a longer one, at start or, for a dead-letter key, mid-run in the
+        // settle task (the message left unacked, the consumer stalling). Refused here.
+        for (exchange, routing_key) in &self.bindings {
+            check_name(
+                "bind exchange",
+                exchange,
+                false,
+                255,
+                "1 to 255 bytes (the default exchange `` cannot be bound to)",
+            )?;
+            check_name(
+                "bind routing key",
+                routing_key,
+                true,
+                255,
+                "at most 255 bytes (an AMQP short string)",
+            )?;
+        }
+        if let Some(dead_letter) = &self.dead_letter {
+            check_dead_letter(dead_letter, &self.queue)?;
         }
         let concurrency = check_range(
             "concurrency",
@@ -318,11 +346,71 @@ fn check_range(
     }
 }
 
-fn check_name(setting: &'static str, name: &str, max: usize) -> Result<(), ConfigError> {
-    if name.is_empty() || name.len() > max {
+fn check_name(
+    setting: &'static str,
+    name: &str,
+    empty_allowed: bool,
+    max: usize,
+    expected: &'static str,
+) -> Result<(), ConfigError> {
+    if (name.is_empty() && !empty_allowed) || name.len() > max {
         return Err(ConfigError::Name {
             setting,
             value: name.to_owned(),
+            expected,
+        });
+    }
+    Ok(())
+}
+
+/// A dead-letter target that can work: every name fits an AMQP short string, and the
+/// address reaches some queue other than the consumed one.
+///
+/// An empty queue name is refused: the start step's declare would make the broker invent
+/// a server-named queue (a new durable one leaked at every start), and publishing to `""`
+/// through the default exchange reaches no queue, so every dead letter would be handed
+/// back and loop for ever. The default exchange itself (`DeadLetter::exchange("", key)`)
+/// is legitimate — it routes to the queue named by the key — but then the key must not be
+/// empty, for the same reason. An empty key on a named exchange is fine (a fanout, or a
+/// binding with the empty key).
+fn check_dead_letter(dead_letter: &DeadLetter, queue: &str) -> Result<(), ConfigError> {
+    const SHORT: &str = "at most 255 bytes (an AMQP short string)";
+    let reaches = match &dead_letter.target {
+        Target::Queue(name) => {
+            check_name(
+                "dead_letter queue",
+                name,
+                false,
+                255,
+                "1 to 255 bytes (an empty name would have the broker invent a new queue at \
+                 every start, which no dead letter reaches)",
+            )?;
+            Some(name)
+        }
+        Target::Exchange {
+            exchange,
+            routing_key,
+        } => {
+            check_name("dead_letter exchange", exchange, true, 255, SHORT)?;
+            if exchange.is_empty() {
+                check_name(
+                    "dead_letter routing key",
+                    routing_key,
+                    false,
+                    255,
+                    "1 to 255 bytes with the default exchange ``, which routes by queue \
+                     name: an empty key reaches no queue",
+                )?;
+                Some(routing_key)
+            } else {
+                check_name("dead_letter routing key", routing_key, true, 255, SHORT)?;
+                None
+            }
+        }
+    };
+    if reaches.is_some_and(|target| target == queue) {
+        return Err(ConfigError::DeadLetterToItself {
+            queue: queue.to_owned(),
         });
     }
     Ok(())
@@ -399,6 +487,136 @@ mod tests {
         assert!(c.config().retry_delays().is_empty());
         let c = build(Consumer::builder(URL, "q").max_deliveries(1)).unwrap();
         assert!(c.config().retry_delays().is_empty());
+    }
+
+    #[test]
+    fn the_largest_max_deliveries_builds_and_needs_only_the_distinct_retry_delays() {
+        // Used to collect one delay per possible failure (u32::MAX − 1 of them, ~64 GB)
+        // at start, aborting the process.
+        let c = build(Consumer::builder(URL, "q").max_deliveries(u32::MAX)).unwrap();
+        assert_eq!(c.config().max_deliveries, u32::MAX);
+        assert_eq!(
+            c.config().retry_delays(),
+            [1, 2, 4, 8, 16, 32, 60].map(Duration::from_secs)
+        );
+        // A backoff that never reaches its cap doubles 31 times at most, then stays put.
+        let c = build(
+            Consumer::builder(URL, "q")
+                .max_deliveries(u32::MAX)
+                .retry_backoff(Backoff::exponential(
+                    Duration::from_millis(1),
+                    Duration::MAX,
+                )),
+        )
+        .unwrap();
+        let delays = c.config().retry_delays();
+        assert_eq!(delays.len(), 32);
+        assert_eq!(delays[31], Duration::from_millis(1 << 31));
+        assert_eq!(
+            c.config().retry_backoff.delay(u32::MAX - 1),
+            Duration::from_millis(1 << 31)
+        );
+        let c = build(
+            Consumer::builder(URL, "q")
+                .max_deliveries(u32::MAX)
+                .retry_backoff(Backoff::none()),
+        )
+        .unwrap();
+        assert!(c.config().retry_delays().is_empty());
+    }
+
+    fn name_error(b: ConsumerBuilder) -> (&'static str, String) {
+        match build(b) {
+            Err(e @ ConfigError::Name { setting, .. }) => (setting, e.to_string()),
+            Err(e) => panic!("not a name error: {e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn names_and_keys_longer_than_an_amqp_short_string_are_refused_naming_the_setting() {
+        // lapin panics on a short string over 255 bytes: at start, or for the dead-letter
+        // key in the settle task mid-run, leaving the message unacked.
+        let long = "k".repeat(256);
+        let max = "k".repeat(255);
+        let cases = [
+            (
+                Consumer::builder(URL, "q").bind("amq.direct", long.as_str()),
+                "bind routing key",
+            ),
+            (
+                Consumer::builder(URL, "q").bind(long.as_str(), "rk"),
+                "bind exchange",
+            ),
+            (
+                Consumer::builder(URL, "q").dead_letter(DeadLetter::queue(long.as_str())),
+                "dead_letter queue",
+            ),
+            (
+                Consumer::builder(URL, "q").dead_letter(DeadLetter::exchange(long.as_str(), "rk")),
+                "dead_letter exchange",
+            ),
+            (
+                Consumer::builder(URL, "q")
+                    .dead_letter(DeadLetter::exchange("amq.direct", long.as_str())),
+                "dead_letter routing key",
+            ),
+            (
+                Consumer::builder(URL, "q").dead_letter(DeadLetter::exchange("", long.as_str())),
+                "dead_letter routing key",
+            ),
+            (Consumer::builder(URL, "q".repeat(229)), "queue"),
+        ];
+        for (b, expected) in cases {
+            let (setting, text) = name_error(b);
+            assert_eq!(setting, expected, "{text}");
+            assert!(text.starts_with(expected), "{text}");
+            assert!(text.contains(" bytes; it must be "), "{text}");
+            assert!(text.contains("255") || text.contains("228"), "{text}");
+        }
+        // 255 bytes is the limit, not over it.
+        build(
+            Consumer::builder(URL, "q")
+                .bind(max.as_str(), max.as_str())
+                .dead_letter(DeadLetter::exchange(max.as_str(), max.as_str())),
+        )
+        .unwrap();
+        build(Consumer::builder(URL, "q").dead_letter(DeadLetter::queue(max.as_str()))).unwrap();
+        build(Consumer::builder(URL, "q".repeat(228))).unwrap();
+    }
+
+    #[test]
+    fn a_dead_letter_target_that_reaches_no_queue_is_refused() {
+        // An empty queue: the declare makes a server-named queue (leaked at every start)
+        // and publishing to `""` reaches nothing, so each dead letter loops for ever.
+        let (setting, text) =
+            name_error(Consumer::builder(URL, "q").dead_letter(DeadLetter::queue("")));
+        assert_eq!(setting, "dead_letter queue");
+        assert!(text.starts_with("dead_letter queue is empty"), "{text}");
+        // The default exchange routes by queue name: an empty key reaches nothing.
+        let (setting, text) =
+            name_error(Consumer::builder(URL, "q").dead_letter(DeadLetter::exchange("", "")));
+        assert_eq!(setting, "dead_letter routing key");
+        assert!(text.contains("default exchange"), "{text}");
+        // Legitimate: the default exchange with a queue's name; a named exchange with the
+        // empty key (a fanout).
+        build(Consumer::builder(URL, "q").dead_letter(DeadLetter::exchange("", "q.parking")))
+            .unwrap();
+        build(Consumer::builder(URL, "q").dead_letter(DeadLetter::exchange("amq.fanout", "")))
+            .unwrap();
+        // An empty binding key is fine; the default exchange cannot be bound to.
+        build(Consumer::builder(URL, "q").bind("amq.fanout", "")).unwrap();
+        let (setting, _) = name_error(Consumer::builder(URL, "q").bind("", "q"));
+        assert_eq!(setting, "bind exchange");
+    }
+
+    #[test]
+    fn dead_lettering_to_the_consumed_queue_itself_is_refused() {
+        for target in [DeadLetter::queue("q"), DeadLetter::exchange("", "q")] {
+            let e = build(Consumer::builder(URL, "q").dead_letter(target)).unwrap_err();
+            assert_eq!(e, ConfigError::DeadLetterToItself { queue: "q".into() });
+            assert!(e.to_string().contains("`q` itself"), "{e}");
+        }
     }
 
     #[test]

@@ -132,12 +132,21 @@ pub enum ConfigError {
         /// What it may be.
         expected: &'static str,
     },
-    /// A name is empty or too long for AMQP (255 bytes).
+    /// A name or routing key is empty where that cannot work, or too long for AMQP (a
+    /// short string: at most 255 bytes, less for the queue, whose retry queues add a suffix).
     Name {
-        /// Which name.
+        /// Which name (`queue`, `bind exchange`, `dead_letter routing key`, …).
         setting: &'static str,
         /// The name given.
         value: String,
+        /// What it may be, with the limit in bytes.
+        expected: &'static str,
+    },
+    /// The dead-letter target is the consumed queue itself: a dead letter would be
+    /// consumed again, fail or be undecodable again, and be dead-lettered again, for ever.
+    DeadLetterToItself {
+        /// The consumed queue.
+        queue: String,
     },
 }
 
@@ -155,10 +164,24 @@ impl fmt::Display for ConfigError {
                 value,
                 expected,
             } => write!(f, "{setting} is {value}; it must be {expected}"),
-            ConfigError::Name { setting, value } => write!(
+            ConfigError::Name {
+                setting,
+                value,
+                expected,
+            } if value.is_empty() => write!(f, "{setting} is empty; it must be {expected}"),
+            ConfigError::Name {
+                setting,
+                value,
+                expected,
+            } => write!(
                 f,
-                "{setting} `{value}` is not a valid AMQP name: it must be 1 to 255 bytes \
-                 (leaving room for the `.retry.<ms>ms` suffix of retry queues)"
+                "{setting} `{value}` is {} bytes; it must be {expected}",
+                value.len()
+            ),
+            ConfigError::DeadLetterToItself { queue } => write!(
+                f,
+                "dead_letter is the consumed queue `{queue}` itself: a dead letter would be \
+                 consumed and dead-lettered again, for ever; dead-letter to another queue"
             ),
         }
     }

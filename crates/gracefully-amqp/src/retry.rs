@@ -142,7 +142,8 @@ pub(crate) enum Target {
 
 impl DeadLetter {
     /// The queue `name`, reached through the default exchange; declared (durable) at start
-    /// if it does not exist.
+    /// if it does not exist. [`build`](crate::ConsumerBuilder::build) refuses an empty
+    /// name, one over 255 bytes, and the consumed queue itself.
     pub fn queue(name: impl Into<String>) -> DeadLetter {
         DeadLetter {
             target: Target::Queue(name.into()),
@@ -152,6 +153,10 @@ impl DeadLetter {
     /// Publish to `exchange` with `routing_key`. The exchange must exist (checked at
     /// start); a message it cannot route is not acked but handed back after a delay, with
     /// an error logged, so nothing is lost to a missing binding.
+    ///
+    /// `exchange` may be `""`, the default exchange, which routes to the queue named
+    /// `routing_key` (not declared or checked); then the key must not be empty.
+    /// [`build`](crate::ConsumerBuilder::build) refuses names over 255 bytes.
     pub fn exchange(exchange: impl Into<String>, routing_key: impl Into<String>) -> DeadLetter {
         DeadLetter {
             target: Target::Exchange {
