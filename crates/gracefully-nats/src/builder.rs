@@ -188,7 +188,10 @@ impl<D, H> ConsumerBuilder<D, H> {
 
     /// After how many deliveries a message whose handler keeps failing is dead-lettered.
     /// Default 5. Valid: at least 1. JetStream counts every delivery, also one handed back
-    /// at a shutdown, so leave headroom (see the crate docs, "Outcomes").
+    /// at a shutdown, so leave headroom (see the crate docs, "Outcomes"). A consumer whose
+    /// own JetStream `max_deliver` is finite must have it greater than this: the start
+    /// step refuses one that is not, as a message handed back on its last server delivery
+    /// would be stranded (never delivered again, never dead-lettered).
     pub fn max_deliveries(mut self, deliveries: u64) -> Self {
         self.draft.max_deliveries = deliveries;
         self

@@ -58,8 +58,10 @@ use crate::setup::{self, Bound, Control};
 /// ```
 ///
 /// Its row of the shutdown report counts `handled`, `handed back at drain`, `cancelled
-/// and handed back`, `in flight at abort`, `retried`, `dead-lettered`, `disconnects` and
-/// `handed back at disconnect`.
+/// and handed back`, `in flight at abort`, `retried`, `dead-lettered`, `disconnects`,
+/// `handed back at disconnect` and `left for AckWait`. The hand-back counts count what was
+/// sent; `left for AckWait` what could not be (the connection was down), which JetStream
+/// redelivers after AckWait.
 ///
 /// *Anchors:* .NET's MassTransit receive endpoint (a consumer with a concurrency limit and
 /// a prefetch, stopped by the host) and nats.net's `ConsumeAsync` with its drain options;

@@ -11,6 +11,7 @@ pub(crate) const RETRIED: &str = "retried";
 pub(crate) const DEAD_LETTERED: &str = "dead-lettered";
 pub(crate) const DISCONNECTS: &str = "disconnects";
 pub(crate) const HANDED_BACK_AT_DISCONNECT: &str = "handed back at disconnect";
+pub(crate) const LEFT_FOR_ACK_WAIT: &str = "left for AckWait";
 
 /// How one message's delivery ended (the in-flight future's output).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +38,10 @@ pub(crate) struct Counts {
     pub(crate) dead_lettered: u64,
     pub(crate) disconnects: u64,
     pub(crate) handed_back_at_disconnect: u64,
+    /// Messages to be handed back that could not be: the connection was down (or would
+    /// not take them in time). Nothing was sent for them; JetStream redelivers them after
+    /// AckWait. The hand-back counts above count only what was sent.
+    pub(crate) left_for_ack_wait: u64,
 }
 
 impl Counts {
@@ -62,6 +67,7 @@ impl Counts {
             (DEAD_LETTERED, c.dead_lettered),
             (DISCONNECTS, c.disconnects),
             (HANDED_BACK_AT_DISCONNECT, c.handed_back_at_disconnect),
+            (LEFT_FOR_ACK_WAIT, c.left_for_ack_wait),
         ] {
             cx.count(key, n);
         }

@@ -63,7 +63,11 @@
 //! as a failure, so that a message that always times out backs off instead of coming back
 //! at once for ever. JetStream counts deliveries, not failures: a delivery handed back at a
 //! shutdown or lost to a broken connection counts toward `max_deliveries` too, so leave
-//! headroom.
+//! headroom. For the same reason a consumer's own JetStream `max_deliver`, if finite, must
+//! be *greater* than `max_deliveries` (the start step refuses it otherwise): JetStream
+//! stops delivering at `max_deliver`, so a message handed back on that delivery would be
+//! stranded — never delivered again, never dead-lettered. A message that still gets there
+//! (handed back at shutdown after shutdown) is named in a warning when it is handed back.
 //!
 //! A dead letter carries the original payload and headers, plus `Gracefully-Error` (the
 //! error, at most 1 KiB), `Gracefully-Stream`, `Gracefully-Consumer`, `Gracefully-Subject`,
@@ -83,11 +87,15 @@
 //!
 //! A lost connection fires the in-flight handlers' tokens with
 //! [`ReasonKind::Disconnected`](gracefully::ReasonKind::Disconnected) (their progress
-//! cannot reach the broker, and their messages may be delivered again), hands back the
-//! unstarted messages (sent once the client has reconnected; if it never does, JetStream
+//! cannot reach the broker, and their messages may be delivered again), drops the
+//! unstarted messages without handing them back (nothing can reach the server; JetStream
 //! redelivers them after AckWait), and pulls again once
-//! async-nats has reconnected (at once, then with a backoff doubling to 4 s). The acks of
-//! handlers that finish meanwhile are sent after the reconnect.
+//! async-nats has reconnected (at once, then with a backoff doubling to 4 s). Nothing is
+//! queued in the client while the connection is down — async-nats does not read its command
+//! channel (2048 places) while it reconnects, and a consumer waiting for room there could
+//! not hear its stop — so the acks and hand-backs of handlers that finish meanwhile are not
+//! sent either: their messages come back after AckWait (counted `left for AckWait`, never
+//! as handed back).
 //!
 //! ## At-least-once delivery, and exactly-once effects
 //!
@@ -153,7 +161,7 @@
 //! ([`Error::Connect`], naming the URL with its password redacted), JetStream is off
 //! ([`Error::JetStreamUnavailable`]), the stream does not exist and was not to be created
 //! ([`Error::StreamNotFound`], naming it and how to create it), the consumer exists but is a
-//! push consumer, does not ack explicitly, or has a `max_deliver` below
+//! push consumer, does not ack explicitly, or has a `max_deliver` not greater than
 //! `max_deliveries` ([`Error::ConsumerMismatch`]), or no stream
 //! captures the dead-letter subject ([`Error::DeadLetterNotCaptured`]).
 //!

@@ -11,9 +11,10 @@
 //! ```text
 //!            pull request                   start (free slot)            handler returns
 //!  server ───────────────► buffer ────────────────────────► running ───────────────────► settled
-//!                │            │ drain / disconnect: -NAK        │ hard stop / disconnect: token fires
+//!                │            │ drain: -NAK; disconnect: left   │ hard stop / disconnect: token fires
 //!                │            ▼                                 ▼
 //!                └─ arriving while draining: -NAK       Cancelled → -NAK;  abort: dropped, -NAK tried
+//!                   (not sent while disconnected: left for AckWait, invariant 6)
 //! ```
 //!
 //! Invariants:
@@ -31,9 +32,15 @@
 //! 4. A run ends normally only when draining, with the subscription closed, nothing
 //!    buffered and nothing running; dropped before that (the abort phase), it hands back
 //!    what it holds, as far as the connection takes it without waiting.
-//! 5. While disconnected, nothing is started: the buffer is handed back when the connection
-//!    is lost, and so is every message read off the subscription until the client reports
-//!    it reconnected, so no handler runs for a message whose progress cannot be sent.
+//! 5. While disconnected, nothing is started: the buffer is dropped when the connection is
+//!    lost, and so is every message read off the subscription until the client reports it
+//!    reconnected, so no handler runs for a message whose progress cannot be sent. They are
+//!    left for AckWait, not handed back: nothing can reach the server.
+//! 6. This task never waits on a send while the connection is down, and never longer than
+//!    [`SEND_WAIT`](settle::SEND_WAIT) while it is up (see [`settle::send`]): async-nats
+//!    stops reading its command channel while it reconnects, and a publish into the full
+//!    channel would stop this task from hearing the stop signal or polling its handlers.
+//!    What is not sent is counted as left for AckWait, never as handed back.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -57,7 +64,7 @@ use crate::error::Error;
 use crate::handler::Handler;
 use crate::message::Delivery;
 use crate::pulls::Pulls;
-use crate::settle::{self, Delivered, Shared, progress_body};
+use crate::settle::{self, Delivered, Sent, Shared, progress_body};
 use crate::setup::{Bound, Control};
 use crate::status::{Inbox, classify};
 
@@ -148,6 +155,9 @@ pub(crate) struct Session<'a, D: Decode, H: Handler<D::Output>> {
     last_heard: Instant,
     /// Ended normally (invariant 4).
     done: bool,
+    /// A send waited [`SEND_WAIT`](settle::SEND_WAIT) in vain: until the next tick (or a
+    /// reconnect), sends only go out if the client has room at once (invariant 6).
+    stalled: bool,
     /// The runtime the consumer runs on, for the hand-back of a drop (invariant 4).
     runtime: tokio::runtime::Handle,
 }
@@ -190,6 +200,7 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             closing: false,
             last_heard: Instant::now(),
             done: false,
+            stalled: false,
             runtime: tokio::runtime::Handle::current(),
         })
     }
@@ -274,12 +285,61 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
         Ok(())
     }
 
-    /// A handler's message settled: count it, and send its ack or `-NAK`.
+    /// A handler's message settled: send its ack or `-NAK`, and count it. A cancelled
+    /// handler's message counts as handed back only if its `-NAK` was sent.
     async fn settled(&mut self, (settled, ack, reply): (Settled, Option<AckKind>, Subject)) {
-        self.counts.settled(settled);
-        if let Some(kind) = ack {
-            settle::settle(&self.shared.client, &reply, kind).await;
+        let sent = match ack {
+            Some(kind) => self.send(reply.clone(), settle::settle_body(kind)).await,
+            None => true,
+        };
+        if settled == Settled::CancelledHandedBack {
+            self.warn_if_stranded(&reply, sent);
+            if !sent {
+                self.counts.left_for_ack_wait += 1;
+                return;
+            }
         }
+        self.counts.settled(settled);
+    }
+
+    /// How long a send may wait for room in the client (invariant 6).
+    fn send_wait(&self) -> Duration {
+        if self.connected && !self.stalled {
+            settle::SEND_WAIT
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// Sends `body` to `subject` (an ack subject) as [`settle::send`] does, within this
+    /// task's wait (invariant 6); whether it was queued on a connected client.
+    async fn send(&mut self, subject: Subject, body: bytes::Bytes) -> bool {
+        let wait = self.send_wait();
+        match settle::send(&self.shared.client, subject, body, wait).await {
+            settle::Sent::Queued => true,
+            settle::Sent::Down => false,
+            settle::Sent::Full => {
+                if !wait.is_zero() {
+                    self.stalled = true;
+                    tracing::warn!(
+                        waited_ms = wait.as_millis() as u64,
+                        "the NATS client's command channel stayed full (the connection is \
+                         stuck?): sending only what it takes at once for now; what is not sent \
+                         is redelivered after AckWait"
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Warns when a message handed back (`sent`) or left for AckWait is on the consumer's
+    /// last delivery (its `max_deliver`): JetStream will not deliver it again, and it was
+    /// not dead-lettered either. The start step makes this rare (it demands a
+    /// `max_deliver` above `max_deliveries`); a message handed back at every shutdown can
+    /// still get there.
+    fn warn_if_stranded(&self, reply: &Subject, sent: bool) {
+        warn_if_stranded(self.bound, &self.shared.stream, reply, sent);
     }
 
     /// Starts handlers for buffered messages while slots are free.
@@ -324,15 +384,22 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             return;
         };
         let request = self.pulls.request(batch);
-        match self
-            .shared
-            .client
-            .publish_with_reply(self.pull_subject.clone(), self.inbox.clone(), request)
-            .await
-        {
-            Ok(()) => self.pulls.sent(batch, now),
-            Err(error) => {
+        // Invariant 6: bounded, like every send of this task.
+        let publish = self.shared.client.publish_with_reply(
+            self.pull_subject.clone(),
+            self.inbox.clone(),
+            request,
+        );
+        match tokio::time::timeout(self.send_wait(), tokio::task::unconstrained(publish)).await {
+            Ok(Ok(())) => self.pulls.sent(batch, now),
+            Ok(Err(error)) => {
                 tracing::debug!(%error, "could not send a pull request (the client is closed)");
+                self.pulls.rejected(now);
+            }
+            Err(_) => {
+                tracing::debug!(
+                    "could not send a pull request (the client's command channel is full)"
+                );
                 self.pulls.rejected(now);
             }
         }
@@ -357,6 +424,7 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
                     tracing::info!("reconnected to NATS; pulling again");
                 }
                 self.connected = true;
+                self.stalled = false;
                 self.last_heard = Instant::now();
             }
             Control::Connection(Event::Closed) => {
@@ -408,24 +476,21 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
     }
 
     /// Hands back (`-NAK`) every buffered message: the drain's step once the subscription
-    /// is closed (invariant 1).
+    /// is closed (invariant 1). Counts what was sent as handed back, the rest (the
+    /// connection is down, invariant 6) as left for AckWait.
     async fn hand_back_buffer(&mut self) {
-        self.counts.handed_back_at_drain += self.nak_buffer().await;
-    }
-
-    /// Hands back (`-NAK`) every buffered message; returns how many.
-    async fn nak_buffer(&mut self) -> u64 {
-        let mut n = 0;
         while let Some(held) = self.buffer.pop_front() {
-            settle::settle(
-                &self.shared.client,
-                &held.delivered.reply,
-                AckKind::Nak(None),
-            )
-            .await;
-            n += 1;
+            let reply = held.delivered.reply;
+            let sent = self
+                .send(reply.clone(), settle::settle_body(AckKind::Nak(None)))
+                .await;
+            self.warn_if_stranded(&reply, sent);
+            if sent {
+                self.counts.handed_back_at_drain += 1;
+            } else {
+                self.counts.left_for_ack_wait += 1;
+            }
         }
-        n
     }
 
     /// Invariant 3.
@@ -436,15 +501,25 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
         if self.closing {
             return;
         }
+        // Invariant 6: bounded. Given up, the subscription is dropped, which unsubscribes
+        // if the client has room.
+        let wait = if self.connected && !self.stalled {
+            settle::SEND_WAIT
+        } else {
+            Duration::ZERO
+        };
         if self.pulls.outstanding() == 0 {
             // Nothing asked for is still to come: close at once.
-            let _ = subscription.unsubscribe().await;
+            let _ = tokio::time::timeout(wait, subscription.unsubscribe()).await;
             self.subscription = None;
         } else if Instant::now() >= drain.close_at() {
             // Requests wait on an idle stream. Unsubscribing makes the server drop them;
             // read what was already sent until the subscription ends.
             self.closing = true;
-            if subscription.drain().await.is_err() {
+            if !matches!(
+                tokio::time::timeout(wait, subscription.drain()).await,
+                Ok(Ok(()))
+            ) {
                 self.subscription = None;
             }
         }
@@ -458,9 +533,10 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
         self.counts.disconnects += 1;
         tracing::warn!(
             in_flight = self.running.len(),
-            handed_back = self.buffer.len(),
+            unstarted = self.buffer.len(),
             "lost the connection to NATS: firing the in-flight handlers' tokens (Disconnected), \
-             handing back the unstarted messages; reconnecting"
+             dropping the unstarted messages (JetStream redelivers them after AckWait); \
+             reconnecting"
         );
         let fresh = self.cx.hard_stop().child();
         let old = std::mem::replace(&mut self.epoch, fresh);
@@ -468,8 +544,13 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             "lost the connection to NATS: progress and acks cannot reach it, and the message may \
              be delivered again",
         ));
-        // Queued by the client; sent once it has reconnected.
-        self.counts.handed_back_at_disconnect += self.nak_buffer().await;
+        // Invariant 6: not handed back. Nothing can reach the server now, and queued in the
+        // client they would fill its command channel (and stop this task) in a long outage.
+        // JetStream redelivers them after AckWait.
+        for held in std::mem::take(&mut self.buffer) {
+            self.warn_if_stranded(&held.delivered.reply, false);
+            self.counts.left_for_ack_wait += 1;
+        }
         self.pulls.reset();
         if self.draining.is_some() {
             self.subscription = None;
@@ -528,12 +609,19 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
         };
         if !self.connected {
             // Read off the subscription after the connection was lost and before the
-            // client reported it back: handed back like the buffer (queued; sent once the
-            // client has reconnected), never started on a connection that may not carry its
-            // progress. (One that came over a new connection ahead of the `Connected` event
-            // is handed back needlessly: redelivered, nothing lost.)
-            settle::settle(&self.shared.client, &reply, AckKind::Nak(None)).await;
-            self.counts.handed_back_at_disconnect += 1;
+            // client reported it back: never started on a connection that may not carry its
+            // progress. Handed back only if the client is connected again and takes it at
+            // once (one that came over a new connection ahead of the `Connected` event),
+            // else left for AckWait (invariant 6).
+            let sent = self
+                .send(reply.clone(), settle::settle_body(AckKind::Nak(None)))
+                .await;
+            self.warn_if_stranded(&reply, sent);
+            if sent {
+                self.counts.handed_back_at_disconnect += 1;
+            } else {
+                self.counts.left_for_ack_wait += 1;
+            }
             return;
         }
         if let Some(drain) = &mut self.draining {
@@ -557,6 +645,8 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
         if self.pulls.sweep(self.last_heard, now) {
             tracing::debug!("forgot pull requests the server did not answer; pulling again");
         }
+        // Invariant 6: a stalled client is given another full wait once per tick.
+        self.stalled = false;
         if !self.connected {
             return;
         }
@@ -579,9 +669,8 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             }
         }
         for reply in replies {
-            if let Err(error) = self.shared.client.publish(reply, progress_body()).await {
-                tracing::debug!(%error, "could not send progress (the client is closed)");
-            }
+            // Not sent: the message's AckWait may run out, and JetStream redeliver it.
+            self.send(reply, progress_body()).await;
         }
     }
 }
@@ -589,48 +678,85 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
 impl<D: Decode, H: Handler<D::Output>> Drop for Session<'_, D, H> {
     fn drop(&mut self) {
         if !self.done {
-            // Invariant 4: dropped mid-run, so the abort phase (or an error) ended it.
+            // Invariant 4: dropped mid-run, so the abort phase (or an error) ended it. Hand
+            // back what the client takes at once (invariant 6: nothing waits here), and
+            // count what was sent as handed back, the rest as left for AckWait.
             let in_flight = self.running.len() as u64;
+            let unstarted = self.buffer.len();
             self.counts.in_flight_at_abort += in_flight;
-            self.counts.handed_back_at_drain += self.buffer.len() as u64;
-            let replies: Vec<Subject> = self
-                .running
-                .iter()
-                .map(|f| f.reply.clone())
-                .chain(self.buffer.iter().map(|h| h.delivered.reply.clone()))
-                .collect();
-            if !replies.is_empty() {
+            let client = &self.shared.client;
+            let connected = self.connected;
+            let nak = || settle::settle_body(AckKind::Nak(None));
+            let mut queued = 0usize;
+            for reply in self.running.iter().map(|f| &f.reply) {
+                let sent =
+                    connected && settle::try_send(client, reply.clone(), nak()) == Sent::Queued;
+                warn_if_stranded(self.bound, &self.shared.stream, reply, sent);
+                queued += usize::from(sent);
+            }
+            for held in &self.buffer {
+                let reply = &held.delivered.reply;
+                let sent =
+                    connected && settle::try_send(client, reply.clone(), nak()) == Sent::Queued;
+                warn_if_stranded(self.bound, &self.shared.stream, reply, sent);
+                queued += usize::from(sent);
+                if sent {
+                    self.counts.handed_back_at_drain += 1;
+                } else {
+                    self.counts.left_for_ack_wait += 1;
+                }
+            }
+            if in_flight > 0 || unstarted > 0 {
                 tracing::warn!(
                     in_flight,
-                    unstarted = self.buffer.len(),
-                    "consumer stopped with messages in hand: handing them back if the                      connection takes it at once, else they come back after AckWait"
+                    unstarted,
+                    handed_back = queued,
+                    "consumer stopped with messages in hand: handed back what the connection \
+                     took at once; the rest come back after AckWait"
                 );
-                hand_back_on_drop(&self.runtime, self.shared.client.clone(), replies);
+            }
+            if queued > 0 {
+                flush_on_drop(&self.runtime, self.shared.client.clone());
             }
         }
         self.counts.record(self.cx);
     }
 }
 
-/// Hands back `replies` from a destructor: on the consumer's runtime (a client's writes
+/// Flushes the hand-backs of a destructor: on the consumer's runtime (a client's writes
 /// need its connection task, and the connection closes once the last client handle is
 /// gone, so the task keeps one until the server confirmed). Waits for it briefly only
 /// where blocking is harmless: outside any runtime, as on the host's dropper thread.
-fn hand_back_on_drop(
-    runtime: &tokio::runtime::Handle,
-    client: async_nats::Client,
-    replies: Vec<Subject>,
-) {
+fn flush_on_drop(runtime: &tokio::runtime::Handle, client: async_nats::Client) {
     let (done, finished) = std::sync::mpsc::channel::<()>();
     runtime.spawn(async move {
-        for reply in replies {
-            settle::settle(&client, &reply, AckKind::Nak(None)).await;
-        }
         let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
         let _ = done.send(());
     });
     if tokio::runtime::Handle::try_current().is_err() {
         let _ = finished.recv_timeout(Duration::from_millis(150));
+    }
+}
+
+/// See [`Session::warn_if_stranded`].
+fn warn_if_stranded(bound: &Bound, stream: &str, reply: &Subject, sent: bool) {
+    let Some(max_deliver) = bound.max_deliver else {
+        return;
+    };
+    let Some(delivery) = Delivery::parse(reply) else {
+        return;
+    };
+    if delivery.delivered >= max_deliver {
+        tracing::warn!(
+            stream,
+            sequence = delivery.stream_sequence,
+            delivery = delivery.delivered,
+            max_deliver,
+            handed_back = sent,
+            "a message not handled is on the consumer's last delivery (its max_deliver): \
+             JetStream will not deliver it again, and it was not dead-lettered; it stays in \
+             its stream (raise the consumer's max_deliver, or set it to -1)"
+        );
     }
 }
 

@@ -4,7 +4,9 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
+use async_nats::connection::State;
 use async_nats::jetstream::AckKind;
 use async_nats::{Client, HeaderMap, Subject};
 use bytes::Bytes;
@@ -208,7 +210,7 @@ async fn dead_letter<D, H>(
             "no dead-letter subject configured: terminating the message (+TERM); it stays in \
              its stream but is not delivered again"
         );
-        settle(&shared.client, reply, AckKind::Term).await;
+        settle(&shared.client, reply, AckKind::Term, SEND_WAIT).await;
         return Settled::DeadLettered;
     };
     let mut headers = copy.headers.unwrap_or_default();
@@ -240,7 +242,7 @@ async fn dead_letter<D, H>(
     };
     match stored {
         Ok(()) => {
-            settle(&shared.client, reply, AckKind::Term).await;
+            settle(&shared.client, reply, AckKind::Term, SEND_WAIT).await;
             Settled::DeadLettered
         }
         Err(error) => {
@@ -253,24 +255,93 @@ async fn dead_letter<D, H>(
                 "could not store the dead letter: handing the message back, to be dead-lettered \
                  again after a backoff"
             );
-            settle(&shared.client, reply, AckKind::Nak(Some(delay))).await;
+            settle(&shared.client, reply, AckKind::Nak(Some(delay)), SEND_WAIT).await;
             Settled::Retried
         }
     }
 }
 
-/// Sends an ack, a `-NAK` (with or without delay) or a `+TERM` for a delivery. Fire and
-/// forget, like async-nats's `ack()`: if the connection is down it goes out after the
-/// reconnect; if it never arrives, JetStream redelivers after AckWait (at-least-once).
-pub(crate) async fn settle(client: &Client, reply: &Subject, kind: AckKind) {
-    let body = match kind {
+/// The longest a send waits for room in the client's command channel while the connection
+/// is up. async-nats's `publish` waits for that room without limit; once the connection is
+/// stuck (and before the client has noticed), that would stop the consumer's one task from
+/// reading its stop signal or polling its handlers. Past this, the send is given up: an ack
+/// or hand-back that is not sent only means JetStream redelivers after AckWait.
+pub(crate) const SEND_WAIT: Duration = Duration::from_secs(1);
+
+/// What became of a send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// Queued on a connected client: it goes out with the client's next write.
+    Queued,
+    /// Not sent: the connection is down (or the client closed). Nothing was queued, so
+    /// nothing piles up in the client's command channel while it reconnects.
+    Down,
+    /// Not sent: the client's command channel stayed full for the whole wait.
+    Full,
+}
+
+/// Publishes `body` to `subject` if the connection is up, waiting at most `wait` for room
+/// in the client's command channel (`Duration::ZERO`: only if there is room now).
+///
+/// Never waits while the connection is down: async-nats does not read its command channel
+/// while it reconnects, so a publish then waits (its 2048 places once full) until the
+/// connection is back — for ever, if it never is.
+pub(crate) async fn send(client: &Client, subject: Subject, body: Bytes, wait: Duration) -> Sent {
+    if client.connection_state() != State::Connected {
+        return Sent::Down;
+    }
+    // Unconstrained: a publish that finds room completes at its first poll, even when the
+    // task's cooperative budget is spent (else the zero wait would give up needlessly).
+    // Dropping a publish that waits for room queues nothing (tokio's `Sender::send` is
+    // cancel safe).
+    match tokio::time::timeout(
+        wait,
+        tokio::task::unconstrained(client.publish(subject, body)),
+    )
+    .await
+    {
+        Ok(Ok(())) => Sent::Queued,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "could not send an ack/nak (the client is closed)");
+            Sent::Down
+        }
+        Err(_) => Sent::Full,
+    }
+}
+
+/// [`send`] from where nothing may wait (a destructor, maybe outside any runtime): queued
+/// only if the connection is up and the command channel has room now.
+pub(crate) fn try_send(client: &Client, subject: Subject, body: Bytes) -> Sent {
+    if client.connection_state() != State::Connected {
+        return Sent::Down;
+    }
+    match tokio::task::unconstrained(client.publish(subject, body)).now_or_never() {
+        Some(Ok(())) => Sent::Queued,
+        Some(Err(_)) => Sent::Down,
+        None => Sent::Full,
+    }
+}
+
+/// The body that settles a delivery as `kind`.
+pub(crate) fn settle_body(kind: AckKind) -> Bytes {
+    match kind {
         // An empty body is an ack: what async-nats's `ack()` sends.
         AckKind::Ack => Bytes::new(),
         other => Bytes::from(other),
-    };
-    if let Err(error) = client.publish(reply.clone(), body).await {
-        tracing::debug!(%error, "could not send an ack/nak (the client is closed)");
     }
+}
+
+/// Sends an ack, a `-NAK` (with or without delay) or a `+TERM` for a delivery, as [`send`]
+/// does: fire and forget, like async-nats's `ack()`, but never queued while the connection
+/// is down, and never waiting longer than `wait`. If it is not sent, JetStream redelivers
+/// after AckWait (at-least-once).
+pub(crate) async fn settle(
+    client: &Client,
+    reply: &Subject,
+    kind: AckKind,
+    wait: Duration,
+) -> Sent {
+    send(client, reply.clone(), settle_body(kind), wait).await
 }
 
 /// `text` as a header value: no CR or LF (they would end the header), at most

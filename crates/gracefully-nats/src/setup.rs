@@ -34,6 +34,9 @@ pub(crate) struct Bound {
     pub(crate) expires: Duration,
     /// A pull request's idle heartbeat (below half its expiry, as the server requires).
     pub(crate) idle_heartbeat: Duration,
+    /// The consumer's own `max_deliver` (`None`: unlimited): a message handed back on
+    /// this delivery is never delivered again.
+    pub(crate) max_deliver: Option<u64>,
 }
 
 /// Connects, with an event callback that forwards every connection event to `control`.
@@ -155,15 +158,27 @@ pub(crate) async fn bind(
         )));
     }
 
-    // JetStream stops delivering after its own `max_deliver`: below ours, a failing message
-    // would be stranded (neither delivered nor dead-lettered).
+    // JetStream stops delivering after its own `max_deliver`. At or below ours, a message
+    // would be stranded (neither delivered again nor dead-lettered): below, one that keeps
+    // failing; equal, one handed back (a shutdown, a lost connection) on its last delivery
+    // — it was never given the delivery on which it would be dead-lettered. So a finite
+    // `max_deliver` must leave at least one delivery of headroom.
     let max_deliver = info.config.max_deliver;
-    if max_deliver > 0 && u64::try_from(max_deliver).unwrap_or(0) < settings.max_deliveries {
+    if max_deliver > 0 && u64::try_from(max_deliver).unwrap_or(0) <= settings.max_deliveries {
+        let max_deliveries = settings.max_deliveries;
+        let relation = if u64::try_from(max_deliver).unwrap_or(0) < max_deliveries {
+            "is below"
+        } else {
+            "equals"
+        };
         return Err(mismatch(format!(
-            "its max_deliver ({max_deliver}) is below max_deliveries ({}), so JetStream would \
-             stop delivering a failing message before it is dead-lettered; set the consumer's \
-             max_deliver to -1 (or at least {}), or lower max_deliveries",
-            settings.max_deliveries, settings.max_deliveries
+            "its max_deliver ({max_deliver}) {relation} max_deliveries ({max_deliveries}); it \
+             must be greater: JetStream stops delivering at max_deliver, so a message handed \
+             back on delivery {max_deliver} (at a shutdown or a lost connection) — or, below \
+             max_deliveries, failing on it — would be stranded, never delivered again nor \
+             dead-lettered; set the consumer's max_deliver to -1 (or at least {}), or lower \
+             max_deliveries",
+            max_deliveries.saturating_add(1)
         )));
     }
 
@@ -203,6 +218,9 @@ fn bound(settings: &Settings, info: &Info) -> Bound {
         max_batch,
         expires,
         idle_heartbeat: settings.idle_heartbeat.min(expires / 3),
+        max_deliver: u64::try_from(info.config.max_deliver)
+            .ok()
+            .filter(|&n| n > 0),
     }
 }
 

@@ -683,9 +683,26 @@ async fn a_consumer_whose_max_deliver_is_below_max_deliveries_fails_the_start_st
         error.contains("max_deliver (3) is below max_deliveries (5)"),
         "{error}"
     );
-    // Within the server's limit it binds.
+    // Equal is refused too: a message handed back at a shutdown on its last delivery
+    // would be stranded (never delivered again, never dead-lettered).
     let consumer = consumer_of(&s)
         .max_deliveries(3)
+        .handler(ok)
+        .build()
+        .unwrap();
+    let error = failure(
+        &run("c", consumer, None).await.finished().await.unwrap(),
+        "c",
+    );
+    assert!(
+        error.contains("max_deliver (3) equals max_deliveries (3)")
+            && error.contains("must be greater")
+            && error.contains("at least 4"),
+        "{error}"
+    );
+    // With headroom it binds.
+    let consumer = consumer_of(&s)
+        .max_deliveries(2)
         .handler(ok)
         .build()
         .unwrap();
@@ -751,18 +768,73 @@ async fn a_consumer_cut_off_from_nats_still_drains_at_once_when_the_host_stops()
     assert_eq!(report.exit_code(), 0, "{report}");
     assert_eq!(report.entry("c").unwrap().phase(), Phase::Drain, "{report}");
     assert_eq!(count(&report, "c", "disconnects"), 1, "{report}");
+    // Nothing could be handed back over the cut connection, and the report says so: the
+    // two cancelled and the two buffered are left for AckWait, none counted as handed back.
     assert_eq!(
         count(&report, "c", "cancelled and handed back"),
-        2,
+        0,
         "{report}"
     );
     assert_eq!(
         count(&report, "c", "handed back at disconnect"),
-        2,
+        0,
         "{report}"
     );
+    assert_eq!(count(&report, "c", "left for AckWait"), 4, "{report}");
     assert_eq!(
         *reasons.lock().unwrap(),
         [ReasonKind::Disconnected, ReasonKind::Disconnected]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: set NATS_URL"]
+async fn a_cut_with_more_messages_held_than_the_clients_command_channel_still_stops_at_once() {
+    // async-nats's command channel (2048 by default, 8 here) is not read while the client
+    // reconnects: a consumer that queued a hand-back per held message would block on the
+    // full channel, deaf to the stop, until the shutdown budget ran out.
+    trace();
+    let s = TestStream::create("BIGOUTAGE").await;
+    s.durable("c", Duration::from_secs(30)).await;
+    s.publish_numbers(0..60).await;
+    let proxy = support::Proxy::start().await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let consumer = Consumer::builder(&proxy.url)
+        .connect_options(async_nats::ConnectOptions::new().client_capacity(8))
+        .stream(&s.name)
+        .consumer("c")
+        .concurrency(2)
+        .prefetch(50)
+        .handler(counted(
+            &started,
+            |_msg: Message<Bytes>, token: CancellationToken| async move {
+                token
+                    .run_until_cancelled(tokio::time::sleep(Duration::from_secs(60)))
+                    .await
+            },
+        ))
+        .build()
+        .unwrap();
+    let host = run("c", consumer, Some((20, 10))).await;
+    in_flight(&s, 52).await; // two running, fifty buffered: far more than the channel holds
+    running(&started, 2).await;
+    proxy.refuse();
+    assert_eq!(proxy.cut(), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped = Instant::now();
+    let report = host.stop(Reason::shutdown()).await.unwrap();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(3),
+        "{:?}\n{report}",
+        stopped.elapsed()
+    );
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert_eq!(report.entry("c").unwrap().phase(), Phase::Drain, "{report}");
+    assert_eq!(count(&report, "c", "left for AckWait"), 52, "{report}");
+    assert_eq!(
+        count(&report, "c", "handed back at disconnect"),
+        0,
+        "{report}"
+    );
+    assert_eq!(count(&report, "c", "handed back at drain"), 0, "{report}");
 }
