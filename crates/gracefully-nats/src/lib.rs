@@ -87,15 +87,15 @@
 //!
 //! A lost connection fires the in-flight handlers' tokens with
 //! [`ReasonKind::Disconnected`](gracefully::ReasonKind::Disconnected) (their progress
-//! cannot reach the broker, and their messages may be delivered again), drops the
-//! unstarted messages without handing them back (nothing can reach the server; JetStream
-//! redelivers them after AckWait), and pulls again once
-//! async-nats has reconnected (at once, then with a backoff doubling to 4 s). Nothing is
-//! queued in the client while the connection is down — async-nats does not read its command
-//! channel (2048 places) while it reconnects, and a consumer waiting for room there could
-//! not hear its stop — so the acks and hand-backs of handlers that finish meanwhile are not
-//! sent either: their messages come back after AckWait (counted `left for AckWait`, never
-//! as handed back).
+//! cannot reach the broker, and their messages may be delivered again), and pulls again
+//! once async-nats has reconnected (at once, then with a backoff doubling to 4 s). Nothing
+//! is queued in the client while the connection is down — async-nats does not read its
+//! command channel (2048 places) while it reconnects, and a consumer waiting for room there
+//! could not hear its stop. The hand-backs of the unstarted messages and of the cancelled
+//! handlers are kept and sent once the client reports it reconnected; if the consumer stops
+//! first, they are counted `left for AckWait` (never as handed back), and JetStream
+//! redelivers them after AckWait. Acks of handlers that finish meanwhile are not sent
+//! either: their messages come back after AckWait.
 //!
 //! ## At-least-once delivery, and exactly-once effects
 //!

@@ -34,8 +34,9 @@
 //!    what it holds, as far as the connection takes it without waiting.
 //! 5. While disconnected, nothing is started: the buffer is dropped when the connection is
 //!    lost, and so is every message read off the subscription until the client reports it
-//!    reconnected, so no handler runs for a message whose progress cannot be sent. They are
-//!    left for AckWait, not handed back: nothing can reach the server.
+//!    reconnected, so no handler runs for a message whose progress cannot be sent. Their
+//!    hand-backs are owed, not queued (nothing can reach the server): sent when the client
+//!    reports it reconnected, or, if the run ends first, left for AckWait.
 //! 6. This task never waits on a send while the connection is down, and never longer than
 //!    [`SEND_WAIT`](settle::SEND_WAIT) while it is up (see [`settle::send`]): async-nats
 //!    stops reading its command channel while it reconnects, and a publish into the full
@@ -106,6 +107,14 @@ struct Held {
     signalled: Instant,
 }
 
+/// A hand-back not sendable while the connection was down (invariant 5).
+struct Owed {
+    reply: Subject,
+    /// Its handler was cancelled (counted as `cancelled and handed back` once sent), rather
+    /// than never started (`handed back at disconnect`).
+    cancelled: bool,
+}
+
 /// A drain under way: the subscription's closing deadlines (invariant 3).
 #[derive(Clone, Copy, Debug)]
 struct Drain {
@@ -158,6 +167,8 @@ pub(crate) struct Session<'a, D: Decode, H: Handler<D::Output>> {
     /// A send waited [`SEND_WAIT`](settle::SEND_WAIT) in vain: until the next tick (or a
     /// reconnect), sends only go out if the client has room at once (invariant 6).
     stalled: bool,
+    /// Hand-backs owed while disconnected (invariant 5): sent once reconnected.
+    owed: Vec<Owed>,
     /// The runtime the consumer runs on, for the hand-back of a drop (invariant 4).
     runtime: tokio::runtime::Handle,
 }
@@ -201,6 +212,7 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             last_heard: Instant::now(),
             done: false,
             stalled: false,
+            owed: Vec::new(),
             runtime: tokio::runtime::Handle::current(),
         })
     }
@@ -278,6 +290,11 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             }
         }
         self.done = true;
+        // Owed hand-backs never sent: the client did not reconnect in time.
+        for owed in std::mem::take(&mut self.owed) {
+            self.warn_if_stranded(&owed.reply, false);
+            self.counts.left_for_ack_wait += 1;
+        }
         if self.connected {
             // The hand-backs and acks are written; wait until the server has them.
             let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.client.flush()).await;
@@ -292,12 +309,21 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             Some(kind) => self.send(reply.clone(), settle::settle_body(kind)).await,
             None => true,
         };
-        if settled == Settled::CancelledHandedBack {
-            self.warn_if_stranded(&reply, sent);
-            if !sent {
+        if settled == Settled::CancelledHandedBack && !sent {
+            if self.connected {
+                // The client would not take it in time (invariant 6).
+                self.warn_if_stranded(&reply, false);
                 self.counts.left_for_ack_wait += 1;
-                return;
+            } else {
+                self.owed.push(Owed {
+                    reply,
+                    cancelled: true,
+                });
             }
+            return;
+        }
+        if settled == Settled::CancelledHandedBack {
+            self.warn_if_stranded(&reply, true);
         }
         self.counts.settled(settled);
     }
@@ -426,6 +452,7 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
                 self.connected = true;
                 self.stalled = false;
                 self.last_heard = Instant::now();
+                self.pay_owed().await;
             }
             Control::Connection(Event::Closed) => {
                 if self.draining.is_none() {
@@ -451,6 +478,22 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             Control::Connection(other) => tracing::warn!(event = %other, "NATS connection event"),
         }
         Ok(())
+    }
+
+    /// Sends the hand-backs owed since the connection was lost (invariant 5); what the
+    /// client does not take in time is left for AckWait.
+    async fn pay_owed(&mut self) {
+        for owed in std::mem::take(&mut self.owed) {
+            let sent = self
+                .send(owed.reply.clone(), settle::settle_body(AckKind::Nak(None)))
+                .await;
+            self.warn_if_stranded(&owed.reply, sent);
+            match (sent, owed.cancelled) {
+                (true, true) => self.counts.cancelled_handed_back += 1,
+                (true, false) => self.counts.handed_back_at_disconnect += 1,
+                (false, _) => self.counts.left_for_ack_wait += 1,
+            }
+        }
     }
 
     /// Drain (invariant 1): stop pulling and starting; what is buffered is handed back
@@ -544,12 +587,14 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             "lost the connection to NATS: progress and acks cannot reach it, and the message may \
              be delivered again",
         ));
-        // Invariant 6: not handed back. Nothing can reach the server now, and queued in the
-        // client they would fill its command channel (and stop this task) in a long outage.
-        // JetStream redelivers them after AckWait.
+        // Invariant 5: owed, not queued. Nothing can reach the server now, and queued in
+        // the client they would fill its command channel (and stop this task) in a long
+        // outage (invariant 6). Sent on reconnect; else JetStream redelivers after AckWait.
         for held in std::mem::take(&mut self.buffer) {
-            self.warn_if_stranded(&held.delivered.reply, false);
-            self.counts.left_for_ack_wait += 1;
+            self.owed.push(Owed {
+                reply: held.delivered.reply,
+                cancelled: false,
+            });
         }
         self.pulls.reset();
         if self.draining.is_some() {
@@ -610,18 +655,11 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
         if !self.connected {
             // Read off the subscription after the connection was lost and before the
             // client reported it back: never started on a connection that may not carry its
-            // progress. Handed back only if the client is connected again and takes it at
-            // once (one that came over a new connection ahead of the `Connected` event),
-            // else left for AckWait (invariant 6).
-            let sent = self
-                .send(reply.clone(), settle::settle_body(AckKind::Nak(None)))
-                .await;
-            self.warn_if_stranded(&reply, sent);
-            if sent {
-                self.counts.handed_back_at_disconnect += 1;
-            } else {
-                self.counts.left_for_ack_wait += 1;
-            }
+            // progress. Its hand-back is owed (invariant 5), sent on reconnect.
+            self.owed.push(Owed {
+                reply,
+                cancelled: false,
+            });
             return;
         }
         if let Some(drain) = &mut self.draining {
@@ -693,6 +731,20 @@ impl<D: Decode, H: Handler<D::Output>> Drop for Session<'_, D, H> {
                     connected && settle::try_send(client, reply.clone(), nak()) == Sent::Queued;
                 warn_if_stranded(self.bound, &self.shared.stream, reply, sent);
                 queued += usize::from(sent);
+            }
+            for owed in &self.owed {
+                let reply = &owed.reply;
+                let sent =
+                    connected && settle::try_send(client, reply.clone(), nak()) == Sent::Queued;
+                warn_if_stranded(self.bound, &self.shared.stream, reply, sent);
+                queued += usize::from(sent);
+                if sent && owed.cancelled {
+                    self.counts.cancelled_handed_back += 1;
+                } else if sent {
+                    self.counts.handed_back_at_disconnect += 1;
+                } else {
+                    self.counts.left_for_ack_wait += 1;
+                }
             }
             for held in &self.buffer {
                 let reply = &held.delivered.reply;

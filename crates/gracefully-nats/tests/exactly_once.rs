@@ -395,9 +395,10 @@ async fn a_cut_connection_fires_in_flight_tokens_with_disconnected_and_the_consu
     );
     println!(
         "connection cut after {at_cut} effects: {} in-flight handlers stopped with Disconnected, \
-         {} left for AckWait (nothing is sent while disconnected); reconnected; all {MESSAGES} \
-         effects exactly once\n{report}",
+         {} unstarted handed back once reconnected, {} left for AckWait; all {MESSAGES} effects \
+         exactly once\n{report}",
         reasons.len(),
+        count(&report, "c", "handed back at disconnect"),
         count(&report, "c", "left for AckWait"),
     );
 }
