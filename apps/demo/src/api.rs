@@ -212,9 +212,12 @@ fn database_unavailable(error: &gracefully_sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // PostgreSQL: connection exceptions (08…), the server shutting down or a
+            // PostgreSQL: connection exceptions (08…), insufficient resources (53…: too
+            // many connections, out of memory, disk full), the server shutting down or a
             // backend terminated (57P01–57P03).
-            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+            code.starts_with("08")
+                || code.starts_with("53")
+                || matches!(&*code, "57P01" | "57P02" | "57P03")
         }),
         _ => false,
     }

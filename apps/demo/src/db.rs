@@ -157,7 +157,14 @@ impl Database {
         let url = url.as_str();
         let (pool, schema) = if postgres {
             (
-                Pool::Postgres(PgGracefulPool::connect(url).await?),
+                Pool::Postgres(
+                    gracefully_sqlx::GracefulPoolOptions::new()
+                        .pool_options(
+                            sqlx::postgres::PgPoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT),
+                        )
+                        .connect(url)
+                        .await?,
+                ),
                 SCHEMA_POSTGRES,
             )
         } else {
@@ -570,13 +577,22 @@ fn shown(url: &str) -> String {
         .collect()
 }
 
+/// How long a PostgreSQL connection is waited for (sqlx's default is 30 s). sqlx keeps
+/// retrying a refused connection until then, so with the database gone every request waited
+/// out the whole request timeout (also 30 s) and was answered 504; now it gets 503 with
+/// `Retry-After` after this, and the job worker backs off as soon.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Serialises the schema's creation between instances (PostgreSQL).
 const SCHEMA_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('gracefully-demo schema'))";
 
 /// The job store, on a pool of its own in the same database.
 async fn open_jobs(url: &str, postgres: bool) -> Result<(Jobs, JobsPool), Error> {
     if postgres {
-        let pool = sqlx::PgPool::connect(url).await?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await?;
         let jobs = Jobs::postgres(pool.clone()).await.map_err(jobs_error)?;
         Ok((jobs, JobsPool::Postgres(pool)))
     } else {
