@@ -169,6 +169,16 @@ async fn build_with(
             config.pre_stop_delay
         )));
     }
+    // The host checks this too, but only once the database is open (creating its file
+    // and tables, or waiting out a slow server) and naming its own field: say it first,
+    // in the flags' names.
+    if config.pre_stop_delay > config.shutdown_timeout - config.cancel_grace {
+        return Err(StartError(format!(
+            "bad configuration: --pre-stop-delay ({} s) must leave the cancel phase its time: \
+             at most --shutdown-timeout ({} s) minus --cancel-grace ({} s)",
+            config.pre_stop_delay, config.shutdown_timeout, config.cancel_grace
+        )));
+    }
     if config.shipping_delay_ms > 86_400_000 {
         return Err(StartError(format!(
             "bad configuration: --shipping-delay-ms must be at most 86400000, got {}",

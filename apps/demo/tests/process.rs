@@ -37,6 +37,30 @@ fn sigterm_prints_the_report_once_in_plain_text_and_exits_0() {
     );
 }
 
+/// A pre-stop delay the budgets cannot hold is refused in the flags' own names before the
+/// database is opened (it was caught by the host after the database file and its tables
+/// had been created, naming the host's field).
+#[test]
+fn a_pre_stop_delay_too_long_for_the_budgets_is_refused_before_the_database_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("never.db");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_demo"))
+        .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--shutdown-timeout", "30", "--cancel-grace", "5"])
+        .args(["--pre-stop-delay", "26", "--database"])
+        .arg(&db)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--pre-stop-delay (26 s)") && stderr.contains("--cancel-grace (5 s)"),
+        "{stderr}"
+    );
+    assert!(!db.exists(), "the database was created: {stderr}");
+}
+
 #[test]
 fn a_bad_listen_address_or_database_fails_at_start_with_a_clear_message() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_demo"))
