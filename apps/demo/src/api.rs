@@ -62,6 +62,17 @@ pub fn router(state: AppState, report_timeout: Duration, max_reports: usize) -> 
         .layer(axum::middleware::from_fn(refuse_declared_oversize))
 }
 
+/// The shipping service alone, for this instance's internal shipping listener (the one its
+/// fulfilment jobs call by default; see `build_with`).
+pub fn shipping_router(state: AppState) -> Router {
+    Router::new()
+        .route("/shipping", post(ship))
+        .with_state(state)
+        .layer(OperationNameLayer::new())
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+}
+
 /// 503 at once, with `Retry-After`, while the most reports allowed are running: each holds
 /// a database connection for as long as it counts, and without a limit a burst of them
 /// took every connection of the pool (an order then waited seconds for one). Refusing at

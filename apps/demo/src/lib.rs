@@ -31,7 +31,7 @@ mod orders;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gracefully_host::{EarlySignals, Host, Operations, ShutdownReport, service_fn};
+use gracefully_host::{EarlySignals, Host, Operations, ServiceOptions, ShutdownReport, service_fn};
 
 pub use api::{AppState, router};
 
@@ -83,7 +83,7 @@ pub struct Config {
     #[arg(long, default_value_t = 2)]
     pub max_reports: usize,
     /// The shipping service the fulfilment jobs call (default: this instance's own
-    /// `/shipping`).
+    /// `/shipping`, on a loopback listener of its own that outlives the jobs worker).
     #[arg(long)]
     pub shipping_url: Option<String>,
     /// How long this instance's `/shipping` takes, in milliseconds.
@@ -215,15 +215,32 @@ async fn build_with(
         shipping_delay: Duration::from_millis(config.shipping_delay_ms),
     };
     let app = router(
-        state,
+        state.clone(),
         Duration::from_secs(config.report_timeout),
         config.max_reports,
     );
     let stats_db = database.clone();
-    let shipping_url = config
-        .shipping_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}/shipping"));
+    // The fulfilment jobs call this instance's own shipping service on a listener of its
+    // own (loopback, a port of the system's choosing), not through the public one: the
+    // worker depends on the service it calls, and a service is told to stop only once
+    // what depends on it has ended. Through the public listener that held the whole public
+    // API out of its drain (keep-alive connections kept, new ones accepted) for as long
+    // as a job ran, and the hard stop then cut its requests mid-way with 503s and resets.
+    let (shipping_url, shipping) = match &config.shipping_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+                .await
+                .map_err(|e| StartError(format!("cannot listen for the shipping service: {e}")))?;
+            let at = listener.local_addr().map_err(|e| {
+                StartError(format!("cannot read the shipping service's address: {e}"))
+            })?;
+            let server =
+                gracefully_axum::HttpServer::new(listener, api::shipping_router(state.clone()))
+                    .request_timeout(Duration::from_secs(30));
+            (format!("http://{at}/shipping"), Some(server))
+        }
+    };
     let worker = fulfil::worker(
         &database,
         shipping_url,
@@ -240,7 +257,8 @@ async fn build_with(
         Some(signals) => host.signals(signals),
         None => host,
     };
-    host
+    let on_database = || ServiceOptions::new().depends_on(["database"]);
+    let host = host
         // `main` prints the report it gets back: once.
         .log_report(false)
         .shutdown_timeout(Duration::from_secs(config.shutdown_timeout))
@@ -250,27 +268,40 @@ async fn build_with(
         // The admin listener first: it starts first and stops last, so the page and the
         // metrics show the whole shutdown.
         .service("admin", admin)
-        // Registered before the HTTP server: starts before it and stops after it drained,
-        // so in-flight requests keep their database.
+        // Everything below depends on it: it starts first and stops once they all ended,
+        // so in-flight requests and jobs keep their database.
         .service("database", database)
-        .service(
+        // Depends on the database only: it drains as soon as the drain begins, whatever
+        // jobs still run.
+        .service_with(
             "http",
             gracefully_axum::HttpServer::new(listener, app)
                 .request_timeout(Duration::from_secs(30)),
-        )
-        // Registered after the HTTP server: stops before it, so the jobs still running at
-        // the drain reach this instance's /shipping.
-        .service("fulfilment", worker)
-        .service(
-            "stats",
-            service_fn(move |stopping, _cx| {
-                let db = stats_db.clone();
-                async move { db::log_stats_until(db, stopping).await }
-            }),
-        )
-        .build()
-        .map(|host| (host, addr))
-        .map_err(|e| StartError(format!("bad configuration: {e}")))
+            on_database(),
+        );
+    let host = match shipping {
+        // The worker stops before the shipping service it calls: the jobs still running
+        // at the drain reach it.
+        Some(shipping) => host
+            .service_with("shipping", shipping, on_database())
+            .service_with(
+                "fulfilment",
+                worker,
+                ServiceOptions::new().depends_on(["database", "shipping"]),
+            ),
+        None => host.service_with("fulfilment", worker, on_database()),
+    };
+    host.service_with(
+        "stats",
+        service_fn(move |stopping, _cx| {
+            let db = stats_db.clone();
+            async move { db::log_stats_until(db, stopping).await }
+        }),
+        on_database(),
+    )
+    .build()
+    .map(|host| (host, addr))
+    .map_err(|e| StartError(format!("bad configuration: {e}")))
 }
 
 /// Whether `url` can be the shipping service's: an absolute `http` or `https` URL with a

@@ -380,6 +380,29 @@ fn jobs_running_at_the_hard_stop_are_all_returned_and_the_stop_is_clean() {
         stdout.contains("interrupted and returned: 8"),
         "every running job recorded as returned:\n{stdout}"
     );
+    // The public API drained at once, running jobs or not: they call the shipping service
+    // on its own listener, which stays until the worker has ended. (Through the public
+    // listener, the HTTP server was held out of its drain until the hard stop, which then
+    // cut its requests with 503s and resets.)
+    let row = |name: &str| -> Vec<String> {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} row:\n{stdout}"));
+        line.split_whitespace().map(str::to_owned).collect()
+    };
+    let http = row("http");
+    assert_eq!(http[2], "drain", "http ended in the drain:\n{stdout}");
+    let http = http.join(" ");
+    assert!(
+        !http.contains("cancelled at hard stop") || http.contains("cancelled at hard stop: 0"),
+        "no public request cut at the hard stop:\n{stdout}"
+    );
+    assert_eq!(
+        row("shipping")[2],
+        "cancel",
+        "shipping outlived the jobs:\n{stdout}"
+    );
 
     // After a restart every job is queued again at once (no lease to wait out), with no
     // attempt used, and runs to its end.
