@@ -36,7 +36,9 @@
 //!    lost, and so is every message read off the subscription until the client reports it
 //!    reconnected, so no handler runs for a message whose progress cannot be sent. Their
 //!    hand-backs are owed, not queued (nothing can reach the server): sent when the client
-//!    reports it reconnected, or, if the run ends first, left for AckWait.
+//!    reports it reconnected, or, if the run ends first, left for AckWait. So are the acks
+//!    of handlers that end while disconnected (a message handled must not run again
+//!    because of a short outage).
 //! 6. This task never waits on a send while the connection is down, and never longer than
 //!    [`SEND_WAIT`](settle::SEND_WAIT) while it is up (see [`settle::send`]): async-nats
 //!    stops reading its command channel while it reconnects, and a publish into the full
@@ -169,6 +171,10 @@ pub(crate) struct Session<'a, D: Decode, H: Handler<D::Output>> {
     stalled: bool,
     /// Hand-backs owed while disconnected (invariant 5): sent once reconnected.
     owed: Vec<Owed>,
+    /// The acks (and `+TERM`s, delayed `-NAK`s) of handlers that ended while disconnected,
+    /// already counted: sent once reconnected (invariant 5), so a short outage does not
+    /// make JetStream redeliver — and a handler run again — a message already handled.
+    owed_settles: Vec<(Subject, bytes::Bytes)>,
     /// The runtime the consumer runs on, for the hand-back of a drop (invariant 4).
     runtime: tokio::runtime::Handle,
 }
@@ -213,6 +219,7 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             done: false,
             stalled: false,
             owed: Vec::new(),
+            owed_settles: Vec::new(),
             runtime: tokio::runtime::Handle::current(),
         })
     }
@@ -306,7 +313,14 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
     /// handler's message counts as handed back only if its `-NAK` was sent.
     async fn settled(&mut self, (settled, ack, reply): (Settled, Option<AckKind>, Subject)) {
         let sent = match ack {
-            Some(kind) => self.send(reply.clone(), settle::settle_body(kind)).await,
+            Some(kind) => {
+                let body = settle::settle_body(kind);
+                let sent = self.send(reply.clone(), body.clone()).await;
+                if !sent && !self.connected && settled != Settled::CancelledHandedBack {
+                    self.owed_settles.push((reply.clone(), body));
+                }
+                sent
+            }
             None => true,
         };
         if settled == Settled::CancelledHandedBack && !sent {
@@ -483,6 +497,13 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
     /// Sends the hand-backs owed since the connection was lost (invariant 5); what the
     /// client does not take in time is left for AckWait.
     async fn pay_owed(&mut self) {
+        for (reply, body) in std::mem::take(&mut self.owed_settles) {
+            if !self.send(reply, body).await {
+                tracing::debug!(
+                    "an ack owed since the outage could not be sent; JetStream redelivers the message after AckWait"
+                );
+            }
+        }
         for owed in std::mem::take(&mut self.owed) {
             let sent = self
                 .send(owed.reply.clone(), settle::settle_body(AckKind::Nak(None)))

@@ -838,3 +838,58 @@ async fn a_cut_with_more_messages_held_than_the_clients_command_channel_still_st
     );
     assert_eq!(count(&report, "c", "handed back at drain"), 0, "{report}");
 }
+
+/// A handler that ends during a short outage (it ignores the token the cut fired) has its
+/// ack sent once the client is back: the message is not delivered again after AckWait,
+/// and its handler does not run twice. (The ack was dropped when the session stopped
+/// queueing on a disconnected client.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: set NATS_URL"]
+async fn the_ack_of_a_handler_that_ends_during_an_outage_is_sent_once_reconnected() {
+    trace();
+    let s = TestStream::create("OWEDACK").await;
+    // Longer than the outage with the client's reconnect back-off (about 2 s): only a lost
+    // ack brings the message back.
+    let ack_wait = Duration::from_secs(8);
+    s.durable("c", ack_wait).await;
+    s.publish_numbers(0..1).await;
+    let proxy = support::Proxy::start().await;
+    let seen: Seen = Arc::default();
+    let record = Arc::clone(&seen);
+    let consumer = Consumer::builder(&proxy.url)
+        .stream(&s.name)
+        .consumer("c")
+        .concurrency(1)
+        .handler(move |msg: Message<Bytes>, _token: CancellationToken| {
+            record
+                .lock()
+                .unwrap()
+                .push((msg.id().to_owned(), msg.delivery_count()));
+            async move {
+                // Ends while the connection is down, whatever its token says.
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                Ok::<_, std::io::Error>(())
+            }
+        })
+        .build()
+        .unwrap();
+    let host = run("c", consumer, None).await;
+    eventually("the handler started", Duration::from_secs(10), async || {
+        seen.lock().unwrap().len() == 1
+    })
+    .await;
+    proxy.pause();
+    assert_eq!(proxy.cut(), 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    proxy.resume();
+    // Past AckWait: a lost ack would have brought it back by now.
+    tokio::time::sleep(ack_wait + Duration::from_secs(3)).await;
+    let report = host.stop(Reason::shutdown()).await.unwrap();
+    assert_eq!(report.exit_code(), 0, "{report}");
+    assert_eq!(count(&report, "c", "disconnects"), 1, "{report}");
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [("m-0".to_owned(), 1)],
+        "delivered once\n{report}"
+    );
+}

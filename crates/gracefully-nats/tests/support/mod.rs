@@ -201,6 +201,8 @@ pub struct Proxy {
     pub url: String,
     connections: Arc<Mutex<Vec<AbortHandle>>>,
     accept: AbortHandle,
+    /// While set, connections are accepted and closed at once (see [`Proxy::pause`]).
+    paused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -213,11 +215,17 @@ impl Proxy {
         let url = format!("nats://{}", listener.local_addr().unwrap());
         let connections: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let list = Arc::clone(&connections);
+        let paused: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let refusing = Arc::clone(&paused);
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = listener.accept().await else {
                     continue;
                 };
+                if refusing.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 let upstream = upstream.clone();
                 let task = tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(&upstream).await else {
@@ -233,7 +241,20 @@ impl Proxy {
             url,
             connections,
             accept,
+            paused,
         }
+    }
+
+    /// Until [`resume`](Self::resume): every new connection is closed at once (an outage
+    /// the client keeps trying to reconnect through).
+    pub fn pause(&self) {
+        self.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Ends a [`pause`](Self::pause).
+    pub fn resume(&self) {
+        self.paused
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Stops accepting: from now on a client cannot reconnect (the server keeps running).
