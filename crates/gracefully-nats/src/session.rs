@@ -292,7 +292,7 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
                         }
                     }
                 }
-                _ = tick.tick() => self.on_tick().await,
+                _ = tick.tick() => self.on_tick().await?,
                 _ = &mut wake, if wake_at.is_some() => { wake_at = None; }
             }
         }
@@ -699,15 +699,33 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
     }
 
     /// Invariant 2, and forgetting pull requests the server lost.
-    async fn on_tick(&mut self) {
+    async fn on_tick(&mut self) -> Result<(), Error> {
         let now = Instant::now();
         if self.pulls.sweep(self.last_heard, now) {
+            // The server answers a pull request for a deleted consumer with a `409 Consumer
+            // Deleted` only if the request was waiting when it was deleted; one sent after
+            // is never answered. So when requests go unanswered, ask whether it still
+            // exists (bounded like a send: invariant 6).
+            if self.connected
+                && self.draining.is_none()
+                && consumer_deleted(
+                    self.shared.jetstream.clone(),
+                    self.shared.stream.to_string(),
+                    self.shared.consumer.to_string(),
+                )
+                .await
+            {
+                return Err(Error::ConsumerDeleted {
+                    stream: self.shared.stream.to_string(),
+                    consumer: self.shared.consumer.to_string(),
+                });
+            }
             tracing::debug!("forgot pull requests the server did not answer; pulling again");
         }
         // Invariant 6: a stalled client is given another full wait once per tick.
         self.stalled = false;
         if !self.connected {
-            return;
+            return Ok(());
         }
         let due = self.bound.ack_wait / 4;
         let mut replies: Vec<Subject> = Vec::new();
@@ -731,7 +749,35 @@ impl<'a, D: Decode, H: Handler<D::Output>> Session<'a, D, H> {
             // Not sent: the message's AckWait may run out, and JetStream redeliver it.
             self.send(reply, progress_body()).await;
         }
+        Ok(())
     }
+}
+
+/// Whether the server says `consumer` (or its `stream`) no longer exists. Unsure (no
+/// answer within [`SEND_WAIT`](settle::SEND_WAIT), another error) is `false`. (Owned
+/// arguments: the session is not `Sync`, and is borrowed by nothing across this wait.)
+async fn consumer_deleted(
+    js: async_nats::jetstream::Context,
+    stream: String,
+    consumer: String,
+) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::{ConsumerInfoErrorKind, GetStreamErrorKind};
+    let lookup = async move {
+        match js.get_stream(&stream).await {
+            Ok(stream) => matches!(
+                stream.consumer_info(&consumer).await,
+                Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound
+            ),
+            Err(e) => matches!(
+                e.kind(),
+                GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND
+            ),
+        }
+    };
+    tokio::time::timeout(settle::SEND_WAIT, lookup)
+        .await
+        .unwrap_or(false)
 }
 
 impl<D: Decode, H: Handler<D::Output>> Drop for Session<'_, D, H> {

@@ -627,6 +627,47 @@ async fn a_consumer_deleted_under_a_running_consumer_fails_it_with_an_error_nami
     assert_eq!(report.exit_code(), 1, "{report}");
 }
 
+/// The same while every slot is busy, so no pull request waits when the consumer goes: the
+/// server never answers the later ones (no `409`), and the consumer asks whether it still
+/// exists when its requests go unanswered. (It pulled again every few seconds for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs NATS: set NATS_URL"]
+async fn a_consumer_deleted_while_all_its_slots_are_busy_fails_it_with_an_error_naming_it() {
+    trace();
+    let s = TestStream::create("DELBUSY").await;
+    s.durable("c", Duration::from_secs(30)).await;
+    s.publish_numbers(0..6).await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let consumer = consumer_of(&s)
+        .concurrency(2)
+        .handler(counted(
+            &started,
+            |_msg: Message<Bytes>, token: CancellationToken| async move {
+                token
+                    .run_until_cancelled(tokio::time::sleep(Duration::from_secs(2)))
+                    .await
+            },
+        ))
+        .build()
+        .unwrap();
+    let host = run("c", consumer, None).await;
+    running(&started, 2).await;
+    s.js.get_stream(&s.name)
+        .await
+        .unwrap()
+        .delete_consumer("c")
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), host.finished())
+        .await
+        .expect("the consumer noticed its deletion")
+        .unwrap();
+    let error = failure(&report, "c");
+    let expected = format!("JetStream consumer 'c' on stream '{}' was deleted", s.name);
+    assert!(error.contains(&expected), "{error}");
+    assert_eq!(report.exit_code(), 1, "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs NATS: set NATS_URL"]
 async fn a_decoder_that_panics_dead_letters_its_message_and_the_consumer_keeps_going() {
